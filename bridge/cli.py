@@ -16,8 +16,13 @@ from typing import TextIO
 
 import structlog
 
+from bridge import commands as bridge_commands
+from bridge import demo as demo_command
 from bridge.errors import BridgeError
+from sds_server import command as sds_command
 from sds_server.errors import SdsError
+from sds_server.workload_api import command as workload_api_command
+from sds_server.workload_api.errors import WorkloadApiError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -50,18 +55,10 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     )
 
 
-def _package_errors() -> tuple[type[Exception], ...]:
-    from sds_server.workload_api.errors import WorkloadApiError
-
-    return (BridgeError, SdsError, WorkloadApiError)
+PACKAGE_ERRORS: tuple[type[Exception], ...] = (BridgeError, SdsError, WorkloadApiError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bridge import commands as bridge_commands
-    from bridge import demo as demo_command
-    from sds_server import command as sds_command
-    from sds_server.workload_api import command as workload_api_command
-
     parser = argparse.ArgumentParser(
         prog="meshbridge",
         description="SPIFFE identities from SPIRE (or an embedded Workload API) for Istio STRICT mTLS "
@@ -96,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return func(args)
-    except _package_errors() as exc:
+    except PACKAGE_ERRORS as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
