@@ -7,6 +7,8 @@ import pytest
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId, TrustDomain, parse_spiffe_id
 
+_SCHEME_RULE = "scheme must be 'spiffe' (IDs start with 'spiffe://')"
+
 
 @pytest.mark.parametrize(
     "value",
@@ -28,21 +30,26 @@ def test_valid_ids_round_trip(value: str) -> None:
     ("value", "message"),
     [
         ("", "'': SPIFFE ID cannot be empty"),
-        ("http://example.org/a", "'http://example.org/a': scheme must be 'spiffe' (IDs start with 'spiffe://')"),
-        ("SPIFFE://example.org/a", "'SPIFFE://example.org/a': scheme must be 'spiffe' (IDs start with 'spiffe://')"),
+        ("http://example.org/a", "'http://example.org/a': " + _SCHEME_RULE),
+        ("SPIFFE://example.org/a", "'SPIFFE://example.org/a': " + _SCHEME_RULE),
         ("spiffe:///a", "'spiffe:///a': trust domain is missing"),
-        ("spiffe://Example.org/a", "'spiffe://Example.org/a': trust domain characters are limited to lowercase "
-         "letters, digits, '.', '-' and '_' (found 'E')"),
-        ("spiffe://example.org:8080/a", "'spiffe://example.org:8080/a': trust domain cannot contain a port (':')"),
-        ("spiffe://u@example.org/a", "'spiffe://u@example.org/a': trust domain cannot contain user info ('@')"),
+        ("spiffe://Example.org/a",
+         "'spiffe://Example.org/a': trust domain characters are limited to lowercase letters, "
+         "digits, '.', '-' and '_' (found 'E')"),
+        ("spiffe://example.org:8080/a",
+         "'spiffe://example.org:8080/a': trust domain cannot contain a port (':')"),
+        ("spiffe://u@example.org/a",
+         "'spiffe://u@example.org/a': trust domain cannot contain user info ('@')"),
         ("spiffe://example.org//a", "'spiffe://example.org//a': path cannot contain empty segments ('//')"),
         ("spiffe://example.org/a/", "'spiffe://example.org/a/': path cannot have a trailing '/'"),
         ("spiffe://example.org/./a", "'spiffe://example.org/./a': path cannot contain dot segments ('.')"),
         ("spiffe://example.org/a/..", "'spiffe://example.org/a/..': path cannot contain dot segments ('..')"),
         ("spiffe://example.org/a%20b", "'spiffe://example.org/a%20b': path segment characters are limited to "
          "letters, digits, '.', '-' and '_' (found '%')"),
-        ("spiffe://example.org/a?x=1", "'spiffe://example.org/a?x=1': SPIFFE ID cannot contain a query ('?')"),
-        ("spiffe://example.org/a#f", "'spiffe://example.org/a#f': SPIFFE ID cannot contain a fragment ('#')"),
+        ("spiffe://example.org/a?x=1",
+         "'spiffe://example.org/a?x=1': SPIFFE ID cannot contain a query ('?')"),
+        ("spiffe://example.org/a#f",
+         "'spiffe://example.org/a#f': SPIFFE ID cannot contain a fragment ('#')"),
         ("spiffe://example.org", "'spiffe://example.org': a workload SPIFFE ID needs a path "
          "(e.g. 'spiffe://td/ns/x/sa/y')"),
     ],
