@@ -1,0 +1,214 @@
+"""The bridge spec as frozen domain values.
+
+A :class:`Bridge` is what ``bridge.spec.load_spec`` returns after every rule has been checked: every
+SPIFFE ID is a canonical, already validated ``str`` (``sds_server.spiffe_id`` did the parsing), every
+default is filled in and every cross reference (an app's targets) is resolved to the
+:class:`MeshService` it names. Renderers never see raw YAML and never re-validate.
+
+Vocabulary, from the mission's three worlds:
+
+* the **mesh** (Istio, STRICT mTLS, identities issued by SPIRE and served to sidecars over SDS);
+* **mesh services** – workloads inside the mesh that external apps may call;
+* **external apps** – SCONE confidential applications outside the mesh, reaching mesh services either
+  through SCONE's *network shield* (TLS inside the enclave) or a confidential *Ghostunnel* in client
+  mode; their SVIDs reach CAS through SPIRE's SVIDStore plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+AppMode = Literal["network-shield", "ghostunnel"]
+CertSource = Literal["files", "workload-api"]
+SdsProvider = Literal["meshbridge", "spire-agent"]
+SvidStorePlugin = Literal["sconecas_sessionmanager", "scone_cas_secretsmanager"]
+Protocol = Literal["http", "http2", "grpc", "tcp", "tls"]
+Toleration = Literal[
+    "debug-mode",
+    "hyperthreading",
+    "outdated-tcb",
+    "insecure-igpu",
+    "software-hardening-needed",
+    "insecure-configuration",
+]
+
+APP_MODES: tuple[AppMode, ...] = ("network-shield", "ghostunnel")
+CERT_SOURCES: tuple[CertSource, ...] = ("files", "workload-api")
+SDS_PROVIDERS: tuple[SdsProvider, ...] = ("meshbridge", "spire-agent")
+SVIDSTORE_PLUGINS: tuple[SvidStorePlugin, ...] = ("sconecas_sessionmanager", "scone_cas_secretsmanager")
+PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc", "tcp", "tls")
+TOLERATIONS: tuple[Toleration, ...] = (
+    "debug-mode",
+    "hyperthreading",
+    "outdated-tcb",
+    "insecure-igpu",
+    "software-hardening-needed",
+    "insecure-configuration",
+)
+
+API_VERSION = "meshbridge.io/v1alpha1"
+KIND = "Bridge"
+
+
+@dataclass(frozen=True, slots=True)
+class SdsSettings:
+    """How Istio sidecars reach an SDS socket at ``/run/secrets/workload-spiffe-uds/socket``.
+
+    ``meshbridge``: our SDS server runs as an extra container in each pod (added by the injection
+    template), reads the SPIRE agent's Workload API socket from the SPIFFE CSI volume at
+    ``workload_api_socket`` and serves SDS on a shared ``emptyDir``. ``spire-agent``: the SPIRE agent's own
+    SDS implementation is mounted directly (SPIRE's documented setup; ``image`` is then unused).
+    """
+
+    provider: SdsProvider
+    image: str
+    workload_api_socket: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    """The Istio installation the bridge configures."""
+
+    istio_namespace: str
+    revision: str | None
+    cluster_domain: str
+    sds: SdsSettings
+
+
+@dataclass(frozen=True, slots=True)
+class MeshService:
+    """A Kubernetes service in the mesh that external apps may call."""
+
+    name: str
+    namespace: str
+    service_account: str
+    port: int
+    protocol: Protocol
+    labels: tuple[tuple[str, str], ...]
+    spiffe_id: str
+    """Istio's identity for the service's pods: ``spiffe://<td>/ns/<namespace>/sa/<service account>``."""
+    dns_names: tuple[str, ...]
+    """``<name>.<namespace>.svc.<cluster domain>`` first (what external apps dial), then ``<name>.<ns>.svc``."""
+
+    @property
+    def key(self) -> str:
+        """``<namespace>/<name>``: unique within a bridge."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def fqdn(self) -> str:
+        """The DNS name external apps dial and authenticate."""
+        return self.dns_names[0]
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A mesh service an external app may call; ``listen_port`` is Ghostunnel's local plain port."""
+
+    service: MeshService
+    listen_port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SconeSettings:
+    """Where and how the external app runs under SCONE: its CAS, session and attestation policy."""
+
+    cas_address: str
+    cas_namespace: str
+    session_name: str
+    """Session name inside ``cas_namespace`` (``name`` of the session is ``<cas_namespace>/<session_name>``)."""
+    service_name: str
+    mrenclaves: tuple[str, ...]
+    command: str
+    pwd: str
+    tolerations: tuple[Toleration, ...]
+
+    @property
+    def qualified_session_name(self) -> str:
+        return f"{self.cas_namespace}/{self.session_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class GhostunnelSettings:
+    """The confidential Ghostunnel's certificate source and knobs (client mode)."""
+
+    cert_source: CertSource
+    workload_api_addr: str | None
+    """``unix:///path`` of the Workload API inside the enclave's view (``workload-api`` source only)."""
+    cert_dir: str
+    """Directory inside the enclave where CAS injects ``svid.pem``, ``svid-key.pem``, ``bundle.pem``."""
+    timed_reload: str
+    status_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalApp:
+    """A SCONE app outside the mesh that calls mesh services with its own SPIFFE identity."""
+
+    name: str
+    mode: AppMode
+    spiffe_id: str
+    parent_id: str
+    scone: SconeSettings
+    targets: tuple[Target, ...]
+    server_auth: bool
+    """Network shield only: verify the mesh service's certificate (DNS name + mesh CA). Opt-out is insecure."""
+    ghostunnel: GhostunnelSettings | None
+    """Set exactly when ``mode == 'ghostunnel'``."""
+
+    @property
+    def authenticates_by_dns_name(self) -> bool:
+        """Whether this app's TLS client checks the mesh service's DNS name in its certificate.
+
+        The network shield does when server authentication is on; Ghostunnel does when fed from files
+        (Go's standard verification runs before ``--verify-uri``; observed with the real binary).
+        """
+        if self.mode == "network-shield":
+            return self.server_auth
+        return self.ghostunnel is not None and self.ghostunnel.cert_source == "files"
+
+
+@dataclass(frozen=True, slots=True)
+class SpireSettings:
+    """SPIRE side: the SVIDStore plugin that posts SVIDs into CAS, and ClusterSPIFFEID settings."""
+
+    svidstore_plugin: SvidStorePlugin
+    cas_connection: str
+    cas_client_certificate: str
+    cas_client_key: str
+    trust_anchor_certificate: str
+    cas_predecessor_dir: str
+    templates_dir: str
+    """Where the agent reads the three session templates (the files under ``spire/svidstore-templates``)."""
+    bundle_session_name: str
+    """Literal name of the CAS session holding the trust bundle (``spire-ca`` secret)."""
+    federated_bundles_session_name: str
+    cluster_name: str
+    class_name: str | None
+    """``ClusterSPIFFEID.spec.className``: which spire-controller-manager reconciles our entries."""
+    svid_ttl: int
+    """``x509_svid_ttl`` of external apps' entries, seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """A whole, validated bridge spec."""
+
+    trust_domain: str
+    mesh: Mesh
+    services: tuple[MeshService, ...]
+    apps: tuple[ExternalApp, ...]
+    spire: SpireSettings
+
+    def callers_of(self, service: MeshService) -> tuple[ExternalApp, ...]:
+        """External apps that declare ``service`` as a target, in spec order."""
+        return tuple(a for a in self.apps if any(t.service.key == service.key for t in a.targets))
+
+    def needs_dns_names(self, service: MeshService) -> bool:
+        """Whether some caller authenticates ``service`` by DNS name (its SVID must carry the names)."""
+        return any(a.authenticates_by_dns_name for a in self.callers_of(service))
