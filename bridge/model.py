@@ -8,20 +8,22 @@ default is filled in and every cross reference (an app's targets) is resolved to
 Vocabulary, from the mission's three worlds:
 
 * the **mesh** (Istio, STRICT mTLS, identities issued by SPIRE and served to sidecars over SDS);
-* **mesh services** – workloads inside the mesh that external apps may call;
-* **external apps** – SCONE confidential applications outside the mesh, reaching mesh services either
+* **mesh services** - workloads inside the mesh that external apps may call;
+* **external apps** - SCONE confidential applications outside the mesh, reaching mesh services either
   through SCONE's *network shield* (TLS inside the enclave) or a confidential *Ghostunnel* in client
   mode; their SVIDs reach CAS through SPIRE's SVIDStore plugin.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 AppMode = Literal["network-shield", "ghostunnel"]
 CertSource = Literal["files", "workload-api"]
-SdsProvider = Literal["meshbridge", "spire-agent"]
+GatewayKind = Literal["ingress", "egress"]
 SvidStorePlugin = Literal["sconecas_sessionmanager", "scone_cas_secretsmanager"]
 Protocol = Literal["http", "http2", "grpc", "tcp", "tls"]
 Toleration = Literal[
@@ -33,9 +35,9 @@ Toleration = Literal[
     "insecure-configuration",
 ]
 
+GATEWAY_KINDS: tuple[GatewayKind, ...] = ("ingress", "egress")
 APP_MODES: tuple[AppMode, ...] = ("network-shield", "ghostunnel")
 CERT_SOURCES: tuple[CertSource, ...] = ("files", "workload-api")
-SDS_PROVIDERS: tuple[SdsProvider, ...] = ("meshbridge", "spire-agent")
 SVIDSTORE_PLUGINS: tuple[SvidStorePlugin, ...] = ("sconecas_sessionmanager", "scone_cas_secretsmanager")
 PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc", "tcp", "tls")
 TOLERATIONS: tuple[Toleration, ...] = (
@@ -55,15 +57,23 @@ KIND = "Bridge"
 class SdsSettings:
     """How Istio sidecars reach an SDS socket at ``/run/secrets/workload-spiffe-uds/socket``.
 
-    ``meshbridge``: our SDS server runs as an extra container in each pod (added by the injection
-    template), reads the SPIRE agent's Workload API socket from the SPIFFE CSI volume at
-    ``workload_api_socket`` and serves SDS on a shared ``emptyDir``. ``spire-agent``: the SPIRE agent's own
-    SDS implementation is mounted directly (SPIRE's documented setup; ``image`` is then unused).
+    meshbridge's SDS server runs as an extra (native sidecar) container in each pod, added by the
+    injection template; it reads the SPIRE agent's Workload API socket from the SPIFFE CSI volume at
+    ``workload_api_socket`` and serves SDS to istio-proxy on a shared ``emptyDir``.
     """
 
-    provider: SdsProvider
     image: str
     workload_api_socket: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """An Istio gateway deployment that must get its identity from SPIRE too."""
+
+    name: str
+    kind: GatewayKind
+    labels: tuple[tuple[str, str], ...]
+    namespace: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +82,10 @@ class Mesh:
 
     istio_namespace: str
     revision: str | None
+    profile: str
     cluster_domain: str
     sds: SdsSettings
+    gateways: tuple[Gateway, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +101,11 @@ class MeshService:
     spiffe_id: str
     """Istio's identity for the service's pods: ``spiffe://<td>/ns/<namespace>/sa/<service account>``."""
     dns_names: tuple[str, ...]
-    """``<name>.<namespace>.svc.<cluster domain>`` first (what external apps dial), then ``<name>.<ns>.svc``."""
+    """``<name>.<namespace>.svc.<cluster domain>`` (what external apps dial), then ``<name>.<ns>.svc``."""
+    mesh_principals: tuple[str, ...] = ()
+    """In-mesh callers' SPIFFE IDs to keep admitting once an ALLOW AuthorizationPolicy selects the pods."""
+    mesh_namespaces: tuple[str, ...] = ()
+    """In-mesh namespaces whose workloads keep being admitted (same reason)."""
 
     @property
     def key(self) -> str:
@@ -121,7 +137,7 @@ class SconeSettings:
     cas_address: str
     cas_namespace: str
     session_name: str
-    """Session name inside ``cas_namespace`` (``name`` of the session is ``<cas_namespace>/<session_name>``)."""
+    """Session name inside ``cas_namespace``; the session's ``name`` is ``<cas_namespace>/<session_name>``."""
     service_name: str
     mrenclaves: tuple[str, ...]
     command: str
@@ -137,9 +153,13 @@ class SconeSettings:
 class GhostunnelSettings:
     """The confidential Ghostunnel's certificate source and knobs (client mode)."""
 
+    binary: str
+    """Path of the SCONE-built Ghostunnel inside the app's image."""
     cert_source: CertSource
     workload_api_addr: str | None
     """``unix:///path`` of the Workload API inside the enclave's view (``workload-api`` source only)."""
+    workload_api_selectors: tuple[tuple[str, str], ...]
+    """SPIRE selectors ``(type, value)`` attesting the Ghostunnel process (``workload-api`` only)."""
     cert_dir: str
     """Directory inside the enclave where CAS injects ``svid.pem``, ``svid-key.pem``, ``bundle.pem``."""
     timed_reload: str
@@ -157,7 +177,7 @@ class ExternalApp:
     scone: SconeSettings
     targets: tuple[Target, ...]
     server_auth: bool
-    """Network shield only: verify the mesh service's certificate (DNS name + mesh CA). Opt-out is insecure."""
+    """Network shield only: verify the mesh service's certificate (DNS name, mesh CA). Opt-out: insecure."""
     ghostunnel: GhostunnelSettings | None
     """Set exactly when ``mode == 'ghostunnel'``."""
 
@@ -178,7 +198,10 @@ class SpireSettings:
     """SPIRE side: the SVIDStore plugin that posts SVIDs into CAS, and ClusterSPIFFEID settings."""
 
     svidstore_plugin: SvidStorePlugin
+    parent_id: str
+    """Default SPIRE parent ID of external apps' entries (``""`` when every app sets its own)."""
     cas_connection: str
+    """``https://host:port`` of CAS, as the SVIDStore plugin dials it."""
     cas_client_certificate: str
     cas_client_key: str
     trust_anchor_certificate: str
@@ -204,10 +227,19 @@ class Bridge:
     services: tuple[MeshService, ...]
     apps: tuple[ExternalApp, ...]
     spire: SpireSettings
+    _callers: Mapping[str, tuple[ExternalApp, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        callers: dict[str, list[ExternalApp]] = {}
+        for app in self.apps:
+            for target in app.targets:
+                callers.setdefault(target.service.key, []).append(app)
+        index = MappingProxyType({key: tuple(apps) for key, apps in callers.items()})
+        object.__setattr__(self, "_callers", index)
 
     def callers_of(self, service: MeshService) -> tuple[ExternalApp, ...]:
         """External apps that declare ``service`` as a target, in spec order."""
-        return tuple(a for a in self.apps if any(t.service.key == service.key for t in a.targets))
+        return self._callers.get(service.key, ())
 
     def needs_dns_names(self, service: MeshService) -> bool:
         """Whether some caller authenticates ``service`` by DNS name (its SVID must carry the names)."""

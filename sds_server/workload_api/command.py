@@ -1,9 +1,103 @@
-"""Subcommands of this subsystem (placeholder until its owner fills it in)."""
+"""``meshbridge workload-api serve``: run the embedded SPIFFE Workload API.
+
+``--socket PATH`` (socket named ``default``) or ``--socket NAME=PATH`` may be given several times and
+replaces the config's ``sockets:``; ``--socket-mode`` sets the mode of every socket given on the command
+line (default 0777: world-connectable like SPIRE's agent socket, attestation decides). Config problems
+raise :class:`ConfigError` (the CLI prints ``error: …`` and exits 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from sds_server.workload_api.config import (
+    DEFAULT_SOCKET_MODE,
+    Config,
+    SocketConfig,
+    check_sockets,
+    load_config,
+    parse_socket_mode,
+)
+from sds_server.workload_api.errors import ConfigError
+
+DEFAULT_SOCKET_NAME = "default"
+
+
+def parse_socket_args(values: list[str], mode: int) -> tuple[SocketConfig, ...]:
+    """``PATH`` or ``NAME=PATH`` arguments to socket configs (errors collected, with the flag's index)."""
+    problems: list[str] = []
+    out: list[SocketConfig] = []
+    for i, value in enumerate(values):
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = DEFAULT_SOCKET_NAME, value
+        if not name or not path:
+            problems.append(f"--socket[{i}]: {value!r}: expected PATH or NAME=PATH")
+            continue
+        if any(s.name == name for s in out):
+            problems.append(f"--socket[{i}]: {value!r}: socket name {name!r} given twice")
+            continue
+        out.append(SocketConfig(name, Path(path).expanduser().absolute(), mode))
+    if problems:
+        raise ConfigError(problems, "command line")
+    return tuple(out)
+
+
+def effective_config(args: argparse.Namespace) -> Config:
+    """The config file with the command line's socket options applied."""
+    mode = DEFAULT_SOCKET_MODE
+    if args.socket_mode is not None:
+        try:
+            mode = parse_socket_mode(args.socket_mode)
+        except ValueError as exc:
+            raise ConfigError([f"--socket-mode: {args.socket_mode!r}: {exc}"], "command line") from exc
+    cli_sockets = parse_socket_args(args.socket, mode) if args.socket else None
+    config = load_config(args.config, sockets=cli_sockets)
+    if cli_sockets is None and args.socket_mode is not None:
+        config = dataclasses.replace(
+            config, sockets=tuple(dataclasses.replace(s, mode=mode) for s in config.sockets)
+        )
+    check_sockets(config)
+    return config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sds_server.workload_api.server import serve  # noqa: PLC0415 - keep `meshbridge --help` light
+
+    config = effective_config(args)
+    sockets = config.sockets
+
+    def loader() -> Config:
+        return load_config(args.config, sockets=sockets)
+
+    asyncio.run(serve(config, loader=loader))
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this subsystem's subcommands to ``meshbridge``."""
+    """Add ``workload-api serve`` to ``meshbridge``."""
+    parser = subparsers.add_parser(
+        "workload-api", help="embedded SPIFFE Workload API (local CA) for one machine",
+        description="An embedded SPIFFE Workload API with a local CA, for demos, development and CI. "
+        "In production point the SDS server at a SPIRE agent instead.",
+    )
+    sub = parser.add_subparsers(dest="workload_api_command", metavar="ACTION", required=True)
+    serve_p = sub.add_parser(
+        "serve", help="serve the Workload API on Unix sockets",
+        description="Serve SpiffeWorkloadAPI on Unix sockets. SIGHUP reloads the config, SIGUSR1 re-mints "
+        "every SVID, SIGTERM/SIGINT stop gracefully.",
+    )
+    serve_p.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
+    serve_p.add_argument(
+        "--socket", action="append", default=[], metavar="[NAME=]PATH",
+        help="Unix socket to serve (repeatable; replaces the config's sockets; bare PATH is named "
+        f"{DEFAULT_SOCKET_NAME!r}; entries may select 'socket:NAME')",
+    )
+    serve_p.add_argument(
+        "--socket-mode", default=None, metavar="MODE",
+        help="octal file mode of the sockets (default 0777: attestation, not permissions, decides)",
+    )
+    serve_p.set_defaults(func=_serve)

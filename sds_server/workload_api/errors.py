@@ -3,11 +3,17 @@
 Tree::
 
     WorkloadApiError              base
-    ├── ConfigError               the YAML config is invalid (every problem with its path)
-    └── CaError                   the local CA cannot load, mint or rotate
+    ├── ConfigError               the YAML config is invalid (every problem with its path, at once)
+    ├── CaError                   the local CA cannot load, mint or rotate
+    ├── JwtSvidError              a JWT-SVID is malformed, badly signed, expired or for another audience
+    └── SocketError               a Workload API socket cannot be served (in use by a live server, …)
+
+Messages read ``<what>: <value!r>: <rule>``. The CLI prints ``error: <message>`` and exits 2.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class WorkloadApiError(Exception):
@@ -15,8 +21,30 @@ class WorkloadApiError(Exception):
 
 
 class ConfigError(WorkloadApiError):
-    """The Workload API config is invalid."""
+    """The Workload API config is invalid.
+
+    ``problems`` holds every problem found (``<path>: <value!r>: <rule>``), so a user fixes them all in
+    one go; ``source`` names the file.
+    """
+
+    def __init__(self, problems: Sequence[str], source: str = "config") -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        if len(self.problems) == 1:
+            message = f"{source}: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  {p}" for p in self.problems)
+            message = f"{source}: {len(self.problems)} problems:\n{lines}"
+        super().__init__(message)
 
 
 class CaError(WorkloadApiError):
     """The local CA cannot do what was asked."""
+
+
+class JwtSvidError(WorkloadApiError):
+    """A JWT-SVID does not validate (JWT-SVID.md)."""
+
+
+class SocketError(WorkloadApiError):
+    """A Workload API socket cannot be bound or is in use by a live server."""

@@ -1,0 +1,247 @@
+"""``meshbridge check``: validate a spec, render it in memory, and cross-check the artifacts.
+
+The spec loader guarantees each field is valid on its own; this module reads the *rendered documents*
+back (not the model) and checks that they agree with each other, the way the consumers will meet them:
+
+* every DNS name an external app authenticates (network shield ``_DESTINATION`` with server auth on,
+  Ghostunnel ``--target`` host when fed from files) is in the ``dnsNameTemplates`` of the
+  ``ClusterSPIFFEID`` selecting that service's pods — otherwise the TLS handshake fails on the name;
+* every external app is admitted by an ``AuthorizationPolicy`` selecting each service it calls
+  (principal = its SPIFFE ID without ``spiffe://``), and has a SPIRE entry with that SPIFFE ID;
+* Ghostunnel ``--verify-uri`` is the target service's Istio SPIFFE ID;
+* the SVID/bundle sessions the app sessions import are the ones the SVIDStore templates name;
+* no SPIFFE ID is registered twice; Ghostunnel listen/status ports of one app do not clash;
+* warnings: an ALLOW policy whose selector also selects another service's pods (over-admission), mesh
+  services sharing a service account (Ghostunnel cannot tell them apart by SPIFFE ID).
+
+:func:`consistency_problems` is what the property tests run on random specs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bridge import render as layout
+from bridge.model import Bridge, ExternalApp, MeshService
+from bridge.render import render
+from bridge.rendering import Rendering
+
+_NAME_LINE = re.compile(r"^name:\s*(\S+)\s*$", re.MULTILINE)
+_SCHEME = "spiffe://"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """``problems`` make ``check`` fail (exit 2); ``warnings`` are printed; ``documents`` were checked."""
+
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    documents: int
+
+
+def check(bridge: Bridge) -> CheckReport:
+    """Render ``bridge`` in memory and cross-check the documents."""
+    rendering = render(bridge)
+    warnings = list(rendering.warnings) + _model_warnings(bridge)
+    problems = consistency_problems(bridge, rendering)
+    return CheckReport(tuple(problems), tuple(dict.fromkeys(warnings)), len(rendering))
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _labels_of(doc: Mapping[str, object], *keys: str) -> dict[str, str]:
+    node: object = doc
+    for key in keys:
+        node = _dict(node).get(key)
+    return {str(k): str(v) for k, v in _dict(node).items()}
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _cluster_spiffe_ids_for(rendering: Rendering, service: MeshService) -> list[dict[str, object]]:
+    out = []
+    for doc in rendering.yaml_documents(layout.CLUSTER_SPIFFEIDS):
+        ns = _labels_of(doc, "spec", "namespaceSelector", "matchLabels").get("kubernetes.io/metadata.name")
+        if ns == service.namespace and _selects(
+            _labels_of(doc, "spec", "podSelector", "matchLabels"), service.label_map
+        ):
+            out.append(doc)
+    return out
+
+
+def _admitting_principals(rendering: Rendering, service: MeshService) -> set[str]:
+    principals: set[str] = set()
+    for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
+        if _dict(doc.get("metadata")).get("namespace") != service.namespace:
+            continue
+        spec = _dict(doc.get("spec"))
+        if spec.get("action", "ALLOW") != "ALLOW":
+            continue
+        if not _selects(_labels_of(doc, "spec", "selector", "matchLabels"), service.label_map):
+            continue
+        for rule in _list(spec.get("rules")):
+            for src in _list(_dict(rule).get("from")):
+                principals.update(str(p) for p in _list(_dict(_dict(src).get("source")).get("principals")))
+    return principals
+
+
+def _authenticated_names(rendering: Rendering, app: ExternalApp) -> list[str]:
+    """DNS names the app's TLS client checks in the server certificate, read from its artifacts."""
+    if app.mode == "network-shield":
+        session = rendering.yaml_documents(layout.session_path(app.name))[0]
+        out = []
+        for svc in _list(session.get("services")):
+            env = _dict(_dict(svc).get("environment"))
+            for key, value in env.items():
+                if key.endswith("_DESTINATION") and str(value).startswith("TCP:"):
+                    auth = env.get(key.removesuffix("_DESTINATION") + "_SERVER_AUTH")
+                    if auth != "disabled":
+                        out.append(str(value).split(":")[1])
+        return out
+    if app.ghostunnel is None or app.ghostunnel.cert_source != "files":
+        return []
+    return [_flag(line, "target").rpartition(":")[0] for line in _ghostunnel_lines(rendering, app)]
+
+
+def _ghostunnel_lines(rendering: Rendering, app: ExternalApp) -> list[str]:
+    return [ln for ln in rendering.text(layout.ghostunnel_command_path(app.name)).splitlines() if ln.strip()]
+
+
+def _flag(line: str, name: str) -> str:
+    for word in line.split():
+        if word.startswith(f"--{name}="):
+            return word.split("=", 1)[1]
+    return ""
+
+
+def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
+    """Every disagreement between the rendered documents (empty list = consistent)."""
+    problems: list[str] = []
+    entries_script = rendering.text(layout.ENTRIES_SCRIPT)
+    for i, app in enumerate(bridge.apps):
+        where = f"externalApps[{i}] ({app.name})"
+        principal = app.spiffe_id.removeprefix(_SCHEME)
+        if f"-spiffeID {app.spiffe_id}" not in entries_script:
+            problems.append(f"{where}: {layout.ENTRIES_SCRIPT} registers no entry for {app.spiffe_id!r}")
+        for t in app.targets:
+            svc = t.service
+            if principal not in _admitting_principals(rendering, svc):
+                problems.append(
+                    f"{where}: {principal!r}: no AuthorizationPolicy selecting {svc.key} admits it "
+                    "(STRICT mTLS would pass, the request would get 403)"
+                )
+        for name in _authenticated_names(rendering, app):
+            svc_match = [t.service for t in app.targets if name in t.service.dns_names]
+            if not svc_match:
+                problems.append(f"{where}: {name!r}: authenticates a DNS name of no target service")
+                continue
+            crds = _cluster_spiffe_ids_for(rendering, svc_match[0])
+            if not any(name in _list(_dict(c.get("spec")).get("dnsNameTemplates")) for c in crds):
+                problems.append(
+                    f"{where}: {name!r}: authenticated by DNS name but no ClusterSPIFFEID of "
+                    f"{svc_match[0].key} puts it in the SVID (dnsNameTemplates): the handshake would fail"
+                )
+        problems += _session_problems(bridge, rendering, app, where)
+    problems += _duplicate_ids(bridge)
+    return problems
+
+
+def _session_problems(bridge: Bridge, rendering: Rendering, app: ExternalApp, where: str) -> list[str]:
+    problems: list[str] = []
+    session = rendering.yaml_documents(layout.session_path(app.name))[0]
+    if session.get("name") != app.scone.qualified_session_name:
+        problems.append(
+            f"{where}: session name {session.get('name')!r} != {app.scone.qualified_session_name!r}"
+        )
+    svid_template = rendering.text(layout.SVIDSTORE_TEMPLATES["svid"])
+    bundle_template = rendering.text(layout.SVIDSTORE_TEMPLATES["bundle"])
+    svid_name = _NAME_LINE.search(svid_template)
+    bundle_name = _NAME_LINE.search(bundle_template)
+    for secret in _list(session.get("secrets")):
+        imp = _dict(_dict(secret).get("import"))
+        if not imp:
+            continue
+        source = str(imp.get("session"))
+        if imp.get("secret") == "svid" and svid_name is not None:
+            expected = svid_name.group(1).replace(
+                "<\\session-name-selector>", app.scone.qualified_session_name
+            )
+            if source != expected:
+                problems.append(
+                    f"{where}: imports the SVID from {source!r}; the SVIDStore posts it as {expected!r}"
+                )
+        if imp.get("secret") == "spire-ca" and bundle_name is not None and source != bundle_name.group(1):
+            problems.append(
+                f"{where}: imports the bundle from {source!r}; the SVIDStore posts {bundle_name.group(1)!r}"
+            )
+    if app.mode == "ghostunnel":
+        lines = _ghostunnel_lines(rendering, app)
+        ports: dict[str, str] = {}
+        for line, target in zip(lines, app.targets, strict=False):
+            if _flag(line, "verify-uri") != target.service.spiffe_id:
+                problems.append(
+                    f"{where}: --verify-uri={_flag(line, 'verify-uri')} is not {target.service.key}'s "
+                    f"SPIFFE ID {target.service.spiffe_id!r}"
+                )
+            for flag in ("listen", "status"):
+                port = _flag(line, flag).rpartition(":")[2]
+                if port in ports:
+                    problems.append(f"{where}: port {port} used twice (--{flag} and {ports[port]})")
+                ports[port] = f"--{flag}"
+        if len(lines) != len(app.targets):
+            problems.append(f"{where}: {len(lines)} Ghostunnel command lines for {len(app.targets)} targets")
+    return problems
+
+
+def _duplicate_ids(bridge: Bridge) -> list[str]:
+    seen: dict[str, str] = {}
+    problems = []
+    for i, app in enumerate(bridge.apps):
+        if app.spiffe_id in seen:
+            problems.append(f"externalApps[{i}].spiffeId: {app.spiffe_id!r}: also {seen[app.spiffe_id]}")
+        seen[app.spiffe_id] = f"externalApps[{i}]"
+    mesh_ids = {s.spiffe_id for s in bridge.services}
+    for i, app in enumerate(bridge.apps):
+        if app.spiffe_id in mesh_ids:
+            problems.append(f"externalApps[{i}].spiffeId: {app.spiffe_id!r}: a mesh service's SPIFFE ID")
+    return problems
+
+
+def _model_warnings(bridge: Bridge) -> list[str]:
+    warnings = []
+    for a in bridge.services:
+        for b in bridge.services:
+            if a is b or a.namespace != b.namespace or not bridge.callers_of(a):
+                continue
+            if _selects(a.label_map, b.label_map) and {x.name for x in bridge.callers_of(a)} - {
+                x.name for x in bridge.callers_of(b)
+            }:
+                warnings.append(
+                    f"meshServices ({a.key}): labels {a.label_map} also select the pods of {b.key}: its "
+                    f"AuthorizationPolicy admits {a.key}'s callers to {b.key} too"
+                )
+    by_id: dict[str, list[str]] = {}
+    for s in bridge.services:
+        by_id.setdefault(s.spiffe_id, []).append(s.key)
+    for sid, keys in by_id.items():
+        if len(keys) > 1:
+            warnings.append(
+                f"meshServices ({', '.join(keys)}): share the SPIFFE ID {sid!r} (same service account): "
+                "Ghostunnel's --verify-uri cannot tell them apart"
+            )
+    for app in bridge.apps:
+        if not app.server_auth and app.mode == "network-shield":
+            warnings.append(
+                f"externalApps ({app.name}): serverAuth: false: the mesh service is not authenticated"
+            )
+    return warnings

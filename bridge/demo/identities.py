@@ -1,0 +1,135 @@
+"""Identities for the demo: the embedded Workload API's config, and SVIDs fetched from it with py-spiffe.
+
+Single-machine scoping: every side gets its own Workload API socket and an entry selected by
+``socket:<name>`` (the socket the caller reached), so the sidecar's SDS server sees only httpbin's
+identity and each external app only its own — as SPIRE's attestors would on separate hosts/pods.
+py-spiffe (grpcio) is the client, as everywhere a Python program reads the Workload API here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bridge.demo.errors import DemoError
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One registration entry of the embedded Workload API, reachable on its own socket."""
+
+    socket_name: str
+    spiffe_id: str
+    dns_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SvidMaterial:
+    """An X509-SVID and the bundle of its trust domain, as PEM (the key only in memory / 0600 files)."""
+
+    spiffe_id: str
+    chain_pem: str
+    """Leaf first, then intermediates."""
+    key_pem: str
+    """PKCS#8 PEM."""
+    bundle_pem: str
+    serial: int
+    dns_names: tuple[str, ...]
+    all_ids: tuple[str, ...] = ()
+    """SPIFFE IDs of every X509-SVID the socket returned (scoping: exactly one expected)."""
+
+    @property
+    def leaf_pem(self) -> str:
+        end = "-----END CERTIFICATE-----\n"
+        return self.chain_pem.split(end, 1)[0] + end
+
+
+def socket_path(directory: Path, identity: Identity) -> Path:
+    return directory / f"{identity.socket_name}.sock"
+
+
+def workload_api_config(
+    trust_domain: str, identities: Sequence[Identity], directory: Path, *, svid_ttl: str = "1h"
+) -> dict[str, object]:
+    """The ``meshbridge workload-api serve --config`` document: one socket and one entry per identity."""
+    return {
+        "trust_domain": trust_domain,
+        "svid_ttl": svid_ttl,
+        "sockets": [
+            {"name": i.socket_name, "path": str(socket_path(directory, i)), "mode": "0700"}
+            for i in identities
+        ],
+        "entries": [
+            {
+                "spiffe_id": i.spiffe_id,
+                "selectors": [f"socket:{i.socket_name}"],
+                **({"dns_names": list(i.dns_names)} if i.dns_names else {}),
+            }
+            for i in identities
+        ],
+    }
+
+
+def _material(ctx: object, trust_domain: str) -> SvidMaterial:
+    svid = ctx.default_svid  # type: ignore[attr-defined]
+    chain = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in svid.cert_chain)
+    key = svid.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    from spiffe import TrustDomain  # noqa: PLC0415 - keep grpc out of module import time
+
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain(trust_domain))  # type: ignore[attr-defined]
+    if bundle is None:
+        raise DemoError(f"workload API: no bundle for trust domain {trust_domain!r}")
+    authorities = sorted(bundle.x509_authorities, key=lambda c: c.serial_number)
+    bundle_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in authorities)
+    leaf: x509.Certificate = svid.leaf
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(sans.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        dns = ()
+    return SvidMaterial(
+        spiffe_id=str(svid.spiffe_id),
+        chain_pem=chain,
+        key_pem=key,
+        bundle_pem=bundle_pem,
+        serial=leaf.serial_number,
+        dns_names=dns,
+        all_ids=tuple(str(s.spiffe_id) for s in ctx.x509_svids),  # type: ignore[attr-defined]
+    )
+
+
+def fetch_svid(
+    sock: Path, trust_domain: str, *, timeout: float = 10.0, not_serial: int | None = None
+) -> SvidMaterial:
+    """Fetch the default X509-SVID on ``sock`` (retrying until the server is up, or until its serial
+    differs from ``not_serial`` after a forced rotation)."""
+    from spiffe import WorkloadApiClient  # noqa: PLC0415 - grpc import is slow; only when used
+    from spiffe.errors import PySpiffeError  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    last = "socket not there yet"
+    while time.monotonic() < deadline:
+        if sock.exists():
+            client = None
+            try:
+                client = WorkloadApiClient(socket_path=f"unix://{sock}", default_timeout=2.0)
+                material = _material(client.fetch_x509_context(), trust_domain)
+                if not_serial is None or material.serial != not_serial:
+                    return material
+                last = f"still serial {not_serial:x}"
+            except PySpiffeError as exc:
+                last = str(exc)
+            finally:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+        time.sleep(0.1)
+    raise DemoError(f"workload API {sock}: no X509-SVID after {timeout:.0f}s: {last}")

@@ -1,0 +1,382 @@
+"""What the demo runs, read from the rendering of ``examples/httpbin/bridge.yaml`` — nothing invented.
+
+Every identity, name and setting the demo uses is taken from the rendered artifacts, the way each
+consumer in a cluster would read them:
+
+- trust domain: the ``IstioOperator`` overlay's ``meshConfig.trustDomain``;
+- httpbin's SPIFFE ID and DNS SANs: the ``ClusterSPIFFEID`` whose ``podSelector``/``namespaceSelector``
+  select the httpbin pods of ``examples/httpbin/httpbin.yaml``, its ``spiffeIDTemplate`` and
+  ``dnsNameTemplates`` evaluated for those pods (as spire-controller-manager does);
+- STRICT: the mesh-wide ``PeerAuthentication``; admitted callers: the ``AuthorizationPolicy`` ALLOW
+  principals selecting those pods;
+- each external app's SPIFFE ID: the SPIRE registration entry carrying its CAS session selector;
+- each app's session (``scone/<app>/session.yaml``) and the SVIDStore templates (text, filled later
+  like the plugin does).
+A missing or inconsistent artifact raises ``DemoError`` naming it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from bridge.demo.errors import DemoError
+
+AppMode = Literal["network-shield", "ghostunnel"]
+Doc = Mapping[str, object]
+
+_TEMPLATE_VAR = re.compile(r"\{\{\s*\.([A-Za-z.]+)\s*\}\}")
+_SESSION_SELECTOR = re.compile(r"(?:sconecas_sessionmanager:session_name|cas_session_name):(\S+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """httpbin's pods as ``examples/httpbin/httpbin.yaml`` declares them."""
+
+    namespace: str
+    name: str
+    service_account: str
+    labels: Mapping[str, str]
+    service_name: str
+    service_port: int
+
+    def resolves(self, host: str) -> bool:
+        """Whether cluster DNS resolves ``host`` to this Service (``svc``, ``svc.ns``, ``svc.ns.svc…``)."""
+        svc, ns = self.service_name, self.namespace
+        return host in (svc, f"{svc}.{ns}", f"{svc}.{ns}.svc") or host.startswith(f"{svc}.{ns}.svc.")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSide:
+    spiffe_id: str
+    dns_names: tuple[str, ...]
+    service_port: int
+    principals: tuple[str, ...]
+    """Admitted callers as SPIFFE IDs (``spiffe://…``), from the AuthorizationPolicies."""
+    policy_paths: tuple[str, ...]
+    cluster_spiffe_id_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppPlan:
+    name: str
+    mode: AppMode
+    spiffe_id: str
+    session_name: str
+    session: Doc
+    session_path: str
+
+    @property
+    def service(self) -> Doc:
+        services = self.session.get("services")
+        if not isinstance(services, list) or not services or not isinstance(services[0], dict):
+            raise DemoError(f"{self.session_path}: services: the session runs no service")
+        return services[0]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        env = self.service.get("environment", {})
+        if not isinstance(env, dict):
+            raise DemoError(f"{self.session_path}: services[0].environment: must be a mapping")
+        return {str(k): str(v) for k, v in env.items()}
+
+    @property
+    def command(self) -> list[str]:
+        cmd = self.service.get("command")
+        if not isinstance(cmd, str) or not cmd.strip():
+            raise DemoError(f"{self.session_path}: services[0].command: {cmd!r}: must be a command line")
+        return shlex.split(cmd)
+
+    @property
+    def injection_files(self) -> dict[str, str]:
+        """Rendered in-enclave path → content (with ``$$SCONE::…$$`` injections) of every image."""
+        out: dict[str, str] = {}
+        images = self.session.get("images", [])
+        for image in images if isinstance(images, list) else []:
+            files = image.get("injection_files", []) if isinstance(image, dict) else []
+            for f in files if isinstance(files, list) else []:
+                if isinstance(f, dict) and isinstance(f.get("path"), str):
+                    out[str(f["path"])] = str(f.get("content", ""))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    trust_domain: str
+    pod: Pod
+    mesh: MeshSide
+    apps: tuple[AppPlan, ...]
+    svid_template: str
+    bundle_template: str
+
+
+def load_pod(manifests: Path) -> Pod:
+    """httpbin's namespace, service account, pod labels and service port from the example manifests."""
+    try:
+        docs = [d for d in yaml.safe_load_all(manifests.read_text()) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as exc:
+        raise DemoError(f"{manifests}: cannot read the httpbin manifests: {exc}") from exc
+    deploy = next((d for d in docs if d.get("kind") == "Deployment"), None)
+    service = next((d for d in docs if d.get("kind") == "Service"), None)
+    if deploy is None or service is None:
+        raise DemoError(f"{manifests}: needs a Deployment and a Service")
+    meta, tmpl = deploy["metadata"], deploy["spec"]["template"]
+    return Pod(
+        namespace=str(meta.get("namespace", "default")),
+        name=f"{meta['name']}-demo",
+        service_account=str(tmpl["spec"].get("serviceAccountName", "default")),
+        labels={str(k): str(v) for k, v in tmpl["metadata"].get("labels", {}).items()},
+        service_name=str(service["metadata"]["name"]),
+        service_port=int(service["spec"]["ports"][0]["port"]),
+    )
+
+
+def _docs(rendering: Mapping[str, object]) -> list[tuple[str, Doc]]:
+    out: list[tuple[str, Doc]] = []
+    for path, doc in rendering.items():
+        items = doc if isinstance(doc, list) else [doc]
+        out += [(path, d) for d in items if isinstance(d, dict)]
+    return out
+
+
+def _of_kind(rendering: Mapping[str, object], kind: str) -> list[tuple[str, Doc]]:
+    return [(p, d) for p, d in _docs(rendering) if d.get("kind") == kind]
+
+
+def _get(doc: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _selects(selector: object, labels: Mapping[str, str]) -> bool:
+    match = _get(selector, "matchLabels")
+    return (
+        isinstance(match, dict)
+        and bool(match)
+        and all(labels.get(str(k)) == str(v) for k, v in match.items())
+    )
+
+
+def evaluate_template(template: str, *, trust_domain: str, pod: Pod, where: str) -> str:
+    """A spire-controller-manager Go template, for the variables our ClusterSPIFFEIDs may use."""
+    values = {
+        "TrustDomain": trust_domain,
+        "PodMeta.Namespace": pod.namespace,
+        "PodMeta.Name": pod.name,
+        "PodSpec.ServiceAccountName": pod.service_account,
+    }
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise DemoError(f"{where}: {m.group(0)!r}: the demo cannot evaluate this template variable")
+        return values[m.group(1)]
+
+    return _TEMPLATE_VAR.sub(sub, template)
+
+
+def _trust_domain(rendering: Mapping[str, object]) -> str:
+    overlays = _of_kind(rendering, "IstioOperator")
+    if not overlays:
+        raise DemoError("rendering: no IstioOperator overlay")
+    td = _get(overlays[0][1], "spec", "meshConfig", "trustDomain")
+    if not isinstance(td, str) or not td:
+        raise DemoError(f"{overlays[0][0]}: spec.meshConfig.trustDomain: {td!r}: must be the trust domain")
+    return td
+
+
+def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> MeshSide:
+    strict = [
+        p for p, d in _of_kind(rendering, "PeerAuthentication") if _get(d, "spec", "mtls", "mode") == "STRICT"
+    ]
+    if not strict:
+        raise DemoError("rendering: no PeerAuthentication with spec.mtls.mode STRICT")
+    matching = []
+    for path, doc in _of_kind(rendering, "ClusterSPIFFEID"):
+        spec = _get(doc, "spec")
+        ns_sel = _get(spec, "namespaceSelector")
+        ns_ok = ns_sel is None or _selects(ns_sel, {"kubernetes.io/metadata.name": pod.namespace})
+        if _selects(_get(spec, "podSelector"), pod.labels) and ns_ok:
+            matching.append((path, doc))
+    if len(matching) != 1:
+        raise DemoError(
+            f"rendering: {len(matching)} ClusterSPIFFEIDs select the httpbin pods "
+            f"(labels {dict(pod.labels)}, "
+            f"namespace {pod.namespace!r}); exactly one must, or its pods get no SVID"
+        )
+    path, doc = matching[0]
+    tpl = _get(doc, "spec", "spiffeIDTemplate")
+    if not isinstance(tpl, str):
+        raise DemoError(f"{path}: spec.spiffeIDTemplate: {tpl!r}: missing")
+    spiffe_id = evaluate_template(tpl, trust_domain=trust_domain, pod=pod, where=f"{path}: spiffeIDTemplate")
+    raw_dns = _get(doc, "spec", "dnsNameTemplates") or []
+    if not isinstance(raw_dns, list):
+        raise DemoError(f"{path}: spec.dnsNameTemplates: {raw_dns!r}: must be a list")
+    dns = tuple(
+        evaluate_template(str(t), trust_domain=trust_domain, pod=pod, where=f"{path}: dnsNameTemplates")
+        for t in raw_dns
+    )
+    principals: list[str] = []
+    policy_paths: list[str] = []
+    for ppath, policy in _of_kind(rendering, "AuthorizationPolicy"):
+        ns = _get(policy, "metadata", "namespace")
+        if ns != pod.namespace or not _selects(_get(policy, "spec", "selector"), pod.labels):
+            continue
+        if _get(policy, "spec", "action") not in (None, "ALLOW"):
+            continue
+        policy_paths.append(ppath)
+        for rule in _list(_get(policy, "spec", "rules")):
+            for src in _list(_get(rule, "from")):
+                principals += [f"spiffe://{p}" for p in _list(_get(src, "source", "principals"))]
+    if not policy_paths:
+        raise DemoError(
+            f"rendering: no ALLOW AuthorizationPolicy selects the httpbin pods in {pod.namespace!r}"
+        )
+    return MeshSide(spiffe_id, dns, pod.service_port, tuple(principals), tuple(policy_paths), path)
+
+
+def _entry_ids(rendering: Mapping[str, object]) -> dict[str, str]:
+    """CAS session name → SPIFFE ID, from the SPIRE entries (JSON ``entries`` or the create script)."""
+    out: dict[str, str] = {}
+    for _, doc in _docs(rendering):
+        entries = doc.get("entries")
+        for e in entries if isinstance(entries, list) else []:
+            if not isinstance(e, dict):
+                continue
+            for sel in e.get("selectors", []) or []:
+                text = f"{_get(sel, 'type')}:{_get(sel, 'value')}" if isinstance(sel, dict) else str(sel)
+                if m := _SESSION_SELECTOR.search(text):
+                    out[m.group(1)] = str(e.get("spiffe_id"))
+    for text_doc in rendering.values():
+        if isinstance(text_doc, str) and "entry create" in text_doc:
+            for cmd in re.split(r"(?<!\\)\n", text_doc):
+                m_id = re.search(r"-spiffeID[= ]+\"?([^\s\"]+)", cmd)
+                m_sel = _SESSION_SELECTOR.search(cmd.replace('"', " ").replace("'", " "))
+                if m_id and m_sel:
+                    out.setdefault(m_sel.group(1), m_id.group(1))
+    return out
+
+
+def _apps(rendering: Mapping[str, object]) -> tuple[AppPlan, ...]:
+    ids = _entry_ids(rendering)
+    apps = []
+    for path, doc in rendering.items():
+        m = re.fullmatch(r"scone/([^/]+)/session\.ya?ml", path)
+        if not m or not isinstance(doc, dict):
+            continue
+        name = str(doc.get("name", ""))
+        env_keys = _get(doc, "services")
+        first = env_keys[0] if isinstance(env_keys, list) and env_keys else {}
+        env = first.get("environment", {}) if isinstance(first, dict) else {}
+        command = str(first.get("command", "")) if isinstance(first, dict) else ""
+        if isinstance(env, dict) and "SCONE_NETWORK_SHIELD" in env:
+            mode: AppMode = "network-shield"
+        elif "ghostunnel" in command.split(" ", 1)[0]:
+            mode = "ghostunnel"
+        else:
+            raise DemoError(f"{path}: neither a network-shield session nor a Ghostunnel command")
+        spiffe_id = ids.get(name)
+        if spiffe_id is None:
+            raise DemoError(
+                f"{path}: no SPIRE entry stores its SVID into session {name!r}: the app would never get one"
+            )
+        if mode == "ghostunnel":
+            _same_command(rendering, m.group(1), doc, path)
+        apps.append(AppPlan(m.group(1), mode, spiffe_id, name, doc, path))
+    if not apps:
+        raise DemoError("rendering: no scone/<app>/session.yaml")
+    return tuple(apps)
+
+
+def _same_command(rendering: Mapping[str, object], app: str, session: Doc, path: str) -> None:
+    """The operators' command line (outside CAS) must be the one the session runs."""
+    text = rendering.get(f"scone/{app}/ghostunnel-command.txt")
+    if not isinstance(text, str):
+        return
+    plain = [shlex.split(line)[1:] for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    services = _list(session.get("services"))
+    in_session = [shlex.split(str(_get(s, "command")))[1:] for s in services]
+    if plain != in_session:
+        raise DemoError(
+            f"scone/{app}/ghostunnel-command.txt: {plain!r}: differs from the commands of {path} "
+            f"({in_session!r}); operators and CAS would run different tunnels"
+        )
+
+
+def _template(rendering: Mapping[str, object], marker: str, what: str) -> str:
+    found = [d for p, d in rendering.items() if isinstance(d, str) and marker in d and "template" in p]
+    if len(found) != 1:
+        raise DemoError(
+            f"rendering: {len(found)} SVIDStore {what} templates (containing {marker!r}); need one"
+        )
+    return str(found[0])
+
+
+def build_plan(rendering: Mapping[str, object], pod: Pod) -> DemoPlan:
+    td = _trust_domain(rendering)
+    bundle_markers = [
+        m
+        for m in ("<\\trust-bundle>", "<\\trust-bundle-ca>")
+        if any(isinstance(d, str) and m in d and "federated" not in p for p, d in rendering.items())
+    ]
+    svid_rendering = {p: d for p, d in rendering.items() if "federated" not in p}
+    return DemoPlan(
+        trust_domain=td,
+        pod=pod,
+        mesh=_mesh_side(rendering, td, pod),
+        apps=_apps(rendering),
+        svid_template=_template(svid_rendering, "<\\svid>", "SVID session"),
+        bundle_template=_template(
+            svid_rendering, bundle_markers[0] if bundle_markers else "<\\trust-bundle>", "bundle session"
+        ),
+    )
+
+
+def describe(path: str, doc: object = None) -> str:
+    """One line on what a rendered artifact is for (by its place in the output tree and its content)."""
+    if re.search(r"scone/.*session\.ya?ml$", path) and isinstance(doc, dict):
+        services = _list(doc.get("services"))
+        env = _get(services[0], "environment") if services else None
+        if isinstance(env, dict) and "SCONE_NETWORK_SHIELD" in env:
+            return "CAS session (network shield): TLS inside the enclave with the SVID imported from CAS"
+        return "CAS session (confidential Ghostunnel): cert files injected after attestation"
+    rules: Sequence[tuple[str, str]] = (
+        (r"README\.md$", "what to apply, in order, with the exact commands"),
+        (
+            r"istio/.*(overlay|operator|install).*",
+            "istioctl install -f: Istio on SPIRE (trust domain, SDS socket)",
+        ),
+        (r"istio/.*peer.*", "mesh-wide STRICT mTLS (PeerAuthentication)"),
+        (
+            r"istio/.*(authz|authorization|polic).*",
+            "AuthorizationPolicy: only the declared external SPIFFE IDs",
+        ),
+        (r"spire/.*cluster.?spiffe.*", "ClusterSPIFFEID: mesh SVIDs (+ DNS names for name-checking clients)"),
+        (
+            r"spire/.*\.json$",
+            "spire-server entry create -data: external apps' entries with SVIDStore selectors",
+        ),
+        (r"spire/.*\.sh$", "script registering the external apps (needs the CAS session hashes)"),
+        (r"spire/.*\.(hcl|conf)$", "SPIRE agent SVIDStore plugin block (posts SVIDs into CAS)"),
+        (r".*federated.*template", "SVIDStore template: federated bundles session"),
+        (r".*bundle.*template", "SVIDStore template: trust bundle session (spire-ca)"),
+        (r".*svid.*template", "SVIDStore template: the app's SVID session, exports pinned by hash"),
+        (r"scone/.*session\.ya?ml$", "CAS session: scone session create (runs the app with its TLS)"),
+        (r"scone/.*ghostunnel.*", "Ghostunnel client command line (outside CAS)"),
+    )
+    for pattern, text in rules:
+        if re.search(pattern, path, re.IGNORECASE):
+            return text
+    return "rendered artifact"

@@ -1,0 +1,290 @@
+"""Starting the demo's peers, step by step, under one supervisor.
+
+Each function starts one part of the picture and returns what later steps need; all processes belong to
+the :class:`~bridge.demo.supervisor.Supervisor`, so any failure (or Ctrl-C) stops everything started so far.
+
+    Workload API (embedded, one socket per side) ──► SDS server ──► Envoy sidecar (STRICT) ──► httpbin
+         │  per app: SVID → SVIDStore/CAS stand-in → session │
+         └──► Ghostunnel (files / Workload API)  or  Envoy as the network shield ──► sidecar
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from bridge.demo.cas import (
+    PostedSession,
+    Secret,
+    inject,
+    post_bundle_session,
+    post_svid_session,
+    resolve_imports,
+)
+from bridge.demo.envoy_runner import RunningEnvoy, start_envoy
+from bridge.demo.errors import DemoError
+from bridge.demo.identities import Identity, SvidMaterial, fetch_svid, socket_path, workload_api_config
+from bridge.demo.plan import AppPlan, DemoPlan
+from bridge.demo.shield import parse_shield_env, shield_bootstrap
+from bridge.demo.supervisor import Child, Supervisor
+from bridge.demo.tunnel import (
+    GhostunnelCommand,
+    LocalTunnel,
+    free_port,
+    localize,
+    to_workload_api_variant,
+    with_verify_uri,
+    write_injected_files,
+)
+from bridge.envoy.bootstrap import sidecar_bootstrap
+
+MESH_SOCKET = "mesh"
+INTRUDER_SOCKET = "intruder"
+
+
+def meshbridge_argv(*args: str) -> list[str]:
+    """``meshbridge …`` run with this interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "bridge.cli", "--log-format", "json", *args]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadApi:
+    child: Child
+    directory: Path
+    trust_domain: str
+
+    def socket(self, name: str) -> Path:
+        return self.directory / f"{name}.sock"
+
+    def fetch(self, name: str, *, not_serial: int | None = None, timeout: float = 10.0) -> SvidMaterial:
+        return fetch_svid(self.socket(name), self.trust_domain, timeout=timeout, not_serial=not_serial)
+
+    def rotate(self) -> None:
+        """SIGUSR1: the embedded Workload API re-mints every SVID and pushes them on open streams."""
+        self.child.popen.send_signal(signal.SIGUSR1)
+
+
+def start_workload_api(sup: Supervisor, plan: DemoPlan, intruder_id: str) -> WorkloadApi:
+    identities = [
+        Identity(MESH_SOCKET, plan.mesh.spiffe_id, plan.mesh.dns_names),
+        *(Identity(app.name, app.spiffe_id) for app in plan.apps),
+        Identity(INTRUDER_SOCKET, intruder_id),
+    ]
+    directory = sup.subdir("wa", 0o755)
+    config = directory / "config.yaml"
+    config.write_text(yaml.safe_dump(workload_api_config(plan.trust_domain, identities, directory)))
+    child = sup.start("workload-api", meshbridge_argv("workload-api", "serve", "--config", str(config)))
+    wa = WorkloadApi(child, directory, plan.trust_domain)
+    for ident in identities:
+        deadline = time.monotonic() + 10
+        while not socket_path(directory, ident).exists():
+            sup.check_alive()
+            if time.monotonic() > deadline:
+                raise DemoError(f"workload API: socket {ident.socket_name!r} not created within 10s")
+            time.sleep(0.05)
+    return wa
+
+
+def _read_json_line(child: Child, timeout: float) -> dict[str, object]:
+    assert child.popen.stdout is not None
+    ready, _, _ = select.select([child.popen.stdout], [], [], timeout)
+    if not ready:
+        raise DemoError(f"{child.name}: said nothing within {timeout:.0f}s:\n{child.output_tail()}")
+    line = child.popen.stdout.readline()
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise DemoError(f"{child.name}: unexpected output {line[:200]!r}:\n{child.output_tail()}") from exc
+    if not isinstance(data, dict):
+        raise DemoError(f"{child.name}: unexpected output {line[:200]!r}")
+    return data
+
+
+def start_httpbin(sup: Supervisor) -> int:
+    child = sup.start("httpbin", [sys.executable, "-m", "bridge.demo.httpbin_server"], stdout_pipe=True)
+    return int(str(_read_json_line(child, 20.0)["port"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    sds: Child
+    envoy: RunningEnvoy
+    port: int
+
+
+def start_sidecar(
+    sup: Supervisor, plan: DemoPlan, wa: WorkloadApi, envoy_bin: Path, httpbin_port: int
+) -> Sidecar:
+    sds_dir = sup.subdir("sds")
+    sds_sock = sds_dir / "sds.sock"
+    sds = sup.start(
+        "sds-server",
+        meshbridge_argv(
+            "sds", "serve", "--workload-api", f"unix://{wa.socket(MESH_SOCKET)}", "--listen", str(sds_sock)
+        ),
+    )
+    bootstrap = sidecar_bootstrap(
+        sds_socket=sds_sock,
+        trust_domain=plan.trust_domain,
+        backend_port=httpbin_port,
+        allowed_principals=list(plan.mesh.principals),
+        node_id=f"sidecar~127.0.0.1~{plan.pod.name}.{plan.pod.namespace}~{plan.pod.namespace}.svc.cluster.local",
+        node_cluster=f"{plan.pod.service_name}.{plan.pod.namespace}",
+    )
+    envoy = start_envoy(sup, envoy_bin, "sidecar", bootstrap, timeout=20.0)
+    return Sidecar(sds, envoy, envoy.listeners["inbound"])
+
+
+def session_hash(session: AppPlan) -> str:
+    """Stands for the hash CAS returns on ``scone session create`` (a digest of what was posted)."""
+    return hashlib.sha256(yaml.safe_dump(dict(session.session), sort_keys=True).encode()).hexdigest()
+
+
+def cas_secrets(plan: DemoPlan, app: AppPlan, svid: SvidMaterial) -> dict[str, Secret]:
+    """SVIDStore plugin + CAS stand-in: post the filled templates, resolve the app session's imports."""
+    digest = session_hash(app)
+    posted: dict[str, PostedSession] = {}
+    for p in (
+        post_svid_session(
+            plan.svid_template,
+            svid_chain_pem=svid.chain_pem,
+            key_pem=svid.key_pem,
+            session_name=app.session_name,
+            session_hash=digest,
+        ),
+        post_bundle_session(plan.bundle_template, bundle_pem=svid.bundle_pem),
+    ):
+        posted[p.name] = p
+    return dict(resolve_imports(app.session, posted, session_hash=digest))
+
+
+TunnelKind = Literal["network-shield", "ghostunnel-files", "ghostunnel-workload-api", "envoy-fallback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """One external app's local entry point: plain HTTP in on ``port``, mTLS out to the sidecar."""
+
+    app: AppPlan
+    label: str
+    kind: TunnelKind
+    port: int
+    process: Child
+    detail: str
+    files_dir: Path | None = None
+    """Where the CAS stand-in materialised the app's injected files (re-written on rotation)."""
+    command: GhostunnelCommand | None = None
+    """The localized Ghostunnel command (also for the Envoy fallback, which is built from it)."""
+    envoy: RunningEnvoy | None = None
+    """The Envoy playing this tunnel (network shield, fallback): its admin API explains failures."""
+
+    @property
+    def rotates_without_restart(self) -> bool:
+        """Ghostunnel re-reads its files (``--timed-reload``) or streams from the Workload API; the network
+        shield reads its session once, at start; the Envoy fallback reads its files once."""
+        return self.kind in ("ghostunnel-files", "ghostunnel-workload-api")
+
+
+def start_shield(
+    sup: Supervisor, plan: DemoPlan, app: AppPlan, svid: SvidMaterial, *, envoy_bin: Path, sidecar_port: int
+) -> Tunnel:
+    secrets = cas_secrets(plan, app, svid)
+    env = {k: inject(v, secrets, where=f"{app.session_path}: {k}") for k, v in app.environment.items()}
+    clients = parse_shield_env(env)
+    # cluster DNS + Service port → the sidecar's loopback port (what one machine changes)
+    routes = {
+        (c.host, c.port): ("127.0.0.1", sidecar_port)
+        for c in clients
+        if plan.pod.resolves(c.host) and c.port == plan.pod.service_port
+    }
+    envoy = start_envoy(
+        sup, envoy_bin, f"shield-{app.name}", shield_bootstrap(clients, routes, node_id=app.name)
+    )
+    c = clients[0]
+    detail = (
+        f"Envoy as the network shield from {app.session_path}: TCP:{c.host}:{c.port}, identity "
+        f"{svid.spiffe_id}, server auth {'CA bundle + DNS name ' + c.host if c.server_auth else 'DISABLED'}"
+    )
+    port = envoy.listeners[f"shield-{c.name}"]
+    return Tunnel(
+        app, f"{app.name} (network shield)", "network-shield", port, envoy.child, detail, envoy=envoy
+    )
+
+
+def _wait_port(sup: Supervisor, child: Child, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise DemoError(
+                f"{child.name}: exited with code {child.popen.returncode}:\n{child.output_tail()}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise DemoError(
+        f"{child.name}: not listening on 127.0.0.1:{port} after {timeout:.0f}s:\n{child.output_tail()}"
+    )
+
+
+def ghostunnel_command(app: AppPlan) -> GhostunnelCommand:
+    return GhostunnelCommand.parse(app.command, what=f"{app.session_path}: services[0].command")
+
+
+def materialise_files(plan: DemoPlan, app: AppPlan, svid: SvidMaterial, directory: Path) -> dict[str, Path]:
+    """CAS stand-in for ``images[].injection_files``: resolve injections, write 0600 files atomically."""
+    secrets = cas_secrets(plan, app, svid)
+    contents = {
+        path: inject(content, secrets, where=f"{app.session_path}: injection_files {path}")
+        for path, content in app.injection_files.items()
+    }
+    return write_injected_files(contents, directory)
+
+
+def start_ghostunnel(
+    sup: Supervisor,
+    ghostunnel_bin: Path,
+    app: AppPlan,
+    cmd: GhostunnelCommand,
+    *,
+    label: str,
+    sidecar_port: int,
+    files: dict[str, Path],
+    files_dir: Path | None,
+    workload_api_addr: str | None,
+) -> Tunnel:
+    local = LocalTunnel(
+        sidecar_port=sidecar_port,
+        listen_port=free_port(),
+        status_port=free_port(),
+        files=files,
+        workload_api_addr=workload_api_addr,
+    )
+    localized = localize(cmd, local, what=app.session_path)
+    name = "ghostunnel-" + label.replace(" ", "-").replace("(", "").replace(")", "")
+    child = sup.start(name, localized.argv(str(ghostunnel_bin)))
+    _wait_port(sup, child, local.listen_port)
+    shown = " ".join(a for a in localized.argv("ghostunnel")[1:] if not a.startswith("--status"))
+    kind: TunnelKind = "ghostunnel-files" if localized.has("cert") else "ghostunnel-workload-api"
+    return Tunnel(app, label, kind, local.listen_port, child, f"ghostunnel {shown}", files_dir, localized)
+
+
+def ghostunnel_variants(cmd: GhostunnelCommand, wrong_server_id: str) -> dict[str, GhostunnelCommand]:
+    """The rendered command (files), its Workload-API variant, and one expecting another server ID."""
+    variants = {"files": cmd, "workload-api": to_workload_api_variant(cmd), "wrong-server-id": cmd}
+    if cmd.has("use-workload-api-addr") or cmd.has("use-workload-api"):
+        variants.pop("files")
+        variants["workload-api"] = cmd
+    variants["wrong-server-id"] = with_verify_uri(variants.get("files", cmd), wrong_server_id)
+    return variants

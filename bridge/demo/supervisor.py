@@ -1,0 +1,206 @@
+"""Every process the demo starts, and the guarantee that none outlives it.
+
+Why a supervisor: the demo runs a Workload API server, an SDS server, two or more Envoys, Ghostunnels
+and httpbin at once. Each child is started
+
+- in its own process group (``process_group=0``), so a Ctrl-C in the terminal reaches only the demo,
+  which then stops the children in reverse start order (servers remove their sockets on SIGTERM);
+- with ``PR_SET_PDEATHSIG = SIGTERM`` (Linux ``prctl(2)``), so even a SIGKILL of the demo makes the
+  kernel send each child SIGTERM. The death signal fires when the *thread* that forked the child exits,
+  so children are only ever started from the thread that owns the supervisor (the main thread).
+
+Stopping is two-stage: SIGTERM, then SIGKILL after a grace period. The supervisor owns one private
+temp dir (0700, short path under /tmp because Unix socket paths are limited to 107 bytes) and removes
+it last. ``Supervisor`` is a context manager; nothing here is thread-safe (single owner thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+from bridge.demo.errors import DemoError
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_STOP_GRACE_S = 5.0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass(slots=True)
+class Child:
+    """A running child process with its captured output file."""
+
+    name: str
+    argv: tuple[str, ...]
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output_tail(self, limit: int = 2000) -> str:
+        """The last ``limit`` characters the child wrote (stdout and stderr), for error messages."""
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-limit:].decode("utf-8", "replace")
+
+
+class Supervisor:
+    """Owns a private temp dir and every child process of one demo run."""
+
+    def __init__(self, prefix: str = "mb-demo-") -> None:
+        self._prefix = prefix
+        self._children: list[Child] = []
+        self._cleanups: list[Callable[[], None]] = []
+        self._dir: Path | None = None
+        self._owner = threading.get_ident()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> Supervisor:
+        self._dir = Path(tempfile.mkdtemp(prefix=self._prefix, dir="/tmp"))
+        self._dir.chmod(0o700)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            raise DemoError("supervisor: used outside its 'with' block")
+        return self._dir
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        return tuple(self._children)
+
+    def subdir(self, name: str, mode: int = 0o700) -> Path:
+        """A fresh directory inside the private temp dir, created with ``mode`` (``name-2``… if taken)."""
+        path, n = self.dir / name, 1
+        while path.exists():
+            n += 1
+            path = self.dir / f"{name}-{n}"
+        path.mkdir(mode=mode)
+        path.chmod(mode)
+        return path
+
+    def on_close(self, func: Callable[[], None]) -> None:
+        """Run ``func`` when the supervisor closes, before children are stopped (LIFO)."""
+        self._cleanups.append(func)
+
+    # -- children -----------------------------------------------------------------------------
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout_pipe: bool = False,
+    ) -> Child:
+        """Start ``argv`` as a supervised child; its output goes to ``<tmp>/logs/<name>.log``.
+
+        With ``stdout_pipe`` the child's stdout is a pipe the caller reads (stderr still to the log).
+        """
+        if threading.get_ident() != self._owner:
+            raise DemoError(f"supervisor: {name!r}: children must be started from the owner thread")
+        logs = self.dir / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        log_path = logs / f"{name}.log"
+        n = 1
+        while log_path.exists():
+            n += 1
+            log_path = logs / f"{name}-{n}.log"
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        with log_path.open("ab") as out:
+            try:
+                popen = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if stdout_pipe else out,
+                    stderr=out,
+                    env=full_env,
+                    process_group=0,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl must run in the child
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise DemoError(f"{name}: {argv[0]!r}: cannot start: {exc.strerror}") from exc
+        child = Child(name=name, argv=tuple(argv), popen=popen, log_path=log_path)
+        self._children.append(child)
+        log.debug("demo.child.started", name=name, pid=popen.pid)
+        return child
+
+    def stop(self, child: Child, grace: float = _STOP_GRACE_S) -> int | None:
+        """SIGTERM, wait ``grace`` seconds, then SIGKILL. Returns the exit code."""
+        popen = child.popen
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log.warning("demo.child.kill", name=child.name, pid=child.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    popen.kill()
+                popen.wait(timeout=grace)
+        if popen.stdout is not None:
+            popen.stdout.close()
+        if child in self._children:
+            self._children.remove(child)
+        return popen.returncode
+
+    def check_alive(self) -> None:
+        """Raise ``DemoError`` naming any child that exited on its own (with its last output)."""
+        for child in self._children:
+            code = child.popen.poll()
+            if code is not None:
+                raise DemoError(f"{child.name}: exited with code {code} unexpectedly:\n{child.output_tail()}")
+
+    def close(self) -> None:
+        """Run cleanups, stop children newest first, remove the temp dir. Idempotent."""
+        while self._cleanups:
+            func = self._cleanups.pop()
+            try:
+                func()
+            except Exception as exc:
+                log.warning("demo.cleanup.failed", error=str(exc))
+        # Signal everyone first (fast), then wait, so total time is one grace period, not N.
+        for child in reversed(self._children):
+            if child.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.popen.send_signal(signal.SIGTERM)
+        for child in reversed(list(self._children)):
+            self.stop(child)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

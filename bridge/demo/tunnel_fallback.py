@@ -1,0 +1,111 @@
+"""Fallback when no Ghostunnel binary exists: real Envoy as the client tunnel, built from the same command.
+
+The rendered Ghostunnel flags map one to one: ``--listen`` → a plain loopback listener, ``--target`` (+
+``--override-server-name``) → an upstream cluster with that SNI, ``--cert``/``--key``/``--cacert`` → the
+materialised files, ``--verify-uri`` → an exact URI-SAN match on the server certificate. Envoy reads the
+files once (inline ``filename`` sources; ``watched_directory`` only works for file-based SDS), so a
+rotated SVID needs a restart here (said in the output). Unlike Ghostunnel fed from files, Envoy cannot
+AND a host-name check with the URI-SAN match, so only the SPIFFE ID is verified.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bridge.demo.envoy_runner import start_envoy
+from bridge.demo.errors import DemoError
+from bridge.demo.plan import AppPlan
+from bridge.demo.setup import Tunnel
+from bridge.demo.supervisor import Supervisor
+from bridge.demo.tunnel import GhostunnelCommand, LocalTunnel, free_port, localize, split_host_port
+
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+_TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def envoy_tunnel_bootstrap(cmd: GhostunnelCommand, *, node_id: str) -> dict[str, object]:
+    """Envoy static config equivalent to a (localized) ``ghostunnel client`` command with files."""
+    listen, target = cmd.get("listen"), cmd.get("target")
+    cert, key, cacert = cmd.get("cert"), cmd.get("key"), cmd.get("cacert")
+    if not (listen and target and cert and key and cacert):
+        raise DemoError(f"{node_id}: the Envoy fallback needs --listen, --target, --cert, --key and --cacert")
+    lhost, lport = split_host_port(listen, what="--listen")
+    thost, tport = split_host_port(target, what="--target")
+    sni = cmd.get("override-server-name") or thost
+    matchers = [{"san_type": "URI", "matcher": {"exact": uri}} for uri in cmd.all("verify-uri")]
+    tls = {
+        "@type": _TLS + "UpstreamTlsContext",
+        "sni": sni,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}],
+            "validation_context": {
+                "trusted_ca": {"filename": cacert},
+                "match_typed_subject_alt_names": matchers,
+            },
+        },
+    }
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": thost, "port_value": tport}}}}
+    return {
+        "node": {"id": node_id, "cluster": "ghostunnel-fallback"},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "tunnel",
+                    "address": {"socket_address": {"address": lhost, "port_value": lport}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.tcp_proxy",
+                                    "typed_config": {
+                                        "@type": _TCP_PROXY,
+                                        "stat_prefix": "tunnel",
+                                        "cluster": "target",
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "target",
+                    "type": "STATIC",
+                    "connect_timeout": "2s",
+                    "load_assignment": {
+                        "cluster_name": "target",
+                        "endpoints": [{"lb_endpoints": [endpoint]}],
+                    },
+                    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+                }
+            ],
+        },
+    }
+
+
+def start_envoy_tunnel(
+    sup: Supervisor,
+    envoy_bin: Path,
+    app: AppPlan,
+    cmd: GhostunnelCommand,
+    *,
+    sidecar_port: int,
+    files: dict[str, Path],
+    files_dir: Path | None,
+    label: str,
+) -> Tunnel:
+    local = LocalTunnel(
+        sidecar_port=sidecar_port, listen_port=free_port(), status_port=free_port(), files=files
+    )
+    localized = localize(cmd, local, what=app.session_path)
+    envoy = start_envoy(
+        sup,
+        envoy_bin,
+        f"tunnel-{app.name}",
+        envoy_tunnel_bootstrap(localized, node_id=app.name),
+        timeout=10.0,
+    )
+    detail = f"Envoy client tunnel from: {' '.join(localized.argv('ghostunnel')[1:])}"
+    port = envoy.listeners["tunnel"]
+    return Tunnel(app, label, "envoy-fallback", port, envoy.child, detail, files_dir, localized, envoy)

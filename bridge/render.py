@@ -1,0 +1,325 @@
+"""Rendering a bridge: one validated :class:`~bridge.model.Bridge` in, every artifact out, consistently.
+
+``render(bridge, session_hashes=None) -> Rendering`` maps the bridge model onto the pure renderers of
+:mod:`istio` and :mod:`scone` (their own small frozen inputs; SPIFFE IDs as ``str``) and collects the
+documents under these relative paths (the layout ``meshbridge render -o DIR`` writes):
+
+* ``README.md`` - what to apply, in order, with the exact commands;
+* ``istio/istio-operator.yaml`` - ``IstioOperator`` overlay for ``istioctl install -f``;
+* ``istio/peer-authentication.yaml`` - mesh-wide STRICT ``PeerAuthentication``;
+* ``istio/authorization-policies.yaml`` - one ALLOW ``AuthorizationPolicy`` per called service (a list:
+  multi-document YAML);
+* ``spire/cluster-spiffeids.yaml`` - one ``ClusterSPIFFEID`` per mesh service (a list);
+* ``spire/register-entries.sh`` - ``spire-server entry create`` for the external apps (0755; takes the
+  CAS session hashes as ``SESSION=HASH|@FILE|-`` arguments and refuses to run without them);
+* ``spire/entries.json`` - the same for ``spire-server entry create -data``; present only when
+  ``session_hashes`` covers every app whose SVID goes to CAS;
+* ``spire/agent-svidstore.hcl`` - the agent's ``SVIDStore "<plugin>" { plugin_data {...} }`` block;
+* ``spire/svidstore-templates/{svid,bundle,federated-bundles}-session.template`` - the three session
+  templates the plugin posts (text with the plugin's ``<\\...>`` placeholders, named as the HCL says);
+* ``scone/<app>/session.yaml`` - each external app's CAS session (network shield or Ghostunnel);
+* ``scone/<app>/ghostunnel-command.txt`` - Ghostunnel mode: the client command line, one per target.
+
+Structured documents are plain ``dict``/``list`` (dumped by :mod:`bridge.writer`); scripts, HCL,
+templates and the README are ``str``. ``Rendering.warnings`` lists settings that work but weaken
+security (server authentication off, ``debug-mode`` tolerated, the tutorial SVIDStore plugin).
+
+A renderer refusing an input the spec loader accepted is reported as :class:`~bridge.errors.SpecError`
+naming the app or service, so callers see one error type for "this spec cannot be rendered".
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+
+import istio
+import scone
+from bridge.errors import SpecError
+from bridge.model import Bridge, ExternalApp, MeshService
+from bridge.readme import render_readme
+from bridge.rendering import Document, Rendering
+
+__all__ = [
+    "AUTHORIZATION_POLICIES",
+    "CLUSTER_SPIFFEIDS",
+    "ENTRIES_JSON",
+    "ENTRIES_SCRIPT",
+    "ISTIO_OPERATOR",
+    "PEER_AUTHENTICATION",
+    "README",
+    "SVIDSTORE_HCL",
+    "SVIDSTORE_TEMPLATES",
+    "Rendering",
+    "ghostunnel_command_path",
+    "render",
+    "session_path",
+]
+
+README = "README.md"
+ISTIO_OPERATOR = "istio/istio-operator.yaml"
+PEER_AUTHENTICATION = "istio/peer-authentication.yaml"
+AUTHORIZATION_POLICIES = "istio/authorization-policies.yaml"
+CLUSTER_SPIFFEIDS = "spire/cluster-spiffeids.yaml"
+ENTRIES_JSON = "spire/entries.json"
+ENTRIES_SCRIPT = "spire/register-entries.sh"
+SVIDSTORE_HCL = "spire/agent-svidstore.hcl"
+SVIDSTORE_TEMPLATES = {k: f"spire/svidstore-templates/{file}" for k, file in scone.TEMPLATE_FILES.items()}
+"""The three SVIDStore session templates, named as ``spire/agent-svidstore.hcl`` refers to them."""
+
+
+def session_path(app_name: str) -> str:
+    return f"scone/{app_name}/session.yaml"
+
+
+def ghostunnel_command_path(app_name: str) -> str:
+    return f"scone/{app_name}/ghostunnel-command.txt"
+
+
+# --- mapping the bridge model onto the renderers' inputs -------------------------------------------
+
+
+def istio_service(service: MeshService) -> istio.MeshService:
+    return istio.MeshService(
+        name=service.name,
+        namespace=service.namespace,
+        service_account=service.service_account,
+        port=service.port,
+        pod_labels=service.labels,
+    )
+
+
+def overlay_params(bridge: Bridge) -> istio.OverlayParams:
+    mount, socket_name = posixpath.split(bridge.mesh.sds.workload_api_socket)
+    return istio.OverlayParams(
+        trust_domain=bridge.trust_domain,
+        sds_image=bridge.mesh.sds.image,
+        root_namespace=bridge.mesh.istio_namespace,
+        revision=bridge.mesh.revision,
+        profile=bridge.mesh.profile,
+        gateways=tuple(
+            istio.Gateway(name=g.name, labels=g.labels, namespace=g.namespace, kind=g.kind)
+            for g in bridge.mesh.gateways
+        ),
+        workload_api_mount=mount or "/",
+        workload_api_socket_name=socket_name,
+    )
+
+
+def authorization_params(bridge: Bridge, service: MeshService) -> istio.AuthorizationParams:
+    return istio.AuthorizationParams(
+        service=istio_service(service),
+        allowed_spiffe_ids=tuple(a.spiffe_id for a in bridge.callers_of(service)),
+        mesh_principals=service.mesh_principals,
+        mesh_namespaces=service.mesh_namespaces,
+    )
+
+
+def cluster_spiffe_id_params(bridge: Bridge, service: MeshService) -> istio.ClusterSpiffeIdParams:
+    return istio.ClusterSpiffeIdParams(
+        service=istio_service(service),
+        dns_names=bridge.needs_dns_names(service),
+        class_name=bridge.spire.class_name,
+        cluster_domain=bridge.mesh.cluster_domain,
+    )
+
+
+def stores_svid_in_cas(app: ExternalApp) -> bool:
+    """Whether the app's SVID reaches it through CAS (SVIDStore), not a Workload API socket."""
+    return not (app.ghostunnel is not None and app.ghostunnel.cert_source == "workload-api")
+
+
+def app_entry(bridge: Bridge, app: ExternalApp) -> istio.ExternalAppEntry:
+    selectors: tuple[istio.Selector, ...] = ()
+    if app.ghostunnel is not None and not stores_svid_in_cas(app):
+        selectors = tuple(istio.Selector(t, v) for t, v in app.ghostunnel.workload_api_selectors)
+    return istio.ExternalAppEntry(
+        spiffe_id=app.spiffe_id,
+        parent_id=app.parent_id,
+        cas_session=app.scone.qualified_session_name if stores_svid_in_cas(app) else None,
+        selectors=selectors,
+        x509_svid_ttl=bridge.spire.svid_ttl,
+    )
+
+
+def entries_params(bridge: Bridge) -> istio.EntriesParams:
+    return istio.EntriesParams(
+        entries=tuple(app_entry(bridge, a) for a in bridge.apps),
+        plugin=bridge.spire.svidstore_plugin,
+    )
+
+
+def svidstore_sessions(bridge: Bridge) -> scone.SvidStoreSessions:
+    return scone.SvidStoreSessions(
+        plugin=bridge.spire.svidstore_plugin,
+        bundle_session=bridge.spire.bundle_session_name,
+        federated_bundles_session=bridge.spire.federated_bundles_session_name,
+    )
+
+
+def svidstore_config(bridge: Bridge) -> scone.SvidStoreConfig:
+    s = bridge.spire
+    return scone.SvidStoreConfig(
+        cas_address=s.cas_connection,
+        cas_client_certificate=s.cas_client_certificate,
+        cas_client_key=s.cas_client_key,
+        trust_anchor_certificate=s.trust_anchor_certificate,
+        sessions=svidstore_sessions(bridge),
+        cas_predecessor_dir=s.cas_predecessor_dir,
+        template_dir=s.templates_dir,
+    )
+
+
+def mesh_target(bridge: Bridge, service: MeshService) -> scone.MeshTarget:
+    return scone.MeshTarget(
+        name=service.name,
+        namespace=service.namespace,
+        port=service.port,
+        spiffe_id=service.spiffe_id,
+        cluster_domain=bridge.mesh.cluster_domain,
+    )
+
+
+def network_shield_app(bridge: Bridge, app: ExternalApp) -> scone.NetworkShieldApp:
+    return scone.NetworkShieldApp(
+        session_name=app.scone.qualified_session_name,
+        service_name=app.scone.service_name,
+        command=app.scone.command,
+        mrenclaves=app.scone.mrenclaves,
+        targets=tuple(mesh_target(bridge, t.service) for t in app.targets),
+        pwd=app.scone.pwd,
+        attestation=scone.Attestation(tolerate=app.scone.tolerations),
+        svidstore=svidstore_sessions(bridge),
+        server_auth=app.server_auth,
+    )
+
+
+def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
+    gt = app.ghostunnel
+    if gt is None:  # pragma: no cover - the loader guarantees it for mode 'ghostunnel'
+        raise SpecError([f"{app.name}: mode 'ghostunnel' without ghostunnel settings"])
+    files = scone.CertFiles(
+        cert=f"{gt.cert_dir}/svid.pem", key=f"{gt.cert_dir}/svid-key.pem", cacert=f"{gt.cert_dir}/bundle.pem"
+    )
+    tunnels = []
+    for i, t in enumerate(app.targets):
+        tunnels.append(
+            scone.GhostunnelTunnel(
+                target=mesh_target(bridge, t.service),
+                listen_port=t.listen_port or t.service.port,
+                cert_source=gt.cert_source,
+                files=files,
+                workload_api_addr=gt.workload_api_addr or "unix:///run/spire/sockets/agent.sock",
+                timed_reload=gt.timed_reload,
+                # one status listener per tunnel: the first gets statusPort, the next ones count up
+                status_port=gt.status_port + i,
+            )
+        )
+    return scone.GhostunnelApp(
+        session_name=app.scone.qualified_session_name,
+        mrenclaves=app.scone.mrenclaves,
+        tunnels=tuple(tunnels),
+        binary=gt.binary,
+        pwd=app.scone.pwd,
+        attestation=scone.Attestation(tolerate=app.scone.tolerations),
+        svidstore=svidstore_sessions(bridge),
+    )
+
+
+# --- rendering --------------------------------------------------------------------------------------
+
+
+def _where_app(index: int, app: ExternalApp) -> str:
+    return f"externalApps[{index}] ({app.name})"
+
+
+def _where_service(index: int, service: MeshService) -> str:
+    return f"meshServices[{index}] ({service.key})"
+
+
+def _renderer_failed(where: str, exc: Exception) -> SpecError:
+    return SpecError([f"{where}: {line}" for line in str(exc).splitlines() or [type(exc).__name__]])
+
+
+def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
+    try:
+        docs[ISTIO_OPERATOR] = istio.render_istio_operator(overlay_params(bridge))
+        docs[PEER_AUTHENTICATION] = istio.render_peer_authentication(bridge.mesh.istio_namespace)
+    except istio.IstioError as exc:
+        raise _renderer_failed("mesh", exc) from exc
+    policies: list[dict[str, object]] = []
+    crds: list[dict[str, object]] = []
+    for index, service in enumerate(bridge.services):
+        try:
+            if bridge.callers_of(service):
+                policies.append(istio.render_authorization_policy(authorization_params(bridge, service)))
+            crds.append(istio.render_cluster_spiffe_id(cluster_spiffe_id_params(bridge, service)))
+        except istio.IstioError as exc:
+            raise _renderer_failed(_where_service(index, service), exc) from exc
+    docs[AUTHORIZATION_POLICIES] = policies
+    docs[CLUSTER_SPIFFEIDS] = crds
+
+
+def _render_spire(
+    bridge: Bridge, docs: dict[str, Document], session_hashes: Mapping[str, str] | None
+) -> list[str]:
+    warnings: list[str] = []
+    params = entries_params(bridge)
+    try:
+        docs[ENTRIES_SCRIPT] = istio.render_entries_script(params, prog="register-entries.sh")
+        needed = {e.cas_session for e in params.entries if e.cas_session is not None}
+        hashes = dict(session_hashes or {})
+        if needed <= set(hashes):
+            docs[ENTRIES_JSON] = istio.render_entries_json(params, hashes)
+    except istio.IstioError as exc:
+        raise _renderer_failed("externalApps (SPIRE entries)", exc) from exc
+    unknown = sorted(set(session_hashes or {}) - {a.scone.qualified_session_name for a in bridge.apps})
+    if unknown:
+        raise SpecError([f"--session-hash: {u!r}: no external app has this CAS session" for u in unknown])
+    sessions = svidstore_sessions(bridge)
+    try:
+        hcl = scone.render_svidstore_hcl(svidstore_config(bridge))
+        docs[SVIDSTORE_HCL] = hcl.text
+        warnings += [f"spire: {w}" for w in hcl.warnings]
+        docs[SVIDSTORE_TEMPLATES["svid"]] = scone.render_svid_session_template(sessions)
+        docs[SVIDSTORE_TEMPLATES["bundle"]] = scone.render_bundle_session_template(sessions)
+        docs[SVIDSTORE_TEMPLATES["federated_bundles"]] = scone.render_federated_bundles_session_template(
+            sessions
+        )
+    except scone.SconeError as exc:
+        raise _renderer_failed("spire", exc) from exc
+    return warnings
+
+
+def _render_app(bridge: Bridge, index: int, app: ExternalApp, docs: dict[str, Document]) -> list[str]:
+    where = _where_app(index, app)
+    try:
+        if app.mode == "network-shield":
+            rendered = scone.render_network_shield_session(network_shield_app(bridge, app))
+        else:
+            gapp = ghostunnel_app(bridge, app)
+            rendered = scone.render_ghostunnel_session(gapp)
+            lines = [scone.ghostunnel_command_line(t, gapp.binary) for t in gapp.tunnels]
+            docs[ghostunnel_command_path(app.name)] = "\n".join(lines) + "\n"
+    except scone.SconeError as exc:
+        raise _renderer_failed(where, exc) from exc
+    docs[session_path(app.name)] = rendered.session
+    return [f"{where}: {w}" for w in rendered.warnings]
+
+
+def render(bridge: Bridge, *, session_hashes: Mapping[str, str] | None = None) -> Rendering:
+    """Every artifact of ``bridge`` (layout in the module docstring).
+
+    ``session_hashes`` maps CAS session names (``<casNamespace>/<sessionName>``) to the hashes
+    ``scone session create`` printed; when it covers every app whose SVID goes to CAS,
+    ``spire/entries.json`` is rendered too (the script takes the hashes at run time either way).
+    """
+    docs: dict[str, Document] = {}
+    warnings: list[str] = []
+    _render_istio(bridge, docs)
+    warnings += _render_spire(bridge, docs, session_hashes)
+    for index, app in enumerate(bridge.apps):
+        warnings += _render_app(bridge, index, app, docs)
+    docs[README] = render_readme(bridge, docs, warnings)
+    ordered = {path: docs[path] for path in sorted(docs, key=lambda p: (p != README, p))}
+    return Rendering(ordered, tuple(dict.fromkeys(warnings)))

@@ -1,0 +1,643 @@
+"""Loading the bridge spec: YAML in, a validated :class:`bridge.model.Bridge` out — or every problem at once.
+
+``load_spec`` is the only reader of bridge specs. It maps ``yaml.YAMLError`` once (with ``file:line``
+from ``problem_mark``), then walks the document collecting *every* problem as
+``<path>: <value!r>: <rule>`` (or ``<path>: <rule>`` when there is no value, e.g. a missing key) and
+raises one :class:`bridge.errors.SpecError` carrying them all. Unknown keys are errors (with a
+"did you mean" hint from :mod:`difflib`); so are duplicate YAML keys. Names are checked for what the
+consumer that receives them allows (:mod:`bridge.names`); SPIFFE IDs by ``sds_server.spiffe_id``.
+
+The document (camelCase keys)::
+
+    apiVersion: meshbridge.io/v1alpha1
+    kind: Bridge
+    trustDomain: example.org
+    mesh: {istioNamespace, revision, profile, clusterDomain, sds: {image, workloadApiSocket},
+           gateways: [{name, kind, labels, namespace}]}
+    meshServices: [{name, namespace, serviceAccount, port, protocol, labels,
+                    meshCallers: {principals, namespaces}}]
+    externalApps:
+    - {name, mode, spiffeId, parentId, serverAuth, targets: [NAME | {service, listenPort}],
+       scone: {casAddress, casNamespace, sessionName, serviceName, mrenclaves, command, pwd, tolerations},
+       ghostunnel: {binary, certSource, workloadApiAddr, workloadApiSelectors, certDir, timedReload,
+                    statusPort}}
+    spire: {svidstorePlugin, parentId, casConnection, casClientCertificate, casClientKey,
+            trustAnchorCertificate, casPredecessorDir, templatesDir, bundleSessionName,
+            federatedBundlesSessionName, clusterName, className, svidTtl}
+
+The field-by-field reference, defaults included, is the ``_*_KEYS`` tables below and ``docs`` in
+``examples/httpbin/bridge.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from bridge import names
+from bridge.errors import SpecError
+from bridge.model import (
+    API_VERSION,
+    APP_MODES,
+    CERT_SOURCES,
+    GATEWAY_KINDS,
+    KIND,
+    PROTOCOLS,
+    SVIDSTORE_PLUGINS,
+    TOLERATIONS,
+    AppMode,
+    Bridge,
+    CertSource,
+    ExternalApp,
+    Gateway,
+    GatewayKind,
+    GhostunnelSettings,
+    Mesh,
+    MeshService,
+    Protocol,
+    SconeSettings,
+    SdsSettings,
+    SpireSettings,
+    SvidStorePlugin,
+    Target,
+    Toleration,
+)
+from bridge.spec_reader import Reader, join, parse_yaml, read_text, suggest
+from sds_server.errors import SpiffeIdError
+from sds_server.spiffe_id import TrustDomain
+
+DEFAULT_SDS_IMAGE = "ghcr.io/meshbridge/sds-server:0.1.0"
+DEFAULT_WORKLOAD_API_SOCKET = "/spiffe-workload-api/spire-agent.sock"
+DEFAULT_GHOSTUNNEL_BINARY = "/usr/bin/ghostunnel"
+DEFAULT_GHOSTUNNEL_WORKLOAD_API = "unix:///run/spire/sockets/agent.sock"
+DEFAULT_GHOSTUNNEL_CERT_DIR = "/run/meshbridge/tls"
+DEFAULT_SVIDSTORE_DIR = "/run/spire/svidstore"
+
+_TOP_KEYS = ("apiVersion", "kind", "trustDomain", "mesh", "meshServices", "externalApps", "spire")
+_MESH_KEYS = ("istioNamespace", "revision", "profile", "clusterDomain", "sds", "gateways")
+_GATEWAY_KEYS = ("name", "kind", "labels", "namespace")
+_CALLER_KEYS = ("principals", "namespaces")
+_SDS_KEYS = ("image", "workloadApiSocket")
+_SERVICE_KEYS = ("name", "namespace", "serviceAccount", "port", "protocol", "labels", "meshCallers")
+_APP_KEYS = ("name", "mode", "spiffeId", "parentId", "serverAuth", "targets", "scone", "ghostunnel")
+_TARGET_KEYS = ("service", "listenPort")
+_SCONE_KEYS = (
+    "casAddress",
+    "casNamespace",
+    "sessionName",
+    "serviceName",
+    "mrenclaves",
+    "command",
+    "pwd",
+    "tolerations",
+)
+_GHOSTUNNEL_KEYS = (
+    "binary",
+    "certSource",
+    "workloadApiAddr",
+    "workloadApiSelectors",
+    "certDir",
+    "timedReload",
+    "statusPort",
+)
+_SPIRE_KEYS = (
+    "svidstorePlugin",
+    "parentId",
+    "casConnection",
+    "casClientCertificate",
+    "casClientKey",
+    "trustAnchorCertificate",
+    "casPredecessorDir",
+    "templatesDir",
+    "bundleSessionName",
+    "federatedBundlesSessionName",
+    "clusterName",
+    "className",
+    "svidTtl",
+)
+
+
+def load_spec(source: str | os.PathLike[str]) -> Bridge:
+    """Load and validate a bridge spec.
+
+    ``source`` is a path (``pathlib.Path``, or a one-line ``str`` ending in ``.yaml``/``.yml``/``.json``)
+    or the YAML text itself. Raises :class:`bridge.errors.SpecError` listing every problem.
+    """
+    text, name = read_text(source)
+    return parse_document(parse_yaml(text, name))
+
+
+def parse_document(raw: object) -> Bridge:
+    """Validate an already parsed YAML document (what ``yaml.safe_load`` gives) into a :class:`Bridge`."""
+    r = Reader()
+    top = r.mapping(raw, "", _TOP_KEYS)
+    if isinstance(raw, dict):
+        api = top.get("apiVersion")
+        if api != API_VERSION:
+            r.bad("apiVersion", api, f"must be {API_VERSION!r}") if api is not None else r.note(
+                "apiVersion", f"required ({API_VERSION!r})"
+            )
+        kind = top.get("kind")
+        if kind != KIND:
+            r.bad("kind", kind, f"must be {KIND!r}") if kind is not None else r.note(
+                "kind", f"required ({KIND!r})"
+            )
+    td = _trust_domain(r, top)
+    mesh = _mesh(r, r.mapping(top.get("mesh"), "mesh", _MESH_KEYS))
+    services = _services(r, top, td or "example.invalid", mesh.cluster_domain)
+    spire = _spire(r, r.mapping(top.get("spire"), "spire", _SPIRE_KEYS), td)
+    apps = _apps(r, top, td, services, spire)
+    if isinstance(raw, dict) and "spire" not in top:
+        r.note("spire", "required (SVIDStore plugin and CAS connection)")
+    _cross_checks(r, services, apps, spire)
+    if r.problems:
+        raise SpecError(r.problems)
+    assert td is not None  # no problems means the trust domain parsed
+    return Bridge(trust_domain=td, mesh=mesh, services=services, apps=apps, spire=spire)
+
+
+def _trust_domain(r: Reader, top: Mapping[str, object]) -> str | None:
+    raw = top.get("trustDomain")
+    if raw is None:
+        r.note("trustDomain", "required (e.g. 'example.org')")
+        return None
+    if not isinstance(raw, str):
+        r.bad("trustDomain", raw, "must be a string")
+        return None
+    try:
+        td = TrustDomain.parse(raw)
+    except SpiffeIdError as exc:
+        r.note("trustDomain", str(exc))
+        return None
+    return td.name
+
+
+def _mesh(r: Reader, m: Mapping[str, object]) -> Mesh:
+    sds_raw = r.mapping(m.get("sds"), "mesh.sds", _SDS_KEYS)
+    sds = SdsSettings(
+        image=r.string(sds_raw, "image", "mesh.sds", default=DEFAULT_SDS_IMAGE, check=names.image_reference)
+        or DEFAULT_SDS_IMAGE,
+        workload_api_socket=r.string(
+            sds_raw,
+            "workloadApiSocket",
+            "mesh.sds",
+            default=DEFAULT_WORKLOAD_API_SOCKET,
+            check=names.absolute_path,
+        )
+        or DEFAULT_WORKLOAD_API_SOCKET,
+    )
+    gateways: list[Gateway] = []
+    raw_gateways = m.get("gateways")
+    items = [{"name": "istio-ingressgateway"}] if raw_gateways is None else r.seq(m, "gateways", "mesh")
+    for i, raw in enumerate(items):
+        path = f"mesh.gateways[{i}]"
+        g = r.mapping(raw, path, _GATEWAY_KEYS)
+        name = r.string(g, "name", path, check=names.dns1123_label)
+        kind: GatewayKind = r.choice(g, "kind", path, GATEWAY_KINDS, "ingress")  # type: ignore[assignment]
+        default_labels = {"istio": "ingressgateway" if kind == "ingress" else "egressgateway"}
+        labels = _labels(r, g.get("labels", default_labels), f"{path}.labels", name or "")
+        namespace = r.optional_string(g, "namespace", path, names.dns1123_label)
+        if name is not None:
+            gateways.append(Gateway(name=name, kind=kind, labels=labels, namespace=namespace))
+    return Mesh(
+        istio_namespace=r.string(
+            m, "istioNamespace", "mesh", default="istio-system", check=names.dns1123_label
+        )
+        or "istio-system",
+        revision=r.optional_string(m, "revision", "mesh", names.dns1123_label),
+        profile=r.string(m, "profile", "mesh", default="default", check=names.dns1123_label) or "default",
+        cluster_domain=r.string(
+            m, "clusterDomain", "mesh", default="cluster.local", check=names.dns1123_subdomain
+        )
+        or "cluster.local",
+        sds=sds,
+        gateways=tuple(gateways),
+    )
+
+
+def _callers(r: Reader, raw: object, path: str, td: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    m = r.mapping(raw, path, _CALLER_KEYS)
+    principals: list[str] = []
+    for j, item in enumerate(r.seq(m, "principals", path)):
+        sid = r.spiffe_id(item, f"{path}.principals[{j}]", None)
+        if sid is not None:
+            principals.append(sid)
+    namespaces: list[str] = []
+    for j, item in enumerate(r.seq(m, "namespaces", path)):
+        ns = r.value_string(item, f"{path}.namespaces[{j}]", names.dns1123_label)
+        if ns is not None:
+            namespaces.append(ns)
+    return tuple(principals), tuple(namespaces)
+
+
+def _labels(r: Reader, raw: object, path: str, name: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return (("app", name),)
+    if not isinstance(raw, dict):
+        r.bad(path, raw, "must be a mapping of label keys to values")
+        return ()
+    if not raw:
+        r.note(path, "must not be empty: the AuthorizationPolicy selects the service's pods by these labels")
+    out: list[tuple[str, str]] = []
+    for key, value in raw.items():
+        p = join(path, str(key))
+        if not isinstance(key, str):
+            r.bad(p, key, "label keys must be strings")
+            continue
+        rule = names.label_key(key)
+        if rule is not None:
+            r.bad(p, key, rule)
+            continue
+        if not isinstance(value, str):
+            r.bad(p, value, "label values must be strings (quote numbers and booleans)")
+            continue
+        rule = names.label_value(value)
+        if rule is not None:
+            r.bad(p, value, rule)
+            continue
+        out.append((key, value))
+    return tuple(sorted(out))
+
+
+def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str) -> tuple[MeshService, ...]:
+    out: list[MeshService] = []
+    seen: dict[str, str] = {}
+    for i, raw in enumerate(r.seq(top, "meshServices", "", required=True)):
+        path = f"meshServices[{i}]"
+        m = r.mapping(raw, path, _SERVICE_KEYS)
+        if not m:
+            if raw is None or raw == {}:
+                r.note(path, "must be a mapping with at least 'name' and 'port'")
+            continue
+        name = r.string(m, "name", path, check=names.dns1035_label)
+        namespace = r.string(m, "namespace", path, default="default", check=names.dns1123_label)
+        sa = r.string(m, "serviceAccount", path, default=name or "default", check=names.dns1123_subdomain)
+        port = r.integer(m, "port", path, check=names.port)
+        protocol: Protocol = r.choice(m, "protocol", path, PROTOCOLS, "http")  # type: ignore[assignment]
+        labels = _labels(r, m.get("labels"), f"{path}.labels", name or "")
+        principals, caller_namespaces = _callers(r, m.get("meshCallers"), f"{path}.meshCallers", td)
+        if name is None or namespace is None or sa is None or port is None:
+            raw_name, raw_ns = m.get("name"), m.get("namespace", "default")
+            if isinstance(raw_name, str):
+                r.invalid_services.update({raw_name, f"{raw_ns}/{raw_name}"})
+            continue
+        key = f"{namespace}/{name}"
+        if key in seen:
+            r.bad(f"{path}.name", name, f"duplicates {seen[key]} (service {key!r})")
+            continue
+        seen[key] = path
+        out.append(
+            MeshService(
+                name=name,
+                namespace=namespace,
+                service_account=sa,
+                port=port,
+                protocol=protocol,
+                labels=labels,
+                spiffe_id=f"spiffe://{td}/ns/{namespace}/sa/{sa}",
+                dns_names=(f"{name}.{namespace}.svc.{cluster_domain}", f"{name}.{namespace}.svc"),
+                mesh_principals=principals,
+                mesh_namespaces=caller_namespaces,
+            )
+        )
+    return tuple(out)
+
+
+def _resolve(r: Reader, ref: str, path: str, services: tuple[MeshService, ...]) -> MeshService | None:
+    by_key = {s.key: s for s in services}
+    if ref in by_key:
+        return by_key[ref]
+    matches = [s for s in services if s.name == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        keys = ", ".join(repr(s.key) for s in matches)
+        r.bad(path, ref, f"ambiguous mesh service name: write it as 'namespace/name' ({keys})")
+        return None
+    if ref in r.invalid_services:
+        return None  # the service itself is reported already
+    choices = sorted({s.name for s in services} | set(by_key))
+    r.note(path, f"no mesh service {ref!r}{suggest(ref, choices)}")
+    return None
+
+
+def _targets(
+    r: Reader, m: Mapping[str, object], path: str, services: tuple[MeshService, ...], mode: str
+) -> tuple[Target, ...]:
+    out: list[Target] = []
+    for j, raw in enumerate(r.seq(m, "targets", path, required=True)):
+        tp = f"{path}.targets[{j}]"
+        listen: int | None = None
+        if isinstance(raw, str):
+            service = _resolve(r, raw, tp, services)
+        elif isinstance(raw, dict):
+            t = r.mapping(raw, tp, _TARGET_KEYS)
+            ref = r.string(t, "service", tp)
+            service = _resolve(r, ref, f"{tp}.service", services) if ref is not None else None
+            if "listenPort" in t and mode != "ghostunnel":
+                r.note(
+                    f"{tp}.listenPort", "only for mode 'ghostunnel' (the network shield needs no local port)"
+                )
+            else:
+                listen = r.integer(t, "listenPort", tp, default=0, check=names.port) or None
+        else:
+            r.bad(tp, raw, "must be a mesh service name or a mapping {service, listenPort}")
+            continue
+        if service is None:
+            continue
+        if any(prev.service.key == service.key for prev in out):
+            r.bad(tp, raw if isinstance(raw, str) else service.key, "duplicate target")
+            continue
+        if mode == "ghostunnel" and listen is None:
+            listen = service.port
+        if mode == "ghostunnel" and any(
+            (p.service.name, p.service.port) == (service.name, service.port) for p in out
+        ):
+            r.bad(
+                tp,
+                service.key,
+                "Ghostunnel names its CAS service ghostunnel-<service>-<port>: "
+                "two targets with the same service name and port would collide",
+            )
+            continue
+        out.append(Target(service=service, listen_port=listen))
+    return tuple(out)
+
+
+def _scone(
+    r: Reader, raw: object, path: str, app_name: str, *, mode: str, spire: SpireSettings
+) -> SconeSettings:
+    m = r.mapping(raw, path, _SCONE_KEYS)
+    if raw is None:
+        r.note(path, "required (CAS namespace, MRENCLAVEs, ...)")
+    mrenclaves: list[str] = []
+    for k, item in enumerate(r.seq(m, "mrenclaves", path, required=raw is not None)):
+        value = r.value_string(item, f"{path}.mrenclaves[{k}]", names.mrenclave)
+        if value is not None:
+            mrenclaves.append(value.lower())
+    tolerations: list[Toleration] = []
+    for k, item in enumerate(r.seq(m, "tolerations", path)):
+        tp = f"{path}.tolerations[{k}]"
+        if not isinstance(item, str) or item not in TOLERATIONS:
+            hint = suggest(item, TOLERATIONS) if isinstance(item, str) else ""
+            r.bad(tp, item, f"must be one of {', '.join(TOLERATIONS)}{hint}")
+        elif item in tolerations:
+            r.bad(tp, item, "duplicate toleration")
+        else:
+            tolerations.append(item)
+    if mode == "ghostunnel":
+        command = ""
+        if "serviceName" in m:
+            r.note(
+                f"{path}.serviceName",
+                "not used in mode 'ghostunnel': each tunnel's CAS service is "
+                "named ghostunnel-<service>-<port>",
+            )
+        if "command" in m:
+            r.note(
+                f"{path}.command",
+                "not used in mode 'ghostunnel': the session runs Ghostunnel "
+                "(set ghostunnel.binary to its path in the image)",
+            )
+    else:
+        command = r.string(m, "command", path, check=_command) or "" if raw is not None else ""
+    cas_ns = r.string(m, "casNamespace", path, check=names.scone_name) if raw is not None else None
+    session = r.string(m, "sessionName", path, default=app_name, check=names.scone_name) or app_name
+    if cas_ns is not None and len(f"{cas_ns}/{session}") > names.SCONE_SESSION_NAME_MAX:
+        r.bad(
+            f"{path}.sessionName",
+            session,
+            f"'{cas_ns}/{session}' is longer than {names.SCONE_SESSION_NAME_MAX} characters",
+        )
+    return SconeSettings(
+        cas_address=r.string(
+            m,
+            "casAddress",
+            path,
+            default=spire.cas_connection.removeprefix("https://"),
+            check=lambda v: names.host_port(v, port_required=False),
+        )
+        or spire.cas_connection.removeprefix("https://"),
+        cas_namespace=cas_ns or "",
+        session_name=session,
+        service_name=r.string(m, "serviceName", path, default=app_name, check=names.scone_name) or app_name,
+        mrenclaves=tuple(mrenclaves),
+        command=command,
+        pwd=r.string(m, "pwd", path, default="/", check=names.absolute_path) or "/",
+        tolerations=tuple(tolerations),
+    )
+
+
+def _command(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if "\n" in value or "\x00" in value:
+        return "must be one line (the SCONE service command)"
+    return None
+
+
+def _selector(value: str) -> str | None:
+    kind, sep, rest = value.partition(":")
+    if not sep or not kind or not rest or any(c.isspace() for c in value):
+        return "must be a SPIRE selector 'type:value' without spaces (e.g. 'unix:uid:1000')"
+    return None
+
+
+def _ghostunnel(r: Reader, raw: object, path: str) -> GhostunnelSettings:
+    m = r.mapping(raw, path, _GHOSTUNNEL_KEYS)
+    source: CertSource = r.choice(m, "certSource", path, CERT_SOURCES, "files")  # type: ignore[assignment]
+    addr: str | None = None
+    if source == "workload-api":
+        addr = r.string(
+            m, "workloadApiAddr", path, default=DEFAULT_GHOSTUNNEL_WORKLOAD_API, check=names.unix_address
+        )
+    elif "workloadApiAddr" in m:
+        r.note(f"{path}.workloadApiAddr", "only for certSource 'workload-api'")
+    selectors: list[tuple[str, str]] = []
+    if source == "workload-api":
+        items = r.seq(m, "workloadApiSelectors", path, required=True)
+        for k, item in enumerate(items):
+            value = r.value_string(item, f"{path}.workloadApiSelectors[{k}]", _selector)
+            if value is not None:
+                kind, _, rest = value.partition(":")
+                selectors.append((kind, rest))
+    elif "workloadApiSelectors" in m:
+        r.note(f"{path}.workloadApiSelectors", "only for certSource 'workload-api'")
+    if source == "workload-api" and "timedReload" in m:
+        r.note(f"{path}.timedReload", "only for certSource 'files' (the Workload API pushes rotations)")
+    return GhostunnelSettings(
+        binary=r.string(m, "binary", path, default=DEFAULT_GHOSTUNNEL_BINARY, check=names.absolute_path)
+        or DEFAULT_GHOSTUNNEL_BINARY,
+        cert_source=source,
+        workload_api_addr=addr,
+        workload_api_selectors=tuple(selectors),
+        cert_dir=r.string(m, "certDir", path, default=DEFAULT_GHOSTUNNEL_CERT_DIR, check=names.absolute_path)
+        or DEFAULT_GHOSTUNNEL_CERT_DIR,
+        timed_reload=r.string(m, "timedReload", path, default="1m", check=names.duration) or "1m",
+        status_port=r.integer(m, "statusPort", path, default=6060, check=names.port) or 6060,
+    )
+
+
+def _apps(
+    r: Reader,
+    top: Mapping[str, object],
+    td: str | None,
+    services: tuple[MeshService, ...],
+    spire: SpireSettings,
+) -> tuple[ExternalApp, ...]:
+    out: list[ExternalApp] = []
+    seen: dict[str, str] = {}
+    for i, raw in enumerate(r.seq(top, "externalApps", "", required=True)):
+        path = f"externalApps[{i}]"
+        m = r.mapping(raw, path, _APP_KEYS)
+        if not m:
+            if raw is None or raw == {}:
+                r.note(path, "must be a mapping with at least 'name', 'targets' and 'scone'")
+            continue
+        name = r.string(m, "name", path, check=names.dns1123_label)
+        mode: AppMode = r.choice(m, "mode", path, APP_MODES, "network-shield")  # type: ignore[assignment]
+        if "mode" not in m:
+            r.note(f"{path}.mode", f"required (one of {', '.join(repr(x) for x in APP_MODES)})")
+        spiffe_id = (
+            r.spiffe_id(m["spiffeId"], f"{path}.spiffeId", td)
+            if m.get("spiffeId") is not None
+            else (f"spiffe://{td}/external/{name}" if td and name else None)
+        )
+        parent_raw = m.get("parentId")
+        parent = spire.parent_id if parent_raw is None else r.spiffe_id(parent_raw, f"{path}.parentId", td)
+        if parent_raw is None and not spire.parent_id:
+            r.note(
+                f"{path}.parentId", "required (or set spire.parentId): the SPIRE agent that stores the SVID"
+            )
+        server_auth = r.boolean(m, "serverAuth", path, default=True)
+        if "serverAuth" in m and mode != "network-shield":
+            r.note(
+                f"{path}.serverAuth",
+                "only for mode 'network-shield' (Ghostunnel always verifies --verify-uri)",
+            )
+        targets = _targets(r, m, path, services, mode)
+        scone = _scone(r, m.get("scone"), f"{path}.scone", name or "app", mode=mode, spire=spire)
+        ghostunnel: GhostunnelSettings | None = None
+        if mode == "ghostunnel":
+            ghostunnel = _ghostunnel(r, m.get("ghostunnel"), f"{path}.ghostunnel")
+            _ports(r, targets, ghostunnel, path)
+        elif "ghostunnel" in m:
+            r.note(f"{path}.ghostunnel", "only for mode 'ghostunnel'")
+        if name is None or spiffe_id is None or not parent:
+            continue
+        if name in seen:
+            r.bad(f"{path}.name", name, f"duplicates {seen[name]}.name")
+            continue
+        seen[name] = path
+        out.append(
+            ExternalApp(
+                name=name,
+                mode=mode,
+                spiffe_id=spiffe_id,
+                parent_id=parent,
+                scone=scone,
+                targets=targets,
+                server_auth=server_auth,
+                ghostunnel=ghostunnel,
+            )
+        )
+    return tuple(out)
+
+
+def _ports(r: Reader, targets: tuple[Target, ...], gt: GhostunnelSettings, path: str) -> None:
+    """Each target runs its own Ghostunnel: listen ports and status ports (statusPort + index) must differ."""
+    used: dict[int, str] = {}
+    for j in range(len(targets)):
+        status = f"{path}.ghostunnel.statusPort" + (f" + {j} (status of targets[{j}])" if j else "")
+        used.setdefault(gt.status_port + j, status)
+    for j, t in enumerate(targets):
+        if t.listen_port is None:
+            continue
+        if t.listen_port in used:
+            r.bad(
+                f"{path}.targets[{j}].listenPort",
+                t.listen_port,
+                f"port already used by {used[t.listen_port]} (set a distinct listenPort)",
+            )
+        else:
+            used[t.listen_port] = f"{path}.targets[{j}].listenPort"
+    if gt.status_port + len(targets) - 1 > 65535:
+        r.bad(f"{path}.ghostunnel.statusPort", gt.status_port, "statusPort + number of targets exceeds 65535")
+
+
+def _https_url(value: str) -> str | None:
+    if not value.startswith("https://"):
+        return "must be the https:// URL of CAS, e.g. 'https://cas.example.org:8081'"
+    return names.host_port(value.removeprefix("https://"), port_required=True)
+
+
+def _spire(r: Reader, m: Mapping[str, object], td: str | None) -> SpireSettings:
+    path = "spire"
+    plugin: SvidStorePlugin = r.choice(  # type: ignore[assignment]
+        m, "svidstorePlugin", path, SVIDSTORE_PLUGINS, "sconecas_sessionmanager"
+    )
+    parent_raw = m.get("parentId")
+    parent = r.spiffe_id(parent_raw, "spire.parentId", td) if parent_raw is not None else None
+    cas = r.string(m, "casConnection", path, check=_https_url) if m else None
+
+    def file(key: str, default: str) -> str:
+        return r.string(m, key, path, default=default, check=names.absolute_path) or default
+
+    ttl_text = r.string(m, "svidTtl", path, default="1h", check=names.duration) or "1h"
+    ttl = int(names.duration_seconds(ttl_text))
+    if ttl < 60:
+        r.bad("spire.svidTtl", ttl_text, "must be at least 1m")
+    return SpireSettings(
+        svidstore_plugin=plugin,
+        parent_id=parent or "",
+        cas_connection=cas or "",
+        cas_client_certificate=file("casClientCertificate", f"{DEFAULT_SVIDSTORE_DIR}/cas-client.crt"),
+        cas_client_key=file("casClientKey", f"{DEFAULT_SVIDSTORE_DIR}/cas-client.key"),
+        trust_anchor_certificate=file(
+            "trustAnchorCertificate", f"{DEFAULT_SVIDSTORE_DIR}/cas-trust-anchor.pem"
+        ),
+        cas_predecessor_dir=file("casPredecessorDir", f"{DEFAULT_SVIDSTORE_DIR}/predecessors"),
+        templates_dir=file("templatesDir", f"{DEFAULT_SVIDSTORE_DIR}/templates"),
+        bundle_session_name=r.string(
+            m, "bundleSessionName", path, default="spire-bundle", check=names.scone_session_name
+        )
+        or "spire-bundle",
+        federated_bundles_session_name=r.string(
+            m,
+            "federatedBundlesSessionName",
+            path,
+            default="spire-federated-bundles",
+            check=names.scone_session_name,
+        )
+        or "spire-federated-bundles",
+        cluster_name=r.string(m, "clusterName", path, default="cluster", check=names.dns1123_label)
+        or "cluster",
+        class_name=r.optional_string(m, "className", path, names.dns1123_subdomain),
+        svid_ttl=ttl,
+    )
+
+
+def _cross_checks(
+    r: Reader, services: tuple[MeshService, ...], apps: tuple[ExternalApp, ...], spire: SpireSettings
+) -> None:
+    ids: dict[str, str] = {}
+    for i, s in enumerate(services):
+        ids.setdefault(s.spiffe_id, f"meshServices[{i}]")
+    for i, a in enumerate(apps):
+        where = ids.get(a.spiffe_id)
+        if where is not None:
+            r.bad(f"externalApps[{i}].spiffeId", a.spiffe_id, f"SPIFFE ID already used by {where}")
+        ids.setdefault(a.spiffe_id, f"externalApps[{i}]")
+    sessions: dict[str, str] = {
+        spire.bundle_session_name: "spire.bundleSessionName",
+        spire.federated_bundles_session_name: "spire.federatedBundlesSessionName",
+    }
+    for i, a in enumerate(apps):
+        qualified = a.scone.qualified_session_name
+        if qualified in sessions:
+            r.bad(
+                f"externalApps[{i}].scone.sessionName",
+                a.scone.session_name,
+                f"CAS session {qualified!r} already used by {sessions[qualified]}",
+            )
+        sessions.setdefault(qualified, f"externalApps[{i}].scone.sessionName")

@@ -1,0 +1,229 @@
+"""Reading raw YAML for the spec loader: the one place ``yaml.YAMLError`` is mapped, and the walker that
+records every problem as ``<path>: <value!r>: <rule>`` instead of stopping at the first.
+
+Private to :mod:`bridge.spec`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import yaml
+
+from bridge.errors import SpecError
+from sds_server.errors import SpiffeIdError
+from sds_server.spiffe_id import SpiffeId
+
+Check = Callable[[str], "str | None"]
+
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml parser: ~10x faster
+
+
+class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """``SafeLoader`` that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[object, object]:
+    loader.flatten_mapping(node)
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", mark
+            )
+        if isinstance(key, str | int | float | bool):
+            seen.add(key)
+    return dict(loader.construct_pairs(node))
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def join(path: str, key: str) -> str:
+    """``path.key``; keys with spaces or control characters are quoted (``path['a b']``): one line each."""
+    if not key or not key.isprintable() or any(c.isspace() or c in "[]'\"" for c in key):
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}" if path else key
+
+
+class Reader:
+    """Walks raw YAML values, converting what is valid and recording every problem."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.invalid_services: set[str] = set()
+        """Names and keys of declared mesh services that had problems (references to them stay quiet)."""
+
+    def bad(self, path: str, value: object, rule: str) -> None:
+        self.problems.append(f"{path}: {value!r}: {rule}")
+
+    def note(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, raw: object, path: str, allowed: tuple[str, ...]) -> dict[str, object]:
+        """``raw`` as a mapping with only ``allowed`` keys (``{}`` and a problem otherwise)."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.bad(path or "<document>", raw, "must be a mapping")
+            return {}
+        out: dict[str, object] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str):
+                self.bad(join(path, str(key)), key, "keys must be strings")
+            elif key not in allowed:
+                self.note(join(path, key), "unknown key" + suggest(key, allowed))
+            else:
+                out[key] = value
+        return out
+
+    def seq(self, m: Mapping[str, object], key: str, path: str, *, required: bool = False) -> list[object]:
+        p = join(path, key)
+        raw = m.get(key)
+        if raw is None:
+            if required:
+                self.note(p, "required (a non-empty list)")
+            return []
+        if not isinstance(raw, list):
+            self.bad(p, raw, "must be a list")
+            return []
+        if required and not raw:
+            self.note(p, "must not be empty")
+        return raw
+
+    def string(
+        self,
+        m: Mapping[str, object],
+        key: str,
+        path: str,
+        *,
+        default: str | None = None,
+        check: Check | None = None,
+    ) -> str | None:
+        """The string at ``key``: ``default`` when absent (``None`` default = required)."""
+        p = join(path, key)
+        raw = m.get(key)
+        if raw is None:
+            if default is None:
+                self.note(p, "required")
+            return default
+        return self.value_string(raw, p, check)
+
+    def optional_string(
+        self, m: Mapping[str, object], key: str, path: str, check: Check | None
+    ) -> str | None:
+        raw = m.get(key)
+        return None if raw is None else self.value_string(raw, join(path, key), check)
+
+    def value_string(self, raw: object, p: str, check: Check | None) -> str | None:
+        if not isinstance(raw, str):
+            self.bad(p, raw, "must be a string")
+            return None
+        if check is not None:
+            rule = check(raw)
+            if rule is not None:
+                self.bad(p, raw, rule)
+                return None
+        return raw
+
+    def choice(
+        self, m: Mapping[str, object], key: str, path: str, choices: tuple[str, ...], default: str
+    ) -> str:
+        raw = m.get(key)
+        if raw is None:
+            return default
+        p = join(path, key)
+        if not isinstance(raw, str) or raw not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            hint = suggest(raw, choices) if isinstance(raw, str) else ""
+            self.bad(p, raw, f"must be one of {allowed}{hint}")
+            return default
+        return raw
+
+    def integer(
+        self,
+        m: Mapping[str, object],
+        key: str,
+        path: str,
+        *,
+        default: int | None = None,
+        check: Callable[[int], str | None] | None = None,
+    ) -> int | None:
+        p = join(path, key)
+        raw = m.get(key)
+        if raw is None:
+            if default is None:
+                self.note(p, "required")
+            return default
+        return self.value_int(raw, p, check)
+
+    def value_int(self, raw: object, p: str, check: Callable[[int], str | None] | None) -> int | None:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            self.bad(p, raw, "must be an integer")
+            return None
+        if check is not None:
+            rule = check(raw)
+            if rule is not None:
+                self.bad(p, raw, rule)
+                return None
+        return raw
+
+    def boolean(self, m: Mapping[str, object], key: str, path: str, default: bool) -> bool:
+        raw = m.get(key)
+        if raw is None:
+            return default
+        if not isinstance(raw, bool):
+            self.bad(join(path, key), raw, "must be true or false")
+            return default
+        return raw
+
+    def spiffe_id(self, raw: object, p: str, trust_domain: str | None) -> str | None:
+        if not isinstance(raw, str):
+            self.bad(p, raw, "must be a string")
+            return None
+        try:
+            sid = SpiffeId.parse(raw)
+        except SpiffeIdError as exc:
+            self.note(p, str(exc))
+            return None
+        if trust_domain is not None and sid.trust_domain.name != trust_domain:
+            self.bad(p, raw, f"must be in the bridge's trust domain {trust_domain!r}")
+            return None
+        return str(sid)
+
+
+def read_text(source: str | os.PathLike[str]) -> tuple[str, str]:
+    """(text, name for messages). ``PathLike`` and one-line ``*.yaml``/``*.yml`` strings are files."""
+    if isinstance(source, str) and ("\n" in source or not source.endswith((".yaml", ".yml", ".json"))):
+        return source, "<spec>"
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read the spec: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: the spec is not UTF-8 text"]) from exc
+
+
+def parse_yaml(text: str, name: str) -> object:
+    try:
+        docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{where}: invalid YAML: {problem}"]) from exc
+    if len(docs) != 1:
+        raise SpecError([f"{name}: expected exactly one YAML document, found {len(docs)}"])
+    return docs[0]

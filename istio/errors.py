@@ -1,0 +1,15 @@
+"""Errors of the ``istio`` package.
+
+Tree::
+
+    IstioError        base: an input the Istio/SPIRE renderers cannot turn into a working document
+
+Messages read ``<field path>: <value!r>: <rule>``. The bridge spec validates first, so in practice
+these fire only when a caller builds the model values by hand.
+"""
+
+from __future__ import annotations
+
+
+class IstioError(Exception):
+    """Base of every error raised on purpose by ``istio``."""

@@ -1,0 +1,225 @@
+"""The ``IstioOperator`` overlay that puts the mesh on SPIRE through meshbridge's SDS server.
+
+Sources: istio.io "ops/integrations/spire" and istio/istio ``samples/security/spire/istio-spire-config.yaml``
+(the documented overlay: ``meshConfig.trustDomain``, a ``spire`` injection template, gateway
+``k8s.overlays``); istio-agent uses an external SDS server when a socket exists at
+``/run/secrets/workload-spiffe-uds/socket`` when it starts (``security.WorkloadIdentitySocketPath``).
+
+Shape we render (differs from the docs on purpose):
+
+* the pod keeps Istio's own ``workload-socket`` *emptyDir* and mounts it at
+  ``/run/secrets/workload-spiffe-uds`` in istio-proxy **and** in an extra ``meshbridge-sds`` container,
+  which serves SDS on ``…/socket`` (owner UID 1337, istio-proxy's) from the SPIRE agent's Workload API
+  socket, mounted by the SPIFFE CSI driver (``csi.spiffe.io``) into that container only;
+* ``meshbridge-sds`` is a Kubernetes *native sidecar* (an init container with ``restartPolicy: Always``,
+  Kubernetes >= 1.29) with a startup probe on the socket, so the socket exists before istio-proxy
+  starts — otherwise istio-agent would start its own (Citadel) SDS server on that path instead.
+
+Workloads opt in with the pod annotation ``inject.istio.io/templates: "sidecar,<template_name>"``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from istio.errors import IstioError
+from istio.model import Gateway, OverlayParams
+
+__all__ = [
+    "INSTALL_API_VERSION",
+    "SDS_CONTAINER_NAME",
+    "WORKLOAD_API_VOLUME",
+    "WORKLOAD_SOCKET_VOLUME",
+    "injection_annotation",
+    "render_istio_operator",
+    "sds_container",
+]
+
+INSTALL_API_VERSION = "install.istio.io/v1alpha1"
+SDS_CONTAINER_NAME = "meshbridge-sds"
+WORKLOAD_SOCKET_VOLUME = "workload-socket"  # Istio's own emptyDir name in the sidecar template and gateways
+WORKLOAD_API_VOLUME = "spiffe-workload-api"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+
+
+def _check(params: OverlayParams) -> None:
+    problems: list[str] = []
+    if not _TRUST_DOMAIN.match(params.trust_domain):
+        problems.append(
+            f"trust_domain: {params.trust_domain!r}: lowercase letters, digits, '.', '-' and '_' only"
+        )
+    if not params.sds_image.strip() or any(c.isspace() for c in params.sds_image) or "{{" in params.sds_image:
+        problems.append(f"sds_image: {params.sds_image!r}: an image reference without spaces or '{{{{'")
+    rev = params.revision
+    if rev is not None and (len(rev) > 63 or not _DNS1123_LABEL.match(rev)):
+        problems.append(f"revision: {params.revision!r}: a DNS-1123 label (istioctl validateRevision)")
+    if not _DNS1123_LABEL.match(params.template_name):
+        problems.append(f"template_name: {params.template_name!r}: a DNS-1123 label")
+    if not _DNS1123_LABEL.match(params.root_namespace):
+        problems.append(f"root_namespace: {params.root_namespace!r}: a DNS-1123 label")
+    if not 0 <= params.proxy_uid <= 2**31 - 1:
+        problems.append(f"proxy_uid: {params.proxy_uid!r}: a UID between 0 and 2147483647")
+    for path_field in ("workload_api_mount", "sds_socket_dir"):
+        value = getattr(params, path_field)
+        if not value.startswith("/") or value.endswith("/") or any(c.isspace() for c in value):
+            problems.append(f"{path_field}: {value!r}: an absolute directory path without trailing '/'")
+    if "/" in params.workload_api_socket_name or not params.workload_api_socket_name:
+        problems.append(f"workload_api_socket_name: {params.workload_api_socket_name!r}: a file name")
+    names = [g.name for g in params.gateways]
+    for i, gateway in enumerate(params.gateways):
+        if not re.fullmatch(r"[a-z0-9.-]{1,254}", gateway.name):
+            problems.append(f"gateways[{i}].name: {gateway.name!r}: [a-z0-9.-]{{1,254}}")
+        elif names.count(gateway.name) > 1:
+            problems.append(f"gateways[{i}].name: {gateway.name!r}: gateway names must be unique")
+    if problems:
+        raise IstioError("\n".join(problems))
+
+
+def injection_annotation(params: OverlayParams) -> dict[str, str]:
+    """The pod annotation a workload needs to get the SPIRE-backed sidecar."""
+    return {"inject.istio.io/templates": f"sidecar,{params.template_name}"}
+
+
+def sds_container(params: OverlayParams) -> dict[str, object]:
+    """The ``meshbridge-sds`` native sidecar (a pod ``initContainers[]`` item).
+
+    ``--socket-owner`` lets istio-proxy (UID ``proxy_uid``) connect to the 0600 SDS socket; the image
+    needs ``test`` (coreutils/busybox) for the startup probe.
+    """
+    socket = f"{params.sds_socket_dir}/socket"
+    workload_api = f"unix://{params.workload_api_mount}/{params.workload_api_socket_name}"
+    return {
+        "name": SDS_CONTAINER_NAME,
+        "image": params.sds_image,
+        "imagePullPolicy": params.image_pull_policy,
+        # Native sidecar (KEP-753): started before the regular containers, kept running, and
+        # istio-proxy is started only once the startup probe has seen the socket.
+        "restartPolicy": "Always",
+        "command": [
+            "meshbridge", "sds", "serve",
+            "--workload-api", workload_api,
+            "--listen", socket,
+            "--socket-owner", str(params.proxy_uid),
+        ],
+        "startupProbe": {
+            "exec": {"command": ["test", "-S", socket]},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        },
+        # Same UID as istio-proxy: the 0600 socket is then ours to hand over without CAP_CHOWN (all
+        # capabilities are dropped), and `--socket-owner` is a no-op chown to ourselves.
+        "securityContext": {
+            "runAsUser": params.proxy_uid,
+            "runAsGroup": params.proxy_uid,
+            "runAsNonRoot": params.proxy_uid != 0,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir},
+            {"name": WORKLOAD_API_VOLUME, "mountPath": params.workload_api_mount, "readOnly": True},
+        ],
+    }
+
+
+def _workload_api_volume(params: OverlayParams) -> dict[str, object]:
+    return {"name": WORKLOAD_API_VOLUME, "csi": {"driver": params.csi_driver, "readOnly": True}}
+
+
+def _injection_template(params: OverlayParams) -> str:
+    """The named sidecar injection template, merged over Istio's ``sidecar`` template.
+
+    Istio merges templates with a strategic merge patch of the pod: containers and volumes by name.
+    The template text is a Go template; the values in it are literal (checked to hold no ``{{``).
+    """
+    pod = {
+        "spec": {
+            "initContainers": [sds_container(params)],
+            "containers": [
+                {
+                    "name": "istio-proxy",
+                    "volumeMounts": [
+                        {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}},
+                _workload_api_volume(params),
+            ],
+        }
+    }
+    return yaml.safe_dump(pod, sort_keys=False, default_flow_style=False)
+
+
+def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, object]:
+    # Gateways are not injected: their Deployment comes from the gateway chart, which already has the
+    # `workload-socket` emptyDir mounted in istio-proxy. Add the CSI volume (k8s.volumes) and our
+    # native sidecar (overlay patch; the chart renders no init containers for gateways).
+    component: dict[str, object] = {
+        "name": gateway.name,
+        "enabled": True,
+        "label": dict(gateway.labels),
+        "k8s": {
+            "volumes": [_workload_api_volume(params)],
+            "overlays": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": gateway.name,
+                    "patches": [
+                        {
+                            "path": f"spec.template.spec.volumes.[name:{WORKLOAD_SOCKET_VOLUME}]",
+                            "value": {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}},
+                        },
+                        {
+                            "path": (
+                                "spec.template.spec.containers.[name:istio-proxy]"
+                                f".volumeMounts.[name:{WORKLOAD_SOCKET_VOLUME}]"
+                            ),
+                            "value": {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir},
+                        },
+                        {"path": "spec.template.spec.initContainers", "value": [sds_container(params)]},
+                    ],
+                }
+            ],
+        },
+    }
+    if gateway.namespace is not None:
+        component["namespace"] = gateway.namespace
+    return component
+
+
+def render_istio_operator(params: OverlayParams) -> dict[str, object]:
+    """The ``IstioOperator`` for ``istioctl install -f``: trust domain, injection template, gateways."""
+    _check(params)
+    spec: dict[str, object] = {
+        "profile": params.profile,
+        "meshConfig": {"trustDomain": params.trust_domain},
+        "values": {
+            "sidecarInjectorWebhook": {"templates": {params.template_name: _injection_template(params)}},
+        },
+    }
+    if params.revision is not None:
+        spec["revision"] = params.revision
+    ingress = [_gateway_component(params, g) for g in params.gateways if g.kind == "ingress"]
+    egress = [_gateway_component(params, g) for g in params.gateways if g.kind == "egress"]
+    components: dict[str, object] = {}
+    if ingress:
+        components["ingressGateways"] = ingress
+    if egress:
+        components["egressGateways"] = egress
+    if components:
+        spec["components"] = components
+    name = "meshbridge-spire" if params.revision is None else f"meshbridge-spire-{params.revision}"
+    return {
+        "apiVersion": INSTALL_API_VERSION,
+        "kind": "IstioOperator",
+        "metadata": {"name": name, "namespace": params.root_namespace},
+        "spec": spec,
+    }

@@ -1,0 +1,327 @@
+"""SPIRE registration: ``ClusterSPIFFEID`` per mesh service, entries for the external apps.
+
+Sources:
+
+* spire-controller-manager v0.6.6 ``ClusterSPIFFEID`` (``spire.spiffe.io/v1alpha1``; schema in
+  ``shared/schemas``) and Istio's SPIRE guide for the ID template
+  ``spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}``.
+* ``spire-server entry create`` (spire ``cmd/spire-server/cli/entry/create.go``) and its ``-data`` file
+  (shape of spire ``test/fixture/registration/good.json``).
+* SVIDStore selectors: ufcg-lsd/spire ``doc/plugin_agent_svidstore_sconecas_sessionmanager.md`` (type
+  ``sconecas_sessionmanager``, values ``session_name:<ns/name>`` and ``session_hash:<hash>``, both
+  required: ``selectorsFromMetadata`` refuses an entry without either) and, for the tutorial plugin,
+  ``pkg/agent/plugin/svidstore/scone/scone.go`` (selector *types* ``cas_session_name`` and
+  ``cas_session_hash``, plus ``svidstore:type:scone_cas_secretsmanager``).
+
+The CAS session hash exists only once the app's session is posted (``scone session create``), so the
+entries script takes it at run time and refuses to run without it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+
+from istio._checks import DNS1123_SUBDOMAIN, check_service
+from istio.errors import IstioError
+from istio.model import (
+    ClusterSpiffeIdParams,
+    EntriesParams,
+    ExternalAppEntry,
+    MeshService,
+    Selector,
+    SvidStorePluginName,
+)
+
+__all__ = [
+    "ISTIO_SPIFFE_ID_TEMPLATE",
+    "SPIRE_API_VERSION",
+    "cluster_spiffe_id_name",
+    "entry_selectors",
+    "mesh_spiffe_id",
+    "render_cluster_spiffe_id",
+    "render_entries_json",
+    "render_entries_script",
+    "service_dns_names",
+]
+
+SPIRE_API_VERSION = "spire.spiffe.io/v1alpha1"
+ISTIO_SPIFFE_ID_TEMPLATE = (
+    "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
+)
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+_SESSION = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+_SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+
+
+def mesh_spiffe_id(trust_domain: str, service: MeshService) -> str:
+    """The SPIFFE ID Istio gives the service's pods: ``spiffe://<td>/ns/<ns>/sa/<sa>``."""
+    if not _TRUST_DOMAIN.match(trust_domain):
+        raise IstioError(f"trust_domain: {trust_domain!r}: lowercase letters, digits, '.', '-' and '_' only")
+    return f"spiffe://{trust_domain}/ns/{service.namespace}/sa/{service.service_account}"
+
+
+def service_dns_names(service: MeshService, cluster_domain: str = "cluster.local") -> tuple[str, str]:
+    """``(<svc>.<ns>.svc.<cluster_domain>, <svc>.<ns>.svc)``: the names clients dial."""
+    short = f"{service.name}.{service.namespace}.svc"
+    return (f"{short}.{cluster_domain}", short)
+
+
+def cluster_spiffe_id_name(service: MeshService) -> str:
+    """``meshbridge-<namespace>-<service>`` (cluster-scoped, so the namespace is part of the name)."""
+    return f"meshbridge-{service.namespace}-{service.name}"
+
+
+def render_cluster_spiffe_id(params: ClusterSpiffeIdParams) -> dict[str, object]:
+    """The ``ClusterSPIFFEID`` giving the service's pods their Istio SPIFFE ID (and DNS SANs if asked).
+
+    ``namespaceSelector`` pins the namespace (``kubernetes.io/metadata.name``, set by Kubernetes on
+    every namespace) so that pods with the same labels elsewhere do not match.
+    """
+    svc = params.service
+    problems: list[str] = []
+    check_service(problems, svc)
+    for i, td in enumerate(params.federates_with):
+        if not _TRUST_DOMAIN.match(td):
+            problems.append(f"federates_with[{i}]: {td!r}: a trust domain name")
+    if not DNS1123_SUBDOMAIN.match(params.cluster_domain):
+        problems.append(f"cluster_domain: {params.cluster_domain!r}: a DNS domain such as 'cluster.local'")
+    if len(cluster_spiffe_id_name(svc)) > 253:
+        problems.append(f"service: {cluster_spiffe_id_name(svc)!r}: the ClusterSPIFFEID name exceeds 253")
+    if problems:
+        raise IstioError("\n".join(problems))
+    spec: dict[str, object] = {
+        "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
+        "podSelector": {"matchLabels": dict(svc.pod_labels)},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": svc.namespace}},
+    }
+    if params.dns_names:
+        spec["dnsNameTemplates"] = list(service_dns_names(svc, params.cluster_domain))
+    if params.federates_with:
+        spec["federatesWith"] = sorted(set(params.federates_with))
+    if params.ttl is not None:
+        spec["ttl"] = params.ttl
+    if params.class_name is not None:
+        spec["className"] = params.class_name
+    return {
+        "apiVersion": SPIRE_API_VERSION,
+        "kind": "ClusterSPIFFEID",
+        "metadata": {"name": cluster_spiffe_id_name(svc)},
+        "spec": spec,
+    }
+
+
+def entry_selectors(
+    entry: ExternalAppEntry, plugin: SvidStorePluginName, session_hash: str | None
+) -> tuple[Selector, ...]:
+    """The entry's selectors: its own, then the SVIDStore ones when its SVID goes to CAS.
+
+    ``session_hash`` ``None`` renders the hash selector's value as an empty string: only the script
+    renderer does that, to splice the run-time hash in.
+    """
+    if entry.cas_session is None:
+        return entry.selectors
+    value = session_hash if session_hash is not None else ""
+    store: tuple[Selector, ...]
+    if plugin == "sconecas_sessionmanager":
+        store = (
+            Selector("sconecas_sessionmanager", f"session_name:{entry.cas_session}"),
+            Selector("sconecas_sessionmanager", f"session_hash:{value}"),
+        )
+    else:
+        store = (
+            Selector("svidstore", "type:scone_cas_secretsmanager"),
+            Selector("cas_session_name", entry.cas_session),
+            Selector("cas_session_hash", value),
+        )
+    return (*entry.selectors, *store)
+
+
+def _trust_domain_id(trust_domain: str) -> str:
+    """``other.org`` -> ``spiffe://other.org``: the form ``-federatesWith`` and ``federates_with`` document
+    ("SPIFFE ID of a trust domain to federate with")."""
+    return f"spiffe://{trust_domain}"
+
+
+def _check_entries(params: EntriesParams) -> None:
+    problems: list[str] = []
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", params.spire_server):
+        problems.append(f"spire_server: {params.spire_server!r}: a command name or path ([A-Za-z0-9_./-])")
+    seen: dict[str, int] = {}
+    for i, e in enumerate(params.entries):
+        where = f"entries[{i}]"
+        if not _SPIFFE_ID.match(e.spiffe_id):
+            problems.append(f"{where}.spiffe_id: {e.spiffe_id!r}: a SPIFFE ID 'spiffe://<td>/<path>'")
+        if not _SPIFFE_ID.match(e.parent_id):
+            problems.append(f"{where}.parent_id: {e.parent_id!r}: a SPIFFE ID 'spiffe://<td>/<path>'")
+        if e.cas_session is None and not e.selectors:
+            problems.append(f"{where}.selectors: (): a Workload API entry needs at least one selector")
+        if e.cas_session is not None and not _SESSION.match(e.cas_session):
+            problems.append(
+                f"{where}.cas_session: {e.cas_session!r}: a CAS session name '<namespace>/<name>'"
+            )
+        if e.cas_session is not None and e.cas_session in seen:
+            problems.append(
+                f"{where}.cas_session: {e.cas_session!r}: already used by entries[{seen[e.cas_session]}]"
+            )
+        if e.cas_session is not None:
+            seen.setdefault(e.cas_session, i)
+        for j, sel in enumerate(e.selectors):
+            if not sel.type or ":" in sel.type or not sel.value or any(c.isspace() for c in str(sel)):
+                problems.append(f"{where}.selectors[{j}]: {str(sel)!r}: 'type:value' without spaces")
+        if e.x509_svid_ttl is not None and e.x509_svid_ttl <= 0:
+            problems.append(f"{where}.x509_svid_ttl: {e.x509_svid_ttl!r}: a positive number of seconds")
+        for j, td in enumerate(e.federates_with):
+            if not _TRUST_DOMAIN.match(td):
+                problems.append(f"{where}.federates_with[{j}]: {td!r}: a trust domain name")
+        for j, dns in enumerate(e.dns_names):
+            if not re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?", dns):
+                problems.append(f"{where}.dns_names[{j}]: {dns!r}: a DNS name")
+    if problems:
+        raise IstioError("\n".join(problems))
+
+
+def render_entries_json(params: EntriesParams, session_hashes: Mapping[str, str]) -> dict[str, object]:
+    """``{"entries": [...]}`` for ``spire-server entry create -data FILE``.
+
+    ``session_hashes`` maps each CAS session name to the hash ``scone session create`` returned; every
+    entry whose SVID goes to CAS needs one (the plugin refuses entries without it).
+    """
+    _check_entries(params)
+    problems: list[str] = []
+    entries: list[dict[str, object]] = []
+    for i, e in enumerate(params.entries):
+        session_hash: str | None = None
+        if e.cas_session is not None:
+            session_hash = session_hashes.get(e.cas_session)
+            if session_hash is None:
+                problems.append(
+                    f"entries[{i}].cas_session: {e.cas_session!r}: no session hash given; post the session "
+                    "with 'scone session create' first and pass the hash it prints"
+                )
+                continue
+            if not _HASH.match(session_hash):
+                problems.append(
+                    f"session_hashes[{e.cas_session!r}]: {session_hash!r}: 64 lowercase hex digits"
+                )
+                continue
+        out: dict[str, object] = {
+            "spiffe_id": e.spiffe_id,
+            "parent_id": e.parent_id,
+            "selectors": [
+                {"type": s.type, "value": s.value} for s in entry_selectors(e, params.plugin, session_hash)
+            ],
+        }
+        if e.x509_svid_ttl is not None:
+            out["x509_svid_ttl"] = e.x509_svid_ttl
+        if e.dns_names:
+            out["dns_names"] = list(e.dns_names)
+        if e.federates_with:
+            out["federates_with"] = [_trust_domain_id(td) for td in e.federates_with]
+        if e.hint is not None:
+            out["hint"] = e.hint
+        if e.cas_session is not None and params.plugin == "sconecas_sessionmanager":
+            out["store_svid"] = True
+        entries.append(out)
+    if problems:
+        raise IstioError("\n".join(problems))
+    return {"entries": entries}
+
+
+_SCRIPT_HEAD = r"""#!/usr/bin/env bash
+# SPIRE registration entries for the external apps, generated by meshbridge.
+#
+# Usage: %(prog)s SESSION=HASH | SESSION=@FILE | SESSION=- ...
+#   SESSION  the app's CAS session name (<namespace>/<name>)
+#   HASH     the session hash 'scone session create' printed when the session was posted
+#   @FILE    read the hash from a file holding 'scone session create' output
+#   -        read the hash from standard input, e.g.
+#            scone session create app.yaml | %(prog)s %(example)s=-
+# Every entry whose SVID goes to CAS needs its session's hash: the SVIDStore plugin only exports the
+# SVID to the session with that hash. Without one the script creates nothing and exits 2.
+# SPIRE_SERVER overrides the spire-server command.
+set -euo pipefail
+
+SPIRE_SERVER="${SPIRE_SERVER:-%(server)s}"
+session_names=()
+session_hashes=()
+
+die() { printf 'error: %%s\n' "$*" >&2; exit 2; }
+
+hash_from_output() {  # the last 64-hex-digit word of 'scone session create' output
+  grep -oE '[0-9a-f]{64}' | tail -n 1 || true
+}
+
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *=*) name="${arg%%%%=*}"; value="${arg#*=}" ;;
+    *) die "argument '$arg': expected SESSION=HASH, SESSION=@FILE or SESSION=- (see --help)" ;;
+  esac
+  case "$value" in
+    @*) [[ -r "${value#@}" ]] || die "$name: cannot read '${value#@}'"
+        value="$(hash_from_output < "${value#@}")" ;;
+    -) value="$(hash_from_output)" ;;
+  esac
+  [[ "$value" =~ ^[0-9a-f]{64}$ ]] || die "$name: '$value': a session hash is 64 lowercase hex digits"
+  session_names+=("$name")
+  session_hashes+=("$value")
+done
+
+session_hash() {  # session_hash NAME: the hash given for NAME, or refuse to go on
+  local i
+  for i in "${!session_names[@]}"; do
+    if [[ "${session_names[$i]}" == "$1" ]]; then printf '%%s' "${session_hashes[$i]}"; return 0; fi
+  done
+  die "no session hash for CAS session '$1': post it with 'scone session create'" \
+      "and pass $1=<hash> (see --help)"
+}
+
+"""
+
+
+def render_entries_script(params: EntriesParams, *, prog: str = "spire-entries.sh") -> str:
+    """A bash script running ``spire-server entry create`` for every entry.
+
+    It checks that every needed session hash was given *before* creating any entry. ``-storeSVID``
+    is written ``-storeSVID=true``: it is a Go bool flag, and ``-storeSVID true`` would end flag
+    parsing at ``true`` and silently drop every flag after it.
+    """
+    _check_entries(params)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", prog):
+        raise IstioError(f"prog: {prog!r}: a file name ([A-Za-z0-9_.-])")
+    sessions = [e.cas_session for e in params.entries if e.cas_session is not None]
+    example = sessions[0] if sessions else "ns/app"
+    head = _SCRIPT_HEAD % {"prog": prog, "server": params.spire_server, "example": example}
+    lines = [head.rstrip("\n"), ""]
+    for i, session in enumerate(sessions):
+        lines.append(f"hash_{i}=\"$(session_hash {shlex.quote(session)})\"")
+    lines.append("")
+    hash_var = {s: f"${{hash_{i}}}" for i, s in enumerate(sessions)}
+    for e in params.entries:
+        flags: list[str] = []
+        if params.server_socket_path is not None:
+            flags.append(f"-socketPath {shlex.quote(params.server_socket_path)}")
+        flags += [f"-parentID {shlex.quote(e.parent_id)}", f"-spiffeID {shlex.quote(e.spiffe_id)}"]
+        selectors = entry_selectors(e, params.plugin, None)
+        for k, sel in enumerate(selectors):
+            if e.cas_session is not None and k == len(selectors) - 1:
+                # The hash selector (always last): its value is spliced in at run time. Everything
+                # before it is [A-Za-z0-9_:/-] (checked), so double quotes are enough.
+                flags.append(f'-selector "{sel}{hash_var[e.cas_session]}"')
+            else:
+                flags.append(f"-selector {shlex.quote(str(sel))}")
+        flags += [f"-dns {shlex.quote(dns)}" for dns in e.dns_names]
+        flags += [f"-federatesWith {shlex.quote(_trust_domain_id(td))}" for td in e.federates_with]
+        if e.x509_svid_ttl is not None:
+            flags.append(f"-x509SVIDTTL {e.x509_svid_ttl}")
+        if e.hint is not None:
+            flags.append(f"-hint {shlex.quote(e.hint)}")
+        if e.cas_session is not None and params.plugin == "sconecas_sessionmanager":
+            flags.append("-storeSVID=true")
+        lines.append(" \\\n    ".join(['"$SPIRE_SERVER" entry create', *flags]))
+    lines.append("")
+    return "\n".join(lines)
+

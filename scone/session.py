@@ -1,0 +1,118 @@
+"""Pieces shared by the app sessions: name checks, secret imports, attestation, injection strings.
+
+Source: sconedocs ``7.0/CAS_session_lang_0_3`` — "Session Name" (``<namespace>/<name>``), "Secret
+Sharing" (``import: {session, secret}``), "x509 and x509-ca" placeholders (``$$SCONE::<s>:crt$$``,
+``:chain`` = intermediates up to the root *without* the certificate, ``:privatekey:pkcs8:pem``),
+"Tolerating Hardware Attestation Issues" (``security.attestation.tolerate``/``ignore_advisories``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from scone.model import Attestation, RenderWarning, SvidStoreSessions
+from scone.svidstore import SVID_SECRET, TRUST_BUNDLE_SECRET
+
+__all__ = [
+    "IDENTITY_PEM",
+    "SERVER_CA_PEM",
+    "SVID_CERT_CHAIN_PEM",
+    "SVID_KEY_PEM",
+    "attestation_section",
+    "check_common",
+    "svid_imports",
+]
+
+SVID_KEY_PEM = f"$$SCONE::{SVID_SECRET}:privatekey:pkcs8:pem$$"
+SVID_CERT_CHAIN_PEM = f"$$SCONE::{SVID_SECRET}:crt$$\n$$SCONE::{SVID_SECRET}:chain$$"
+IDENTITY_PEM = f"{SVID_KEY_PEM}\n{SVID_CERT_CHAIN_PEM}"
+"""Network-shield identity: PKCS#8 key, end-entity certificate, then the chain (shield docs)."""
+SERVER_CA_PEM = f"$$SCONE::{TRUST_BUNDLE_SECRET}:crt$$"
+"""The mesh trust bundle (SPIRE CA) imported from the SVIDStore bundle session."""
+
+_SESSION = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+_SERVICE = re.compile(r"^[A-Za-z0-9_-]+$")
+_MRENCLAVE = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^0\.3(\.[0-9]+)?$")
+_ADVISORY = re.compile(r"^(INTEL-SA-[0-9]{5}|\*)$")
+
+
+def check_common(
+    problems: list[str], *, session_name: str, mrenclaves: tuple[str, ...], version: str, pwd: str
+) -> None:
+    """Append the problems of fields every app session has."""
+    if not _SESSION.match(session_name) or len(session_name) > 128:
+        problems.append(
+            f"session_name: {session_name!r}: a CAS session name '<namespace>/<name>' "
+            "([A-Za-z0-9_-] parts, at most 128 characters)"
+        )
+    if not mrenclaves:
+        problems.append("mrenclaves: (): at least one MRENCLAVE (64 hex digits) allowed to run")
+    for i, mre in enumerate(mrenclaves):
+        if not _MRENCLAVE.match(mre):
+            problems.append(f"mrenclaves[{i}]: {mre!r}: 64 lowercase hex digits")
+    if not _VERSION.match(version):
+        problems.append(f"version: {version!r}: a session language version 0.3[.N]")
+    if not pwd.startswith("/"):
+        problems.append(f"pwd: {pwd!r}: an absolute path")
+
+
+def check_service_name(problems: list[str], path: str, name: str) -> None:
+    """Append a problem if ``name`` is not a CAS service name."""
+    if not _SERVICE.match(name):
+        problems.append(f"{path}: {name!r}: a service name ([A-Za-z0-9_-])")
+
+
+def svid_imports(app_session: str, sessions: SvidStoreSessions, *, bundle: bool) -> list[dict[str, object]]:
+    """``secrets`` importing the SVID (its key comes with it) and, if asked, the mesh trust bundle."""
+    out: list[dict[str, object]] = [
+        {
+            "name": SVID_SECRET,
+            "import": {"session": sessions.svid_session(app_session), "secret": SVID_SECRET},
+        },
+    ]
+    if bundle:
+        out.append(
+            {
+                "name": TRUST_BUNDLE_SECRET,
+                "import": {"session": sessions.bundle_session, "secret": TRUST_BUNDLE_SECRET},
+            }
+        )
+    return out
+
+
+def attestation_section(
+    attestation: Attestation, problems: list[str]
+) -> tuple[dict[str, object] | None, list[RenderWarning]]:
+    """``{"attestation": {...}}`` for ``security`` (``None`` when nothing is tolerated) and warnings."""
+    warnings: list[RenderWarning] = []
+    body: dict[str, object] = {}
+    if attestation.tolerate:
+        if len(set(attestation.tolerate)) != len(attestation.tolerate):
+            problems.append(f"attestation.tolerate: {attestation.tolerate!r}: duplicates")
+        body["tolerate"] = list(attestation.tolerate)
+        if "debug-mode" in attestation.tolerate:
+            warnings.append(
+                RenderWarning(
+                    "attestation.tolerate", "debug-mode",
+                    "a debug-mode enclave can be inspected by the host: its SVID key is not protected",
+                )
+            )
+    advisories = attestation.ignore_advisories
+    if advisories:
+        for i, adv in enumerate(advisories):
+            if not _ADVISORY.match(adv):
+                problems.append(f"attestation.ignore_advisories[{i}]: {adv!r}: 'INTEL-SA-NNNNN' or '*'")
+        if "*" in advisories:
+            if len(advisories) != 1:
+                problems.append(f"attestation.ignore_advisories: {advisories!r}: '*' stands alone")
+            body["ignore_advisories"] = "*"
+            warnings.append(
+                RenderWarning(
+                    "attestation.ignore_advisories", "*",
+                    "every Intel security advisory is ignored, including future ones",
+                )
+            )
+        else:
+            body["ignore_advisories"] = list(advisories)
+    return ({"attestation": body} if body else None), warnings

@@ -1,0 +1,105 @@
+"""Prometheus metrics of one SDS server (its own registry, so several servers can live in one process).
+
+Served as Prometheus text by ``--metrics 127.0.0.1:PORT`` (``prometheus_client``'s WSGI server thread).
+SVID seconds-to-expiry is computed at scrape time from the current snapshot, so it never goes stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sds_server.snapshot import SecretSnapshot
+
+
+class _ExpiryCollector(Collector):
+    def __init__(self, current: Callable[[], SecretSnapshot | None]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "sds_svid_seconds_to_expiry",
+            "Seconds until the SVID's NotAfter (negative: expired, withheld)",
+            labels=["spiffe_id", "serial"],
+        )
+        snap = self._current()
+        if snap is not None:
+            now = time.time()
+            for svid in snap.svids:
+                left = svid.not_after.timestamp() - now
+                family.add_metric([svid.spiffe_id, format(svid.serial, "x")], left)
+        yield family
+
+
+class Metrics:
+    """Counters and gauges named in issue 9 §3; attributes are ``prometheus_client`` metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.streams_open = Gauge("sds_streams_open", "Open SDS streams", ["api"], registry=r)
+        self.responses_sent = Counter("sds_responses_sent", "SDS responses sent", ["api"], registry=r)
+        self.acks = Counter("sds_acks", "ACKs received from SDS clients", ["api"], registry=r)
+        self.nacks = Counter("sds_nacks", "NACKs received from SDS clients", ["api"], registry=r)
+        self.stale_requests = Counter(
+            "sds_stale_requests", "Requests ignored because their nonce is not the latest", registry=r
+        )
+        self.denied_connections = Counter(
+            "sds_denied_callers", "Requests refused: caller UID not allowed", registry=r
+        )
+        self.workload_api_connected = Gauge(
+            "workload_api_connected", "1 while the Workload API X.509 stream is up", registry=r
+        )
+        self.workload_api_reconnects = Counter(
+            "workload_api_reconnects", "Reconnection attempts to the Workload API", registry=r
+        )
+        self.workload_api_permission_denied = Counter(
+            "workload_api_permission_denied",
+            "PermissionDenied from the Workload API (no registration entry for this workload)",
+            registry=r,
+        )
+        self.workload_api_updates = Counter(
+            "workload_api_updates", "X.509 context updates received from the Workload API", registry=r
+        )
+        self.svids_expired_withheld = Counter(
+            "sds_svid_expired_withheld", "Times an SVID past NotAfter was withheld", registry=r
+        )
+        for api in ("sotw", "delta"):  # export zeros from the start, not only after the first event
+            self.streams_open.labels(api)
+            self.acks.labels(api)
+            self.nacks.labels(api)
+        for api in ("sotw", "delta", "fetch"):
+            self.responses_sent.labels(api)
+        self._snapshot: Callable[[], SecretSnapshot | None] = lambda: None
+        r.register(_ExpiryCollector(self._current_snapshot))
+        self._http: WSGIServer | None = None
+
+    def _current_snapshot(self) -> SecretSnapshot | None:
+        return self._snapshot()
+
+    def track_snapshot(self, current: Callable[[], SecretSnapshot | None]) -> None:
+        """Where the expiry gauge reads the current snapshot from."""
+        self._snapshot = current
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every metric."""
+        data: bytes = generate_latest(self.registry)
+        return data
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 = any free port) in a daemon thread; return the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        bound: int = server.server_address[1]
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

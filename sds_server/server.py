@@ -1,0 +1,312 @@
+"""The SDS server: grpclib on a Unix socket, fed by a secret source; lifecycle and caller checks.
+
+``build_server(cfg)`` returns an unstarted :class:`SdsServer`; ``await server.start()`` binds the socket
+(created with the configured mode/owner *before* it listens), starts the source and the metrics
+endpoint; ``await server.stop()`` drains: health ``NOT_SERVING`` → close the listener and the
+streams → stop the source → remove the socket. :func:`serve` wires that to ``ready`` / ``stop``
+events and :func:`run` to SIGTERM/SIGINT (first signal drains, a second exits at once).
+
+Caller checks: the socket's mode and owner are the kernel's gate (``--socket-owner 1337`` + 0600:
+only istio-proxy and root connect). ``allowed_uids`` adds a per-request ``SO_PEERCRED`` check
+(defence in depth); refused calls get ``PERMISSION_DENIED``.
+
+Health: ``grpc.health.v1`` (grpclib.health) on the same socket, ``SERVING`` once a default SVID is
+held, for the overall service ``""`` and ``envoy.service.secret.v3.SecretDiscoveryService``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.server import Server
+
+from sds_server.codec import PassThroughProtoCodec
+from sds_server.errors import SdsConfigError
+from sds_server.metrics import Metrics
+from sds_server.servicer import SecretDiscoveryServicer
+from sds_server.snapshot import ResourceNames, SecretSnapshot
+from sds_server.source import RetryPolicy, StaticSource, WorkloadApiSource
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+_UNIX_PATH_MAX = 107
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``meshbridge sds serve`` takes. ``workload_api=None`` means a :class:`StaticSource`."""
+
+    listen: Path
+    workload_api: str | None = None
+    socket_mode: int = 0o600
+    socket_owner: int | None = None
+    allowed_uids: frozenset[int] | None = None
+    metrics_address: tuple[str, int] | None = None
+    names: ResourceNames = field(default_factory=ResourceNames)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    drain_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if len(os.fsencode(self.listen)) > _UNIX_PATH_MAX:
+            raise SdsConfigError(
+                f"listen: {str(self.listen)!r}: a Unix socket path is limited to {_UNIX_PATH_MAX} bytes"
+            )
+        if not 0 <= self.socket_mode <= 0o777:
+            raise SdsConfigError(f"socket_mode: {oct(self.socket_mode)!r}: must be between 0o000 and 0o777")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The UID of the process at the other end of a Unix socket (``SO_PEERCRED``, Linux)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class SdsServer:
+    """One SDS server instance. Not started until :meth:`start`."""
+
+    def __init__(self, config: ServerConfig, source: WorkloadApiSource | StaticSource | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        if source is None:
+            if config.workload_api is not None:
+                source = WorkloadApiSource(
+                    config.workload_api, config.names, self.metrics, retry=config.retry
+                )
+            else:
+                source = StaticSource(config.names, self.metrics)
+        self.source = source
+        self.servicer = SecretDiscoveryServicer(self.metrics)
+        self.health = ServiceStatus()
+        self.health.set(False)  # NOT_SERVING until a default SVID is held
+        self._grpc: Server | None = None
+        self.metrics_port: int | None = None
+        self._started = False
+        self._first_secret = asyncio.Event()
+
+    async def _check_caller(self, event: RecvRequest) -> None:
+        allowed = self.config.allowed_uids
+        if allowed is None:
+            return
+        # grpclib's Peer keeps the transport private; it is the only way to the connection's socket.
+        transport = event.peer._transport
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else -1
+        if uid not in allowed:
+            self.metrics.denied_connections.inc()
+            log.warning("sds.caller.denied", uid=uid, method=event.method_name)
+            raise GRPCError(Status.PERMISSION_DENIED, f"caller uid {uid} is not allowed on this SDS socket")
+
+    def _on_snapshot(self, snap: SecretSnapshot) -> None:
+        self.servicer.update(snap)
+        self.health.set(snap.default_svid is not None)
+        if snap.default_svid is not None:
+            self._first_secret.set()
+
+    async def wait_first_secret(self) -> None:
+        """Wait until a default SVID is held (health ``SERVING``)."""
+        await self._first_secret.wait()
+
+    def _bind(self) -> socket.socket:
+        path = self.config.listen
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise SdsConfigError(
+                    f"listen: {str(path)!r}: exists and is not a socket; refusing to replace it"
+                )
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # stale socket from a previous run
+            else:
+                raise SdsConfigError(f"listen: {str(path)!r}: another server is listening on this socket")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            # Mode and owner are set before listen(): nobody can connect in between.
+            os.chmod(path, self.config.socket_mode)
+            if self.config.socket_owner is not None:
+                os.chown(path, self.config.socket_owner, -1)
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise SdsConfigError(f"listen: {str(path)!r}: cannot create the socket: {exc.strerror}") from exc
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        # grpclib's Server binds to the loop current at construction: build it here, on the serving loop.
+        self._grpc = Server(
+            [self.servicer, Health({self.servicer: [self.health]})], codec=PassThroughProtoCodec()
+        )
+        if self.config.allowed_uids is not None:
+            listen(self._grpc, RecvRequest, self._check_caller)
+        sock = self._bind()
+        await self._grpc.start(sock=sock)
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self.source.start(loop)
+        self.source.subscribe(self._on_snapshot)  # after attach: a snapshot published earlier is delivered
+        if self.config.metrics_address is not None:
+            host, port = self.config.metrics_address
+            self.metrics_port = self.metrics.serve(host, port)
+        log.info(
+            "sds.listening",
+            socket=str(self.config.listen),
+            mode=oct(self.config.socket_mode),
+            owner=self.config.socket_owner,
+            workload_api=self.config.workload_api,
+            metrics_port=self.metrics_port,
+        )
+
+    async def stop(self) -> None:
+        """Drain and stop; idempotent."""
+        if not self._started or self._grpc is None:
+            return
+        self._started = False
+        self.health.set(False)
+        self._grpc.close()
+        try:
+            await asyncio.wait_for(self._grpc.wait_closed(), self.config.drain_seconds)
+        except TimeoutError:
+            log.warning("sds.drain.timeout", seconds=self.config.drain_seconds)
+        await self.servicer.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.source.close)
+        self.metrics.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.listen.unlink()
+        log.info("sds.stopped", socket=str(self.config.listen))
+
+
+def build_server(config: ServerConfig, source: WorkloadApiSource | StaticSource | None = None) -> SdsServer:
+    """An unstarted server for ``config`` (its source built from ``config`` unless given)."""
+    return SdsServer(config, source)
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    server: SdsServer | None = None,
+) -> None:
+    """Run until ``stop`` is set (forever if ``None``); set ``ready`` once the socket listens."""
+    srv = server or build_server(config)
+    stop = stop or asyncio.Event()
+    await srv.start()
+    try:
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await srv.stop()
+
+
+def run(config: ServerConfig) -> int:
+    """Blocking entry point for the CLI: SIGTERM/SIGINT drain and return 0; a second signal exits 1."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("sds.signal.again", signal=signal.Signals(signum).name)
+                os._exit(1)
+            log.info("sds.signal", signal=signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await serve(config, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+class RunningServer:
+    """A server running on its own loop in a background thread (tests, demo, benches)."""
+
+    def __init__(self, server: SdsServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+
+    def call(self, coro: Coroutine[Any, Any, _T], timeout: float = 30) -> _T:
+        """Run ``coro`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def wait_first_secret(self, timeout: float = 30) -> None:
+        self.call(asyncio.wait_for(self.server.wait_first_secret(), timeout), timeout + 1)
+
+
+@contextlib.contextmanager
+def run_in_thread(
+    config: ServerConfig, source: WorkloadApiSource | StaticSource | None = None
+) -> Iterator[RunningServer]:
+    """Start a server in a background thread; stop it (and the thread) on exit."""
+    server = build_server(config, source)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(serve(config, ready=ready, stop=stop, server=server))
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        started.set()
+        if task.done():
+            waiter.cancel()
+            await task
+            return
+        await task
+
+    def target() -> None:
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+        finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    thread = threading.Thread(target=target, name="sds-server", daemon=True)
+    thread.start()
+    started.wait(30)
+    if failure:
+        thread.join(5)
+        raise failure[0]
+    try:
+        yield RunningServer(server, loop)
+    finally:
+        if stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(15)

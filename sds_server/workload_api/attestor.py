@@ -1,0 +1,144 @@
+"""Workload attestation from the kernel: SO_PEERCRED on the Unix socket, then SPIRE's unix selectors.
+
+The caller's credentials come from ``getsockopt(SOL_SOCKET, SO_PEERCRED)`` on the accepted connection:
+the kernel records pid/uid/gid at ``connect()`` time, so a caller cannot lie about them. From those we
+derive the selectors exactly as SPIRE's unix workload attestor names them (spire
+``pkg/agent/plugin/workloadattestor/unix``):
+
+=============================  ==============================================================
+``unix:uid:N``                 effective uid
+``unix:user:NAME``             its user name (if it has one)
+``unix:gid:N``                 effective gid
+``unix:group:NAME``            its group name (if it has one)
+``unix:supplementary_gid:N``   every gid in ``/proc/PID/status`` ``Groups:``
+``unix:supplementary_group:X`` their names
+``unix:path:/exe``             ``readlink /proc/PID/exe`` (SPIRE: ``discover_workload_path``)
+``unix:sha256:HEX``            SHA-256 of that executable (cached by path, inode, mtime, size)
+=============================  ==============================================================
+
+**Single-machine mode.** On one machine every workload may run as the same user, so uid/gid selectors
+cannot tell them apart. The server may therefore listen on several sockets and adds ``socket:<name>``
+naming the socket the caller reached. Entries scoped with ``socket:<name>`` are then governed by that
+socket's file permissions (``mode``; directory permissions work too): whoever can connect to
+``mesh.sock`` gets the ``socket:mesh`` identities. This is a deliberate trust decision by the operator,
+not attestation; production uses SPIRE's agent with real workload attestors.
+
+``/proc/PID/exe`` of another user's process is unreadable without privileges; then the path and sha256
+selectors are omitted (an entry needing them simply does not match) and ``attest.exe_unreadable`` is
+logged.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+
+import structlog
+
+__all__ = ["PeerCredentials", "UnixAttestor", "peer_credentials"]
+
+log = structlog.get_logger(__name__)
+
+_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+_HASH_CHUNK = 1 << 20
+_CACHE_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """What the kernel says about the process at the other end of a Unix socket."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """SO_PEERCRED of a connected Unix socket (Linux)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def _supplementary_gids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:]]
+    except OSError:
+        log.warning("attest.status_unreadable", pid=pid)
+    return []
+
+
+class UnixAttestor:
+    """Turns peer credentials into selectors; caches executable hashes by (path, inode, mtime, size)."""
+
+    def __init__(self) -> None:
+        self._hashes: dict[tuple[str, int, int, int], str] = {}
+
+    def _exe_sha256(self, pid: int, path: str) -> str | None:
+        proc_exe = f"/proc/{pid}/exe"
+        try:
+            # Open through /proc so we hash the very file the process runs, even if the path was replaced.
+            fd = os.open(proc_exe, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._hashes.get(key)
+            if cached is not None:
+                return cached
+            digest = hashlib.sha256()
+            while chunk := os.read(fd, _HASH_CHUNK):
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+        if len(self._hashes) >= _CACHE_MAX:
+            self._hashes.clear()
+        self._hashes[key] = digest.hexdigest()
+        return self._hashes[key]
+
+    def attest(self, creds: PeerCredentials, socket_name: str | None = None) -> frozenset[str]:
+        """The caller's selectors (see the module docstring)."""
+        selectors = {f"unix:uid:{creds.uid}", f"unix:gid:{creds.gid}"}
+        if (user := _user_name(creds.uid)) is not None:
+            selectors.add(f"unix:user:{user}")
+        if (group := _group_name(creds.gid)) is not None:
+            selectors.add(f"unix:group:{group}")
+        for gid in _supplementary_gids(creds.pid):
+            selectors.add(f"unix:supplementary_gid:{gid}")
+            if (name := _group_name(gid)) is not None:
+                selectors.add(f"unix:supplementary_group:{name}")
+        try:
+            exe = os.readlink(f"/proc/{creds.pid}/exe")
+        except OSError:
+            log.info("attest.exe_unreadable", pid=creds.pid, uid=creds.uid)
+        else:
+            selectors.add(f"unix:path:{exe}")
+            sha = self._exe_sha256(creds.pid, exe)
+            if sha is not None:
+                selectors.add(f"unix:sha256:{sha}")
+        if socket_name is not None:
+            selectors.add(f"socket:{socket_name}")
+        return frozenset(selectors)

@@ -1,0 +1,582 @@
+"""The embedded SPIFFE Workload API server (``SpiffeWorkloadAPI``), served with grpclib on Unix sockets.
+
+**Why grpclib, not grpcio.** The Workload API must know *who* calls: the kernel tells us through
+``SO_PEERCRED`` on the accepted Unix connection. grpcio's Python server hides the connection —
+``context.peer()`` is just ``"unix:"`` on a Unix socket and no API reaches the file descriptor — so a
+grpcio server cannot tell callers apart. grpclib runs on asyncio transports: in a handler,
+``stream.peer`` is a :class:`grpclib.protocol.Peer` that holds the connection's asyncio transport
+(grpclib 0.4.9: ``Peer._transport``; its public ``addr()`` only returns ``peername``, which is empty for
+Unix clients), and ``transport.get_extra_info("socket")`` is the accepted socket, on which we call
+``getsockopt(SO_PEERCRED)``. That one private attribute is read in :func:`_peer_socket` only; if grpclib
+ever renames it, every call fails closed with ``Unavailable`` instead of serving an unattested caller.
+The messages are py-spiffe's generated ``spiffe._proto.workload_pb2``; the grpclib ``__mapping__`` is
+written by hand in :class:`_Servicer` (the proto has no package: paths are ``/SpiffeWorkloadAPI/<rpc>``).
+
+**Spec behaviour** (spiffe/spiffe ``standards/SPIFFE_Workload_API.md``, ``SPIFFE_Workload_Endpoint.md``):
+
+* every call must carry metadata ``workload.spiffe.io: true``, else ``InvalidArgument`` (Endpoint §5);
+* a caller matching no entry gets ``PermissionDenied`` — for streams at stream start (API §5.2.1, §5.2.2,
+  §6.2.1, §6.2.2); if a reload removes its last entry, the open stream ends with ``PermissionDenied``;
+* each stream message is the complete current set (API §4.3); a new one is pushed whenever an SVID
+  rotates or a bundle changes, and unchanged content is never re-sent;
+* SVID hints are unique within a response (API §5.2.1): a later SVID repeating a hint is left out;
+* bundles are keyed by the trust domain's SPIFFE ID (``spiffe://example.org``).
+
+**Lifecycle.** Each SVID is re-minted at half its lifetime and pushed on every open stream; the CA
+rotates at half its lifetime (bundle carries old and new until the old expires). :meth:`reload` swaps the
+config and pushes what changed; :meth:`rotate_svids` re-mints everything at once. :func:`serve` wires the
+signals: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads the config file,
+SIGUSR1 forces a re-mint.
+
+**Concurrency.** Everything runs on one asyncio loop. The served state is one immutable
+:class:`_Snapshot`, swapped whole; each swap sets the previous ``asyncio.Event`` so open streams wake,
+rebuild their response and send it if it changed. Key material is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
+from spiffe._proto import workload_pb2 as pb
+
+from sds_server.errors import SpiffeIdError
+from sds_server.spiffe_id import SpiffeId, TrustDomain
+from sds_server.workload_api.attestor import UnixAttestor, peer_credentials
+from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
+from sds_server.workload_api.config import Config, Entry, SocketConfig, check_sockets, load_config
+from sds_server.workload_api.errors import CaError, JwtSvidError, SocketError, WorkloadApiError
+from sds_server.workload_api.jwt import jwks_document, validate_jwt_svid
+
+__all__ = ["WorkloadApiServer", "serve"]
+
+log = structlog.get_logger(__name__)
+
+SECURITY_HEADER = "workload.spiffe.io"
+SERVICE = "/SpiffeWorkloadAPI/"
+Clock = Callable[[], datetime]
+_MAX_SLEEP = 3600.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Everything the server hands out at one point in time."""
+
+    version: int
+    config: Config
+    svids: Mapping[Entry, X509Svid]
+    bundle_der: bytes
+    jwks: bytes
+    federated_der: Mapping[TrustDomain, bytes]
+
+    def entries_for(self, selectors: frozenset[str]) -> list[Entry]:
+        return [e for e in self.config.entries if e.matches(selectors)]
+
+
+def _peer_socket(stream: Stream[Any, Any]) -> Any:
+    """The accepted connection behind a grpclib call (see the module docstring)."""
+    transport = getattr(stream.peer, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        raise GRPCError(Status.UNAVAILABLE, "cannot identify the caller's connection")
+    return sock
+
+
+def _bind_unix(path: Path, mode: int) -> socket.socket:
+    """Bind a listening Unix socket; replace a stale socket file, refuse one a live server answers on."""
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketError(f"socket {str(path)!r}: exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            log.warning("socket.stale_replaced", path=str(path))
+        except OSError as exc:
+            raise SocketError(f"socket {str(path)!r}: cannot probe the existing socket ({exc})") from exc
+        else:
+            raise SocketError(
+                f"socket {str(path)!r}: in use by a live server; stop it or choose another path"
+            )
+        finally:
+            probe.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        # chmod before listen(): until listen() nobody can connect, so the mode is never too open.
+        os.chmod(path, mode)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SocketError(f"socket {str(path)!r}: cannot bind ({exc.strerror or exc})") from exc
+    return sock
+
+
+def _build_ca(config: Config, clock: Clock) -> LocalCa:
+    upstream = None
+    if config.ca.upstream is not None:
+        upstream = Upstream.load(config.ca.upstream.cert, config.ca.upstream.key)
+    return LocalCa(
+        config.trust_domain, key_type=config.ca.key_type, ttl=config.ca.ttl, upstream=upstream,
+        data_dir=config.data_dir, clock=clock,
+    )
+
+
+class _Servicer:
+    """The ``SpiffeWorkloadAPI`` handlers for one socket (its name becomes the ``socket:`` selector)."""
+
+    def __init__(self, server: WorkloadApiServer, socket_name: str) -> None:
+        self._server = server
+        self._socket_name = socket_name
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            SERVICE + "FetchX509SVID": Handler(
+                self.fetch_x509_svid, Cardinality.UNARY_STREAM, pb.X509SVIDRequest, pb.X509SVIDResponse
+            ),
+            SERVICE + "FetchX509Bundles": Handler(
+                self.fetch_x509_bundles, Cardinality.UNARY_STREAM, pb.X509BundlesRequest,
+                pb.X509BundlesResponse,
+            ),
+            SERVICE + "FetchJWTSVID": Handler(
+                self.fetch_jwt_svid, Cardinality.UNARY_UNARY, pb.JWTSVIDRequest, pb.JWTSVIDResponse
+            ),
+            SERVICE + "FetchJWTBundles": Handler(
+                self.fetch_jwt_bundles, Cardinality.UNARY_STREAM, pb.JWTBundlesRequest, pb.JWTBundlesResponse
+            ),
+            SERVICE + "ValidateJWTSVID": Handler(
+                self.validate_jwt_svid, Cardinality.UNARY_UNARY, pb.ValidateJWTSVIDRequest,
+                pb.ValidateJWTSVIDResponse,
+            ),
+        }
+
+    async def _admit(self, stream: Stream[Any, Any], rpc: str) -> frozenset[str]:
+        """Check the security header, then attest the caller from the kernel."""
+        header = stream.metadata.get(SECURITY_HEADER) if stream.metadata is not None else None
+        if header != "true":
+            log.info("workload_api.denied", rpc=rpc, reason="missing security header",
+                     socket=self._socket_name)
+            raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        try:
+            creds = peer_credentials(_peer_socket(stream))
+        except OSError as exc:
+            raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
+        selectors = self._server.attestor.attest(creds, self._socket_name)
+        log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
+        return selectors
+
+    def _entries(self, snap: _Snapshot, selectors: frozenset[str], rpc: str) -> list[Entry]:
+        entries = snap.entries_for(selectors)
+        if not entries:
+            log.info("workload_api.denied", rpc=rpc, reason="no matching entry", socket=self._socket_name)
+            raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
+        return entries
+
+    async def _stream_updates(
+        self,
+        stream: Stream[Any, Any],
+        rpc: str,
+        build: Callable[[_Snapshot, frozenset[str]], Any],
+        fingerprint: Callable[[_Snapshot, frozenset[str]], object],
+    ) -> None:
+        """Send the caller's current view, then a new message whenever its content changes (API §4.3)."""
+        await stream.recv_message()
+        selectors = await self._admit(stream, rpc)
+        last: object = None
+        while True:
+            changed = self._server.changed
+            snap = self._server.snapshot
+            # Cheap content fingerprint first: unchanged content is never rebuilt nor re-sent.
+            key = fingerprint(snap, selectors)
+            if key != last:
+                await stream.send_message(build(snap, selectors))
+                log.debug("workload_api.push", rpc=rpc, socket=self._socket_name, version=snap.version)
+                last = key
+            await changed.wait()
+
+    @staticmethod
+    def _federated(snap: _Snapshot, entries: list[Entry]) -> dict[TrustDomain, bytes]:
+        """Bundles of the foreign trust domains the caller's entries federate with."""
+        tds = sorted({td for e in entries for td in e.federates_with})
+        return {td: snap.federated_der[td] for td in tds if td in snap.federated_der}
+
+    def _x509_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
+        entries = self._entries(snap, selectors, "FetchX509SVID")
+        return (tuple((e, snap.svids[e].serial) for e in entries), snap.bundle_der,
+                tuple(self._federated(snap, entries).items()))
+
+    def _bundles_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
+        entries = self._entries(snap, selectors, "FetchX509Bundles")
+        return (snap.bundle_der, tuple(self._federated(snap, entries).items()))
+
+    def _jwt_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
+        self._entries(snap, selectors, "FetchJWTBundles")
+        return snap.jwks
+
+    def _x509_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.X509SVIDResponse:
+        entries = self._entries(snap, selectors, "FetchX509SVID")
+        resp = pb.X509SVIDResponse()
+        hints: set[str] = set()
+        for entry in entries:
+            if entry.hint and entry.hint in hints:
+                continue  # API §5.2.1: hints are unique within a response; the first one wins
+            hints.add(entry.hint)
+            svid = snap.svids[entry]
+            resp.svids.add(spiffe_id=str(entry.spiffe_id), x509_svid=svid.chain_der(),
+                           x509_svid_key=svid.key_der(), bundle=snap.bundle_der, hint=entry.hint)
+        for td, der in self._federated(snap, entries).items():
+            resp.federated_bundles[td.id] = der
+        return resp
+
+    def _bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.X509BundlesResponse:
+        entries = self._entries(snap, selectors, "FetchX509Bundles")
+        resp = pb.X509BundlesResponse()
+        resp.bundles[snap.config.trust_domain.id] = snap.bundle_der
+        for td, der in self._federated(snap, entries).items():
+            resp.bundles[td.id] = der
+        return resp
+
+    def _jwt_bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.JWTBundlesResponse:
+        self._entries(snap, selectors, "FetchJWTBundles")
+        # Federated trust domains come as X.509 PEM bundles only, so they carry no JWT keys to serve.
+        return pb.JWTBundlesResponse(bundles={snap.config.trust_domain.id: snap.jwks})
+
+    async def fetch_x509_svid(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
+        await self._stream_updates(
+            stream, "FetchX509SVID", self._x509_response, self._x509_fingerprint
+        )
+
+    async def fetch_x509_bundles(
+        self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse]
+    ) -> None:
+        await self._stream_updates(
+            stream, "FetchX509Bundles", self._bundles_response, self._bundles_fingerprint
+        )
+
+    async def fetch_jwt_bundles(self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse]) -> None:
+        await self._stream_updates(
+            stream, "FetchJWTBundles", self._jwt_bundles_response, self._jwt_fingerprint
+        )
+
+    async def fetch_jwt_svid(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        selectors = await self._admit(stream, "FetchJWTSVID")
+        audience = [a for a in request.audience if a]
+        if not audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        snap = self._server.snapshot
+        entries = self._entries(snap, selectors, "FetchJWTSVID")
+        if request.spiffe_id:
+            try:
+                wanted = SpiffeId.parse(request.spiffe_id)
+            except SpiffeIdError as exc:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"spiffe_id: {exc}") from exc
+            entries = [e for e in entries if e.spiffe_id == wanted]
+            if not entries:
+                log.info("workload_api.denied", rpc="FetchJWTSVID", reason="identity not entitled",
+                         spiffe_id=str(wanted), socket=self._socket_name)
+                raise GRPCError(Status.PERMISSION_DENIED, f"no identity issued for {wanted}")
+        resp = pb.JWTSVIDResponse()
+        hints: set[str] = set()
+        seen: set[SpiffeId] = set()
+        for entry in entries:
+            if entry.spiffe_id in seen or (entry.hint and entry.hint in hints):
+                continue
+            seen.add(entry.spiffe_id)
+            hints.add(entry.hint)
+            token = self._server.ca.mint_jwt_svid(entry.spiffe_id, audience, snap.config.jwt_svid_ttl)
+            resp.svids.add(spiffe_id=str(entry.spiffe_id), svid=token, hint=entry.hint)
+        log.info("jwt_svid.issued", spiffe_ids=[s.spiffe_id for s in resp.svids], audience=audience)
+        await stream.send_message(resp)
+
+    async def validate_jwt_svid(
+        self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        selectors = await self._admit(stream, "ValidateJWTSVID")
+        if not request.audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+        if not request.svid:
+            raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
+        snap = self._server.snapshot
+        self._entries(snap, selectors, "ValidateJWTSVID")
+        keys = {snap.config.trust_domain: dict(self._server.ca.jwt_authorities())}
+        try:
+            spiffe_id, claims = validate_jwt_svid(request.svid, request.audience, keys, now=_utcnow())
+        except JwtSvidError as exc:
+            log.info("jwt_svid.invalid", reason=str(exc))
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
+        resp = pb.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id))
+        resp.claims.update(claims)
+        await stream.send_message(resp)
+
+
+class WorkloadApiServer:
+    """The embedded Workload API: a :class:`LocalCa`, the entries, and one grpclib server per socket."""
+
+    def __init__(self, config: Config, *, clock: Clock = _utcnow) -> None:
+        check_sockets(config)
+        self._clock = clock
+        self.ca = _build_ca(config, clock)
+        self.attestor = UnixAttestor()
+        self._snapshot = _Snapshot(0, config, {}, b"", b"", {})
+        self._changed: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._listeners: list[tuple[SocketConfig, socket.socket, Server, int]] = []
+        self._maintainer: asyncio.Task[None] | None = None
+
+    # ---- state ------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._snapshot.config
+
+    @property
+    def snapshot(self) -> _Snapshot:
+        return self._snapshot
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set (and replaced) whenever a new snapshot is published."""
+        assert self._changed is not None, "server not started"
+        return self._changed
+
+    @property
+    def sockets(self) -> tuple[SocketConfig, ...]:
+        return tuple(s for s, *_ in self._listeners)
+
+    def _ttl(self, entry: Entry, config: Config) -> timedelta:
+        return entry.ttl if entry.ttl is not None else config.svid_ttl
+
+    def _mint(self, entry: Entry, config: Config, reason: str) -> X509Svid:
+        svid = self.ca.mint_x509_svid(entry.spiffe_id, self._ttl(entry, config), entry.dns_names)
+        log.info("svid.rotated" if reason != "new" else "svid.minted", spiffe_id=str(entry.spiffe_id),
+                 serial=f"{svid.serial:x}", expires=svid.expires_at.isoformat(), reason=reason)
+        return svid
+
+    def _publish(self, config: Config, svids: Mapping[Entry, X509Svid]) -> None:
+        federated = {f.trust_domain: b"".join(c.public_bytes(serialization.Encoding.DER)
+                                              for c in f.certificates) for f in config.federation}
+        snap = _Snapshot(self._snapshot.version + 1, config, dict(svids), self.ca.bundle_der(),
+                         jwks_document(self.ca.jwt_authorities()), federated)
+        self._snapshot = snap
+        if self._changed is not None:
+            old, self._changed = self._changed, asyncio.Event()
+            old.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _svids_for(self, config: Config, *, force: bool, reason: str) -> dict[Entry, X509Svid]:
+        now = self._clock()
+        current = self._snapshot.svids
+        out: dict[Entry, X509Svid] = {}
+        for entry in config.entries:
+            old = current.get(entry)
+            if old is None:
+                out[entry] = self._mint(entry, config, "new")
+            elif force or old.rotate_at <= now:
+                out[entry] = self._mint(entry, config, reason)
+            else:
+                out[entry] = old
+        return out
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Mint every SVID, bind every socket (stale ones replaced) and start serving."""
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        config = self._snapshot.config
+        self._publish(config, self._svids_for(config, force=True, reason="start"))
+        try:
+            for sock_cfg in config.sockets:
+                sock = _bind_unix(sock_cfg.path, sock_cfg.mode)
+                server = Server([_Servicer(self, sock_cfg.name)])
+                try:
+                    await server.start(sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                self._listeners.append((sock_cfg, sock, server, os.stat(sock_cfg.path).st_ino))
+                log.info("workload_api.listening", socket=sock_cfg.name, path=str(sock_cfg.path),
+                         mode=f"{sock_cfg.mode:04o}")
+        except BaseException:
+            await self.stop()
+            raise
+        self._maintainer = asyncio.create_task(self._maintain(), name="workload-api-maintain")
+        log.info("workload_api.started", trust_domain=config.trust_domain.name,
+                 entries=len(config.entries), sockets=[s.name for s in config.sockets])
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, end open streams, remove our socket files."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+            self._maintainer = None
+        for _, _, server, _ in self._listeners:
+            server.close()
+        for sock_cfg, sock, server, inode in self._listeners:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), grace)
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(sock_cfg.path).st_ino == inode:  # never remove a successor's socket
+                    sock_cfg.path.unlink()
+        if self._listeners:
+            log.info("workload_api.stopped", sockets=[s.name for s, *_ in self._listeners])
+        self._listeners = []
+
+    async def _maintain(self) -> None:
+        """Rotate SVIDs at half their lifetime and the CA at half its own; push what changed."""
+        assert self._wake is not None
+        while True:
+            snap = self._snapshot
+            due = [self.ca.next_event_at(), *(s.rotate_at for s in snap.svids.values())]
+            delay = min(_MAX_SLEEP, max(0.0, (min(due) - self._clock()).total_seconds()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            try:
+                self._tick()
+            except WorkloadApiError as exc:
+                log.error("workload_api.maintain_failed", error=str(exc))  # noqa: TRY400 - no traceback
+                await asyncio.sleep(1.0)
+
+    def _tick(self) -> None:
+        before = self.ca.current
+        bundle_changed = self.ca.maintain()
+        rotated_ca = self.ca.current is not before
+        config = self._snapshot.config
+        svids = self._svids_for(config, force=rotated_ca, reason="ca_rotated" if rotated_ca else "half_life")
+        if bundle_changed or any(svids[e] is not self._snapshot.svids.get(e) for e in svids):
+            self._publish(config, svids)
+
+    async def rotate_svids(self) -> None:
+        """Re-mint every SVID now (new serials) and push them."""
+        config = self._snapshot.config
+        self._publish(config, self._svids_for(config, force=True, reason="forced"))
+        log.info("workload_api.rotated", svids=len(config.entries), version=self._snapshot.version)
+
+    async def rotate_ca(self) -> None:
+        """Start a new CA generation (old one stays in the bundle until expiry), re-mint and push."""
+        self.ca.rotate()
+        config = self._snapshot.config
+        self._publish(config, self._svids_for(config, force=True, reason="ca_rotated"))
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new config: new entries are minted, changed ones re-minted, bundles updated; push."""
+        old = self._snapshot.config
+        if config.trust_domain != old.trust_domain:
+            raise CaError(
+                f"trust_domain: {config.trust_domain.name!r}: cannot change from {old.trust_domain.name!r} "
+                "while running; restart the server"
+            )
+        if config.sockets and set(config.sockets) != set(old.sockets):
+            log.warning("config.sockets_unchanged", reason="sockets are bound at start; restart to change")
+        config = dataclasses.replace(config, sockets=old.sockets)
+        check_sockets(config)
+        if (config.ca, config.data_dir) != (old.ca, old.data_dir):
+            self.ca = _build_ca(config, self._clock)
+            svids = self._svids_for(config, force=True, reason="ca_changed")
+        else:
+            svids = self._svids_for(config, force=config.svid_ttl != old.svid_ttl, reason="reload")
+        self._publish(config, svids)
+        log.info("config.reloaded", entries=len(config.entries),
+                 federation=[f.trust_domain.name for f in config.federation])
+
+
+def _set_event(event: asyncio.Event | threading.Event | None) -> None:
+    if event is not None:
+        event.set()
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: asyncio.Event | threading.Event | None = None,
+    stop: asyncio.Event | None = None,
+    loader: Callable[[], Config] | None = None,
+) -> None:
+    """Run the server until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given).
+
+    Signals (main thread only): SIGHUP reloads through ``loader`` (default: re-read ``config.source``),
+    SIGUSR1 re-mints every SVID. A second SIGTERM/SIGINT exits at once.
+    """
+    loop = asyncio.get_running_loop()
+    own_signals = stop is None and threading.current_thread() is threading.main_thread()
+    stop_event = stop if stop is not None else asyncio.Event()
+    if loader is None and config.source is not None:
+        source = config.source
+
+        def loader() -> Config:
+            return load_config(source)
+
+    server = WorkloadApiServer(config)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def do_reload() -> None:
+        if loader is None:
+            log.warning("config.reload_skipped", reason="no config file to reload")
+            return
+        try:
+            await server.reload(loader())
+        except WorkloadApiError as exc:
+            log.error("config.reload_failed", error=str(exc), keeping="running config")  # noqa: TRY400
+
+    def spawn(coro: Callable[[], Any]) -> None:
+        task = loop.create_task(coro())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_stop(signame: str) -> None:
+        if stop_event.is_set():
+            log.warning("workload_api.exit_now", signal=signame)
+            os._exit(1)
+        log.info("workload_api.stopping", signal=signame)
+        stop_event.set()
+
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        loop.add_signal_handler(signal.SIGHUP, spawn, do_reload)
+        loop.add_signal_handler(signal.SIGUSR1, spawn, server.rotate_svids)
+        installed += [signal.SIGHUP, signal.SIGUSR1]
+        if own_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_stop, sig.name)
+                installed.append(sig)
+    try:
+        await server.start()
+        _set_event(ready)
+        await stop_event.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for task in list(tasks):
+            task.cancel()
+        await server.stop()

@@ -1,0 +1,144 @@
+"""X509-SVID checks, per the SPIFFE X509-SVID standard (spiffe/spiffe ``standards/X509-SVID.md``).
+
+Why our own checks: the local CA (``sds_server.workload_api.ca``) must only ever mint documents that pass
+them (a property test holds it to that), and the SDS side checks what a Workload API hands out before
+serving it to Envoy. Rules, by section of X509-SVID.md:
+
+* §2 "SPIFFE ID": an X509-SVID carries exactly one URI SAN, a valid SPIFFE ID; a leaf's ID names a
+  workload (non-empty path).
+* §4.1 "Basic Constraints": leaf ``cA`` false; signing certificates ``cA`` true.
+* §4.3 "Key Usage": leaf MUST set ``digitalSignature`` and MUST NOT set ``keyCertSign`` or ``cRLSign``;
+  signing certificates MUST set ``keyCertSign`` (``cRLSign`` MAY be set).
+* §3 "Signing certificates": MAY carry the trust domain's SPIFFE ID as URI SAN, MUST NOT carry a
+  SPIFFE ID with a path.
+
+Messages read ``<what>: <value!r>: <rule>`` (e.g. ``chain[0] basicConstraints: 'cA=true': a leaf
+X509-SVID must not be a CA (X509-SVID §4.1)``) and are raised as :class:`~sds_server.errors.SvidError`.
+Chain *verification* (signatures against a bundle) is the TLS stack's job; these checks are the profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from sds_server.errors import SpiffeIdError, SvidError
+from sds_server.spiffe_id import SpiffeId
+
+__all__ = ["leaf_spiffe_id", "validate_signing_certificate", "validate_x509_svid"]
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError as exc:  # a malformed extension: cryptography parses lazily
+        raise SvidError(f"subjectAltName: {str(exc)!r}: extension cannot be parsed") from exc
+    san = ext.value
+    assert isinstance(san, x509.SubjectAlternativeName)
+    return [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+def _basic_constraints(cert: x509.Certificate, what: str) -> x509.BasicConstraints | None:
+    try:
+        value = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:
+        raise SvidError(f"{what} basicConstraints: {str(exc)!r}: extension cannot be parsed") from exc
+    return value
+
+
+def _key_usage(cert: x509.Certificate, what: str) -> x509.KeyUsage:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound as exc:
+        raise SvidError(
+            f"{what} keyUsage: 'absent': an X509-SVID or signing certificate must carry the keyUsage "
+            "extension (X509-SVID §4.3)"
+        ) from exc
+    except ValueError as exc:
+        raise SvidError(f"{what} keyUsage: {str(exc)!r}: extension cannot be parsed") from exc
+
+
+def leaf_spiffe_id(cert: x509.Certificate, what: str = "chain[0]") -> SpiffeId:
+    """The SPIFFE ID of a leaf X509-SVID: its single URI SAN, parsed (X509-SVID §2)."""
+    uris = _uri_sans(cert)
+    if len(uris) != 1:
+        raise SvidError(
+            f"{what} URI SANs: {uris!r}: an X509-SVID must have exactly one URI SAN, its SPIFFE ID "
+            "(X509-SVID §2)"
+        )
+    try:
+        return SpiffeId.parse(uris[0])
+    except SpiffeIdError as exc:
+        raise SvidError(f"{what} URI SAN: {exc}") from exc
+
+
+def _validate_leaf(cert: x509.Certificate, what: str) -> SpiffeId:
+    spiffe_id = leaf_spiffe_id(cert, what)
+    bc = _basic_constraints(cert, what)
+    if bc is not None and bc.ca:
+        raise SvidError(
+            f"{what} basicConstraints: 'cA=true': a leaf X509-SVID must not be a CA (X509-SVID §4.1)"
+        )
+    ku = _key_usage(cert, what)
+    if not ku.digital_signature:
+        raise SvidError(
+            f"{what} keyUsage: 'digitalSignature not set': a leaf X509-SVID must set digitalSignature "
+            "(X509-SVID §4.3)"
+        )
+    if ku.key_cert_sign:
+        raise SvidError(
+            f"{what} keyUsage: 'keyCertSign set': a leaf X509-SVID must not set keyCertSign (X509-SVID §4.3)"
+        )
+    if ku.crl_sign:
+        raise SvidError(
+            f"{what} keyUsage: 'cRLSign set': a leaf X509-SVID must not set cRLSign (X509-SVID §4.3)"
+        )
+    return spiffe_id
+
+
+def _validate_signing(cert: x509.Certificate, what: str) -> None:
+    bc = _basic_constraints(cert, what)
+    if bc is None or not bc.ca:
+        value = "absent" if bc is None else "cA=false"
+        raise SvidError(
+            f"{what} basicConstraints: {value!r}: a signing certificate must be a CA (X509-SVID §4.1)"
+        )
+    ku = _key_usage(cert, what)
+    if not ku.key_cert_sign:
+        raise SvidError(
+            f"{what} keyUsage: 'keyCertSign not set': a signing certificate must set keyCertSign "
+            "(X509-SVID §4.3)"
+        )
+    for uri in _uri_sans(cert):
+        if not uri.startswith("spiffe://"):
+            continue
+        try:
+            sid = SpiffeId.parse(uri, allow_empty_path=True)
+        except SpiffeIdError as exc:
+            raise SvidError(f"{what} URI SAN: {exc}") from exc
+        if sid.path:
+            raise SvidError(
+                f"{what} URI SAN: {uri!r}: a signing certificate must not carry a SPIFFE ID with a path "
+                "(X509-SVID §3)"
+            )
+
+
+def validate_signing_certificate(cert: x509.Certificate) -> None:
+    """Check a CA certificate that signs X509-SVIDs (X509-SVID §3, §4.1, §4.3)."""
+    _validate_signing(cert, "signing certificate")
+
+
+def validate_x509_svid(chain: Sequence[x509.Certificate]) -> SpiffeId:
+    """Check an X509-SVID chain (leaf first, then intermediates); return the leaf's SPIFFE ID."""
+    if not chain:
+        raise SvidError("chain: []: an X509-SVID chain needs at least the leaf certificate")
+    spiffe_id = _validate_leaf(chain[0], "chain[0]")
+    for index, cert in enumerate(chain[1:], start=1):
+        _validate_signing(cert, f"chain[{index}]")
+    return spiffe_id

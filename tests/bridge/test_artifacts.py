@@ -1,0 +1,196 @@
+"""What ``render`` produces for the httpbin example: golden files, real schemas, the real Ghostunnel.
+
+Golden files live in ``tests/bridge/golden/httpbin/`` (the same layout ``meshbridge render -o`` writes).
+They are reviewed by reading, not regenerated blindly: after an intended change run
+
+    MESHBRIDGE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/bridge/test_artifacts.py
+
+and read ``git diff tests/bridge/golden`` before committing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import scone
+from bridge import render as layout
+from bridge.render import render
+from bridge.rendering import Rendering
+from bridge.spec import load_spec
+from bridge.writer import serialize
+from tests.bridge.strategies import EXAMPLE
+from tests.support.schemas import problems, scone_problems
+
+GOLDEN = Path(__file__).parent / "golden" / "httpbin"
+UPDATE = os.environ.get("MESHBRIDGE_UPDATE_GOLDEN") == "1"
+
+
+@pytest.fixture(scope="module")
+def rendering() -> Rendering:
+    return render(load_spec(EXAMPLE))
+
+
+def test_golden_files(rendering: Rendering) -> None:
+    texts = {path: serialize(path, doc) for path, doc in rendering.items()}
+    if UPDATE:
+        for old in GOLDEN.rglob("*"):
+            if old.is_file() and str(old.relative_to(GOLDEN)) not in texts:
+                old.unlink()
+        for path, text in texts.items():
+            (GOLDEN / path).parent.mkdir(parents=True, exist_ok=True)
+            (GOLDEN / path).write_text(text)
+        pytest.skip("golden files regenerated: review `git diff tests/bridge/golden` before committing")
+    on_disk = sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*") if p.is_file())
+    assert on_disk == sorted(texts)
+    for path, text in texts.items():
+        assert (GOLDEN / path).read_text() == text, f"{path} differs from its golden file"
+
+
+def test_layout(rendering: Rendering) -> None:
+    assert next(iter(rendering)) == "README.md"
+    assert set(rendering) == {
+        "README.md",
+        "istio/istio-operator.yaml",
+        "istio/peer-authentication.yaml",
+        "istio/authorization-policies.yaml",
+        "spire/cluster-spiffeids.yaml",
+        "spire/register-entries.sh",
+        "spire/agent-svidstore.hcl",
+        "spire/svidstore-templates/svid-session.template",
+        "spire/svidstore-templates/bundle-session.template",
+        "spire/svidstore-templates/federated-bundles-session.template",
+        "scone/shielded-client/session.yaml",
+        "scone/tunnel-client/session.yaml",
+        "scone/tunnel-client/ghostunnel-command.txt",
+    }
+    assert rendering.warnings == ()
+    with pytest.raises(TypeError):
+        rendering.documents["x"] = "y"  # type: ignore[index]
+
+
+def test_kubernetes_documents_validate_strictly(rendering: Rendering) -> None:
+    paths = [
+        layout.ISTIO_OPERATOR,
+        layout.PEER_AUTHENTICATION,
+        layout.AUTHORIZATION_POLICIES,
+        layout.CLUSTER_SPIFFEIDS,
+    ]
+    kinds = []
+    for path in paths:
+        # validate what is written, read back as the consumer reads it
+        for doc in yaml.safe_load_all(serialize(path, rendering[path])):
+            assert problems(doc) == [], path
+            kinds.append(doc["kind"])
+    assert kinds == ["IstioOperator", "PeerAuthentication", "AuthorizationPolicy", "ClusterSPIFFEID"]
+
+
+def test_sessions_validate_against_the_scone_schema(rendering: Rendering) -> None:
+    for app in ("shielded-client", "tunnel-client"):
+        path = layout.session_path(app)
+        session = yaml.safe_load(serialize(path, rendering[path]))
+        assert scone_problems(session) == [], path
+
+
+def _pem_pair() -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+def test_svidstore_templates_filled_are_valid_sessions(rendering: Rendering) -> None:
+    cert, key = _pem_pair()
+    values = {
+        "svid": cert,
+        "svid-key": key,
+        "session-name-selector": "meshbridge/shielded-client",
+        "session-hash-selector": "a" * 64,
+        "predecessor": "~",
+        "trust-bundle": cert,
+        "federated-bundles": cert,
+    }
+    names = []
+    for path in layout.SVIDSTORE_TEMPLATES.values():
+        template = rendering.text(path)
+        filled = scone.fill_template(template, {k: values[k] for k in scone.placeholder_names(template)})
+        session = yaml.safe_load(filled)
+        assert scone_problems(session) == [], path
+        names.append(session["name"])
+    # the app sessions import from exactly these session names
+    shield = rendering.yaml_documents(layout.session_path("shielded-client"))[0]
+    imports = {s["name"]: s["import"]["session"] for s in shield["secrets"]}  # type: ignore[index, union-attr]
+    assert imports == {"svid": names[0], "spire-ca": names[1]}
+
+
+def test_entries_script_is_executable_bash(rendering: Rendering, tmp_path: Path) -> None:
+    script = tmp_path / "register-entries.sh"
+    script.write_text(rendering.text(layout.ENTRIES_SCRIPT))
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    # without session hashes it refuses to create anything
+    fake = tmp_path / "spire-server"
+    fake.write_text('#!/bin/sh\necho called >> "$0.log"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "SPIRE_SERVER": str(fake)}
+    refused = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, check=False, timeout=30
+    )
+    assert refused.returncode == 2
+    assert "no session hash" in refused.stderr
+    assert not Path(f"{fake}.log").exists()
+    ok = subprocess.run(
+        [
+            "bash",
+            str(script),
+            f"meshbridge/shielded-client={'1' * 64}",
+            f"meshbridge/tunnel-client={'2' * 64}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert Path(f"{fake}.log").read_text().count("called") == 2
+
+
+def test_ghostunnel_command_is_accepted_by_the_real_binary(
+    rendering: Rendering, ghostunnel_bin: Path
+) -> None:
+    (line,) = rendering.text(layout.ghostunnel_command_path("tunnel-client")).splitlines()
+    argv = line.split()
+    assert argv[0] == "/usr/bin/ghostunnel"
+    assert argv[1] == "client"
+    result = subprocess.run(
+        [str(ghostunnel_bin), *argv[1:], "--help"], capture_output=True, text=True, check=False, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--verify-uri=spiffe://example.org/ns/default/sa/httpbin" in argv
+    assert "--target=httpbin.default.svc.cluster.local:8000" in argv
+    # the CAS session runs the same command
+    session = rendering.yaml_documents(layout.session_path("tunnel-client"))[0]
+    assert session["services"][0]["command"] == line  # type: ignore[index]

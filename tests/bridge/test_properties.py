@@ -1,0 +1,137 @@
+"""Properties over random specs: valid ones render consistently; broken ones give SpecError, nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge import render as layout
+from bridge.check import consistency_problems
+from bridge.errors import SpecError
+from bridge.model import Bridge
+from bridge.render import render
+from bridge.rendering import Rendering
+from bridge.spec import load_spec, parse_document
+from bridge.writer import serialize
+from tests.bridge.strategies import bridge_specs, mutated_specs
+from tests.support.schemas import problems, scone_problems
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _principals(rendering: Rendering, namespace: str, labels: dict[str, str]) -> set[str]:
+    out: set[str] = set()
+    for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
+        spec = doc["spec"]
+        assert isinstance(spec, dict)
+        if doc["metadata"]["namespace"] != namespace:  # type: ignore[index]
+            continue
+        selector = spec["selector"]["matchLabels"]
+        if all(labels.get(k) == v for k, v in selector.items()):
+            for rule in spec["rules"]:
+                for src in rule["from"]:
+                    out.update(src["source"].get("principals", []))
+    return out
+
+
+def _assert_consistent(bridge: Bridge, rendering: Rendering) -> None:
+    assert consistency_problems(bridge, rendering) == []
+    script = rendering.text(layout.ENTRIES_SCRIPT)
+    crds = {d["metadata"]["name"]: d for d in rendering.yaml_documents(layout.CLUSTER_SPIFFEIDS)}  # type: ignore[index]
+    assert len(crds) == len(bridge.services)
+    for svc in bridge.services:
+        (crd,) = [
+            c
+            for c in crds.values()
+            if c["spec"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == svc.namespace  # type: ignore[index]
+            and c["spec"]["podSelector"]["matchLabels"] == svc.label_map  # type: ignore[index]
+        ] or [None]
+        assert crd is not None
+        # Istio's template makes exactly the service's SPIFFE ID from namespace + service account
+        assert svc.spiffe_id == f"spiffe://{bridge.trust_domain}/ns/{svc.namespace}/sa/{svc.service_account}"
+        dns = crd["spec"].get("dnsNameTemplates")  # type: ignore[union-attr]
+        if bridge.needs_dns_names(svc):
+            assert dns == list(svc.dns_names)
+        else:
+            assert dns is None
+    for app in bridge.apps:
+        principal = app.spiffe_id.removeprefix("spiffe://")
+        assert f"-spiffeID {shlex.quote(app.spiffe_id)}" in script
+        session = rendering.yaml_documents(layout.session_path(app.name))[0]
+        assert session["name"] == app.scone.qualified_session_name
+        assert scone_problems(session) == []
+        for t in app.targets:
+            assert principal in _principals(rendering, t.service.namespace, t.service.label_map)
+        if app.mode == "network-shield":
+            env = session["services"][0]["environment"]  # type: ignore[index]
+            dests = sorted(v for k, v in env.items() if k.endswith("_DESTINATION"))
+            assert dests == sorted(f"TCP:{t.service.fqdn}:{t.service.port}" for t in app.targets)
+            auth = {v for k, v in env.items() if k.endswith("_SERVER_AUTH")}
+            assert (auth == {"disabled"}) is (not app.server_auth)
+        else:
+            lines = rendering.text(layout.ghostunnel_command_path(app.name)).splitlines()
+            assert len(lines) == len(app.targets)
+            for line, t in zip(lines, app.targets, strict=True):
+                assert f"--verify-uri={t.service.spiffe_id}" in line.split()
+                assert f"--target={t.service.fqdn}:{t.service.port}" in line.split()
+                assert f"--listen=127.0.0.1:{t.listen_port}" in line.split()
+
+
+@SETTINGS
+@given(bridge_specs())
+def test_valid_specs_render_consistently(raw: dict[str, object]) -> None:
+    bridge = parse_document(raw)
+    rendering = render(bridge)
+    _assert_consistent(bridge, rendering)
+    for path in (
+        layout.ISTIO_OPERATOR,
+        layout.PEER_AUTHENTICATION,
+        layout.AUTHORIZATION_POLICIES,
+        layout.CLUSTER_SPIFFEIDS,
+    ):
+        for doc in yaml.safe_load_all(serialize(path, rendering[path])):
+            assert problems(doc) == [], path
+
+
+@SETTINGS
+@given(bridge_specs())
+def test_yaml_round_trip_and_entries_json(raw: dict[str, object]) -> None:
+    bridge = load_spec(yaml.safe_dump(raw))
+    assert bridge == parse_document(raw)
+    hashes = {a.scone.qualified_session_name: f"{i:064x}" for i, a in enumerate(bridge.apps)}
+    rendering = render(bridge, session_hashes=hashes)
+    entries = rendering[layout.ENTRIES_JSON]
+    assert isinstance(entries, dict)
+    assert [e["spiffe_id"] for e in entries["entries"]] == [a.spiffe_id for a in bridge.apps]  # type: ignore[index, union-attr]
+    for path, doc in rendering.items():
+        if isinstance(doc, (dict, list)) and path.endswith(".yaml"):
+            back = list(yaml.safe_load_all(serialize(path, doc)))
+            assert back == (doc if isinstance(doc, list) else [doc])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_specs())
+def test_broken_specs_give_spec_error_only(raw: object) -> None:
+    try:
+        bridge = parse_document(raw)
+    except SpecError as exc:
+        found = exc.problems
+    else:
+        # a mutation that kept the spec valid must still render (or fail as SpecError)
+        with contextlib.suppress(SpecError):
+            render(bridge)
+        return
+    assert found
+    assert all(isinstance(p, str) and p and "\n" not in p for p in found)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_random_text_gives_spec_error(text: str) -> None:
+    with pytest.raises(SpecError):
+        load_spec(text + "\n")

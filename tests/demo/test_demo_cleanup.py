@@ -1,0 +1,120 @@
+"""Killing ``meshbridge demo`` mid-run leaves nothing behind: no process, no socket, no temp dir.
+
+SIGINT (Ctrl-C) and SIGTERM unwind the demo, which stops every child and removes its temp dir; SIGKILL
+cannot be caught, so the children die by their parent-death signal (``PR_SET_PDEATHSIG``), and the servers
+among them remove their own sockets on that SIGTERM (only the emptied temp dir can stay).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+_TMP_MARK = "sockets and every other file of this run: "
+
+
+def _start_demo(out_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "demo", "-o", str(out_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=0,
+    )
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 60.0) -> tuple[str, Path]:
+    """Read the demo's output (unbuffered: select and a buffered reader do not mix) until ``marker``;
+    return it and the run's temp dir."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker.encode() not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} within {timeout}s:\n{data.decode(errors='replace')}"
+        ready, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 65536) if ready else b""
+        assert chunk or proc.poll() is None, f"demo ended early ({proc.returncode}):\n{data.decode()}"
+        data += chunk
+    seen = data.decode(errors="replace")
+    tmp = next(line.split(_TMP_MARK, 1)[1].split(" ")[0] for line in seen.splitlines() if _TMP_MARK in line)
+    return seen, Path(tmp)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None:
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    survivors = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in survivors:
+        p.kill()
+    assert not survivors, f"processes outlived the demo: {[p.pid for p in survivors]}"
+
+
+@pytest.mark.parametrize(
+    ("sig", "when", "code", "extra"),
+    [
+        (signal.SIGINT, "[6]", 130, ()),  # Ctrl-C while the external side is starting
+        (signal.SIGTERM, "Still running", 143, ("--keep-running",)),
+    ],
+    ids=["sigint-mid-setup", "sigterm-keep-running"],
+)
+def test_signal_stops_every_process_and_removes_sockets(
+    tmp_path: Path,
+    envoy_bin: Path,
+    ghostunnel_bin: Path,
+    sig: int,
+    when: str,
+    code: int,
+    extra: tuple[str, ...],
+) -> None:
+    proc = _start_demo(tmp_path / "out", *extra)
+    try:
+        _, tmp = _read_until(proc, when)
+        kids = _descendants(proc.pid)
+        assert len(kids) >= 4, [k.cmdline() for k in kids]  # Workload API, httpbin, SDS, Envoy, …
+        proc.send_signal(sig)
+        raw, _ = proc.communicate(timeout=30)
+        rest = raw.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, rest
+    _assert_all_gone(kids)
+    assert not tmp.exists(), f"{tmp} left behind: {list(tmp.rglob('*'))}"
+    assert "Traceback" not in rest
+
+
+def test_sigkill_of_the_demo_takes_its_children_along(
+    tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
+) -> None:
+    proc = _start_demo(tmp_path / "out")
+    try:
+        _, tmp = _read_until(proc, "[7]")
+        kids = _descendants(proc.pid)
+        sockets = list(tmp.rglob("*.sock"))
+        assert sockets, "the demo's Unix sockets should exist while it runs"
+        proc.kill()
+        proc.communicate(timeout=10)
+        _assert_all_gone(kids)
+        left = [s for s in sockets if s.exists()]
+        assert not left, f"sockets not removed after the parent's death: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(tmp, ignore_errors=True)  # what only the dead parent could have removed

@@ -1,0 +1,38 @@
+"""The public surface of ``istio`` is pinned: the SPEC engineer codes against it."""
+
+from __future__ import annotations
+
+import istio
+
+
+def test_public_api_is_pinned_and_sorted() -> None:
+    assert istio.__all__ == sorted(istio.__all__, key=lambda n: (not n[0].isupper(), n))  # ruff RUF022 order
+    assert set(istio.__all__) == {
+        "AuthorizationParams",
+        "ClusterSpiffeIdParams",
+        "EntriesParams",
+        "ExternalAppEntry",
+        "Gateway",
+        "IstioError",
+        "Labels",
+        "MeshService",
+        "OverlayParams",
+        "Selector",
+        "SvidStorePluginName",
+        "cluster_spiffe_id_name",
+        "entry_selectors",
+        "injection_annotation",
+        "labels",
+        "mesh_spiffe_id",
+        "principal",
+        "render_authorization_policy",
+        "render_cluster_spiffe_id",
+        "render_entries_json",
+        "render_entries_script",
+        "render_istio_operator",
+        "render_peer_authentication",
+        "sds_container",
+        "service_dns_names",
+    }
+    for name in istio.__all__:
+        assert hasattr(istio, name), name

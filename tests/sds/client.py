@@ -1,0 +1,147 @@
+"""A raw SDS client for protocol tests: grpclib streams speaking DiscoveryRequest/Response directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
+from google.rpc.status_pb2 import Status
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from sds_server.secrets import SECRET_TYPE_URL
+
+SERVICE = "/envoy.service.secret.v3.SecretDiscoveryService/"
+NODE = {"id": "sidecar~127.0.0.1~test.default~default.svc.cluster.local", "cluster": "test"}
+
+
+def secrets_of(resp: Any) -> dict[str, Secret]:
+    out = {}
+    for any_ in resp.resources:
+        inner = any_.resource if hasattr(any_, "resource") and any_.HasField("resource") else any_
+        s = Secret()
+        assert inner.Unpack(s)
+        out[s.name] = s
+    return out
+
+
+class Sotw:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last: DiscoveryResponse | None = None
+
+    async def request(
+        self, names: list[str], *, version: str = "", nonce: str = "", error: str | None = None
+    ) -> None:
+        req = DiscoveryRequest(
+            resource_names=names, version_info=version, response_nonce=nonce, type_url=SECRET_TYPE_URL
+        )
+        req.node.id = NODE["id"]
+        if error is not None:
+            req.error_detail.CopyFrom(Status(code=3, message=error))
+        await self.stream.send_message(req)
+
+    async def recv(self, wait: float = 5.0) -> DiscoveryResponse:
+        resp: DiscoveryResponse = await asyncio.wait_for(self.stream.recv_message(), wait)
+        assert resp is not None
+        self.last = resp
+        return resp
+
+    async def ack(self, names: list[str], resp: DiscoveryResponse | None = None) -> None:
+        r = resp or self.last
+        assert r is not None
+        await self.request(names, version=r.version_info, nonce=r.nonce)
+
+    async def nothing(self, wait: float = 0.4) -> None:
+        try:
+            resp = await asyncio.wait_for(self.stream.recv_message(), wait)
+        except TimeoutError:
+            return
+        raise AssertionError(
+            f"expected no response, got version {resp.version_info[:12]} {list(secrets_of(resp))}"
+        )
+
+
+class Delta:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    async def request(
+        self,
+        subscribe: list[str] = (),  # type: ignore[assignment]
+        unsubscribe: list[str] = (),  # type: ignore[assignment]
+        *,
+        nonce: str = "",
+        error: str | None = None,
+        initial: dict[str, str] | None = None,
+    ) -> None:
+        req = DeltaDiscoveryRequest(
+            type_url=SECRET_TYPE_URL,
+            resource_names_subscribe=list(subscribe),
+            resource_names_unsubscribe=list(unsubscribe),
+            response_nonce=nonce,
+            initial_resource_versions=initial or {},
+        )
+        req.node.id = NODE["id"]
+        if error is not None:
+            req.error_detail.CopyFrom(Status(code=3, message=error))
+        await self.stream.send_message(req)
+
+    async def recv(self, wait: float = 5.0) -> DeltaDiscoveryResponse:
+        resp: DeltaDiscoveryResponse = await asyncio.wait_for(self.stream.recv_message(), wait)
+        assert resp is not None
+        return resp
+
+    async def nothing(self, wait: float = 0.4) -> None:
+        try:
+            resp = await asyncio.wait_for(self.stream.recv_message(), wait)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected no response, got {resp}")
+
+
+@asynccontextmanager
+async def channel(sock: Path) -> AsyncIterator[Channel]:
+    ch = Channel(path=str(sock))
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+@asynccontextmanager
+async def sotw(ch: Channel) -> AsyncIterator[Sotw]:
+    async with ch.request(
+        SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
+    ) as stream:
+        yield Sotw(stream)
+        await stream.cancel()
+
+
+@asynccontextmanager
+async def delta(ch: Channel) -> AsyncIterator[Delta]:
+    async with ch.request(
+        SERVICE + "DeltaSecrets", Cardinality.STREAM_STREAM, DeltaDiscoveryRequest, DeltaDiscoveryResponse
+    ) as stream:
+        yield Delta(stream)
+        await stream.cancel()
+
+
+async def fetch(ch: Channel, names: list[str]) -> DiscoveryResponse:
+    async with ch.request(
+        SERVICE + "FetchSecrets", Cardinality.UNARY_UNARY, DiscoveryRequest, DiscoveryResponse
+    ) as stream:
+        await stream.send_message(DiscoveryRequest(resource_names=names, type_url=SECRET_TYPE_URL), end=True)
+        resp: DiscoveryResponse = await stream.recv_message()
+        await stream.recv_trailing_metadata()
+        return resp

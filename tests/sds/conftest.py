@@ -1,0 +1,35 @@
+"""Fixtures for the SDS suite: short socket dirs, test CAs, an SDS server on a static source."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sds_server.server import RunningServer, ServerConfig, run_in_thread
+from tests.sds.pki import MiniCa
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory under /tmp short enough for Unix socket paths (107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ca() -> MiniCa:
+    return MiniCa.create("example.org")
+
+
+@pytest.fixture
+def static_server(short_dir: Path) -> Iterator[RunningServer]:
+    """An SDS server in a background thread, fed by a ``StaticSource`` (``server.source.publish``)."""
+    with run_in_thread(ServerConfig(listen=short_dir / "sds.sock")) as running:
+        yield running

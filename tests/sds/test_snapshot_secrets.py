@@ -1,0 +1,134 @@
+"""Pure parts: Secret builders, snapshot resolution and versions, retry policy, bootstrap builders."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sds_server
+from bridge.envoy import EnvoyError, egress_bootstrap, sidecar_bootstrap
+from sds_server.errors import SdsConfigError
+from sds_server.snapshot import ResourceNames, SecretSnapshot
+from sds_server.source import RetryPolicy
+from tests.sds.pki import MiniCa
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sds_server.__all__ == sorted(sds_server.__all__)
+    assert set(sds_server.__all__) == {
+        "Bundle", "Fault", "Metrics", "Resource", "ResourceNames", "RetryPolicy", "RunningServer",
+        "SdsConfigError", "SdsError", "SdsServer", "SecretDiscoveryServicer", "SecretSnapshot",
+        "ServerConfig", "StaticSource", "Svid", "WorkloadApiSource", "build_server", "run",
+        "run_in_thread", "serve",
+    }  # fmt: skip
+
+
+def test_names_resolve_like_spire_agent_sds(ca: MiniCa) -> None:
+    other = MiniCa.create("other.org")
+    a, b = ca.issue("/ns/default/sa/httpbin"), ca.issue("/ns/default/sa/second")
+    snap = SecretSnapshot.build([a.svid(), b.svid()], [ca.bundle(), other.bundle()], ResourceNames(), NOW)
+    default = snap.get("default")
+    assert default is not None
+    assert default.kind == "tls_certificate"
+    assert snap.default_svid == a.svid()  # the first SVID is the default
+    assert snap.get(b.spiffe_id) is not None
+    assert snap.get("ROOTCA").kind == "trusted_ca"
+    assert snap.get("ALL").kind == "spiffe_validator"
+    for alias in ("other.org", "spiffe://other.org", "example.org", "spiffe://example.org"):
+        assert snap.get(alias).kind == "trusted_ca"
+    assert snap.get("spiffe://example.org/ns/default/sa/absent") is None
+    assert snap.get("nope") is None
+
+
+def test_rootca_all_bundles_option_and_custom_names(ca: MiniCa) -> None:
+    other = MiniCa.create("other.org")
+    names = ResourceNames(default="cert", rootca="trust", all="everything", rootca_all_bundles=True)
+    snap = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle(), other.bundle()], names, NOW)
+    assert snap.get("trust").kind == "spiffe_validator"
+    assert snap.get("cert") is not None
+    assert snap.get("everything") is not None
+    assert snap.get("default") is None
+    assert snap.get("ROOTCA") is None
+
+
+def test_expired_svid_is_withheld(ca: MiniCa) -> None:
+    old = ca.issue("/w", ttl=dt.timedelta(seconds=1), not_before=NOW - dt.timedelta(minutes=5))
+    snap = SecretSnapshot.build([old.svid()], [ca.bundle()], ResourceNames(), NOW)
+    assert snap.get("default") is None
+    assert snap.get(old.spiffe_id) is None
+    assert snap.expired == (old.svid(),)
+    assert snap.get("ROOTCA") is not None  # bundles are still served
+
+
+def test_version_is_content_hash_stable_across_builds(ca: MiniCa) -> None:
+    svid = ca.issue("/w").svid()
+    one = SecretSnapshot.build([svid], [ca.bundle()], ResourceNames(), NOW)
+    two = SecretSnapshot.build([svid], [ca.bundle()], ResourceNames(), NOW + dt.timedelta(seconds=5))
+    assert one.version == two.version
+    assert one.changed_names(two) == frozenset()
+    rotated = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle()], ResourceNames(), NOW)
+    assert rotated.changed_names(one) == {"default", "spiffe://example.org/w"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"default": ""}, "names.default: '': a resource name cannot be empty"),
+        ({"rootca": "spiffe://x"}, "names.rootca: 'spiffe://x': must not look like a SPIFFE ID"),
+        ({"all": "default"}, "default, ROOTCA and ALL names must differ"),
+    ],
+)
+def test_resource_name_errors(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(SdsConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ResourceNames(**kwargs)
+
+
+@given(st.integers(min_value=0, max_value=200), st.floats(min_value=0, max_value=0.999))
+def test_retry_delay_is_capped_and_jittered(attempt: int, rand: float) -> None:
+    policy = RetryPolicy()
+    delay = policy.delay(attempt, rand)
+    assert 0 < delay <= 30.0
+    assert delay >= min(30.0, 0.2 * 2**attempt) * 0.5 - 1e-9
+
+
+def test_sidecar_bootstrap_shape() -> None:
+    b = sidecar_bootstrap(
+        sds_socket="/tmp/x/sds.sock",
+        trust_domain="example.org",
+        backend_port=8080,
+        allowed_principals=["example.org/external/app"],
+    )
+    text = json.dumps(b)
+    listener = b["static_resources"]["listeners"][0]  # type: ignore[index]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    ctx = tls["common_tls_context"]
+    assert ctx["tls_certificate_sds_secret_configs"][0]["name"] == "default"
+    combined = ctx["combined_validation_context"]
+    assert combined["validation_context_sds_secret_config"]["name"] == "ROOTCA"
+    assert combined["default_validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}}
+    ]
+    assert "alpn_protocols" not in text
+    assert '"exact": "spiffe://example.org/external/app"' in text
+    assert '"forward_client_cert_details": "SANITIZE_SET"' in text
+    assert '"path": "/tmp/x/sds.sock"' in text
+
+
+def test_bootstrap_errors_name_the_argument() -> None:
+    with pytest.raises(EnvoyError, match=r"allowed_principals\[0\]: 'bad principal': not a SPIFFE ID"):
+        sidecar_bootstrap(
+            sds_socket="/s", trust_domain="example.org", backend_port=1, allowed_principals=["bad principal"]
+        )
+    with pytest.raises(EnvoyError, match=r"trust_domain: 'Example\.org'"):
+        sidecar_bootstrap(sds_socket="/s", trust_domain="Example.org", backend_port=1)
+    with pytest.raises(EnvoyError, match="backend_port: 70000"):
+        sidecar_bootstrap(sds_socket="/s", trust_domain="example.org", backend_port=70000)
+    with pytest.raises(EnvoyError, match=r"server_spiffe_ids: \[\]"):
+        egress_bootstrap(sds_socket="/s", upstream_port=1, server_spiffe_ids=[])

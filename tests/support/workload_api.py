@@ -1,0 +1,257 @@
+"""Run the REAL embedded Workload API (``meshbridge workload-api serve``) as a subprocess, for any suite.
+
+Usage::
+
+    from tests.support.workload_api import running_workload_api
+
+    config = {
+        "trust_domain": "example.org",
+        "svid_ttl": "1h",
+        "entries": [{"spiffe_id": "spiffe://example.org/ns/default/sa/httpbin",
+                     "selectors": [f"unix:uid:{os.getuid()}", "socket:mesh"]}],
+    }
+    with running_workload_api(config, tmp_path, sockets=("mesh", "ext")) as api:
+        api.address("mesh")      # "unix:///tmp/mb-xxxx/mesh.sock"  (SPIFFE_ENDPOINT_SOCKET form)
+        api.socket("mesh")       # Path to the socket file
+        api.rotate()             # SIGUSR1: every SVID re-minted (new serials) and pushed; waits for it
+        api.reload(new_config)   # rewrite the YAML + SIGHUP; waits until the server applied it
+        api.restart()            # stop + start with the same arguments (data_dir keeps the CA)
+        api.bundle_pem()         # the trust bundle (PEM), fetched from the server's data_dir if any
+        api.process              # the subprocess.Popen
+
+* ``config`` is the YAML contract of ``sds_server.workload_api.config`` as a dict. If it has no
+  ``sockets:`` key, the helper creates one short socket directory under /tmp (Unix socket paths are
+  limited to 107 bytes; pytest's ``tmp_path`` is too long) with ``<name>.sock`` for every name in
+  ``sockets`` (default: one socket named ``default``) and passes them as ``--socket NAME=PATH``.
+* ``workdir`` gets the config file (``workload-api.yaml``) and the server's log (``workload-api.log``,
+  JSON lines). Relative paths in the config (``data_dir``, federation bundles, upstream CA) are taken
+  from ``workdir``.
+* On exit the server gets SIGTERM and is waited for; the socket directory is removed. A server that
+  dies during start raises ``RuntimeError`` with its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["WorkloadApiHandle", "running_workload_api"]
+
+CONFIG_NAME = "workload-api.yaml"
+LOG_NAME = "workload-api.log"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+def _connectable(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+class WorkloadApiHandle:
+    """A running ``meshbridge workload-api serve`` process and its sockets."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        sockets: dict[str, Path],
+        extra_args: Sequence[str],
+        socket_mode: str | None,
+        log_level: str,
+    ) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / CONFIG_NAME
+        self.log_path = workdir / LOG_NAME
+        self._sockets = sockets
+        self._cli_sockets = "sockets" not in config
+        self._extra_args = list(extra_args)
+        self._socket_mode = socket_mode
+        self._log_level = log_level
+        self.config = config
+        self._log_offset = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._write_config(config)
+
+    # ---- addresses --------------------------------------------------------------------------------
+    def socket(self, name: str = "default") -> Path:
+        """The socket file named ``name``."""
+        return self._sockets[name]
+
+    def address(self, name: str = "default") -> str:
+        """``unix:///path`` — the form of ``SPIFFE_ENDPOINT_SOCKET`` and ``--use-workload-api-addr``."""
+        return "unix://" + str(self._sockets[name])
+
+    @property
+    def socket_names(self) -> tuple[str, ...]:
+        return tuple(self._sockets)
+
+    def bundle_pem(self) -> bytes:
+        """The current X.509 trust bundle as PEM (requires ``data_dir`` in the config)."""
+        data_dir = self.config.get("data_dir")
+        if not data_dir:
+            raise RuntimeError("bundle_pem() needs 'data_dir' in the config; fetch the bundle via py-spiffe")
+        base = Path(data_dir)
+        return ((base if base.is_absolute() else self.workdir / base) / "bundle.pem").read_bytes()
+
+    # ---- process control --------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "--log-level", self._log_level,
+               "workload-api", "serve", "--config", str(self.config_path)]
+        if self._cli_sockets:
+            for name, path in self._sockets.items():
+                cmd += ["--socket", f"{name}={path}"]
+        if self._socket_mode is not None:
+            cmd += ["--socket-mode", self._socket_mode]
+        return cmd + self._extra_args
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the server and wait until every socket answers."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the Workload API server is already running")
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"workload-api serve exited with {self.process.returncode} during start:\n{self.logs()}"
+                )
+            if self._count("workload_api.started") >= 1 and all(
+                _connectable(p) for p in self._sockets.values()
+            ):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"workload-api serve not ready after {timeout}s:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); return the exit code."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        return proc.returncode
+
+    def restart(self) -> None:
+        """Stop, then start with the same arguments."""
+        self.stop()
+        self.start()
+
+    def _signal_and_wait(self, sig: signal.Signals, events: Sequence[str], timeout: float) -> str:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError("the Workload API server is not running")
+        before = {e: self._count(e) for e in events}
+        proc.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in events:
+                if self._count(event) > before[event]:
+                    return event
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{self.logs()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"no {' / '.join(events)} within {timeout}s after {sig.name}:\n{self.logs()}")
+
+    def rotate(self, timeout: float = 10.0) -> None:
+        """SIGUSR1: re-mint every SVID (new serials) and push; returns once the server did it."""
+        self._signal_and_wait(signal.SIGUSR1, ["workload_api.rotated"], timeout)
+
+    def reload(self, new_config: dict[str, Any], timeout: float = 10.0) -> None:
+        """Rewrite the config file and SIGHUP; raise if the server rejected the new config."""
+        self._write_config(new_config)
+        self.config = new_config
+        event = self._signal_and_wait(
+            signal.SIGHUP, ["config.reloaded", "config.reload_failed"], timeout
+        )
+        if event == "config.reload_failed":
+            raise RuntimeError(f"the server rejected the new config:\n{self.logs()}")
+
+    # ---- logs -------------------------------------------------------------------------------------
+    def logs(self) -> str:
+        """The server's log since the last start."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode("utf-8", "replace")
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Parsed JSON log lines since the last start (optionally only event ``name``)."""
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (name is None or record.get("event") == name):
+                out.append(record)
+        return out
+
+    def _count(self, event: str) -> int:
+        return len(self.events(event))
+
+    def _write_config(self, config: dict[str, Any]) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        os.replace(tmp, self.config_path)
+
+
+@contextmanager
+def running_workload_api(
+    config: dict[str, Any],
+    workdir: Path,
+    *,
+    sockets: Sequence[str] = ("default",),
+    socket_mode: str | None = None,
+    extra_args: Sequence[str] = (),
+    log_level: str = "debug",
+) -> Iterator[WorkloadApiHandle]:
+    """Start ``meshbridge workload-api serve`` for ``config``; yield its handle; always stop it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    short_dir = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
+    try:
+        if "sockets" in config:
+            paths = {s["name"]: Path(s["path"]) for s in config["sockets"]}
+        else:
+            paths = {name: short_dir / f"{name}.sock" for name in sockets}
+        handle = WorkloadApiHandle(config, workdir, paths, extra_args, socket_mode, log_level)
+        try:
+            handle.start()
+            yield handle
+        finally:
+            handle.stop()
+    finally:
+        shutil.rmtree(short_dir, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""The local CA: what it mints passes the X509-SVID profile, persists, chains to an upstream, rotates."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sds_server.spiffe_id import SpiffeId, TrustDomain
+from sds_server.workload_api.ca import LocalCa, Upstream
+from sds_server.workload_api.errors import CaError
+from sds_server.x509svid import validate_signing_certificate, validate_x509_svid
+from tests.workload_api.certs import key_usage
+
+TD = TrustDomain.parse("example.org")
+SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", min_size=1,
+                  max_size=20).filter(lambda s: s not in (".", ".."))
+DNS = st.from_regex(r"\A[a-z][a-z0-9-]{0,10}[a-z0-9](\.[a-z][a-z0-9]{0,10}){0,3}\Z")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def _verify_chain(chain: tuple[x509.Certificate, ...], roots: tuple[x509.Certificate, ...],
+                  at: datetime | None = None) -> None:
+    """Path validation with cryptography's RFC 5280 verifier, as a TLS peer would do it."""
+    builder = PolicyBuilder().store(Store(list(roots)))
+    if at is not None:
+        builder = builder.time(at)
+    builder.build_client_verifier().verify(chain[0], list(chain[1:]))
+
+
+_EC_CA = LocalCa(TD)
+_UPSTREAM: Upstream | None = None
+
+
+def _make_upstream(tmp: Path, *, key_type: str = "ec") -> tuple[Path, Path]:
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream root")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "up.pem", tmp / "up.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    segments=st.lists(SEGMENT, min_size=1, max_size=5),
+    ttl=st.integers(min_value=1, max_value=30 * 24 * 3600),
+    dns_names=st.lists(DNS, max_size=3),
+)
+def test_every_minted_svid_passes_the_x509_svid_profile(
+    segments: list[str], ttl: int, dns_names: list[str]
+) -> None:
+    sid = SpiffeId.from_parts(TD, *segments)
+    svid = _EC_CA.mint_x509_svid(sid, timedelta(seconds=ttl), dns_names)
+    assert validate_x509_svid(svid.chain) == sid
+    for cert in _EC_CA.x509_authorities():
+        validate_signing_certificate(cert)
+    _verify_chain(svid.chain, _EC_CA.x509_authorities())
+    assert svid.expires_at <= _EC_CA.current.not_after  # never outlives its CA
+    sans = svid.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == dns_names
+
+
+def test_rsa_ca_mints_rsa_svids(tmp_path: Path) -> None:
+    ca = LocalCa(TD, key_type="rsa-2048")
+    svid = ca.mint_x509_svid(SpiffeId.parse("spiffe://example.org/rsa"))
+    assert isinstance(svid.private_key, rsa.RSAPrivateKey)
+    assert isinstance(ca.current.key, rsa.RSAPrivateKey)
+    validate_x509_svid(svid.chain)
+    _verify_chain(svid.chain, ca.x509_authorities())
+
+
+def test_default_ttl_is_one_hour() -> None:
+    svid = _EC_CA.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"))
+    life = svid.expires_at - svid.issued_at
+    assert timedelta(minutes=59) < life <= timedelta(hours=1)
+
+
+def test_persisted_ca_keeps_its_bundle_and_key_is_0600(tmp_path: Path) -> None:
+    ca = LocalCa(TD, data_dir=tmp_path / "data")
+    state = tmp_path / "data" / "ca.json"
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    assert (tmp_path / "data" / "bundle.pem").read_bytes() == ca.bundle_pem()
+    again = LocalCa(TD, data_dir=tmp_path / "data")
+    assert again.bundle_der() == ca.bundle_der()
+    assert again.jwt_authorities()[0][0] == ca.jwt_authorities()[0][0]
+    svid = again.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"))
+    _verify_chain(svid.chain, ca.x509_authorities())  # the old bundle trusts the restarted CA's SVIDs
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_changed_trust_domain_starts_a_new_ca(tmp_path: Path) -> None:
+    ca = LocalCa(TD, data_dir=tmp_path)
+    other = LocalCa(TrustDomain.parse("other.org"), data_dir=tmp_path)
+    assert other.bundle_der() != ca.bundle_der()
+    assert json.loads((tmp_path / "ca.json").read_text())["trust_domain"] == "other.org"
+
+
+def test_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "ca.json").write_text('{"version": 1, "trust_domain": "example.org", "upstream": false, '
+                                      '"generations": [{"cert": "nope"}]}')
+    with pytest.raises(CaError, match=r"CA state is corrupt .*move it away"):
+        LocalCa(TD, data_dir=tmp_path)
+
+
+def test_upstream_intermediate_chains_to_the_upstream_root(tmp_path: Path) -> None:
+    cert_path, key_path = _make_upstream(tmp_path)
+    upstream = Upstream.load(cert_path, key_path)
+    ca = LocalCa(TD, upstream=upstream, data_dir=tmp_path / "data")
+    assert ca.x509_authorities() == upstream.roots
+    svid = ca.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"))
+    assert len(svid.chain) == 2
+    assert svid.chain[1] == ca.current.certificate
+    validate_x509_svid(svid.chain)
+    _verify_chain(svid.chain, upstream.roots)
+    # a restart with the same upstream keeps the same intermediate
+    again = LocalCa(TD, upstream=Upstream.load(cert_path, key_path), data_dir=tmp_path / "data")
+    assert again.current.certificate == ca.current.certificate
+
+
+def test_upstream_key_must_match_its_certificate(tmp_path: Path) -> None:
+    cert_path, _ = _make_upstream(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, wrong_key = _make_upstream(other)
+    with pytest.raises(CaError, match=r"^ca.upstream.key: .*: does not match the upstream certificate$"):
+        Upstream.load(cert_path, wrong_key)
+
+
+def test_rotation_overlaps_until_the_old_ca_expires() -> None:
+    clock = FakeClock()
+    ca = LocalCa(TD, ttl=timedelta(hours=2), clock=clock)
+    first = ca.current
+    sid = SpiffeId.parse("spiffe://example.org/a")
+    old_svid = ca.mint_x509_svid(sid, timedelta(minutes=30))
+    assert ca.maintain() is False  # before half-life: nothing to do
+    clock.advance(timedelta(hours=1, seconds=1))
+    assert ca.maintain() is True  # half-life: new generation
+    second = ca.current
+    assert second is not first
+    assert ca.x509_authorities() == (first.certificate, second.certificate)
+    assert [k for k, _ in ca.jwt_authorities()] == [first.jwt_key.kid, second.jwt_key.kid]
+    new_svid = ca.mint_x509_svid(sid, timedelta(minutes=30))
+    assert new_svid.leaf.issuer == second.certificate.subject  # always signed by the newest
+    _verify_chain(old_svid.chain, ca.x509_authorities(), at=clock.now - timedelta(minutes=59))
+    _verify_chain(new_svid.chain, ca.x509_authorities(), at=clock.now)
+    clock.advance(timedelta(hours=1))  # the first generation has expired
+    assert ca.maintain() is True
+    assert first.certificate not in ca.x509_authorities()
+    assert second.certificate in ca.x509_authorities()
+
+
+def test_svid_never_outlives_its_ca() -> None:
+    ca = LocalCa(TD, ttl=timedelta(minutes=10))
+    svid = ca.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"), timedelta(hours=5))
+    assert svid.expires_at <= ca.current.not_after
+
+
+def test_mint_refuses_foreign_trust_domain() -> None:
+    message = r"^spiffe_id: 'spiffe://other.org/a': not in trust domain 'example.org'$"
+    with pytest.raises(CaError, match=message):
+        _EC_CA.mint_x509_svid(SpiffeId.parse("spiffe://other.org/a"))
+
+
+def test_repr_never_shows_key_material() -> None:
+    svid = _EC_CA.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"))
+    pem = svid.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode()
+    body = "".join(pem.splitlines()[1:-1])
+    for text in (repr(svid), repr(_EC_CA), repr(_EC_CA.current), repr(_EC_CA.current.jwt_key)):
+        assert "PRIVATE" not in text
+        assert body[:40] not in text

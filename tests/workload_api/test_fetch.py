@@ -1,0 +1,191 @@
+"""The five Workload API RPCs against the real server process, through py-spiffe unmodified and raw grpcio.
+
+Sockets: ``a`` (two identities, one federating with partner.org), ``b`` (one identity), ``none`` (no
+entry: every call is PermissionDenied).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import PolicyBuilder, Store
+from spiffe import JwtBundle, JwtSource, JwtSvid, SpiffeId, TrustDomain, WorkloadApiClient, X509Source
+from spiffe._proto import workload_pb2
+
+from sds_server.x509svid import validate_x509_svid
+from tests.support.workload_api import WorkloadApiHandle, running_workload_api
+from tests.workload_api.helpers import HEADER, UID, entry, pem, raw_stub, rpc_calls, self_signed_ca, status_of
+
+A = "spiffe://example.org/ns/default/sa/a"
+A_EXT = "spiffe://example.org/ns/default/sa/a-external"
+B = "spiffe://example.org/ns/default/sa/b"
+PARTNER_CA, _ = self_signed_ca("partner root")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkloadApiHandle]:
+    workdir = tmp_path_factory.mktemp("wl-fetch")
+    (workdir / "partner.pem").write_bytes(pem(PARTNER_CA))
+    config = {
+        "trust_domain": "example.org",
+        "svid_ttl": "1h",
+        "entries": [
+            entry(A, UID, "socket:a", federates_with=["partner.org"], dns_names=["a.example.org"]),
+            entry(A_EXT, "socket:a", hint="external"),
+            entry(B, "socket:b"),
+        ],
+        "federation": {"partner.org": "partner.pem"},
+    }
+    with running_workload_api(config, workdir, sockets=("a", "b", "none")) as handle:
+        yield handle
+
+
+def test_x509_svid_is_valid_and_chains_to_the_bundle(api: WorkloadApiHandle) -> None:
+    with WorkloadApiClient(api.address("a")) as client:
+        ctx = client.fetch_x509_context()
+    svids = {str(s.spiffe_id): s for s in ctx.x509_svids}
+    assert set(svids) == {A, A_EXT}
+    assert str(ctx.default_svid.spiffe_id) == A
+    svid = svids[A]
+    chain = list(svid.cert_chain)
+    assert validate_x509_svid(chain).__str__() == A
+    assert chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["a.example.org"]
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert svid.private_key.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+        chain[0].public_key().public_bytes(serialization.Encoding.DER, spki)
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("example.org"))
+    assert bundle is not None
+    PolicyBuilder().store(Store(list(bundle.x509_authorities))).build_client_verifier().verify(
+        chain[0], chain[1:])
+    assert [s.hint for s in client_svids_raw(api)] == ["", "external"]
+
+
+def client_svids_raw(api: WorkloadApiHandle) -> list[workload_pb2.X509SVID]:
+    with raw_stub(api.socket("a")) as stub:
+        first = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10))
+        return list(first.svids)
+
+
+def test_x509_source_gets_the_socket_scoped_identity(api: WorkloadApiHandle) -> None:
+    source = X509Source(socket_path=api.address("b"), timeout_in_seconds=10)
+    try:
+        assert str(source.get_x509_context().default_svid.spiffe_id) == B
+    finally:
+        source.close()
+
+
+def test_federated_bundles_are_delivered_only_to_federating_entries(api: WorkloadApiHandle) -> None:
+    partner = TrustDomain("partner.org")
+    with WorkloadApiClient(api.address("a")) as client:
+        fed = client.fetch_x509_context().x509_bundle_set.get_bundle_for_trust_domain(partner)
+        assert fed is not None
+        assert list(fed.x509_authorities) == [PARTNER_CA]
+        bundles = client.fetch_x509_bundles()
+        assert bundles.get_bundle_for_trust_domain(partner) is not None
+        assert bundles.get_bundle_for_trust_domain(TrustDomain("example.org")) is not None
+    with WorkloadApiClient(api.address("b")) as client:
+        assert client.fetch_x509_context().x509_bundle_set.get_bundle_for_trust_domain(partner) is None
+        assert client.fetch_x509_bundles().get_bundle_for_trust_domain(partner) is None
+    with raw_stub(api.socket("a")) as stub:  # keyed by the trust domain's SPIFFE ID (API §5.1)
+        resp = next(stub.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=HEADER, timeout=10))
+        assert set(resp.bundles) == {"spiffe://example.org", "spiffe://partner.org"}
+
+
+def test_jwt_svid_fetch_and_validate(api: WorkloadApiHandle) -> None:
+    with WorkloadApiClient(api.address("a")) as client:
+        jwt_svid = client.fetch_jwt_svid(audience={"svc"})
+        assert str(jwt_svid.spiffe_id) == A
+        assert jwt_svid.audience == {"svc"}
+        validated = client.validate_jwt_svid(jwt_svid.token, "svc")
+        assert str(validated.spiffe_id) == A
+        ext = client.fetch_jwt_svid(audience={"svc"}, subject=SpiffeId(A_EXT))
+        assert str(ext.spiffe_id) == A_EXT
+        # validated locally with py-spiffe (PyJWT) against the JWKS the server streams
+        bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(TrustDomain("example.org"))
+        assert isinstance(bundle, JwtBundle)
+        assert str(JwtSvid.parse_and_validate(jwt_svid.token, bundle, {"svc"}).spiffe_id) == A
+        with pytest.raises(Exception, match="INVALID_ARGUMENT"):
+            client.validate_jwt_svid(jwt_svid.token, "another-audience")
+    source = JwtSource(socket_path=api.address("b"), timeout_in_seconds=10)
+    try:
+        token = source.fetch_svid(audience={"x", "y"})
+        assert str(token.spiffe_id) == B
+        assert token.audience == {"x", "y"}
+        assert source.get_bundle_for_trust_domain(TrustDomain("example.org")) is not None
+    finally:
+        source.close()
+
+
+def test_jwt_svid_for_an_identity_not_entitled_is_permission_denied(api: WorkloadApiHandle) -> None:
+    with raw_stub(api.socket("b")) as stub:
+        code = status_of(lambda: stub.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id=A), metadata=HEADER, timeout=10))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        code = status_of(
+            lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT  # audience is required (API §6.2.1)
+
+
+def test_every_rpc_without_the_security_header_is_invalid_argument(api: WorkloadApiHandle) -> None:
+    with raw_stub(api.socket("a")) as stub:
+        for name, call in rpc_calls(stub, metadata=None).items():
+            assert status_of(call) == grpc.StatusCode.INVALID_ARGUMENT, name
+        wrong = rpc_calls(stub, metadata=(("workload.spiffe.io", "false"),))
+        assert status_of(wrong["FetchX509SVID"]) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_every_rpc_from_an_unregistered_caller_is_permission_denied(api: WorkloadApiHandle) -> None:
+    with raw_stub(api.socket("none")) as stub:
+        for name, call in rpc_calls(stub, metadata=HEADER).items():
+            assert status_of(call) == grpc.StatusCode.PERMISSION_DENIED, name
+    with raw_stub(api.socket("a")) as stub:  # the same calls from a registered caller succeed
+        calls = rpc_calls(stub, metadata=HEADER)
+        for name in ("FetchX509SVID", "FetchX509Bundles", "FetchJWTSVID", "FetchJWTBundles"):
+            assert status_of(calls[name]) == grpc.StatusCode.OK, name
+
+
+_PROBE = """
+import os, sys, grpc
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # the interpreter is loaded: now become 'nobody'
+ch = grpc.insecure_channel("unix:" + sys.argv[1])
+stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
+try:
+    r = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),),
+                                timeout=10))
+    print("OK", r.svids[0].spiffe_id)
+except grpc.RpcError as e:
+    print(e.code().name)
+ch.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
+def test_attestation_tells_uids_apart_on_the_same_socket(api: WorkloadApiHandle) -> None:
+    """Socket ``a``: entry A needs our uid. A client running as 'nobody' gets only A_EXT (socket-only)."""
+    os.chmod(api.socket("a").parent, 0o755)  # let 'nobody' reach the socket (its mode is 0777)
+    os.chmod(api.socket("b").parent, 0o755)
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(api.socket("a"))],
+                         capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    assert out.stdout.split() == ["OK", A_EXT]
+    out_none = subprocess.run([sys.executable, "-c", _PROBE, str(api.socket("none"))],
+                              capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    assert out_none.stdout.strip() == "PERMISSION_DENIED"
+    denied = api.events("workload_api.denied")
+    assert any(e.get("reason") == "no matching entry" for e in denied)
+
+
+def test_socket_is_world_connectable_by_default(api: WorkloadApiHandle) -> None:
+    assert (api.socket("a").stat().st_mode & 0o777) == 0o777
+
+
+def test_hint_is_forwarded(api: WorkloadApiHandle) -> None:
+    assert {s.spiffe_id: s.hint for s in client_svids_raw(api)} == {A: "", A_EXT: "external"}

@@ -1,0 +1,133 @@
+"""Pushes on open streams: half-life rotation, forced rotation (SIGUSR1), config reload (SIGHUP)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from spiffe import TrustDomain, WorkloadApiClient, X509Source
+from spiffe.workloadapi.x509_context import X509Context
+
+from tests.support.workload_api import running_workload_api
+from tests.workload_api.helpers import UID, entry, pem, self_signed_ca, wait_for
+
+A = "spiffe://example.org/a"
+A2 = "spiffe://example.org/a2"
+B = "spiffe://example.org/b"
+
+
+class Recorder:
+    """Collects every X509Context pushed on one py-spiffe stream, with its arrival time."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[float, X509Context]] = []
+        self.errors: list[Exception] = []
+        self._lock = threading.Lock()
+
+    def on_update(self, ctx: X509Context) -> None:
+        with self._lock:
+            self.updates.append((time.time(), ctx))
+
+    def on_error(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+    def serials(self) -> list[int]:
+        with self._lock:
+            return [ctx.default_svid.leaf.serial_number for _, ctx in self.updates]
+
+
+def test_svids_rotate_within_half_their_ttl_and_are_pushed(tmp_path: Path) -> None:
+    config = {"trust_domain": "example.org", "svid_ttl": "4s", "entries": [entry(A, UID)]}
+    with running_workload_api(config, tmp_path) as api, WorkloadApiClient(api.address()) as client:
+        rec = Recorder()
+        handler = client.stream_x509_contexts(rec.on_update, rec.on_error)
+        try:
+            wait_for(lambda: len(rec.updates) >= 4, 20, "three rotations")
+        finally:
+            handler.cancel()
+    assert not rec.errors
+    arrivals = rec.updates[:4]
+    assert len({ctx.default_svid.leaf.serial_number for _, ctx in arrivals}) == 4
+    for (_, old), (t_new, _) in itertools.pairwise(arrivals):
+        leaf = old.default_svid.leaf
+        # issued 10 s after notBefore (the backdate), rounded down to the second by X.509 time encoding
+        issued = leaf.not_valid_before_utc.timestamp() + 10
+        expires = leaf.not_valid_after_utc.timestamp()
+        assert expires - issued <= 4.0
+        # renewed around half the lifetime (2 s of a 4 s TTL), and always before the old one expires
+        assert issued + 1.0 <= t_new <= issued + 2.0 + 1.0, (issued, t_new, expires)
+        assert t_new < expires
+
+
+def test_sigusr1_re_mints_every_svid_and_pushes_on_all_sockets(tmp_path: Path) -> None:
+    config = {"trust_domain": "example.org", "svid_ttl": "1h",
+              "entries": [entry(A, UID, "socket:a"), entry(B, "socket:b")]}
+    with running_workload_api(config, tmp_path, sockets=("a", "b")) as api:
+        sources = {n: X509Source(socket_path=api.address(n), timeout_in_seconds=10) for n in ("a", "b")}
+        try:
+            before = {n: s.get_x509_context().default_svid.leaf.serial_number for n, s in sources.items()}
+            api.rotate()
+            for name, source in sources.items():
+                def renewed(s: X509Source = source, n: str = name) -> bool:
+                    return bool(s.get_x509_context().default_svid.leaf.serial_number != before[n])
+
+                wait_for(renewed, 10, f"a new SVID on socket {name}")
+            assert str(sources["b"].get_x509_context().default_svid.spiffe_id) == B
+        finally:
+            for s in sources.values():
+                s.close()
+        rotated = api.events("svid.rotated")
+        assert {e["spiffe_id"] for e in rotated if e["reason"] == "forced"} == {A, B}
+
+
+def test_sighup_reload_pushes_new_entries_and_federation(tmp_path: Path) -> None:
+    partner, _ = self_signed_ca("partner")
+    (tmp_path / "partner.pem").write_bytes(pem(partner))
+    config = {"trust_domain": "example.org", "svid_ttl": "1h", "entries": [entry(A, UID, "socket:a")]}
+    with running_workload_api(config, tmp_path, sockets=("a", "b")) as api, \
+            WorkloadApiClient(api.address("a")) as client:
+        rec = Recorder()
+        handler = client.stream_x509_contexts(rec.on_update, rec.on_error)
+        try:
+            first = wait_for(lambda: rec.updates[:1], 10, "the first response")[0][1]
+            assert [str(s.spiffe_id) for s in first.x509_svids] == [A]
+            new_config = {
+                **config,
+                "entries": [entry(A, UID, "socket:a", federates_with=["partner.org"]),
+                            entry(A2, "socket:a"), entry(B, "socket:b")],
+                "federation": {"partner.org": "partner.pem"},
+            }
+            api.reload(new_config)
+            ctx = wait_for(lambda: rec.updates[1:2], 10, "the new entry pushed on the open stream")[0][1]
+            assert [str(s.spiffe_id) for s in ctx.x509_svids] == [A, A2]
+            fed = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("partner.org"))
+            assert fed is not None
+            assert list(fed.x509_authorities) == [partner]
+            # entry A changed (it federates now), so it was re-minted
+            assert ctx.default_svid.leaf.serial_number != first.default_svid.leaf.serial_number
+            with WorkloadApiClient(api.address("b")) as client_b:
+                assert str(client_b.fetch_x509_svid().spiffe_id) == B
+            # removing the federation again pushes a context without the partner bundle
+            api.reload({**new_config, "entries": [entry(A, UID, "socket:a"), entry(A2, "socket:a")],
+                        "federation": {}})
+            last = wait_for(lambda: rec.updates[2:3], 10, "the federation removal")[0][1]
+            assert last.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("partner.org")) is None
+        finally:
+            handler.cancel()
+        assert not rec.errors
+
+
+def test_reload_with_a_bad_config_keeps_serving(tmp_path: Path) -> None:
+    config = {"trust_domain": "example.org", "entries": [entry(A, UID)]}
+    with running_workload_api(config, tmp_path) as api:
+        bad = {**config, "entries": [entry("spiffe://example.org//x", UID)]}
+        with pytest.raises(RuntimeError, match="rejected"):
+            api.reload(bad)
+        failed = api.events("config.reload_failed")
+        assert "entries[0].spiffe_id: 'spiffe://example.org//x': path cannot contain empty segments" in \
+            failed[-1]["error"]
+        with WorkloadApiClient(api.address()) as client:
+            assert str(client.fetch_x509_svid().spiffe_id) == A
