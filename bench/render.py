@@ -22,9 +22,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.render import render  # noqa: E402
-from bridge.spec import load_spec  # noqa: E402
-from bridge.writer import serialize, write_tree  # noqa: E402
+from bridge.render import render
+from bridge.spec import load_spec
+from bridge.writer import serialize, write_tree
 
 GOAL_S = 2.0
 
@@ -48,10 +48,16 @@ def generate(services: int, apps: int, targets: int) -> str:
         app: dict[str, object] = {
             "name": f"app-{a}",
             "mode": mode,
-            "scone": {"casNamespace": f"ns{a % 10}", "mrenclaves": [f"{a:064x}"], "tolerations": ["hyperthreading"]},
+            "scone": {
+                "casNamespace": f"ns{a % 10}",
+                "mrenclaves": [f"{a:064x}"],
+                "tolerations": ["hyperthreading"],
+            },
         }
         if mode == "ghostunnel":
-            app["targets"] = [{"service": f"team-{j % 20}/svc-{j}", "listenPort": 10000 + k} for k, j in enumerate(picked)]
+            app["targets"] = [
+                {"service": f"team-{j % 20}/svc-{j}", "listenPort": 10000 + k} for k, j in enumerate(picked)
+            ]
             app["ghostunnel"] = {"certSource": "files", "statusPort": 20000}
         else:
             app["targets"] = [f"team-{j % 20}/svc-{j}" for j in picked]
@@ -63,7 +69,10 @@ def generate(services: int, apps: int, targets: int) -> str:
         "trustDomain": "example.org",
         "meshServices": svcs,
         "externalApps": app_list,
-        "spire": {"parentId": "spiffe://example.org/spire/agent/x509pop/n1", "casConnection": "https://cas:8081"},
+        "spire": {
+            "parentId": "spiffe://example.org/spire/agent/x509pop/n1",
+            "casConnection": "https://cas:8081",
+        },
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -80,9 +89,14 @@ def run_once(text: str, out: Path) -> dict[str, float]:
     t4 = time.perf_counter()
     baseline = {p: json.dumps(d) for p, d in rendering.items() if not isinstance(d, str)}
     t5 = time.perf_counter()
-    assert len(texts) == len(rendering) and baseline
+    assert len(texts) == len(rendering)
+    assert baseline
     return {
-        "load": t1 - t0, "render": t2 - t1, "serialise": t3 - t2, "write": t4 - t3, "json_baseline": t5 - t4,
+        "load": t1 - t0,
+        "render": t2 - t1,
+        "serialise": t3 - t2,
+        "write": t4 - t3,
+        "json_baseline": t5 - t4,
         "files": float(len(rendering)),
     }
 
@@ -103,14 +117,18 @@ def main() -> int:
     best = min(runs, key=lambda r: r["load"] + r["render"] + r["write"])
     # the CLI path: load + render + write (write_tree serialises inside)
     total = best["load"] + best["render"] + best["write"]
-    print(f"spec: {args.services} services, {args.apps} apps x {args.targets} targets, {len(text):,} bytes YAML; "
-          f"{int(best['files'])} files rendered; best of {args.repeat}")
+    print(
+        f"spec: {args.services} services, {args.apps} apps x {args.targets} targets, "
+        f"{len(text):,} bytes YAML; {int(best['files'])} files rendered; best of {args.repeat}"
+    )
     for stage in ("load", "render", "serialise", "write"):
         print(f"  {stage:<10} {best[stage] * 1000:8.1f} ms")
     print(f"  {'json base':<10} {best['json_baseline'] * 1000:8.1f} ms  (json.dumps of the same documents)")
     share = best["serialise"] / total
-    print(f"total (load + render + write): {total:.2f} s  (goal <= {GOAL_S:.1f} s: {'met' if total <= GOAL_S else 'NOT met'})")
-    print(f"YAML/JSON dumping: {share:.0%} of the total; {best['serialise'] / best['json_baseline']:.1f}x json.dumps")
+    verdict = "met" if total <= GOAL_S else "NOT met"
+    print(f"total (load + render + write): {total:.2f} s  (goal <= {GOAL_S:.1f} s: {verdict})")
+    ratio = best["serialise"] / best["json_baseline"]
+    print(f"YAML/JSON dumping: {share:.0%} of the total; {ratio:.1f}x json.dumps")
     return 0
 
 

@@ -239,9 +239,4 @@ def _model_warnings(bridge: Bridge) -> list[str]:
                 f"meshServices ({', '.join(keys)}): share the SPIFFE ID {sid!r} (same service account): "
                 "Ghostunnel's --verify-uri cannot tell them apart"
             )
-    for app in bridge.apps:
-        if not app.server_auth and app.mode == "network-shield":
-            warnings.append(
-                f"externalApps ({app.name}): serverAuth: false: the mesh service is not authenticated"
-            )
     return warnings

@@ -19,6 +19,8 @@ import structlog
 from bridge import commands as bridge_commands
 from bridge import demo as demo_command
 from bridge.errors import BridgeError
+from istio.errors import IstioError
+from scone.errors import SconeError
 from sds_server import command as sds_command
 from sds_server.errors import SdsError
 from sds_server.workload_api import command as workload_api_command
@@ -55,7 +57,13 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     )
 
 
-PACKAGE_ERRORS: tuple[type[Exception], ...] = (BridgeError, SdsError, WorkloadApiError)
+PACKAGE_ERRORS: tuple[type[Exception], ...] = (
+    BridgeError,
+    IstioError,
+    SconeError,
+    SdsError,
+    WorkloadApiError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

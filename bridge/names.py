@@ -168,6 +168,6 @@ def unix_address(value: str) -> str | None:
 
 
 def image_reference(value: str) -> str | None:
-    if not value or any(c.isspace() for c in value) or value != value.strip():
-        return "must be a container image reference without spaces (e.g. 'ghcr.io/org/img:1.0')"
+    if not value or any(c.isspace() for c in value) or "{{" in value:
+        return "must be a container image reference without spaces or '{{' (e.g. 'ghcr.io/org/img:1.0')"
     return None

@@ -25,8 +25,8 @@ The document (camelCase keys)::
             trustAnchorCertificate, casPredecessorDir, templatesDir, bundleSessionName,
             federatedBundlesSessionName, clusterName, className, svidTtl}
 
-The field-by-field reference, defaults included, is the ``_*_KEYS`` tables below and ``docs`` in
-``examples/httpbin/bridge.yaml``.
+The keys each mapping accepts are the ``_*_KEYS`` tables below; defaults are the ``DEFAULT_*`` constants
+and the ``default=`` arguments at each read; ``examples/httpbin/bridge.yaml`` is a commented example.
 """
 
 from __future__ import annotations
@@ -39,15 +39,12 @@ from bridge.errors import SpecError
 from bridge.model import (
     API_VERSION,
     APP_MODES,
-    CERT_SOURCES,
     GATEWAY_KINDS,
     KIND,
     PROTOCOLS,
     SVIDSTORE_PLUGINS,
-    TOLERATIONS,
     AppMode,
     Bridge,
-    CertSource,
     ExternalApp,
     Gateway,
     GatewayKind,
@@ -55,22 +52,20 @@ from bridge.model import (
     Mesh,
     MeshService,
     Protocol,
-    SconeSettings,
     SdsSettings,
     SpireSettings,
     SvidStorePlugin,
     Target,
-    Toleration,
 )
 from bridge.spec_reader import Reader, join, parse_yaml, read_text, suggest
+from bridge.spec_scone import ghostunnel_ports, ghostunnel_settings, scone_settings
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import TrustDomain
 
+__all__ = ["load_spec", "parse_document"]
+
 DEFAULT_SDS_IMAGE = "ghcr.io/meshbridge/sds-server:0.1.0"
 DEFAULT_WORKLOAD_API_SOCKET = "/spiffe-workload-api/spire-agent.sock"
-DEFAULT_GHOSTUNNEL_BINARY = "/usr/bin/ghostunnel"
-DEFAULT_GHOSTUNNEL_WORKLOAD_API = "unix:///run/spire/sockets/agent.sock"
-DEFAULT_GHOSTUNNEL_CERT_DIR = "/run/meshbridge/tls"
 DEFAULT_SVIDSTORE_DIR = "/run/spire/svidstore"
 
 _TOP_KEYS = ("apiVersion", "kind", "trustDomain", "mesh", "meshServices", "externalApps", "spire")
@@ -81,25 +76,6 @@ _SDS_KEYS = ("image", "workloadApiSocket")
 _SERVICE_KEYS = ("name", "namespace", "serviceAccount", "port", "protocol", "labels", "meshCallers")
 _APP_KEYS = ("name", "mode", "spiffeId", "parentId", "serverAuth", "targets", "scone", "ghostunnel")
 _TARGET_KEYS = ("service", "listenPort")
-_SCONE_KEYS = (
-    "casAddress",
-    "casNamespace",
-    "sessionName",
-    "serviceName",
-    "mrenclaves",
-    "command",
-    "pwd",
-    "tolerations",
-)
-_GHOSTUNNEL_KEYS = (
-    "binary",
-    "certSource",
-    "workloadApiAddr",
-    "workloadApiSelectors",
-    "certDir",
-    "timedReload",
-    "statusPort",
-)
 _SPIRE_KEYS = (
     "svidstorePlugin",
     "parentId",
@@ -304,7 +280,7 @@ def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str
 
 
 def _resolve(r: Reader, ref: str, path: str, services: tuple[MeshService, ...]) -> MeshService | None:
-    by_key = {s.key: s for s in services}
+    by_key = r.service_index(services)
     if ref in by_key:
         return by_key[ref]
     matches = [s for s in services if s.name == ref]
@@ -364,120 +340,6 @@ def _targets(
     return tuple(out)
 
 
-def _scone(
-    r: Reader, raw: object, path: str, app_name: str, *, mode: str, spire: SpireSettings
-) -> SconeSettings:
-    m = r.mapping(raw, path, _SCONE_KEYS)
-    if raw is None:
-        r.note(path, "required (CAS namespace, MRENCLAVEs, ...)")
-    mrenclaves: list[str] = []
-    for k, item in enumerate(r.seq(m, "mrenclaves", path, required=raw is not None)):
-        value = r.value_string(item, f"{path}.mrenclaves[{k}]", names.mrenclave)
-        if value is not None:
-            mrenclaves.append(value.lower())
-    tolerations: list[Toleration] = []
-    for k, item in enumerate(r.seq(m, "tolerations", path)):
-        tp = f"{path}.tolerations[{k}]"
-        if not isinstance(item, str) or item not in TOLERATIONS:
-            hint = suggest(item, TOLERATIONS) if isinstance(item, str) else ""
-            r.bad(tp, item, f"must be one of {', '.join(TOLERATIONS)}{hint}")
-        elif item in tolerations:
-            r.bad(tp, item, "duplicate toleration")
-        else:
-            tolerations.append(item)
-    if mode == "ghostunnel":
-        command = ""
-        if "serviceName" in m:
-            r.note(
-                f"{path}.serviceName",
-                "not used in mode 'ghostunnel': each tunnel's CAS service is "
-                "named ghostunnel-<service>-<port>",
-            )
-        if "command" in m:
-            r.note(
-                f"{path}.command",
-                "not used in mode 'ghostunnel': the session runs Ghostunnel "
-                "(set ghostunnel.binary to its path in the image)",
-            )
-    else:
-        command = r.string(m, "command", path, check=_command) or "" if raw is not None else ""
-    cas_ns = r.string(m, "casNamespace", path, check=names.scone_name) if raw is not None else None
-    session = r.string(m, "sessionName", path, default=app_name, check=names.scone_name) or app_name
-    if cas_ns is not None and len(f"{cas_ns}/{session}") > names.SCONE_SESSION_NAME_MAX:
-        r.bad(
-            f"{path}.sessionName",
-            session,
-            f"'{cas_ns}/{session}' is longer than {names.SCONE_SESSION_NAME_MAX} characters",
-        )
-    return SconeSettings(
-        cas_address=r.string(
-            m,
-            "casAddress",
-            path,
-            default=spire.cas_connection.removeprefix("https://"),
-            check=lambda v: names.host_port(v, port_required=False),
-        )
-        or spire.cas_connection.removeprefix("https://"),
-        cas_namespace=cas_ns or "",
-        session_name=session,
-        service_name=r.string(m, "serviceName", path, default=app_name, check=names.scone_name) or app_name,
-        mrenclaves=tuple(mrenclaves),
-        command=command,
-        pwd=r.string(m, "pwd", path, default="/", check=names.absolute_path) or "/",
-        tolerations=tuple(tolerations),
-    )
-
-
-def _command(value: str) -> str | None:
-    if not value.strip():
-        return "must not be empty"
-    if "\n" in value or "\x00" in value:
-        return "must be one line (the SCONE service command)"
-    return None
-
-
-def _selector(value: str) -> str | None:
-    kind, sep, rest = value.partition(":")
-    if not sep or not kind or not rest or any(c.isspace() for c in value):
-        return "must be a SPIRE selector 'type:value' without spaces (e.g. 'unix:uid:1000')"
-    return None
-
-
-def _ghostunnel(r: Reader, raw: object, path: str) -> GhostunnelSettings:
-    m = r.mapping(raw, path, _GHOSTUNNEL_KEYS)
-    source: CertSource = r.choice(m, "certSource", path, CERT_SOURCES, "files")  # type: ignore[assignment]
-    addr: str | None = None
-    if source == "workload-api":
-        addr = r.string(
-            m, "workloadApiAddr", path, default=DEFAULT_GHOSTUNNEL_WORKLOAD_API, check=names.unix_address
-        )
-    elif "workloadApiAddr" in m:
-        r.note(f"{path}.workloadApiAddr", "only for certSource 'workload-api'")
-    selectors: list[tuple[str, str]] = []
-    if source == "workload-api":
-        items = r.seq(m, "workloadApiSelectors", path, required=True)
-        for k, item in enumerate(items):
-            value = r.value_string(item, f"{path}.workloadApiSelectors[{k}]", _selector)
-            if value is not None:
-                kind, _, rest = value.partition(":")
-                selectors.append((kind, rest))
-    elif "workloadApiSelectors" in m:
-        r.note(f"{path}.workloadApiSelectors", "only for certSource 'workload-api'")
-    if source == "workload-api" and "timedReload" in m:
-        r.note(f"{path}.timedReload", "only for certSource 'files' (the Workload API pushes rotations)")
-    return GhostunnelSettings(
-        binary=r.string(m, "binary", path, default=DEFAULT_GHOSTUNNEL_BINARY, check=names.absolute_path)
-        or DEFAULT_GHOSTUNNEL_BINARY,
-        cert_source=source,
-        workload_api_addr=addr,
-        workload_api_selectors=tuple(selectors),
-        cert_dir=r.string(m, "certDir", path, default=DEFAULT_GHOSTUNNEL_CERT_DIR, check=names.absolute_path)
-        or DEFAULT_GHOSTUNNEL_CERT_DIR,
-        timed_reload=r.string(m, "timedReload", path, default="1m", check=names.duration) or "1m",
-        status_port=r.integer(m, "statusPort", path, default=6060, check=names.port) or 6060,
-    )
-
-
 def _apps(
     r: Reader,
     top: Mapping[str, object],
@@ -516,11 +378,11 @@ def _apps(
                 "only for mode 'network-shield' (Ghostunnel always verifies --verify-uri)",
             )
         targets = _targets(r, m, path, services, mode)
-        scone = _scone(r, m.get("scone"), f"{path}.scone", name or "app", mode=mode, spire=spire)
+        scone = scone_settings(r, m.get("scone"), f"{path}.scone", name or "app", mode=mode, spire=spire)
         ghostunnel: GhostunnelSettings | None = None
         if mode == "ghostunnel":
-            ghostunnel = _ghostunnel(r, m.get("ghostunnel"), f"{path}.ghostunnel")
-            _ports(r, targets, ghostunnel, path)
+            ghostunnel = ghostunnel_settings(r, m.get("ghostunnel"), f"{path}.ghostunnel")
+            ghostunnel_ports(r, targets, ghostunnel, path)
         elif "ghostunnel" in m:
             r.note(f"{path}.ghostunnel", "only for mode 'ghostunnel'")
         if name is None or spiffe_id is None or not parent:
@@ -542,27 +404,6 @@ def _apps(
             )
         )
     return tuple(out)
-
-
-def _ports(r: Reader, targets: tuple[Target, ...], gt: GhostunnelSettings, path: str) -> None:
-    """Each target runs its own Ghostunnel: listen ports and status ports (statusPort + index) must differ."""
-    used: dict[int, str] = {}
-    for j in range(len(targets)):
-        status = f"{path}.ghostunnel.statusPort" + (f" + {j} (status of targets[{j}])" if j else "")
-        used.setdefault(gt.status_port + j, status)
-    for j, t in enumerate(targets):
-        if t.listen_port is None:
-            continue
-        if t.listen_port in used:
-            r.bad(
-                f"{path}.targets[{j}].listenPort",
-                t.listen_port,
-                f"port already used by {used[t.listen_port]} (set a distinct listenPort)",
-            )
-        else:
-            used[t.listen_port] = f"{path}.targets[{j}].listenPort"
-    if gt.status_port + len(targets) - 1 > 65535:
-        r.bad(f"{path}.ghostunnel.statusPort", gt.status_port, "statusPort + number of targets exceeds 65535")
 
 
 def _https_url(value: str) -> str | None:

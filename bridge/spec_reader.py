@@ -14,13 +14,14 @@ from pathlib import Path
 import yaml
 
 from bridge.errors import SpecError
+from bridge.model import MeshService
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId
 
 Check = Callable[[str], "str | None"]
 
 
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml parser: ~10x faster
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: faster
 
 
 class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc,valid-type]
@@ -29,16 +30,19 @@ class _UniqueKeyLoader(_BaseLoader):  # type: ignore[misc,valid-type]
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[object, object]:
     loader.flatten_mapping(node)
-    seen: set[object] = set()
+    seen: set[tuple[str, str]] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if isinstance(key, str | int | float | bool) and key in seen:
-            mark = key_node.start_mark
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue  # complex keys are reported later as "keys must be strings"
+        ident = (key_node.tag, key_node.value)  # same tag + same text = same key; no double construction
+        if ident in seen:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", mark
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key_node.value!r}",
+                key_node.start_mark,
             )
-        if isinstance(key, str | int | float | bool):
-            seen.add(key)
+        seen.add(ident)
     return dict(loader.construct_pairs(node))
 
 
@@ -62,8 +66,17 @@ class Reader:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self._index: dict[str, MeshService] = {}
+        self._index_for: tuple[MeshService, ...] | None = None
         self.invalid_services: set[str] = set()
         """Names and keys of declared mesh services that had problems (references to them stay quiet)."""
+
+    def service_index(self, services: tuple[MeshService, ...]) -> dict[str, MeshService]:
+        """``namespace/name`` -> service, built once per services tuple."""
+        if self._index_for is not services:
+            self._index = {s.key: s for s in services}
+            self._index_for = services
+        return self._index
 
     def bad(self, path: str, value: object, rule: str) -> None:
         self.problems.append(f"{path}: {value!r}: {rule}")

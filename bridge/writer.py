@@ -36,6 +36,9 @@ _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumpe
 class _Dumper(_BaseDumper):  # type: ignore[misc,valid-type]
     """``SafeDumper`` that writes multi-line strings (templates, certificates) as literal blocks."""
 
+    def ignore_aliases(self, data: object) -> bool:
+        return True  # rendered documents share no objects worth anchoring; skip the identity bookkeeping
+
 
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value and not value.strip(" ").endswith(" ") and "\t" not in value else None

@@ -32,6 +32,7 @@ from istio.spire import (
     render_cluster_spiffe_id,
     render_entries_json,
     render_entries_script,
+    render_gateway_cluster_spiffe_id,
     service_dns_names,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "render_cluster_spiffe_id",
     "render_entries_json",
     "render_entries_script",
+    "render_gateway_cluster_spiffe_id",
     "render_istio_operator",
     "render_peer_authentication",
     "sds_container",

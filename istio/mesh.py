@@ -13,7 +13,9 @@ Shape we render (differs from the docs on purpose):
   socket, mounted by the SPIFFE CSI driver (``csi.spiffe.io``) into that container only;
 * ``meshbridge-sds`` is a Kubernetes *native sidecar* (an init container with ``restartPolicy: Always``,
   Kubernetes >= 1.29) with a startup probe on the socket, so the socket exists before istio-proxy
-  starts — otherwise istio-agent would start its own (Citadel) SDS server on that path instead.
+  starts — otherwise istio-agent would start its own (Citadel) SDS server on that path instead. That
+  ordering needs istio-proxy to be a regular container, so the overlay pins istiod's
+  ``ENABLE_NATIVE_SIDECARS=false`` (``OverlayParams.pin_classic_sidecars``).
 
 Workloads opt in with the pod annotation ``inject.istio.io/templates: "sidecar,<template_name>"``.
 """
@@ -198,12 +200,15 @@ def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, obj
 def render_istio_operator(params: OverlayParams) -> dict[str, object]:
     """The ``IstioOperator`` for ``istioctl install -f``: trust domain, injection template, gateways."""
     _check(params)
+    values: dict[str, object] = {
+        "sidecarInjectorWebhook": {"templates": {params.template_name: _injection_template(params)}},
+    }
+    if params.pin_classic_sidecars:
+        values["pilot"] = {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
     spec: dict[str, object] = {
         "profile": params.profile,
         "meshConfig": {"trustDomain": params.trust_domain},
-        "values": {
-            "sidecarInjectorWebhook": {"templates": {params.template_name: _injection_template(params)}},
-        },
+        "values": values,
     }
     if params.revision is not None:
         spec["revision"] = params.revision

@@ -78,6 +78,10 @@ class OverlayParams:
     sds_socket_dir: str = "/run/secrets/workload-spiffe-uds"
     proxy_uid: int = 1337
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    pin_classic_sidecars: bool = True
+    """Set istiod's ``ENABLE_NATIVE_SIDECARS=false``: the SDS container must start before istio-proxy,
+    which holds only while istio-proxy is a regular container (as a native sidecar it would be an
+    init container listed before ours)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from istio.model import (
     ClusterSpiffeIdParams,
     EntriesParams,
     ExternalAppEntry,
+    Gateway,
     MeshService,
     Selector,
     SvidStorePluginName,
@@ -43,6 +44,7 @@ __all__ = [
     "render_cluster_spiffe_id",
     "render_entries_json",
     "render_entries_script",
+    "render_gateway_cluster_spiffe_id",
     "service_dns_names",
 ]
 
@@ -109,6 +111,37 @@ def render_cluster_spiffe_id(params: ClusterSpiffeIdParams) -> dict[str, object]
         "apiVersion": SPIRE_API_VERSION,
         "kind": "ClusterSPIFFEID",
         "metadata": {"name": cluster_spiffe_id_name(svc)},
+        "spec": spec,
+    }
+
+
+def render_gateway_cluster_spiffe_id(
+    gateway: Gateway, root_namespace: str = "istio-system", class_name: str | None = None
+) -> dict[str, object]:
+    """The ``ClusterSPIFFEID`` of a gateway put on SPIRE by the overlay (Istio's SPIRE guide: gateways
+    without a matching entry never become Ready). Same Istio ID template; the gateway's pod labels in
+    its namespace (``gateway.namespace`` or the Istio root namespace)."""
+    namespace = gateway.namespace if gateway.namespace is not None else root_namespace
+    problems: list[str] = []
+    check_service(
+        problems, MeshService("gateway", namespace, "gateway", 1, gateway.labels), path="gateway"
+    )
+    name = f"meshbridge-gateway-{namespace}-{gateway.name}"
+    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+        problems.append(f"gateway.name: {gateway.name!r}: gives the invalid ClusterSPIFFEID name {name!r}")
+    if problems:
+        raise IstioError("\n".join(problems))
+    spec: dict[str, object] = {
+        "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
+        "podSelector": {"matchLabels": dict(gateway.labels)},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+    }
+    if class_name is not None:
+        spec["className"] = class_name
+    return {
+        "apiVersion": SPIRE_API_VERSION,
+        "kind": "ClusterSPIFFEID",
+        "metadata": {"name": name},
         "spec": spec,
     }
 

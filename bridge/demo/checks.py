@@ -184,13 +184,15 @@ def check_rotation(
     pids_before = {c.name: c.pid for c in sup.children}
     mesh_before = inputs.wa.fetch(MESH_SOCKET)
     served_before = _sidecar_serial(inputs, probes / "a")
+    apps = {t.app.socket_name: t.app for t in inputs.tunnels}
+    old = {name: inputs.wa.fetch(name) for name in apps}
     inputs.wa.rotate()
     mesh_after = inputs.wa.fetch(MESH_SOCKET, not_serial=mesh_before.serial)
-    # CAS stand-in: a new SVID is posted by the SVIDStore plugin; files are re-injected in place.
+    new = {name: inputs.wa.fetch(name, not_serial=old[name].serial) for name in apps}
+    # CAS stand-in: the SVIDStore plugin posts the new SVID; CAS re-injects the files (same paths, atomic).
     for t in inputs.tunnels:
         if t.files_dir is not None:
-            fresh = inputs.wa.fetch(t.app.name, not_serial=None)
-            materialise_files(inputs.plan, t.app, fresh, t.files_dir)  # same paths, atomic replace
+            materialise_files(inputs.plan, t.app, new[t.app.socket_name], t.files_dir)
     ok_requests = total_requests = 0
     failures: list[str] = []
     served_after: int | None = None
@@ -226,10 +228,17 @@ def check_rotation(
             "ghostunnel-files": "files re-read by --timed-reload",
             "ghostunnel-workload-api": "streamed by go-spiffe",
         }.get(t.kind, t.kind)
+        was, now = old[t.app.socket_name], new[t.app.socket_name]
+        # XFCC Hash is the SHA-256 of the client certificate (DER) the sidecar verified.
+        serials = (
+            f"serial {was.serial:x} → {now.serial:x}"
+            if (b, a) == (was.leaf_sha256, now.leaf_sha256)
+            else f"XFCC Hash {(b or '?')[:12]}… → {(a or '?')[:12]}… (new SVID: {now.leaf_sha256[:12]}…)"
+        )
         rep.check(
             f"rotation: {t.label} presents a new client certificate",
-            b is not None and a is not None and a != b,
-            f"XFCC Hash {(b or '?')[:12]}… → {(a or '?')[:12]}… ({how}, no restart)",
+            b is not None and a is not None and a != b and a == now.leaf_sha256,
+            f"sidecar saw {serials} ({how}, no restart)",
         )
     for t in inputs.tunnels:
         if t.kind == "network-shield":

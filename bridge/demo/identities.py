@@ -9,6 +9,7 @@ py-spiffe (grpcio) is the client, as everywhere a Python program reads the Workl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ class SvidMaterial:
     dns_names: tuple[str, ...]
     all_ids: tuple[str, ...] = ()
     """SPIFFE IDs of every X509-SVID the socket returned (scoping: exactly one expected)."""
+
+    @property
+    def leaf_sha256(self) -> str:
+        """Hex SHA-256 of the leaf's DER: what Envoy puts in ``x-forwarded-client-cert`` as ``Hash``."""
+        der = x509.load_pem_x509_certificate(self.leaf_pem.encode()).public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).hexdigest()
 
     @property
     def leaf_pem(self) -> str:

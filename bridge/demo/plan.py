@@ -61,6 +61,8 @@ class MeshSide:
     """Admitted callers as SPIFFE IDs (``spiffe://…``), from the AuthorizationPolicies."""
     policy_paths: tuple[str, ...]
     cluster_spiffe_id_path: str
+    namespace_sources: tuple[str, ...] = ()
+    """``source.namespaces`` of the policies: in-mesh callers (no such caller runs in the demo)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,11 @@ class AppPlan:
     session_name: str
     session: Doc
     session_path: str
+
+    @property
+    def socket_name(self) -> str:
+        """This app's own Workload API socket (prefixed: app names never clash with the mesh's)."""
+        return f"app-{self.name}"
 
     @property
     def service(self) -> Doc:
@@ -229,6 +236,7 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
         for t in raw_dns
     )
     principals: list[str] = []
+    namespaces: list[str] = []
     policy_paths: list[str] = []
     for ppath, policy in _of_kind(rendering, "AuthorizationPolicy"):
         ns = _get(policy, "metadata", "namespace")
@@ -240,11 +248,14 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
         for rule in _list(_get(policy, "spec", "rules")):
             for src in _list(_get(rule, "from")):
                 principals += [f"spiffe://{p}" for p in _list(_get(src, "source", "principals"))]
+                namespaces += [str(n) for n in _list(_get(src, "source", "namespaces"))]
     if not policy_paths:
         raise DemoError(
             f"rendering: no ALLOW AuthorizationPolicy selects the httpbin pods in {pod.namespace!r}"
         )
-    return MeshSide(spiffe_id, dns, pod.service_port, tuple(principals), tuple(policy_paths), path)
+    return MeshSide(
+        spiffe_id, dns, pod.service_port, tuple(principals), tuple(policy_paths), path, tuple(namespaces)
+    )
 
 
 def _entry_ids(rendering: Mapping[str, object]) -> dict[str, str]:

@@ -48,6 +48,7 @@ from bridge.writer import write_tree
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent.parent / "examples" / "httpbin"
 DEMO_RELOAD = "2s"
 """``--timed-reload`` used when the rendered interval would not fit the demo's time budget."""
+_NO_GHOSTUNNEL = "no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, ../shared/bin/ghostunnel)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,7 @@ def _external_side(
     reload_s = 0.0
     wrong_id = plan.mesh.spiffe_id.rsplit("/", 1)[0] + "/not-" + plan.mesh.spiffe_id.rsplit("/", 1)[1]
     for app in plan.apps:
-        svid = wa.fetch(app.name)
+        svid = wa.fetch(app.socket_name)
         if app.mode == "network-shield":
             rep.step(f"{app.name}: network shield stand-in (real Envoy) from {app.session_path}")
             t = start_shield(sup, plan, app, svid, envoy_bin=envoy_bin, sidecar_port=sidecar_port)
@@ -142,12 +143,7 @@ def _external_side(
         )
         variants = ghostunnel_variants(cmd, wrong_id)
         if ghostunnel_bin is None:
-            why = (
-                "--no-ghostunnel"
-                if not opts.ghostunnel
-                else "no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, "
-            )
-            why += "" if not opts.ghostunnel else "../shared/bin/ghostunnel)"
+            why = "--no-ghostunnel" if not opts.ghostunnel else _NO_GHOSTUNNEL
             rep.detail(
                 f"{why}: FALLBACK to an Envoy client tunnel built from the same command "
                 "(the Workload-API variant needs Ghostunnel and is skipped)"
@@ -168,6 +164,7 @@ def _external_side(
                 rep.detail(f"{kind}: {t.detail}")
                 (bad if kind == "wrong-server-id" else good).append(t)
             continue
+        rep.detail(f"Ghostunnel binary: {ghostunnel_bin}")
         for kind, variant in variants.items():
             label = f"{app.name} (ghostunnel, {kind})"
             t = start_ghostunnel(
@@ -179,7 +176,7 @@ def _external_side(
                 sidecar_port=sidecar_port,
                 files=files,
                 files_dir=files_dir if kind == "files" else None,
-                workload_api_addr=f"unix://{wa.socket(app.name)}",
+                workload_api_addr=f"unix://{wa.socket(app.socket_name)}",
             )
             rep.detail(f"{kind}: {t.detail}")
             (bad if kind == "wrong-server-id" else good).append(t)
@@ -189,7 +186,7 @@ def _external_side(
 def _check_scoping(rep: Reporter, wa: WorkloadApi, plan: DemoPlan, intruder_id: str) -> None:
     """Each socket hands out exactly its side's identity, with the DNS names its registration declares."""
     expected = {MESH_SOCKET: (plan.mesh.spiffe_id, plan.mesh.dns_names), INTRUDER_SOCKET: (intruder_id, ())}
-    expected |= {app.name: (app.spiffe_id, ()) for app in plan.apps}
+    expected |= {app.socket_name: (app.spiffe_id, ()) for app in plan.apps}
     seen = []
     ok = True
     for sock, (spiffe_id, dns) in expected.items():
@@ -207,10 +204,13 @@ def _keep_running(rep: Reporter, plan: DemoPlan, sidecar_port: int, tunnels: lis
     for t in tunnels:
         rep.say(f"  curl -s http://127.0.0.1:{t.port}/headers      # {t.label}")
     host = plan.mesh.dns_names[0] if plan.mesh.dns_names else "httpbin"
-    rep.say(
-        f"  curl -sk --resolve {host}:{sidecar_port}:127.0.0.1 https://{host}:{sidecar_port}/headers"
-        "      # no client certificate: refused by the STRICT sidecar"
-    )
+    url = f"--resolve {host}:{sidecar_port}:127.0.0.1 https://{host}:{sidecar_port}/headers"
+    rep.say(f"  curl -sk {url}      # no client certificate: refused by the STRICT sidecar")
+    for t in tunnels:
+        if t.kind == "ghostunnel-files" and t.command is not None:
+            cert, key, ca = (t.command.get(f) for f in ("cert", "key", "cacert"))
+            rep.say(f"  curl -s --cert {cert} --key {key} --cacert {ca} {url}      # as {t.app.spiffe_id}")
+            break
     rep.say(f"  artifacts: ls {out}")
     signal.pause()
 
@@ -246,6 +246,11 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
             f"inbound https://127.0.0.1:{sidecar.port}: client cert required, default/ROOTCA over SDS, "
             f"RBAC from {', '.join(plan.mesh.policy_paths)}, XFCC set, no ALPN required"
         )
+        if plan.mesh.namespace_sources:
+            rep.detail(
+                f"in-mesh rule (namespaces {', '.join(plan.mesh.namespace_sources)}): no such caller "
+                "here, so only the external principals are enforced"
+            )
         good, bad, reload_s = _external_side(
             rep, sup, opts=opts, plan=plan, wa=wa, sidecar_port=sidecar.port, envoy_bin=envoy_bin
         )
@@ -259,11 +264,11 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
             sidecar=sidecar,
             bundle_pem=mesh_svid.bundle_pem,
             intruder=intruder,
-            admitted_svid=wa.fetch(plan.apps[0].name),
+            admitted_svid=wa.fetch(plan.apps[0].socket_name),
             wrong_server_tunnels=bad,
         )
         rep.step("forced rotation of every SVID (SIGUSR1 to the Workload API)")
-        client = wa.fetch(plan.apps[0].name)
+        client = wa.fetch(plan.apps[0].socket_name)
         check_rotation(
             rep, sup, RotationInputs(plan, wa, sidecar, good, mesh_svid.bundle_pem, client, reload_s), before
         )

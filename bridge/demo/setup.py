@@ -77,22 +77,26 @@ class WorkloadApi:
 def start_workload_api(sup: Supervisor, plan: DemoPlan, intruder_id: str) -> WorkloadApi:
     identities = [
         Identity(MESH_SOCKET, plan.mesh.spiffe_id, plan.mesh.dns_names),
-        *(Identity(app.name, app.spiffe_id) for app in plan.apps),
+        *(Identity(app.socket_name, app.spiffe_id) for app in plan.apps),
         Identity(INTRUDER_SOCKET, intruder_id),
     ]
-    directory = sup.subdir("wa", 0o755)
+    directory = sup.subdir("wa", 0o700)
     config = directory / "config.yaml"
     config.write_text(yaml.safe_dump(workload_api_config(plan.trust_domain, identities, directory)))
     child = sup.start("workload-api", meshbridge_argv("workload-api", "serve", "--config", str(config)))
     wa = WorkloadApi(child, directory, plan.trust_domain)
     for ident in identities:
-        deadline = time.monotonic() + 10
-        while not socket_path(directory, ident).exists():
-            sup.check_alive()
-            if time.monotonic() > deadline:
-                raise DemoError(f"workload API: socket {ident.socket_name!r} not created within 10s")
-            time.sleep(0.05)
+        _wait_for_path(sup, socket_path(directory, ident), "workload API")
     return wa
+
+
+def _wait_for_path(sup: Supervisor, path: Path, who: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        sup.check_alive()
+        if time.monotonic() > deadline:
+            raise DemoError(f"{who}: socket {path} not created within {timeout:.0f}s")
+        time.sleep(0.05)
 
 
 def _read_json_line(child: Child, timeout: float) -> dict[str, object]:
@@ -133,6 +137,8 @@ def start_sidecar(
             "sds", "serve", "--workload-api", f"unix://{wa.socket(MESH_SOCKET)}", "--listen", str(sds_sock)
         ),
     )
+    # Envoy backs off after a failed SDS connect: start it once the socket exists.
+    _wait_for_path(sup, sds_sock, "sds-server")
     bootstrap = sidecar_bootstrap(
         sds_socket=sds_sock,
         trust_domain=plan.trust_domain,

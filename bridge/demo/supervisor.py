@@ -187,7 +187,22 @@ class Supervisor:
                 raise DemoError(f"{child.name}: exited with code {code} unexpectedly:\n{child.output_tail()}")
 
     def close(self) -> None:
-        """Run cleanups, stop children newest first, remove the temp dir. Idempotent."""
+        """Run cleanups, stop children newest first, remove the temp dir. Idempotent.
+
+        A second Ctrl-C / SIGTERM while cleaning up is ignored (the owner thread only): interrupting the
+        cleanup is what would leave processes and sockets behind.
+        """
+        if threading.get_ident() == threading.main_thread().ident:
+            previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                self._close()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+        else:
+            self._close()
+
+    def _close(self) -> None:
         while self._cleanups:
             func = self._cleanups.pop()
             try:

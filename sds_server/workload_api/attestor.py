@@ -119,8 +119,14 @@ class UnixAttestor:
         self._hashes[key] = digest.hexdigest()
         return self._hashes[key]
 
-    def attest(self, creds: PeerCredentials, socket_name: str | None = None) -> frozenset[str]:
-        """The caller's selectors (see the module docstring)."""
+    def attest(
+        self, creds: PeerCredentials, socket_name: str | None = None, *, with_sha256: bool = True
+    ) -> frozenset[str]:
+        """The caller's selectors (see the module docstring).
+
+        ``with_sha256=False`` skips hashing the executable (the server passes it when no entry uses a
+        ``unix:sha256`` selector: hashing a large binary is the one costly step of attestation).
+        """
         selectors = {f"unix:uid:{creds.uid}", f"unix:gid:{creds.gid}"}
         if (user := _user_name(creds.uid)) is not None:
             selectors.add(f"unix:user:{user}")
@@ -136,7 +142,7 @@ class UnixAttestor:
             log.info("attest.exe_unreadable", pid=creds.pid, uid=creds.uid)
         else:
             selectors.add(f"unix:path:{exe}")
-            sha = self._exe_sha256(creds.pid, exe)
+            sha = self._exe_sha256(creds.pid, exe) if with_sha256 else None
             if sha is not None:
                 selectors.add(f"unix:sha256:{sha}")
         if socket_name is not None:

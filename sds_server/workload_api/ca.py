@@ -395,8 +395,13 @@ class LocalCa:
                 for g in self._generations
             ],
         }
-        atomic_write(self._state_path(), json.dumps(state, indent=1).encode(), 0o600)
-        atomic_write(self.data_dir / BUNDLE_FILE, self.bundle_pem(), 0o644)
+        try:
+            atomic_write(self._state_path(), json.dumps(state, indent=1).encode(), 0o600)
+            atomic_write(self.data_dir / BUNDLE_FILE, self.bundle_pem(), 0o644)
+        except OSError as exc:
+            raise CaError(
+                f"data_dir: {str(self.data_dir)!r}: cannot write the CA state ({exc.strerror or exc})"
+            ) from exc
 
     # ---- generations --------------------------------------------------------------------------
     def _fits(self, gen: CaGeneration) -> bool:

@@ -92,6 +92,11 @@ class _Snapshot:
     def entries_for(self, selectors: frozenset[str]) -> list[Entry]:
         return [e for e in self.config.entries if e.matches(selectors)]
 
+    @property
+    def uses_sha256(self) -> bool:
+        """Whether any entry selects on the executable's hash (else attestation skips hashing)."""
+        return any(sel.startswith("unix:sha256:") for e in self.config.entries for sel in e.selectors)
+
 
 def _peer_socket(stream: Stream[Any, Any]) -> Any:
     """The accepted connection behind a grpclib call (see the module docstring)."""
@@ -186,7 +191,9 @@ class _Servicer:
             creds = peer_credentials(_peer_socket(stream))
         except OSError as exc:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
-        selectors = self._server.attestor.attest(creds, self._socket_name)
+        selectors = self._server.attestor.attest(
+            creds, self._socket_name, with_sha256=self._server.snapshot.uses_sha256
+        )
         log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
         return selectors
 
@@ -464,7 +471,7 @@ class WorkloadApiServer:
                 await asyncio.wait_for(self._wake.wait(), delay)
             try:
                 self._tick()
-            except WorkloadApiError as exc:
+            except (WorkloadApiError, OSError) as exc:
                 log.error("workload_api.maintain_failed", error=str(exc))  # noqa: TRY400 - no traceback
                 await asyncio.sleep(1.0)
 

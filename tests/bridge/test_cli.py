@@ -90,7 +90,7 @@ def test_render_from_stdin_with_session_hashes(tmp_path: Path) -> None:
         ),
         (
             "kind: [\n",
-            ["error: <spec>:2:1: invalid YAML: expected the node content, but found '<stream end>'"],
+            ["error: <spec>:2:1: invalid YAML: did not find expected node content"],
         ),
         (
             "apiVersion: meshbridge.io/v1alpha1\nkind: Bridge\n",

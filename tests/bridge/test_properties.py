@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+import structlog
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge import cli
 from bridge import render as layout
 from bridge.check import consistency_problems
 from bridge.errors import SpecError
@@ -135,3 +143,64 @@ def test_broken_specs_give_spec_error_only(raw: object) -> None:
 def test_random_text_gives_spec_error(text: str) -> None:
     with pytest.raises(SpecError):
         load_spec(text + "\n")
+
+
+def _render_cli(spec_text: str, out: Path) -> tuple[int, str]:
+    spec = out.parent / "bridge.yaml"
+    spec.write_text(spec_text)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["render", "-f", str(spec), "-o", str(out)])
+    finally:
+        structlog.reset_defaults()  # cli.main configured logging to the redirected stream
+        spec.unlink()
+    return code, err.getvalue()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_specs())
+def test_render_command_on_broken_specs_leaves_nothing(raw: object) -> None:
+    """In-process ``meshbridge render``: exit 2 with only ``error:`` lines and no output, or a full tree."""
+    base = Path(tempfile.mkdtemp(prefix="mb-fuzz-"))
+    try:
+        code, stderr = _render_cli(yaml.safe_dump(raw), base / "out")
+        if code == 0:
+            assert (base / "out" / "README.md").is_file()
+            return
+        assert code == 2
+        lines = stderr.splitlines()
+        assert lines
+        assert all(line.startswith("error: ") for line in lines), stderr
+        assert list(base.iterdir()) == []
+    finally:
+        shutil.rmtree(base)
+
+
+def _is_invalid(raw: object) -> bool:
+    try:
+        render(parse_document(raw))
+    except SpecError:
+        return True
+    return False
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_specs().filter(_is_invalid))
+def test_render_subprocess_on_broken_specs_leaves_nothing(raw: object) -> None:
+    """The real ``meshbridge`` process: exit 2, ``error:`` lines, no traceback, no output directory."""
+    base = Path(tempfile.mkdtemp(prefix="mb-fuzz-"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "render", "-f", "-", "-o", str(base / "out")],
+            input=yaml.safe_dump(raw),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert all(line.startswith("error: ") for line in result.stderr.splitlines()), result.stderr
+        assert list(base.iterdir()) == []
+    finally:
+        shutil.rmtree(base)

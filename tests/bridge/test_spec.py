@@ -246,7 +246,7 @@ def test_error_messages(case: str, mutate: Callable[[dict[str, object]], None], 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a: [1", "<spec>:1:6: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+        ("a: [1", "<spec>:2:1: invalid YAML: did not find expected ',' or ']'"),
         ("a: 1\na: 2\n", "<spec>:2:1: invalid YAML: found duplicate key 'a'"),
         ("- 1\n---\n- 2\n", "<spec>: expected exactly one YAML document, found 2"),
         ("just text\n", "<document>: 'just text': must be a mapping"),

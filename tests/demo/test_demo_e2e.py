@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.demo.errors import DemoError
 from bridge.demo.report import FAIL, OK, Reporter
 from bridge.demo.run import EXAMPLE_DIR, DemoOptions, run
 from bridge.rendering import Rendering
@@ -125,3 +126,27 @@ def test_demo_fails_when_the_mesh_svid_lacks_the_dns_name(
     evidence = checks["tunnel-client (ghostunnel, files) → httpbin"][1]
     assert "not valid for" in evidence, evidence  # Ghostunnel's own words point at the missing DNS SAN
     assert "fail_verify_san" in checks["shielded-client (network shield) → httpbin"][1]
+
+
+def _shield_session_without_server_auth(rendering: Rendering) -> Rendering:
+    docs = dict(rendering.documents)
+    session = copy.deepcopy(docs["scone/shielded-client/session.yaml"])
+    assert isinstance(session, dict)
+    env = session["services"][0]["environment"]
+    del env["SCONE_NETWORK_SHIELD_CLIENT_1_SERVER_AUTH"]
+    docs["scone/shielded-client/session.yaml"] = session
+    return Rendering(docs, rendering.warnings)
+
+
+def test_a_wrong_session_fails_the_demo_and_stops_everything(
+    tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
+) -> None:
+    opts = DemoOptions(
+        spec=EXAMPLE_DIR / "bridge.yaml",
+        manifests=EXAMPLE_DIR / "httpbin.yaml",
+        out_dir=tmp_path / "out",
+        edit_rendering=_shield_session_without_server_auth,
+    )
+    with pytest.raises(DemoError, match="SCONE_NETWORK_SHIELD_CLIENT_1_SERVER_AUTH: missing"):
+        run(opts, Reporter(out=io.StringIO()))
+    # the autouse guard (tests/conftest.py) fails this test if any started process survived

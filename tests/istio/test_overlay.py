@@ -46,6 +46,9 @@ def test_default_overlay_is_valid_in_strict_mode() -> None:
     assert isinstance(spec, dict)
     assert spec["meshConfig"] == {"trustDomain": "example.org"}
     assert "revision" not in spec
+    # istio-proxy stays a regular container, started after our native-sidecar SDS server
+    assert spec["values"]["pilot"] == {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
+    assert "pilot" not in render_istio_operator(replace(PARAMS, pin_classic_sidecars=False))["spec"]["values"]  # type: ignore[index]
 
 
 def test_strict_validation_catches_a_typo_in_the_overlay() -> None:

@@ -128,3 +128,13 @@ def test_policy_errors_name_field_value_and_rule(params: AuthorizationParams, me
     with pytest.raises(IstioError) as excinfo:
         render_authorization_policy(params)
     assert message in str(excinfo.value)
+
+
+def test_strict_validator_rejects_what_the_api_server_would() -> None:
+    # negative controls for tests/support/schemas.py: an unknown field and a bad enum both fail
+    doc = render_peer_authentication()
+    doc["spec"] = {"mtls": {"mood": "STRICT"}}
+    assert any("mood" in p for p in problems(doc))
+    assert problems(doc, strict_mode=False) == []  # plain JSON Schema would let the typo through
+    doc["spec"] = {"mtls": {"mode": "STRICTEST"}}
+    assert problems(doc, strict_mode=False) != []

@@ -29,6 +29,7 @@ from istio import (
     render_cluster_spiffe_id,
     render_entries_json,
     render_entries_script,
+    render_gateway_cluster_spiffe_id,
     render_istio_operator,
     service_dns_names,
 )
@@ -84,6 +85,8 @@ def test_overlay_always_valid(
     assert spec["meshConfig"]["trustDomain"] == td  # type: ignore[index]
     assert spec.get("revision") == revision  # type: ignore[attr-defined]
     assert image in spec["values"]["sidecarInjectorWebhook"]["templates"][template]  # type: ignore[index]
+    for gateway in params.gateways:  # every gateway put on SPIRE gets a valid registration too
+        assert problems(render_gateway_cluster_spiffe_id(gateway, params.root_namespace)) == []
 
 
 @PROPS

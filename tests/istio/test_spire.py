@@ -16,6 +16,7 @@ from istio import (
     ClusterSpiffeIdParams,
     EntriesParams,
     ExternalAppEntry,
+    Gateway,
     IstioError,
     MeshService,
     Selector,
@@ -24,6 +25,7 @@ from istio import (
     render_cluster_spiffe_id,
     render_entries_json,
     render_entries_script,
+    render_gateway_cluster_spiffe_id,
     service_dns_names,
 )
 from tests.support.schemas import problems
@@ -370,3 +372,25 @@ def test_script_help(tmp_path: Path, fake_server: tuple[Path, dict[str, str]]) -
 def test_script_refuses_unsafe_server_command() -> None:
     with pytest.raises(IstioError, match=r"spire_server: 'spire-server; rm': a command name"):
         render_entries_script(EntriesParams((SHIELD,), spire_server="spire-server; rm"))
+
+
+def test_gateway_cluster_spiffe_id() -> None:
+    doc = render_gateway_cluster_spiffe_id(Gateway())
+    assert problems(doc) == []
+    assert doc["metadata"] == {"name": "meshbridge-gateway-istio-system-istio-ingressgateway"}
+    assert doc["spec"] == {
+        "spiffeIDTemplate": (
+            "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
+        ),
+        "podSelector": {"matchLabels": {"istio": "ingressgateway"}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+    }
+    egress = render_gateway_cluster_spiffe_id(
+        Gateway("istio-egressgateway", (("istio", "egressgateway"),), "egress-ns", "egress"),
+        class_name="spire",
+    )
+    assert problems(egress) == []
+    assert egress["spec"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "egress-ns"}  # type: ignore[index]
+    assert egress["spec"]["className"] == "spire"  # type: ignore[index]
+    with pytest.raises(IstioError, match=r"gateway.pod_labels: \(\): at least one label"):
+        render_gateway_cluster_spiffe_id(Gateway(labels=()))

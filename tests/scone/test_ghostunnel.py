@@ -4,6 +4,7 @@ fails against the wrong SPIFFE ID or a URI-only server certificate, as ghostunne
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from spiffe import WorkloadApiClient
 
 from scone import (
     Attestation,
@@ -35,6 +38,7 @@ from scone import (
 )
 from tests.scone.pki import TestCA
 from tests.support.schemas import scone_problems
+from tests.support.workload_api import running_workload_api
 
 MRENCLAVE = "5f0e5a3c2b1d4e6f8a9b0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f7"
 MESH_ID = "spiffe://example.org/ns/default/sa/httpbin"
@@ -403,3 +407,71 @@ def test_files_source_needs_the_dns_name_in_the_mesh_svid(ghostunnel_bin: Path, 
     answer, seen = _run_tunnel(ghostunnel_bin, pki_dir, files, MESH_ID)
     assert answer is None
     assert seen == []
+
+
+# --- both certificate sources, with SVIDs from the real embedded Workload API (go-spiffe on the tunnel side)
+
+
+def _embedded_config() -> dict[str, object]:
+    me = f"unix:uid:{os.getuid()}"
+    return {
+        "trust_domain": "example.org",
+        "svid_ttl": "1h",
+        "entries": [
+            {
+                "spiffe_id": MESH_ID,
+                "selectors": [me, "socket:mesh"],
+                "dns_names": ["httpbin.default.svc.cluster.local"],
+            },
+            {"spiffe_id": CLIENT_ID, "selectors": [me, "socket:ext"]},
+        ],
+    }
+
+
+def _fetch_svid(address: str, chain: Path, key: Path, bundle: Path | None = None) -> None:
+    """Fetch an SVID (and the bundle) with py-spiffe, write them as PEM files."""
+    client = WorkloadApiClient(socket_path=address)
+    try:
+        context = client.fetch_x509_context()
+        context.default_svid.save(chain, key, serialization.Encoding.PEM)
+        if bundle is not None:
+            (td_bundle,) = context.x509_bundle_set.bundles
+            bundle.write_bytes(
+                b"".join(c.public_bytes(serialization.Encoding.PEM) for c in td_bundle.x509_authorities)
+            )
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("source", ["workload-api", "files"])
+def test_both_sources_with_svids_from_the_embedded_workload_api(
+    ghostunnel_bin: Path, tmp_path: Path, pki_dir: Path, source: str
+) -> None:
+    with running_workload_api(_embedded_config(), tmp_path, sockets=("mesh", "ext")) as api:
+        _fetch_svid(
+            api.address("mesh"), pki_dir / "server.pem", pki_dir / "server-key.pem", pki_dir / "ca.pem"
+        )
+        files = CertFiles(
+            cert=str(pki_dir / "svid.pem"), key=str(pki_dir / "svid-key.pem"), cacert=str(pki_dir / "ca.pem")
+        )
+        if source == "files":
+            _fetch_svid(api.address("ext"), Path(files.cert), Path(files.key))
+        with _mtls_server(pki_dir / "server.pem", pki_dir / "server-key.pem", pki_dir / "ca.pem") as (
+            port,
+            seen,
+        ):
+            listen, status = _free_port(), _free_port()
+            tunnel = GhostunnelTunnel(
+                HTTPBIN,
+                listen_port=listen,
+                status_port=status,
+                cert_source=source,  # type: ignore[arg-type]
+                files=files,
+                workload_api_addr=api.address("ext"),
+                connect_to=f"127.0.0.1:{port}",
+            )
+            with _ghostunnel(ghostunnel_bin, ghostunnel_args(tunnel)) as proc:
+                _wait_status(status, proc)
+                answer = _exchange(listen, time.monotonic() + 15)
+    assert answer == f"peer={CLIENT_ID} got=hello\n".encode()
+    assert seen == [CLIENT_ID]

@@ -172,3 +172,10 @@ def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(SconeError) as excinfo:
         render_network_shield_session(replace(APP, mrenclaves=("x",), pwd="app", targets=()))
     assert len(str(excinfo.value).splitlines()) == 3
+
+
+def test_strict_session_validator_rejects_unknown_keys() -> None:
+    # negative control for tests/support/schemas.py on the hand-written SCONE schema
+    session = render_network_shield_session(APP).session
+    session["services"][0]["enviroment"] = {}  # type: ignore[index]
+    assert any("enviroment" in p for p in scone_problems(session))

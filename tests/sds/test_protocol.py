@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import Callable
 
 import pytest
 from envoy.extensions.transport_sockets.tls.v3.tls_spiffe_validator_config_pb2 import (
     SPIFFECertValidatorConfig,
 )
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
 
 from sds_server.server import RunningServer
 from sds_server.snapshot import SecretSnapshot
-from tests.sds.client import channel, delta, fetch, secrets_of, sotw
+from tests.sds.client import SERVICE, channel, delta, fetch, secrets_of, sotw
 from tests.sds.pki import MiniCa
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -27,6 +30,16 @@ def _publish(server: RunningServer, ca: MiniCa, *paths: str, extra_bundles: tupl
         [i.svid() for i in issued], [ca.bundle(), *(c.bundle() for c in extra_bundles)]
     )
     return issued
+
+
+def _eventually(read: Callable[[], float], want: float = 1, timeout: float = 5.0) -> float:
+    """Poll a metric until it reaches ``want`` (the server processes the last ACK asynchronously)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value < want and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+    return value
 
 
 def _wait_snapshot(server: RunningServer, version: str | None = None) -> SecretSnapshot:
@@ -60,7 +73,7 @@ def test_first_response_then_ack_then_silence(static_server: RunningServer, ca: 
             await s.nothing()
 
     asyncio.run(scenario())
-    assert static_server.server.metrics.acks.labels("sotw")._value.get() == 1
+    assert _eventually(static_server.server.metrics.acks.labels("sotw")._value.get) == 1
 
 
 def test_rotation_pushes_only_to_affected_names_with_fresh_nonce(
@@ -113,8 +126,8 @@ def test_nack_is_counted_and_rejected_version_not_resent(static_server: RunningS
 
     asyncio.run(scenario())
     metrics = static_server.server.metrics
-    assert metrics.nacks.labels("sotw")._value.get() == 1
-    assert metrics.acks.labels("sotw")._value.get() == 1
+    assert _eventually(metrics.nacks.labels("sotw")._value.get) == 1
+    assert _eventually(metrics.acks.labels("sotw")._value.get) == 1
 
 
 def test_stale_nonce_ignored_and_name_change_honoured(static_server: RunningServer, ca: MiniCa) -> None:
@@ -135,7 +148,7 @@ def test_stale_nonce_ignored_and_name_change_honoured(static_server: RunningServ
             await s.nothing()  # dropping a name sends nothing new
 
     asyncio.run(scenario())
-    assert static_server.server.metrics.stale_requests._value.get() == 1
+    assert _eventually(static_server.server.metrics.stale_requests._value.get) == 1
 
 
 def test_unavailable_name_is_held_until_it_exists(static_server: RunningServer, ca: MiniCa) -> None:
@@ -229,8 +242,8 @@ def test_delta_subscribe_push_unsubscribe_remove(static_server: RunningServer, c
 
     asyncio.run(scenario())
     m = static_server.server.metrics
-    assert m.nacks.labels("delta")._value.get() == 1
-    assert m.acks.labels("delta")._value.get() == 1
+    assert _eventually(m.nacks.labels("delta")._value.get) == 1
+    assert _eventually(m.acks.labels("delta")._value.get) == 1
 
 
 def test_delta_initial_versions_skip_what_the_client_has(static_server: RunningServer, ca: MiniCa) -> None:
@@ -251,13 +264,19 @@ def test_wrong_type_url_is_invalid_argument(static_server: RunningServer, ca: Mi
     _publish(static_server, ca, "/ns/default/sa/httpbin")
     _wait_snapshot(static_server)
 
+    async def wrong_type(ch: Channel) -> None:
+        async with ch.request(
+            SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
+        ) as stream:
+            req = DiscoveryRequest(resource_names=["default"], type_url="type.googleapis.com/x.Cluster")
+            await stream.send_message(req, end=True)
+            await stream.recv_message()
+
     async def scenario() -> None:
-        async with channel(static_server.server.config.listen) as ch, sotw(ch) as s:
-            await s.stream.send_message(
-                DiscoveryRequest(resource_names=["default"], type_url="type.googleapis.com/x.Cluster")
-            )
+        async with channel(static_server.server.config.listen) as ch:
             with pytest.raises(GRPCError) as err:
-                await s.stream.recv_message()
+                await wrong_type(ch)
             assert err.value.status is Status.INVALID_ARGUMENT
+            assert "this service only serves" in str(err.value.message)
 
     asyncio.run(scenario())

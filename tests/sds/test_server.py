@@ -282,13 +282,17 @@ def test_cli_bad_options_exit_2(short_dir: Path) -> None:
     )
 
 
-def test_cached_svid_withheld_when_it_expires_while_workload_api_is_down(tmp_path: Path, short_dir: Path) -> None:
+def test_cached_svid_withheld_when_it_expires_while_workload_api_is_down(
+    tmp_path: Path, short_dir: Path
+) -> None:
     cfg = mesh_config()
     cfg["svid_ttl"] = "4s"
     with (
         structlog.testing.capture_logs() as logs,
         running_workload_api(cfg, tmp_path / "wl", sockets=("mesh", "ext")) as api,
-        run_in_thread(ServerConfig(listen=short_dir / "sds.sock", workload_api=api.address("mesh"))) as running,
+        run_in_thread(
+            ServerConfig(listen=short_dir / "sds.sock", workload_api=api.address("mesh"))
+        ) as running,
     ):
         running.wait_first_secret(20)
         assert _health(short_dir / "sds.sock") == HealthCheckResponse.SERVING

@@ -244,7 +244,8 @@ def running_workload_api(
     short_dir = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
     try:
         if "sockets" in config:
-            paths = {s["name"]: Path(s["path"]) for s in config["sockets"]}
+            # relative socket paths are taken from the config file's directory, as the server does
+            paths = {s["name"]: workdir / Path(s["path"]) for s in config["sockets"]}
         else:
             paths = {name: short_dir / f"{name}.sock" for name in sockets}
         handle = WorkloadApiHandle(config, workdir, paths, extra_args, socket_mode, log_level)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -55,3 +56,26 @@ def signing(uris: list[str] | None = None, **kw: object) -> x509.Certificate:
     usage = kw.pop("usage", key_usage(key_cert_sign=True, crl_sign=True))
     ca = kw.pop("ca", True)
     return make_cert(uris=uris, ca=ca, usage=usage, **kw)  # type: ignore[arg-type]
+
+
+def make_upstream(tmp: Path, *, key_type: str = "ec") -> tuple[Path, Path]:
+    """A self-signed upstream CA written as ``up.pem`` / ``up.key`` into ``tmp``."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream root")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "up.pem", tmp / "up.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

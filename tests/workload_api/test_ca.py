@@ -21,7 +21,7 @@ from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.ca import LocalCa, Upstream
 from sds_server.workload_api.errors import CaError
 from sds_server.x509svid import validate_signing_certificate, validate_x509_svid
-from tests.workload_api.certs import key_usage
+from tests.workload_api.certs import key_usage, make_upstream
 
 TD = TrustDomain.parse("example.org")
 SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", min_size=1,
@@ -51,28 +51,6 @@ def _verify_chain(chain: tuple[x509.Certificate, ...], roots: tuple[x509.Certifi
 
 _EC_CA = LocalCa(TD)
 _UPSTREAM: Upstream | None = None
-
-
-def _make_upstream(tmp: Path, *, key_type: str = "ec") -> tuple[Path, Path]:
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
-        ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
-    )
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream root")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "up.pem", tmp / "up.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -138,7 +116,7 @@ def test_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_upstream_intermediate_chains_to_the_upstream_root(tmp_path: Path) -> None:
-    cert_path, key_path = _make_upstream(tmp_path)
+    cert_path, key_path = make_upstream(tmp_path)
     upstream = Upstream.load(cert_path, key_path)
     ca = LocalCa(TD, upstream=upstream, data_dir=tmp_path / "data")
     assert ca.x509_authorities() == upstream.roots
@@ -153,10 +131,10 @@ def test_upstream_intermediate_chains_to_the_upstream_root(tmp_path: Path) -> No
 
 
 def test_upstream_key_must_match_its_certificate(tmp_path: Path) -> None:
-    cert_path, _ = _make_upstream(tmp_path)
+    cert_path, _ = make_upstream(tmp_path)
     other = tmp_path / "other"
     other.mkdir()
-    _, wrong_key = _make_upstream(other)
+    _, wrong_key = make_upstream(other)
     with pytest.raises(CaError, match=r"^ca.upstream.key: .*: does not match the upstream certificate$"):
         Upstream.load(cert_path, wrong_key)
 
@@ -204,3 +182,49 @@ def test_repr_never_shows_key_material() -> None:
     for text in (repr(svid), repr(_EC_CA), repr(_EC_CA.current), repr(_EC_CA.current.jwt_key)):
         assert "PRIVATE" not in text
         assert body[:40] not in text
+
+
+def test_unusable_data_dir_is_a_ca_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CaError, match=r"^data_dir: '.*file/sub/ca.json': cannot read the CA state"):
+        LocalCa(TD, data_dir=blocker / "sub")
+    (tmp_path / "d" / "bundle.pem").mkdir(parents=True)  # a directory where the bundle file goes
+    with pytest.raises(CaError, match=r"^data_dir: '.*/d': cannot write the CA state"):
+        LocalCa(TD, data_dir=tmp_path / "d")
+
+
+def test_upstream_file_with_its_own_chain(tmp_path: Path) -> None:
+    """Upstream = an intermediate (file: intermediate, then root): SVID chains carry it; bundle = root."""
+    root_cert_path, root_key_path = make_upstream(tmp_path)
+    root = x509.load_pem_x509_certificate(root_cert_path.read_bytes())
+    root_key = serialization.load_pem_private_key(root_key_path.read_bytes(), None)
+    assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    inter = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream int")]))
+        .issuer_name(root.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+                       critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    chain_file, key_file = tmp_path / "int.pem", tmp_path / "int.key"
+    chain_file.write_bytes(inter.public_bytes(serialization.Encoding.PEM) + root_cert_path.read_bytes())
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    upstream = Upstream.load(chain_file, key_file)
+    assert upstream.roots == (root,)
+    assert upstream.intermediates == (inter,)
+    ca = LocalCa(TD, upstream=upstream)
+    svid = ca.mint_x509_svid(SpiffeId.parse("spiffe://example.org/deep"))
+    assert svid.chain == (svid.leaf, ca.current.certificate, inter)
+    assert ca.x509_authorities() == (root,)
+    validate_x509_svid(svid.chain)
+    _verify_chain(svid.chain, (root,))
+    assert ca.current.not_after <= inter.not_valid_after_utc  # never outlives its upstream

@@ -18,7 +18,7 @@ from sds_server.workload_api.config import (
     parse_socket_mode,
 )
 from sds_server.workload_api.errors import ConfigError
-from tests.workload_api.test_ca import _make_upstream
+from tests.workload_api.certs import make_upstream
 
 
 def _write(tmp_path: Path, data: object) -> Path:
@@ -28,7 +28,7 @@ def _write(tmp_path: Path, data: object) -> Path:
 
 
 def test_full_contract_loads(tmp_path: Path) -> None:
-    cert, _key = _make_upstream(tmp_path)
+    cert, _key = make_upstream(tmp_path)
     (tmp_path / "partner.pem").write_bytes(cert.read_bytes())
     path = _write(tmp_path, {
         "trust_domain": "example.org",

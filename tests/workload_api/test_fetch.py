@@ -6,6 +6,7 @@ entry: every call is PermissionDenied).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -25,7 +26,14 @@ from tests.workload_api.helpers import HEADER, UID, entry, pem, raw_stub, rpc_ca
 
 A = "spiffe://example.org/ns/default/sa/a"
 A_EXT = "spiffe://example.org/ns/default/sa/a-external"
+A_EXT_DUP = "spiffe://example.org/ns/default/sa/a-external-duplicate-hint"
 B = "spiffe://example.org/ns/default/sa/b"
+BY_PATH = "spiffe://example.org/exe/by-path"
+BY_SHA = "spiffe://example.org/exe/by-sha256"
+WRONG_SHA = "spiffe://example.org/exe/wrong-sha256"
+EXE = os.readlink("/proc/self/exe")  # py-spiffe runs in this very process: the caller's executable
+with open(EXE, "rb") as _fh:
+    EXE_SHA256 = hashlib.sha256(_fh.read()).hexdigest()
 PARTNER_CA, _ = self_signed_ca("partner root")
 
 
@@ -39,11 +47,15 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkloadApiHandle]
         "entries": [
             entry(A, UID, "socket:a", federates_with=["partner.org"], dns_names=["a.example.org"]),
             entry(A_EXT, "socket:a", hint="external"),
+            entry(A_EXT_DUP, "socket:a", hint="external"),  # same hint: left out of responses (API §5.2.1)
             entry(B, "socket:b"),
+            entry(BY_PATH, f"unix:path:{EXE}", "socket:exe"),
+            entry(BY_SHA, f"unix:sha256:{EXE_SHA256}", f"unix:uid:{os.getuid()}", "socket:exe"),
+            entry(WRONG_SHA, "unix:sha256:" + "0" * 64, "socket:exe"),
         ],
         "federation": {"partner.org": "partner.pem"},
     }
-    with running_workload_api(config, workdir, sockets=("a", "b", "none")) as handle:
+    with running_workload_api(config, workdir, sockets=("a", "b", "none", "exe")) as handle:
         yield handle
 
 
@@ -189,3 +201,17 @@ def test_socket_is_world_connectable_by_default(api: WorkloadApiHandle) -> None:
 
 def test_hint_is_forwarded(api: WorkloadApiHandle) -> None:
     assert {s.spiffe_id: s.hint for s in client_svids_raw(api)} == {A: "", A_EXT: "external"}
+
+
+def test_unix_path_and_sha256_selectors_match_the_callers_executable(api: WorkloadApiHandle) -> None:
+    with WorkloadApiClient(api.address("exe")) as client:
+        ids = sorted(str(s.spiffe_id) for s in client.fetch_x509_context().x509_svids)
+    assert ids == [BY_PATH, BY_SHA]  # WRONG_SHA does not match
+
+
+def test_duplicate_hints_are_left_out(api: WorkloadApiHandle) -> None:
+    ids = [s.spiffe_id for s in client_svids_raw(api)]
+    assert A_EXT_DUP not in ids
+    with raw_stub(api.socket("a")) as stub:
+        resp = stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=HEADER, timeout=10)
+    assert [s.spiffe_id for s in resp.svids] == [A, A_EXT]

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from spiffe import WorkloadApiClient
 
+from sds_server.x509svid import validate_x509_svid
 from tests.support.workload_api import running_workload_api
+from tests.workload_api.certs import make_upstream
 from tests.workload_api.helpers import UID, entry
 
 A = "spiffe://example.org/a"
@@ -54,7 +58,7 @@ def test_config_errors_exit_2_with_every_path(tmp_path: Path, short_dir: Path) -
         ],
     })
     out = _cli("workload-api", "serve", "--config", str(bad), "--socket", str(short_dir / "s.sock"))
-    assert out.returncode == 2
+    assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"error: {bad}: 3 problems:\n"), out.stderr
     assert "  svid_ttl: 'fortnight': must be a duration like '90s', '10m', '1h' or integer seconds" \
         in out.stderr
@@ -76,7 +80,7 @@ def test_config_errors_exit_2_with_every_path(tmp_path: Path, short_dir: Path) -
 def test_bad_socket_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     cfg = _write(tmp_path / "c.yaml", CONFIG)
     out = _cli("workload-api", "serve", "--config", str(cfg), *args)
-    assert out.returncode == 2
+    assert out.returncode == 2, out.stderr
     assert message in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -98,7 +102,7 @@ def test_live_socket_is_refused_and_left_alone(tmp_path: Path) -> None:
     with running_workload_api(CONFIG, tmp_path) as api:
         cfg = _write(tmp_path / "second.yaml", CONFIG)
         out = _cli("workload-api", "serve", "--config", str(cfg), "--socket", str(api.socket()))
-        assert out.returncode == 2
+        assert out.returncode == 2, out.stderr
         assert f"error: socket '{api.socket()}': in use by a live server" in out.stderr
         with WorkloadApiClient(api.address()) as client:  # the first server is untouched
             assert str(client.fetch_x509_svid().spiffe_id) == A
@@ -109,7 +113,7 @@ def test_a_regular_file_at_the_socket_path_is_not_replaced(tmp_path: Path, short
     path.write_text("precious")
     cfg = _write(tmp_path / "c.yaml", CONFIG)
     out = _cli("workload-api", "serve", "--config", str(cfg), "--socket", str(path))
-    assert out.returncode == 2
+    assert out.returncode == 2, out.stderr
     assert "exists and is not a socket" in out.stderr
     assert path.read_text() == "precious"
 
@@ -147,3 +151,19 @@ def test_restart_with_data_dir_keeps_the_bundle(tmp_path: Path) -> None:
     assert b1.x509_authorities == b2.x509_authorities
     assert api.bundle_pem() == bundle_pem
     assert stat.S_IMODE(os.stat(tmp_path / "state" / "ca.json").st_mode) == 0o600
+
+
+def test_upstream_ca_and_rsa_keys_through_the_server(tmp_path: Path) -> None:
+    cert_path, _ = make_upstream(tmp_path)  # writes up.pem / up.key into tmp_path (the config's dir)
+    root = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    config = {**CONFIG, "ca": {"key_type": "rsa-2048", "upstream": {"cert": "up.pem", "key": "up.key"}}}
+    with running_workload_api(config, tmp_path) as api, WorkloadApiClient(api.address()) as client:
+        ctx = client.fetch_x509_context()
+    svid = ctx.default_svid
+    assert len(svid.cert_chain) == 2  # leaf + our intermediate
+    assert svid.cert_chain[1].issuer == root.subject
+    assert isinstance(svid.private_key, rsa.RSAPrivateKey)
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    assert bundle is not None
+    assert bundle.x509_authorities == {root}
+    validate_x509_svid(list(svid.cert_chain))

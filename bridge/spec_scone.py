@@ -1,0 +1,184 @@
+"""Reading an external app's ``scone`` and ``ghostunnel`` settings (part of :mod:`bridge.spec`).
+
+SCONE rules: CAS session names are ``[A-Za-z0-9_-]`` segments (``<casNamespace>/<sessionName>``, at most
+128 characters), MRENCLAVEs 64 hex digits, tolerations from ``security.attestation.tolerate``. Ghostunnel
+rules: one CAS service and one process per target, so listen and status ports (``statusPort + index``) of
+one app must all differ; ``workloadApiAddr``/``workloadApiSelectors`` only with ``certSource:
+workload-api``, ``timedReload`` only with ``files``.
+"""
+
+from __future__ import annotations
+
+from bridge import names
+from bridge.model import (
+    CERT_SOURCES,
+    TOLERATIONS,
+    CertSource,
+    GhostunnelSettings,
+    SconeSettings,
+    SpireSettings,
+    Target,
+    Toleration,
+)
+from bridge.spec_reader import Reader, suggest
+
+__all__ = ["ghostunnel_ports", "ghostunnel_settings", "scone_settings"]
+
+DEFAULT_GHOSTUNNEL_BINARY = "/usr/bin/ghostunnel"
+DEFAULT_GHOSTUNNEL_WORKLOAD_API = "unix:///run/spire/sockets/agent.sock"
+DEFAULT_GHOSTUNNEL_CERT_DIR = "/run/meshbridge/tls"
+
+_SCONE_KEYS = (
+    "casAddress",
+    "casNamespace",
+    "sessionName",
+    "serviceName",
+    "mrenclaves",
+    "command",
+    "pwd",
+    "tolerations",
+)
+_GHOSTUNNEL_KEYS = (
+    "binary",
+    "certSource",
+    "workloadApiAddr",
+    "workloadApiSelectors",
+    "certDir",
+    "timedReload",
+    "statusPort",
+)
+
+
+def scone_settings(
+    r: Reader, raw: object, path: str, app_name: str, *, mode: str, spire: SpireSettings
+) -> SconeSettings:
+    m = r.mapping(raw, path, _SCONE_KEYS)
+    if raw is None:
+        r.note(path, "required (CAS namespace, MRENCLAVEs, ...)")
+    mrenclaves: list[str] = []
+    for k, item in enumerate(r.seq(m, "mrenclaves", path, required=raw is not None)):
+        value = r.value_string(item, f"{path}.mrenclaves[{k}]", names.mrenclave)
+        if value is not None:
+            mrenclaves.append(value.lower())
+    tolerations: list[Toleration] = []
+    for k, item in enumerate(r.seq(m, "tolerations", path)):
+        tp = f"{path}.tolerations[{k}]"
+        if not isinstance(item, str) or item not in TOLERATIONS:
+            hint = suggest(item, TOLERATIONS) if isinstance(item, str) else ""
+            r.bad(tp, item, f"must be one of {', '.join(TOLERATIONS)}{hint}")
+        elif item in tolerations:
+            r.bad(tp, item, "duplicate toleration")
+        else:
+            tolerations.append(item)
+    if mode == "ghostunnel":
+        command = ""
+        if "serviceName" in m:
+            r.note(
+                f"{path}.serviceName",
+                "not used in mode 'ghostunnel': each tunnel's CAS service is "
+                "named ghostunnel-<service>-<port>",
+            )
+        if "command" in m:
+            r.note(
+                f"{path}.command",
+                "not used in mode 'ghostunnel': the session runs Ghostunnel "
+                "(set ghostunnel.binary to its path in the image)",
+            )
+    else:
+        command = r.string(m, "command", path, check=_command) or "" if raw is not None else ""
+    cas_ns = r.string(m, "casNamespace", path, check=names.scone_name) if raw is not None else None
+    session = r.string(m, "sessionName", path, default=app_name, check=names.scone_name) or app_name
+    if cas_ns is not None and len(f"{cas_ns}/{session}") > names.SCONE_SESSION_NAME_MAX:
+        r.bad(
+            f"{path}.sessionName",
+            session,
+            f"'{cas_ns}/{session}' is longer than {names.SCONE_SESSION_NAME_MAX} characters",
+        )
+    return SconeSettings(
+        cas_address=r.string(
+            m,
+            "casAddress",
+            path,
+            default=spire.cas_connection.removeprefix("https://"),
+            check=lambda v: names.host_port(v, port_required=False),
+        )
+        or spire.cas_connection.removeprefix("https://"),
+        cas_namespace=cas_ns or "",
+        session_name=session,
+        service_name=r.string(m, "serviceName", path, default=app_name, check=names.scone_name) or app_name,
+        mrenclaves=tuple(mrenclaves),
+        command=command,
+        pwd=r.string(m, "pwd", path, default="/", check=names.absolute_path) or "/",
+        tolerations=tuple(tolerations),
+    )
+
+
+def _command(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if "\n" in value or "\x00" in value:
+        return "must be one line (the SCONE service command)"
+    return None
+
+
+def _selector(value: str) -> str | None:
+    kind, sep, rest = value.partition(":")
+    if not sep or not kind or not rest or any(c.isspace() for c in value):
+        return "must be a SPIRE selector 'type:value' without spaces (e.g. 'unix:uid:1000')"
+    return None
+
+
+def ghostunnel_settings(r: Reader, raw: object, path: str) -> GhostunnelSettings:
+    m = r.mapping(raw, path, _GHOSTUNNEL_KEYS)
+    source: CertSource = r.choice(m, "certSource", path, CERT_SOURCES, "files")  # type: ignore[assignment]
+    addr: str | None = None
+    if source == "workload-api":
+        addr = r.string(
+            m, "workloadApiAddr", path, default=DEFAULT_GHOSTUNNEL_WORKLOAD_API, check=names.unix_address
+        )
+    elif "workloadApiAddr" in m:
+        r.note(f"{path}.workloadApiAddr", "only for certSource 'workload-api'")
+    selectors: list[tuple[str, str]] = []
+    if source == "workload-api":
+        items = r.seq(m, "workloadApiSelectors", path, required=True)
+        for k, item in enumerate(items):
+            value = r.value_string(item, f"{path}.workloadApiSelectors[{k}]", _selector)
+            if value is not None:
+                kind, _, rest = value.partition(":")
+                selectors.append((kind, rest))
+    elif "workloadApiSelectors" in m:
+        r.note(f"{path}.workloadApiSelectors", "only for certSource 'workload-api'")
+    if source == "workload-api" and "timedReload" in m:
+        r.note(f"{path}.timedReload", "only for certSource 'files' (the Workload API pushes rotations)")
+    return GhostunnelSettings(
+        binary=r.string(m, "binary", path, default=DEFAULT_GHOSTUNNEL_BINARY, check=names.absolute_path)
+        or DEFAULT_GHOSTUNNEL_BINARY,
+        cert_source=source,
+        workload_api_addr=addr,
+        workload_api_selectors=tuple(selectors),
+        cert_dir=r.string(m, "certDir", path, default=DEFAULT_GHOSTUNNEL_CERT_DIR, check=names.absolute_path)
+        or DEFAULT_GHOSTUNNEL_CERT_DIR,
+        timed_reload=r.string(m, "timedReload", path, default="1m", check=names.duration) or "1m",
+        status_port=r.integer(m, "statusPort", path, default=6060, check=names.port) or 6060,
+    )
+
+
+def ghostunnel_ports(r: Reader, targets: tuple[Target, ...], gt: GhostunnelSettings, path: str) -> None:
+    """Each target runs its own Ghostunnel: listen ports and status ports (statusPort + index) must differ."""
+    used: dict[int, str] = {}
+    for j in range(len(targets)):
+        status = f"{path}.ghostunnel.statusPort" + (f" + {j} (status of targets[{j}])" if j else "")
+        used.setdefault(gt.status_port + j, status)
+    for j, t in enumerate(targets):
+        if t.listen_port is None:
+            continue
+        if t.listen_port in used:
+            r.bad(
+                f"{path}.targets[{j}].listenPort",
+                t.listen_port,
+                f"port already used by {used[t.listen_port]} (set a distinct listenPort)",
+            )
+        else:
+            used[t.listen_port] = f"{path}.targets[{j}].listenPort"
+    if gt.status_port + len(targets) - 1 > 65535:
+        r.bad(f"{path}.ghostunnel.statusPort", gt.status_port, "statusPort + number of targets exceeds 65535")

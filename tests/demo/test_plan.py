@@ -1,0 +1,89 @@
+"""What the demo runs is read from the rendering: identities, names, policies; inconsistencies fail."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import bridge.demo
+from bridge.demo.errors import DemoError
+from bridge.demo.plan import build_plan, describe, load_pod
+from bridge.demo.run import EXAMPLE_DIR
+from bridge.render import render
+from bridge.rendering import Rendering
+from bridge.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def rendering() -> Rendering:
+    return render(load_spec(EXAMPLE_DIR / "bridge.yaml"))
+
+
+def _with(rendering: Rendering, path: str, doc: object) -> Rendering:
+    docs = dict(rendering.documents)
+    docs[path] = doc  # type: ignore[assignment]
+    return Rendering(docs, rendering.warnings)
+
+
+def test_public_surface() -> None:
+    assert bridge.demo.__all__ == ["DemoError", "DemoOptions", "register", "run"]
+
+
+def test_plan_from_the_example(rendering: Rendering) -> None:
+    plan = build_plan(rendering, load_pod(EXAMPLE_DIR / "httpbin.yaml"))
+    assert plan.trust_domain == "example.org"
+    assert plan.mesh.spiffe_id == "spiffe://example.org/ns/default/sa/httpbin"
+    assert plan.mesh.dns_names == ("httpbin.default.svc.cluster.local", "httpbin.default.svc")
+    assert plan.mesh.principals == (
+        "spiffe://example.org/external/shielded-client",
+        "spiffe://example.org/external/tunnel-client",
+    )
+    assert [(a.name, a.mode, a.spiffe_id) for a in plan.apps] == [
+        ("shielded-client", "network-shield", "spiffe://example.org/external/shielded-client"),
+        ("tunnel-client", "ghostunnel", "spiffe://example.org/external/tunnel-client"),
+    ]
+    assert plan.pod.resolves("httpbin.default.svc.cluster.local")
+    assert not plan.pod.resolves("httpbin.other.svc.cluster.local")
+
+
+def test_cluster_spiffeid_must_select_the_pods(rendering: Rendering) -> None:
+    docs = copy.deepcopy(rendering.yaml_documents("spire/cluster-spiffeids.yaml"))
+    docs[0]["spec"]["podSelector"] = {"matchLabels": {"app": "httpbin-v2"}}  # type: ignore[index]
+    with pytest.raises(DemoError, match="0 ClusterSPIFFEIDs select the httpbin pods"):
+        build_plan(
+            _with(rendering, "spire/cluster-spiffeids.yaml", docs), load_pod(EXAMPLE_DIR / "httpbin.yaml")
+        )
+
+
+def test_unknown_template_variable(rendering: Rendering) -> None:
+    docs = copy.deepcopy(rendering.yaml_documents("spire/cluster-spiffeids.yaml"))
+    docs[0]["spec"]["spiffeIDTemplate"] = "spiffe://{{ .TrustDomain }}/x/{{ .PodSpec.NodeName }}"  # type: ignore[index]
+    with pytest.raises(DemoError, match=r"'\{\{ .PodSpec.NodeName \}\}': the demo cannot evaluate"):
+        build_plan(
+            _with(rendering, "spire/cluster-spiffeids.yaml", docs), load_pod(EXAMPLE_DIR / "httpbin.yaml")
+        )
+
+
+def test_session_without_spire_entry(rendering: Rendering) -> None:
+    script = rendering.text("spire/register-entries.sh").replace("session_name:meshbridge/tunnel-client", "x")
+    with pytest.raises(
+        DemoError, match="no SPIRE entry stores its SVID into session 'meshbridge/tunnel-client'"
+    ):
+        build_plan(
+            _with(rendering, "spire/register-entries.sh", script), load_pod(EXAMPLE_DIR / "httpbin.yaml")
+        )
+
+
+def test_operator_command_must_match_the_session(rendering: Rendering) -> None:
+    text = rendering.text("scone/tunnel-client/ghostunnel-command.txt").replace("--timed-reload=1m", "")
+    with pytest.raises(DemoError, match="operators and CAS would run different tunnels"):
+        build_plan(
+            _with(rendering, "scone/tunnel-client/ghostunnel-command.txt", text),
+            load_pod(EXAMPLE_DIR / "httpbin.yaml"),
+        )
+
+
+def test_every_artifact_is_described(rendering: Rendering) -> None:
+    for path in rendering:
+        assert describe(path, rendering[path]) != "rendered artifact", path
