@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bridge import flags
 from bridge.check import check
-from bridge.errors import BridgeError, SpecError
+from bridge.errors import SpecError
 from bridge.render import render
 from bridge.rendering import Document
 from bridge.spec import load_spec
@@ -299,4 +299,4 @@ def register(subparsers: Sub) -> None:
     _register_scone(subparsers)
 
 
-__all__ = ["BridgeError", "cmd_check", "cmd_render", "register"]
+__all__ = ["cmd_check", "cmd_render", "register"]

@@ -106,6 +106,8 @@ class MeshService:
     """In-mesh callers' SPIFFE IDs to keep admitting once an ALLOW AuthorizationPolicy selects the pods."""
     mesh_namespaces: tuple[str, ...] = ()
     """In-mesh namespaces whose workloads keep being admitted (same reason)."""
+    svid_dns_names: bool | None = None
+    """DNS SANs in the service's SVID: ``None`` = exactly when a caller authenticates it by name."""
 
     @property
     def key(self) -> str:
@@ -244,3 +246,9 @@ class Bridge:
     def needs_dns_names(self, service: MeshService) -> bool:
         """Whether some caller authenticates ``service`` by DNS name (its SVID must carry the names)."""
         return any(a.authenticates_by_dns_name for a in self.callers_of(service))
+
+    def carries_dns_names(self, service: MeshService) -> bool:
+        """Whether the service's ClusterSPIFFEID puts its DNS names in its SVID (``svidDnsNames``/auto)."""
+        if service.svid_dns_names is not None:
+            return service.svid_dns_names
+        return self.needs_dns_names(service)

@@ -160,6 +160,17 @@ def absolute_path(value: str) -> str | None:
     return None
 
 
+def socket_in_directory(value: str) -> str | None:
+    """A socket path inside a directory that can be mounted (the CSI volume), not ``/`` itself."""
+    problem = absolute_path(value)
+    if problem is not None:
+        return problem
+    directory, _, name = value.rpartition("/")
+    if not directory or not name or any(c.isspace() for c in value):
+        return "must be /<mount directory>/<socket file> without spaces (the directory is the CSI mount)"
+    return None
+
+
 def unix_address(value: str) -> str | None:
     """A ``unix:///absolute/path`` Workload API address (go-spiffe's form)."""
     if not value.startswith("unix:///"):

@@ -45,12 +45,16 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
     out += [
         "## 1. SPIRE identities for the mesh services (before any pod starts)",
         "",
+        f"spire-controller-manager (cluster `{bridge.spire.cluster_name}`"
+        + (f", class `{bridge.spire.class_name}`" if bridge.spire.class_name else "")
+        + ") turns these into entries; pods without one never become Ready.",
+        "",
         "```sh",
         "kubectl apply -f spire/cluster-spiffeids.yaml",
         "```",
         "",
     ]
-    dns = [s for s in bridge.services if bridge.needs_dns_names(s)]
+    dns = [s for s in bridge.services if bridge.carries_dns_names(s)]
     if dns:
         names = ", ".join(f"`{s.fqdn}`" for s in dns)
         out += [
@@ -58,12 +62,20 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
             "them by name.",
             "",
         ]
-    revision = f" --revision {_q(bridge.mesh.revision)}" if bridge.mesh.revision else ""
     out += [
         "## 2. Istio on SPIRE, STRICT mTLS, who may call",
         "",
+        *(
+            [
+                f"The overlay installs revision `{bridge.mesh.revision}` (`spec.revision`); label namespaces "
+                f"`istio.io/rev={bridge.mesh.revision}` to use it.",
+                "",
+            ]
+            if bridge.mesh.revision
+            else []
+        ),
         "```sh",
-        f"istioctl install --skip-confirmation{revision} -f istio/istio-operator.yaml",
+        "istioctl install --skip-confirmation -f istio/istio-operator.yaml",
         "kubectl apply -f istio/peer-authentication.yaml",
         "kubectl apply -f istio/authorization-policies.yaml",
         "```",

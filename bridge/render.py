@@ -118,7 +118,7 @@ def authorization_params(bridge: Bridge, service: MeshService) -> istio.Authoriz
 def cluster_spiffe_id_params(bridge: Bridge, service: MeshService) -> istio.ClusterSpiffeIdParams:
     return istio.ClusterSpiffeIdParams(
         service=istio_service(service),
-        dns_names=bridge.needs_dns_names(service),
+        dns_names=bridge.carries_dns_names(service),
         class_name=bridge.spire.class_name,
         cluster_domain=bridge.mesh.cluster_domain,
     )
@@ -316,6 +316,13 @@ def render(bridge: Bridge, *, session_hashes: Mapping[str, str] | None = None) -
     """
     docs: dict[str, Document] = {}
     warnings: list[str] = []
+    for index, service in enumerate(bridge.services):
+        if bridge.needs_dns_names(service) and not bridge.carries_dns_names(service):
+            callers = ", ".join(a.name for a in bridge.callers_of(service) if a.authenticates_by_dns_name)
+            warnings.append(
+                f"{_where_service(index, service)}: svidDnsNames: false, but {callers} authenticate it by "
+                "DNS name: their TLS handshakes will fail ('meshbridge check' reports it)"
+            )
     _render_istio(bridge, docs)
     warnings += _render_spire(bridge, docs, session_hashes)
     for index, app in enumerate(bridge.apps):

@@ -64,6 +64,8 @@ from sds_server.spiffe_id import TrustDomain
 
 __all__ = ["load_spec", "parse_document"]
 
+MAX_PROBLEMS = 100
+"""At most this many problems are reported (a generated spec gone wrong should not flood the terminal)."""
 DEFAULT_SDS_IMAGE = "ghcr.io/meshbridge/sds-server:0.1.0"
 DEFAULT_WORKLOAD_API_SOCKET = "/spiffe-workload-api/spire-agent.sock"
 DEFAULT_SVIDSTORE_DIR = "/run/spire/svidstore"
@@ -73,7 +75,16 @@ _MESH_KEYS = ("istioNamespace", "revision", "profile", "clusterDomain", "sds", "
 _GATEWAY_KEYS = ("name", "kind", "labels", "namespace")
 _CALLER_KEYS = ("principals", "namespaces")
 _SDS_KEYS = ("image", "workloadApiSocket")
-_SERVICE_KEYS = ("name", "namespace", "serviceAccount", "port", "protocol", "labels", "meshCallers")
+_SERVICE_KEYS = (
+    "name",
+    "namespace",
+    "serviceAccount",
+    "port",
+    "protocol",
+    "labels",
+    "meshCallers",
+    "svidDnsNames",
+)
 _APP_KEYS = ("name", "mode", "spiffeId", "parentId", "serverAuth", "targets", "scone", "ghostunnel")
 _TARGET_KEYS = ("service", "listenPort")
 _SPIRE_KEYS = (
@@ -127,7 +138,10 @@ def parse_document(raw: object) -> Bridge:
         r.note("spire", "required (SVIDStore plugin and CAS connection)")
     _cross_checks(r, services, apps, spire)
     if r.problems:
-        raise SpecError(r.problems)
+        shown = r.problems[:MAX_PROBLEMS]
+        if len(r.problems) > MAX_PROBLEMS:
+            shown.append(f"<spec>: {len(r.problems) - MAX_PROBLEMS} more problems not shown")
+        raise SpecError(shown)
     assert td is not None  # no problems means the trust domain parsed
     return Bridge(trust_domain=td, mesh=mesh, services=services, apps=apps, spire=spire)
 
@@ -158,7 +172,7 @@ def _mesh(r: Reader, m: Mapping[str, object]) -> Mesh:
             "workloadApiSocket",
             "mesh.sds",
             default=DEFAULT_WORKLOAD_API_SOCKET,
-            check=names.absolute_path,
+            check=names.socket_in_directory,
         )
         or DEFAULT_WORKLOAD_API_SOCKET,
     )
@@ -272,6 +286,9 @@ def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str
                 labels=labels,
                 spiffe_id=f"spiffe://{td}/ns/{namespace}/sa/{sa}",
                 dns_names=(f"{name}.{namespace}.svc.{cluster_domain}", f"{name}.{namespace}.svc"),
+                svid_dns_names=None
+                if m.get("svidDnsNames") is None
+                else r.boolean(m, "svidDnsNames", path, False),
                 mesh_principals=principals,
                 mesh_namespaces=caller_namespaces,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -49,6 +50,20 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = 120
+_REPR.maxother = 120
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def show(value: object) -> str:
+    """``repr`` for messages, bounded: a YAML alias bomb or a huge value must not blow up an error line."""
+    if isinstance(value, str) and len(value) <= 200:
+        return repr(value)
+    return _REPR.repr(value)
+
+
 def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -79,7 +94,7 @@ class Reader:
         return self._index
 
     def bad(self, path: str, value: object, rule: str) -> None:
-        self.problems.append(f"{path}: {value!r}: {rule}")
+        self.problems.append(f"{path}: {show(value)}: {rule}")
 
     def note(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")

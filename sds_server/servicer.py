@@ -79,6 +79,7 @@ class _Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     node_id: str = ""
     responses: int = 0
+    synced: str = ""  # snapshot version last planned against (an ACK then needs no new plan)
     log: Any = None  # structlog logger bound to api/node once per stream (hot path: no bind per event)
     sent_counter: Any = None
     ack_counter: Any = None
@@ -231,6 +232,7 @@ class SecretDiscoveryServicer:
         if snap is None or not st.names:
             return
         changed, removed = st.plan(snap)
+        st.synced = snap.version
         if st.api == "sotw":
             removed = []  # SotW: absence is not deletion for SDS; Envoy keeps what it has
         if not changed and not removed:
@@ -271,6 +273,7 @@ class SecretDiscoveryServicer:
             st.log.debug("sds.request.stale", nonce=nonce)
             return False
         if error is not None:
+            st.synced = ""
             for name, old in last.previous.items():
                 if name not in last.versions:
                     continue  # a removal: not repeated (the client keeps or drops it as it decided)
@@ -347,13 +350,16 @@ class SecretDiscoveryServicer:
         if not self._answer(st, req.response_nonce, error, req.version_info):
             return False
         names = frozenset(req.resource_names)
-        if names != st.names:
-            self._subscribe(st, names)
-            if not req.response_nonce and req.version_info and self._snapshot is not None:
-                # Reconnected client: if it already holds exactly what we would send, send nothing.
-                held = [r for r in (self._snapshot.get(n) for n in sorted(names)) if r is not None]
-                if held and combined_version(held) == req.version_info:
-                    st.known.update({r.name: r.version for r in held})
+        if names == st.names:
+            snap = self._snapshot
+            # A plain ACK with nothing new since our last plan: no work (the common case at scale).
+            return error is not None or snap is None or st.synced != snap.version
+        self._subscribe(st, names)
+        if not req.response_nonce and req.version_info and self._snapshot is not None:
+            # Reconnected client: if it already holds exactly what we would send, send nothing.
+            held = [r for r in (self._snapshot.get(n) for n in sorted(names)) if r is not None]
+            if held and combined_version(held) == req.version_info:
+                st.known.update({r.name: r.version for r in held})
         return True
 
     def _on_delta(self, st: _Stream, req: DeltaDiscoveryRequest) -> bool:

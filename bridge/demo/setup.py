@@ -270,17 +270,25 @@ def start_ghostunnel(
     files_dir: Path | None,
     workload_api_addr: str | None,
 ) -> Tunnel:
-    local = LocalTunnel(
-        sidecar_port=sidecar_port,
-        listen_port=free_port(),
-        status_port=free_port(),
-        files=files,
-        workload_api_addr=workload_api_addr,
-    )
-    localized = localize(cmd, local, what=app.session_path)
     name = "ghostunnel-" + label.replace(" ", "-").replace("(", "").replace(")", "")
-    child = sup.start(name, localized.argv(str(ghostunnel_bin)))
-    _wait_port(sup, child, local.listen_port)
+    for attempt in range(3):
+        # Ghostunnel cannot report a port-0 bind back: pick free ports, retry if one got taken meanwhile.
+        local = LocalTunnel(
+            sidecar_port=sidecar_port,
+            listen_port=free_port(),
+            status_port=free_port(),
+            files=files,
+            workload_api_addr=workload_api_addr,
+        )
+        localized = localize(cmd, local, what=app.session_path)
+        child = sup.start(name, localized.argv(str(ghostunnel_bin)))
+        try:
+            _wait_port(sup, child, local.listen_port)
+            break
+        except DemoError:
+            if attempt == 2 or "address already in use" not in child.output_tail():
+                raise
+            sup.stop(child)
     shown = " ".join(a for a in localized.argv("ghostunnel")[1:] if not a.startswith("--status"))
     kind: TunnelKind = "ghostunnel-files" if localized.has("cert") else "ghostunnel-workload-api"
     return Tunnel(app, label, kind, local.listen_port, child, f"ghostunnel {shown}", files_dir, localized)

@@ -6,8 +6,9 @@ and httpbin at once. Each child is started
 - in its own process group (``process_group=0``), so a Ctrl-C in the terminal reaches only the demo,
   which then stops the children in reverse start order (servers remove their sockets on SIGTERM);
 - with ``PR_SET_PDEATHSIG = SIGTERM`` (Linux ``prctl(2)``), so even a SIGKILL of the demo makes the
-  kernel send each child SIGTERM. The death signal fires when the *thread* that forked the child exits,
-  so children are only ever started from the thread that owns the supervisor (the main thread).
+  kernel send each child SIGTERM (and a small janitor child then removes the temp dir). The death
+  signal fires when the *thread* that forked the child exits, so children are only ever started from
+  the thread that owns the supervisor (the main thread).
 
 Stopping is two-stage: SIGTERM, then SIGKILL after a grace period. The supervisor owns one private
 temp dir (0700, short path under /tmp because Unix socket paths are limited to 107 bytes) and removes
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,6 +40,26 @@ log = structlog.get_logger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _STOP_GRACE_S = 5.0
+
+# The janitor: killed quietly on a normal close; if the demo dies (even by SIGKILL) its death signal
+# (SIGTERM) arrives, it waits up to 3 s for the servers to remove their sockets (they got the same
+# signal), then removes the whole temp dir — key files included. Plain ``-I -c`` code: no imports of ours.
+_JANITOR = """
+import os, shutil, signal, sys, time
+d = sys.argv[1]
+def bye(*_):
+    end = time.monotonic() + 3
+    while time.monotonic() < end and any(f.endswith(".sock") for _, _, fs in os.walk(d) for f in fs):
+        time.sleep(0.05)
+    time.sleep(0.2)
+    shutil.rmtree(d, ignore_errors=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, bye)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
@@ -80,12 +102,37 @@ class Supervisor:
         self._cleanups: list[Callable[[], None]] = []
         self._dir: Path | None = None
         self._owner = threading.get_ident()
+        self._janitor: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Supervisor:
         self._dir = Path(tempfile.mkdtemp(prefix=self._prefix, dir="/tmp"))
         self._dir.chmod(0o700)
+        try:
+            self._janitor = self._start_janitor(self._dir)
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         return self
+
+    @staticmethod
+    def _start_janitor(directory: Path) -> subprocess.Popen[bytes]:
+        """A tiny child that removes the temp dir if the demo is SIGKILLed (see ``_JANITOR``)."""
+        popen = subprocess.Popen(
+            [sys.executable, "-I", "-c", _JANITOR, str(directory)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl must run in the child
+            close_fds=True,
+        )
+        assert popen.stdout is not None
+        if popen.stdout.readline() != b"ready\n":
+            popen.kill()
+            popen.wait()
+            raise DemoError("supervisor: the temp-dir janitor did not start")
+        return popen
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -203,6 +250,12 @@ class Supervisor:
             self._close()
 
     def _close(self) -> None:
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:  # the normal path cleans up itself: the janitor is only for SIGKILL
+            janitor.kill()
+            janitor.wait()
+            if janitor.stdout is not None:
+                janitor.stdout.close()
         while self._cleanups:
             func = self._cleanups.pop()
             try:

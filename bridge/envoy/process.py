@@ -88,7 +88,11 @@ class EnvoyProcess:
         self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            try:
+                self._check_alive()
+            except EnvoyError:
+                self.stop()
+                raise
             text = self.admin_path.read_text().strip() if self.admin_path.exists() else ""
             if text:
                 self.admin_address = text

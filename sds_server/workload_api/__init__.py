@@ -13,7 +13,8 @@ For one machine (demos, development, CI); production points the SDS server at a 
 
 or ``await serve(config, ready=..., stop=...)``; the CLI is ``meshbridge workload-api serve``.
 Modules: ``config`` (YAML contract), ``ca`` (local CA), ``jwt`` (JWT-SVIDs), ``attestor`` (SO_PEERCRED →
-selectors), ``server`` (grpclib server, rotation, signals), ``command`` (CLI).
+selectors; the single-machine socket-scoped mode), ``sockets`` (stale/live socket files), ``server``
+(grpclib ``SpiffeWorkloadAPI``, rotation, signals), ``command`` (CLI), ``errors``.
 """
 
 from __future__ import annotations

@@ -121,8 +121,8 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         os.close(dir_fd)
 
 
-def _sign_algorithm(key: PrivateKey) -> hashes.SHA256:
-    return hashes.SHA256()
+#: ECDSA-with-SHA256 / RSA PKCS#1 v1.5 with SHA-256: what every TLS peer accepts.
+_SIGNATURE_HASH = hashes.SHA256()
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
@@ -446,7 +446,8 @@ class LocalCa:
             .serial_number(serial)
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
-            # X509-SVID §4.1/§4.3: signing certificates are CAs with keyCertSign.
+            # X509-SVID §4.1/§4.3: signing certificates are CAs with keyCertSign. pathLen 0: it only
+            # ever signs leaves.
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
@@ -466,7 +467,7 @@ class LocalCa:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
                 critical=False,
             )
-        cert = builder.sign(signer, _sign_algorithm(signer))
+        cert = builder.sign(signer, _SIGNATURE_HASH)
         jwt_private = ec.generate_private_key(ec.SECP256R1())
         kid = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
         gen = CaGeneration(cert, key, JwtKey(kid, jwt_private, not_after), issued_at=now)
@@ -554,7 +555,7 @@ class LocalCa:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(gen.authority_key_id, critical=False)
-            .sign(gen.key, _sign_algorithm(gen.key))
+            .sign(gen.key, _SIGNATURE_HASH)
         )
         chain: tuple[x509.Certificate, ...] = (leaf,)
         if self.upstream is not None:

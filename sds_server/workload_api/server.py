@@ -28,6 +28,12 @@ config and pushes what changed; :meth:`rotate_svids` re-mints everything at once
 signals: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads the config file,
 SIGUSR1 forces a re-mint.
 
+**Log events** (structlog): ``workload_api.listening`` / ``.started`` / ``.stopping`` / ``.stopped``,
+``svids.issued`` (info, one per batch: count, reason, spiffe_ids), ``svid.minted`` / ``svid.rotated``
+(debug, one per SVID: spiffe_id, serial, expires, reason), ``workload_api.rotated`` (after SIGUSR1),
+``ca.rotated`` / ``ca.pruned``, ``config.reloaded`` / ``config.reload_failed``, ``socket.stale_replaced``,
+``workload_api.denied`` (rpc, reason, socket), ``jwt_svid.issued`` / ``jwt_svid.invalid``.
+
 **Concurrency.** Everything runs on one asyncio loop. The served state is one immutable
 :class:`_Snapshot`, swapped whole; each swap sets the previous ``asyncio.Event`` so open streams wake,
 rebuild their response and send it if it changed. Key material is never logged.
@@ -38,15 +44,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import socket
-import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -61,8 +66,9 @@ from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.attestor import UnixAttestor, peer_credentials
 from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
 from sds_server.workload_api.config import Config, Entry, SocketConfig, check_sockets, load_config
-from sds_server.workload_api.errors import CaError, JwtSvidError, SocketError, WorkloadApiError
+from sds_server.workload_api.errors import CaError, JwtSvidError, WorkloadApiError
 from sds_server.workload_api.jwt import jwks_document, validate_jwt_svid
+from sds_server.workload_api.sockets import bind_unix_socket
 
 __all__ = ["WorkloadApiServer", "serve"]
 
@@ -104,41 +110,6 @@ def _peer_socket(stream: Stream[Any, Any]) -> Any:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         raise GRPCError(Status.UNAVAILABLE, "cannot identify the caller's connection")
-    return sock
-
-
-def _bind_unix(path: Path, mode: int) -> socket.socket:
-    """Bind a listening Unix socket; replace a stale socket file, refuse one a live server answers on."""
-    with contextlib.suppress(FileNotFoundError):
-        st = path.lstat()
-        if not stat.S_ISSOCK(st.st_mode):
-            raise SocketError(f"socket {str(path)!r}: exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(2.0)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)
-            log.warning("socket.stale_replaced", path=str(path))
-        except OSError as exc:
-            raise SocketError(f"socket {str(path)!r}: cannot probe the existing socket ({exc})") from exc
-        else:
-            raise SocketError(
-                f"socket {str(path)!r}: in use by a live server; stop it or choose another path"
-            )
-        finally:
-            probe.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        # chmod before listen(): until listen() nobody can connect, so the mode is never too open.
-        os.chmod(path, mode)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise SocketError(f"socket {str(path)!r}: cannot bind ({exc.strerror or exc})") from exc
     return sock
 
 
@@ -381,12 +352,6 @@ class WorkloadApiServer:
     def _ttl(self, entry: Entry, config: Config) -> timedelta:
         return entry.ttl if entry.ttl is not None else config.svid_ttl
 
-    def _mint(self, entry: Entry, config: Config, reason: str) -> X509Svid:
-        svid = self.ca.mint_x509_svid(entry.spiffe_id, self._ttl(entry, config), entry.dns_names)
-        log.info("svid.rotated" if reason != "new" else "svid.minted", spiffe_id=str(entry.spiffe_id),
-                 serial=f"{svid.serial:x}", expires=svid.expires_at.isoformat(), reason=reason)
-        return svid
-
     def _publish(self, config: Config, svids: Mapping[Entry, X509Svid]) -> None:
         federated = {f.trust_domain: b"".join(c.public_bytes(serialization.Encoding.DER)
                                               for c in f.certificates) for f in config.federation}
@@ -403,14 +368,27 @@ class WorkloadApiServer:
         now = self._clock()
         current = self._snapshot.svids
         out: dict[Entry, X509Svid] = {}
+        minted: list[str] = []
+        # Per SVID at debug (like SPIRE's agent) and one info line per batch: a JSON log line costs about a
+        # third of a signature, and a forced rotation of N SVIDs would otherwise write N of them. The
+        # logger is bound once per batch (not per SVID) and per-SVID fields are only built when enabled.
+        batch_log = log.bind()
+        enabled = getattr(batch_log, "is_enabled_for", None)  # structlog's filtering loggers have it
+        per_svid = bool(enabled(logging.DEBUG)) if enabled is not None else True
         for entry in config.entries:
             old = current.get(entry)
-            if old is None:
-                out[entry] = self._mint(entry, config, "new")
-            elif force or old.rotate_at <= now:
-                out[entry] = self._mint(entry, config, reason)
+            if old is None or force or old.rotate_at <= now:
+                svid = self.ca.mint_x509_svid(entry.spiffe_id, self._ttl(entry, config), entry.dns_names)
+                out[entry] = svid
+                minted.append(str(entry.spiffe_id))
+                if per_svid:
+                    batch_log.debug("svid.minted" if old is None else "svid.rotated", spiffe_id=minted[-1],
+                                    serial=f"{svid.serial:x}", expires=svid.expires_at.isoformat(),
+                                    reason="new" if old is None else reason)
             else:
                 out[entry] = old
+        if minted:
+            batch_log.info("svids.issued", count=len(minted), reason=reason, spiffe_ids=minted)
         return out
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -422,7 +400,7 @@ class WorkloadApiServer:
         self._publish(config, self._svids_for(config, force=True, reason="start"))
         try:
             for sock_cfg in config.sockets:
-                sock = _bind_unix(sock_cfg.path, sock_cfg.mode)
+                sock = bind_unix_socket(sock_cfg.path, sock_cfg.mode)
                 server = Server([_Servicer(self, sock_cfg.name)])
                 try:
                     await server.start(sock=sock)

@@ -42,8 +42,32 @@ def services(draw: st.DrawFn) -> list[dict[str, object]]:
             svc["labels"] = {"app": name, "version": draw(st.sampled_from(["v1", "v2"]))}
         if draw(st.booleans()):
             svc["meshCallers"] = {"namespaces": ["istio-system"]}
+        if draw(st.booleans()):
+            svc["svidDnsNames"] = True
         out.append(svc)
     return out
+
+
+@st.composite
+def meshes(draw: st.DrawFn) -> dict[str, object]:
+    mesh: dict[str, object] = {"istioNamespace": draw(st.sampled_from(["istio-system", "mesh-root"]))}
+    if draw(st.booleans()):
+        mesh["revision"] = draw(st.sampled_from(["1-24", "canary"]))
+    if draw(st.booleans()):
+        mesh["clusterDomain"] = draw(st.sampled_from(["cluster.local", "corp.internal"]))
+    if draw(st.booleans()):
+        mesh["sds"] = {"image": "registry.example/sds:1.2", "workloadApiSocket": "/run/spire/agent.sock"}
+    if draw(st.booleans()):
+        mesh["gateways"] = draw(
+            st.sampled_from(
+                [
+                    [],
+                    [{"name": "istio-ingressgateway"}, {"name": "istio-egressgateway", "kind": "egress"}],
+                    [{"name": "gw-a", "labels": {"gw": "a"}, "namespace": "gateways"}],
+                ]
+            )
+        )
+    return mesh
 
 
 @st.composite
@@ -105,7 +129,7 @@ def bridge_specs(draw: st.DrawFn) -> dict[str, object]:
         "apiVersion": "meshbridge.io/v1alpha1",
         "kind": "Bridge",
         "trustDomain": td,
-        "mesh": {"istioNamespace": "istio-system"},
+        "mesh": draw(meshes()),
         "meshServices": svcs,
         "externalApps": apps,
         "spire": {

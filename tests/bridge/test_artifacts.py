@@ -10,6 +10,7 @@ and read ``git diff tests/bridge/golden`` before committing.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import subprocess
@@ -122,15 +123,22 @@ def _pem_pair() -> tuple[str, str]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
 
 
-def test_svidstore_templates_filled_are_valid_sessions(rendering: Rendering) -> None:
+@pytest.mark.parametrize("plugin", ["sconecas_sessionmanager", "scone_cas_secretsmanager"])
+def test_svidstore_templates_filled_are_valid_sessions(plugin: str) -> None:
+    bridge = load_spec(EXAMPLE)
+    rendering = render(
+        dataclasses.replace(bridge, spire=dataclasses.replace(bridge.spire, svidstore_plugin=plugin))
+    )
     cert, key = _pem_pair()
     values = {
         "svid": cert,
         "svid-key": key,
+        "intermediate-svid-cas": cert,
         "session-name-selector": "meshbridge/shielded-client",
         "session-hash-selector": "a" * 64,
         "predecessor": "~",
         "trust-bundle": cert,
+        "trust-bundle-ca": cert,
         "federated-bundles": cert,
     }
     names = []

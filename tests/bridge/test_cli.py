@@ -274,3 +274,27 @@ def test_scone_commands(ghostunnel_bin: Path) -> None:
         "error: --mrenclave: 'xyz': MRENCLAVE must be 64 hexadecimal digits (SHA-256 of the enclave)",
         "error: --target: 'foo': must be SVC.NAMESPACE:PORT[=SPIFFE_ID]",
     ]
+
+
+def test_check_reports_dns_name_missing_from_the_svid(tmp_path: Path) -> None:
+    spec = EXAMPLE.read_text().replace(
+        "    labels: {app: httpbin}\n", "    labels: {app: httpbin}\n    svidDnsNames: false\n"
+    )
+    result = run("check", "-f", "-", stdin=spec)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("warning: meshServices[0] (default/httpbin): svidDnsNames: false, but ")
+    assert lines[1:] == [
+        "error: externalApps[0] (shielded-client): 'httpbin.default.svc.cluster.local': authenticated by "
+        "DNS name "
+        "but no ClusterSPIFFEID of default/httpbin puts it in the SVID (dnsNameTemplates): the handshake "
+        "would fail",
+        "error: externalApps[1] (tunnel-client): 'httpbin.default.svc.cluster.local': authenticated by DNS "
+        "name "
+        "but no ClusterSPIFFEID of default/httpbin puts it in the SVID (dnsNameTemplates): the handshake "
+        "would fail",
+    ]
+    # render still writes (the operator opted out explicitly) but says so
+    rendered = run("render", "-f", "-", "-o", str(tmp_path / "out"), stdin=spec)
+    assert rendered.returncode == 0
+    assert "warning: meshServices[0] (default/httpbin): svidDnsNames: false" in rendered.stderr

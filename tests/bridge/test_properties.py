@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import cli
+from bridge import cli, names
 from bridge import render as layout
 from bridge.check import consistency_problems
 from bridge.errors import SpecError
@@ -26,6 +26,7 @@ from bridge.render import render
 from bridge.rendering import Rendering
 from bridge.spec import load_spec, parse_document
 from bridge.writer import serialize
+from sds_server.spiffe_id import SpiffeId
 from tests.bridge.strategies import bridge_specs, mutated_specs
 from tests.support.schemas import problems, scone_problems
 
@@ -47,6 +48,24 @@ def _principals(rendering: Rendering, namespace: str, labels: dict[str, str]) ->
     return out
 
 
+def _assert_flag_forms(line: str) -> None:
+    """Ghostunnel's ``--help`` run does not parse values: check their forms here."""
+    flags = dict(w[2:].split("=", 1) for w in shlex.split(line)[2:] if "=" in w)
+    for name in ("listen", "target", "status"):
+        if name in flags:
+            host, _, port = flags[name].rpartition(":")
+            assert host
+            assert 1 <= int(port) <= 65535
+    assert str(SpiffeId.parse(flags["verify-uri"])) == flags["verify-uri"]
+    if "timed-reload" in flags:
+        assert names.duration(flags["timed-reload"]) is None
+    if "use-workload-api-addr" in flags:
+        assert names.unix_address(flags["use-workload-api-addr"]) is None
+    for name in ("cert", "key", "cacert"):
+        if name in flags:
+            assert names.absolute_path(flags[name]) is None
+
+
 def _assert_consistent(bridge: Bridge, rendering: Rendering) -> None:
     assert consistency_problems(bridge, rendering) == []
     script = rendering.text(layout.ENTRIES_SCRIPT)
@@ -63,7 +82,7 @@ def _assert_consistent(bridge: Bridge, rendering: Rendering) -> None:
         # Istio's template makes exactly the service's SPIFFE ID from namespace + service account
         assert svc.spiffe_id == f"spiffe://{bridge.trust_domain}/ns/{svc.namespace}/sa/{svc.service_account}"
         dns = crd["spec"].get("dnsNameTemplates")  # type: ignore[union-attr]
-        if bridge.needs_dns_names(svc):
+        if bridge.carries_dns_names(svc):
             assert dns == list(svc.dns_names)
         else:
             assert dns is None
@@ -88,6 +107,7 @@ def _assert_consistent(bridge: Bridge, rendering: Rendering) -> None:
                 assert f"--verify-uri={t.service.spiffe_id}" in line.split()
                 assert f"--target={t.service.fqdn}:{t.service.port}" in line.split()
                 assert f"--listen=127.0.0.1:{t.listen_port}" in line.split()
+                _assert_flag_forms(line)
 
 
 @SETTINGS
@@ -122,7 +142,7 @@ def test_yaml_round_trip_and_entries_json(raw: dict[str, object]) -> None:
             assert back == (doc if isinstance(doc, list) else [doc])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_specs())
 def test_broken_specs_give_spec_error_only(raw: object) -> None:
     try:
@@ -204,3 +224,19 @@ def test_render_subprocess_on_broken_specs_leaves_nothing(raw: object) -> None:
         assert list(base.iterdir()) == []
     finally:
         shutil.rmtree(base)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bridge_specs())
+def test_ghostunnel_lines_parse_with_the_real_binary(ghostunnel_bin: Path, raw: dict[str, object]) -> None:
+    bridge = parse_document(raw)
+    rendering = render(bridge)
+    for app in bridge.apps:
+        if app.mode != "ghostunnel":
+            continue
+        for line in rendering.text(layout.ghostunnel_command_path(app.name)).splitlines():
+            argv = shlex.split(line)
+            result = subprocess.run(
+                [str(ghostunnel_bin), *argv[1:], "--help"], capture_output=True, timeout=30, check=False
+            )
+            assert result.returncode == 0, (line, result.stderr)

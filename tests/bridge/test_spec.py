@@ -321,3 +321,22 @@ def test_target_by_ambiguous_name() -> None:
         "externalApps[0].targets[0]: 'web': ambiguous mesh service name: write it as 'namespace/name' "
         "('a/web', 'b/web')"
     ]
+
+
+def test_problem_count_is_bounded() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_document({"meshServices": [1] * 300})
+    assert len(info.value.problems) == 101
+    assert info.value.problems[-1] == "<spec>: 205 more problems not shown"
+
+
+def test_alias_bomb_gives_short_lines() -> None:
+    levels = ["x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 9):
+        levels.append(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    text = "\n".join([*levels, "meshServices: *a8", "externalApps: [*a8]", ""])
+    with pytest.raises(SpecError) as info:
+        load_spec(text)
+    assert max(len(p) for p in info.value.problems) < 300
+    bomb = "meshServices[0]: [[[...], [...], [...], [...], ...], "
+    assert any(p.startswith(bomb) for p in info.value.problems)

@@ -1,8 +1,8 @@
 """Killing ``meshbridge demo`` mid-run leaves nothing behind: no process, no socket, no temp dir.
 
 SIGINT (Ctrl-C) and SIGTERM unwind the demo, which stops every child and removes its temp dir; SIGKILL
-cannot be caught, so the children die by their parent-death signal (``PR_SET_PDEATHSIG``), and the servers
-among them remove their own sockets on that SIGTERM (only the emptied temp dir can stay).
+cannot be caught, so the children die by their parent-death signal (``PR_SET_PDEATHSIG``), the servers
+among them remove their own sockets on that SIGTERM, and the supervisor's janitor removes the temp dir.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None
 @pytest.mark.parametrize(
     ("sig", "when", "code", "extra"),
     [
-        (signal.SIGINT, "[6]", 130, ()),  # Ctrl-C while the external side is starting
+        (signal.SIGINT, "[5]", 130, ()),  # Ctrl-C while the external side is starting
         (signal.SIGTERM, "Still running", 143, ("--keep-running",)),
     ],
     ids=["sigint-mid-setup", "sigterm-keep-running"],
@@ -113,8 +113,12 @@ def test_sigkill_of_the_demo_takes_its_children_along(
         _assert_all_gone(kids)
         left = [s for s in sockets if s.exists()]
         assert not left, f"sockets not removed after the parent's death: {left}"
+        deadline = time.monotonic() + 5
+        while tmp.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not tmp.exists(), f"the janitor left {list(tmp.rglob('*'))}"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        shutil.rmtree(tmp, ignore_errors=True)  # what only the dead parent could have removed
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.envoy import EnvoyProcess, sidecar_bootstrap
+from bridge.envoy import EnvoyError, EnvoyProcess, sidecar_bootstrap
 from sds_server.server import RunningServer
 from tests.sds.pki import MiniCa
 from tests.support.envoy import echo_backend, https_get, mtls_context
@@ -95,3 +95,9 @@ def test_delta_grpc_sidecar_gets_secrets(
         assert static_server.server.metrics.acks.labels("delta")._value.get() >= 2
     finally:
         envoy.stop()
+
+
+def test_envoy_process_reports_a_bad_bootstrap(short_dir: Path) -> None:
+    bad = {"static_resources": {"clusters": [{"name": "x", "type": "NOT_A_TYPE"}]}}
+    with pytest.raises(EnvoyError, match="exited with code"):
+        EnvoyProcess(bad, short_dir, name="bad").start(timeout=20)

@@ -280,3 +280,26 @@ def test_wrong_type_url_is_invalid_argument(static_server: RunningServer, ca: Mi
             assert "this service only serves" in str(err.value.message)
 
     asyncio.run(scenario())
+
+
+def test_reconnecting_client_holding_current_version_gets_nothing_resent(
+    static_server: RunningServer, ca: MiniCa
+) -> None:
+    _publish(static_server, ca, "/ns/default/sa/httpbin")
+    _wait_snapshot(static_server)
+
+    async def scenario() -> None:
+        async with channel(static_server.server.config.listen) as ch:
+            async with sotw(ch) as s:
+                await s.request(["default", "ROOTCA"])
+                held = (await s.recv()).version_info
+            async with sotw(
+                ch
+            ) as again:  # e.g. Envoy after an SDS server restart: same content, same version
+                await again.request(["default", "ROOTCA"], version=held)
+                await again.nothing()
+            async with sotw(ch) as stale:  # an outdated version is answered with the current secrets
+                await stale.request(["default", "ROOTCA"], version="0" * 64)
+                assert set(secrets_of(await stale.recv())) == {"default", "ROOTCA"}
+
+    asyncio.run(scenario())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -113,7 +115,12 @@ def test_metrics_endpoint(short_dir: Path, ca: MiniCa) -> None:
 
         asyncio.run(one_stream())
         port = running.server.metrics_port
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        deadline = time.monotonic() + 5
+        while True:  # the stream's close is processed asynchronously
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            if 'sds_streams_open{api="sotw"} 0.0' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     for name in (
         'sds_responses_sent_total{api="sotw"} 1.0',
         'sds_acks_total{api="sotw"} 1.0',
@@ -134,7 +141,9 @@ def test_expired_svid_withheld_loudly(short_dir: Path, ca: MiniCa) -> None:
         run_in_thread(ServerConfig(listen=short_dir / "sds.sock")) as running,
     ):
         running.server.source.publish([expired.svid()], [ca.bundle()])
-        time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while running.server.servicer.snapshot is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert running.server.servicer.snapshot is not None
         assert running.server.servicer.snapshot.get("default") is None
         assert running.server.metrics.svids_expired_withheld._value.get() == 1
@@ -298,11 +307,44 @@ def test_cached_svid_withheld_when_it_expires_while_workload_api_is_down(
         assert _health(short_dir / "sds.sock") == HealthCheckResponse.SERVING
         api.stop()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and running.server.metrics.svids_expired_withheld._value.get() < 1:
+        while time.monotonic() < deadline:
+            snap = running.server.servicer.snapshot  # swapped on the loop after the source rebuilt it
+            if snap is not None and snap.get("default") is None:
+                break
             time.sleep(0.1)
+        assert running.server.metrics.svids_expired_withheld._value.get() == 1
         snap = running.server.servicer.snapshot
         assert snap is not None
         assert snap.get("default") is None  # withheld: never served past NotAfter
         assert snap.get("ROOTCA") is not None  # the bundle is still served
         assert _health(short_dir / "sds.sock") == HealthCheckResponse.NOT_SERVING
     assert any(e["event"] == "svid.expired.withheld" and e["log_level"] == "error" for e in logs)
+
+
+def _connect_as(uid: int, path: Path) -> int:
+    """Fork, drop to ``uid`` and connect to the Unix socket; return the child's errno (0 = connected)."""
+    pid = os.fork()
+    if pid == 0:  # child: only syscalls, then _exit
+        code = 0
+        try:
+            os.setgid(65534)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            s.close()
+        except OSError as exc:
+            code = exc.errno or 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the socket and act as other UIDs")
+def test_socket_owner_1337_mode_0600_kernel_lets_only_owner_in(short_dir: Path) -> None:
+    short_dir.chmod(0o755)  # let other users reach the socket file itself
+    sock = short_dir / "sds.sock"
+    with run_in_thread(ServerConfig(listen=sock, socket_owner=1337)):
+        st = sock.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (1337, 0o600)
+        assert _connect_as(1337, sock) == 0  # istio-proxy's UID
+        assert _connect_as(65534, sock) == errno.EACCES  # anyone else: refused by the kernel

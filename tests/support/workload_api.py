@@ -16,7 +16,9 @@ Usage::
         api.rotate()             # SIGUSR1: every SVID re-minted (new serials) and pushed; waits for it
         api.reload(new_config)   # rewrite the YAML + SIGHUP; waits until the server applied it
         api.restart()            # stop + start with the same arguments (data_dir keeps the CA)
-        api.bundle_pem()         # the trust bundle (PEM), fetched from the server's data_dir if any
+        api.bundle_pem()         # the trust bundle (PEM) from the server's data_dir (needs data_dir)
+        api.events("svids.issued")  # the server's JSON log events since the last start
+        api.stop(); api.start()  # e.g. to show clients riding out a Workload API outage
         api.process              # the subprocess.Popen
 
 * ``config`` is the YAML contract of ``sds_server.workload_api.config`` as a dict. If it has no

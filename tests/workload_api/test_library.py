@@ -134,7 +134,7 @@ def test_ca_rotation_is_pushed_with_overlapping_bundle_and_no_key_material_in_lo
     assert not [s for s in secrets if s in text]
 
 
-def test_serve_with_events_and_reload() -> None:
+def test_serve_with_ready_and_stop_events() -> None:
     with short_dir() as d:
         sock = d / "api.sock"
         config = _config(sock)

@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -146,3 +147,37 @@ def test_an_open_stream_ends_with_permission_denied_when_its_entry_is_removed(tm
         with pytest.raises(grpc.RpcError) as info:
             next(stream)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_ca_rotates_at_half_life_with_overlap_and_the_old_ca_leaves_after_expiry(tmp_path: Path) -> None:
+    """ca.ttl 6 s: a second CA joins the bundle at ~3 s (and signs from then on); the first leaves at ~6 s."""
+    config = {"trust_domain": "example.org", "ca": {"ttl": "6s"}, "entries": [entry(A, UID)]}
+    td = TrustDomain("example.org")
+    with running_workload_api(config, tmp_path) as api, WorkloadApiClient(api.address()) as client:
+        rec = Recorder()
+        handler = client.stream_x509_contexts(rec.on_update, rec.on_error)
+
+        def authorities(i: int) -> set[Any]:
+            bundle = rec.updates[i][1].x509_bundle_set.get_bundle_for_trust_domain(td)
+            assert bundle is not None
+            return set(bundle.x509_authorities)
+
+        try:
+            wait_for(lambda: rec.updates[:1], 10, "the first context")
+            (first_ca,) = authorities(0)
+
+            def overlap() -> int | None:
+                return next((i for i in range(len(rec.updates)) if len(authorities(i)) == 2), None)
+
+            i = wait_for(overlap, 15, "a bundle carrying the old and the new CA")
+            (second_ca,) = authorities(i) - {first_ca}
+            assert rec.updates[i][1].default_svid.leaf.issuer == second_ca.subject  # newest signs
+
+            def first_gone() -> bool:
+                return any(first_ca not in authorities(j) for j in range(i, len(rec.updates)))
+
+            wait_for(first_gone, 15, "the expired CA leaving the bundle")
+        finally:
+            handler.cancel()
+    assert not rec.errors
+    assert any(e.get("event") == "ca.pruned" for e in api.events())
