@@ -3,7 +3,13 @@
 Tree::
 
     BridgeError                   base: anything ``bridge`` raises on purpose (CLI: ``error: …``, exit 2)
-    └── SpecError                 the bridge spec is invalid; carries every problem found at once
+    ├── SpecError                 the bridge spec is invalid; carries every problem found at once
+    │   └── FlagError             (bridge.flags) flags of a single-purpose command are invalid
+    ├── EnvoyError                (bridge.envoy.errors) Envoy could not be started or did not get ready
+    └── DemoError                 (bridge.demo.errors) a demo step could not run (not a failed check)
+
+The renderer packages have their own bases (``istio.errors.IstioError``, ``scone.errors.SconeError``);
+``bridge.render`` maps them to ``SpecError`` naming the app or service.
 
 Messages read ``<field path>: <value!r>: <rule>``.
 """
