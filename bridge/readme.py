@@ -28,6 +28,43 @@ def _q(value: str) -> str:
     return shlex.quote(value)
 
 
+def _service_names(session: Document | None) -> list[str]:
+    """The ``services[].name`` of a rendered CAS session (what ``SCONE_CONFIG_ID`` names)."""
+    if not isinstance(session, dict):
+        return []
+    services = session.get("services")
+    return [str(s["name"]) for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+
+
+def _namespace(session_name: str) -> str | None:
+    return session_name.rpartition("/")[0] or None
+
+
+def _cas_namespaces(
+    bridge: Bridge, docs: Mapping[str, Document], svidstore: bool
+) -> tuple[set[str], set[str]]:
+    """CAS namespaces the apps' sessions live in, and those the SVIDStore plugin posts into (the SVID
+    sessions the app sessions import; the bundle and federated-bundles sessions when ``svidstore``)."""
+    apps: set[str] = set()
+    plugin: set[str] = set()
+    for a in bridge.apps:
+        session = docs.get(f"scone/{a.name}/session.yaml")
+        if not isinstance(session, dict):
+            continue
+        if (ns := _namespace(str(session.get("name", "")))) is not None:
+            apps.add(ns)
+        secrets = session.get("secrets")
+        for secret in secrets if isinstance(secrets, list) else []:
+            imp = secret.get("import") if isinstance(secret, dict) else None
+            if isinstance(imp, dict) and (ns := _namespace(str(imp.get("session", "")))) is not None:
+                plugin.add(ns)
+    if svidstore:
+        for name in (bridge.spire.bundle_session_name, bridge.spire.federated_bundles_session_name):
+            if (ns := _namespace(name)) is not None:
+                plugin.add(ns)
+    return apps, plugin
+
+
 def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[str]) -> str:
     """Markdown for ``DIR/README.md``; ``docs`` are the other rendered documents (paths decide steps)."""
     cas_apps = [a for a in bridge.apps if not (a.ghostunnel and a.ghostunnel.cert_source == "workload-api")]
@@ -43,7 +80,7 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
     if warnings:
         out += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
     out += [
-        "## 1. SPIRE identities for the mesh services (before any pod starts)",
+        "## 1. SPIRE identities for the mesh services and gateways (before any pod starts)",
         "",
         f"spire-controller-manager (cluster `{bridge.spire.cluster_name}`"
         + (f", class `{bridge.spire.class_name}`" if bridge.spire.class_name else "")
@@ -114,8 +151,22 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
         "session: CAS prints the session hash, which the SPIRE entries need (an existing session is "
         "changed with `scone session update` and `predecessor:`).",
         "",
-        "```sh",
     ]
+    app_ns, plugin_ns = _cas_namespaces(bridge, docs, svidstore=bool(cas_apps))
+    if app_ns or plugin_ns:
+        ns_list = ", ".join(f"`{n}`" for n in sorted(app_ns | plugin_ns))
+        out += [
+            "A session named `<namespace>/<name>` is created inside the namespace session `<namespace>`, "
+            f"which must exist first (SCONE docs, \"Namespaces\"): create {ns_list} if missing."
+        ]
+        if plugin_ns:
+            out[-1] += (
+                " The SVIDStore plugin posts its sessions with its own CAS client certificate: the namespace "
+                f"sessions {', '.join(f'`{n}`' for n in sorted(plugin_ns))} must let that certificate create "
+                "sessions (`access_policy.create_sessions`, SCONE docs, \"Access Control\")."
+            )
+        out.append("")
+    out += ["```sh"]
     cas = ""
     for a in bridge.apps:
         if a.scone.cas_address != cas:
@@ -141,10 +192,14 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
             )
         else:
             source = a.ghostunnel.cert_source if a.ghostunnel else "files"
+            config_ids = ", ".join(
+                f"`SCONE_CONFIG_ID={a.scone.qualified_session_name}/{name}`"
+                for name in _service_names(docs.get(f"scone/{a.name}/session.yaml"))
+            )
             out.append(
-                f"- `{a.name}` (`{a.spiffe_id}`): confidential Ghostunnel ({source}) to {targets}, "
-                f"command lines in `scone/{a.name}/ghostunnel-command.txt` (services of "
-                f"`{a.scone.qualified_session_name}`)."
+                f"- `{a.name}` (`{a.spiffe_id}`): confidential Ghostunnel ({source}) to {targets}; start "
+                f"one enclave per tunnel with {config_ids}. Outside CAS: the command lines in "
+                f"`scone/{a.name}/ghostunnel-command.txt`."
             )
     out += [
         "",

@@ -9,7 +9,8 @@ documents under these relative paths (the layout ``meshbridge render -o DIR`` wr
 * ``istio/peer-authentication.yaml`` - mesh-wide STRICT ``PeerAuthentication``;
 * ``istio/authorization-policies.yaml`` - one ALLOW ``AuthorizationPolicy`` per called service (a list:
   multi-document YAML);
-* ``spire/cluster-spiffeids.yaml`` - one ``ClusterSPIFFEID`` per mesh service (a list);
+* ``spire/cluster-spiffeids.yaml`` - one ``ClusterSPIFFEID`` per mesh service, then one per gateway
+  the overlay puts on SPIRE (a list);
 * ``spire/register-entries.sh`` - ``spire-server entry create`` for the external apps (0755; takes the
   CAS session hashes as ``SESSION=HASH|@FILE|-`` arguments and refuses to run without them);
 * ``spire/entries.json`` - the same for ``spire-server entry create -data``; present only when
@@ -256,6 +257,17 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
             crds.append(istio.render_cluster_spiffe_id(cluster_spiffe_id_params(bridge, service)))
         except istio.IstioError as exc:
             raise _renderer_failed(_where_service(index, service), exc) from exc
+    # The overlay puts every declared gateway on SPIRE too: without a matching entry its SDS server
+    # gets no SVID and the gateway never becomes Ready (Istio's SPIRE guide), so it gets a ClusterSPIFFEID.
+    for index, gateway in enumerate(overlay_params(bridge).gateways):
+        try:
+            crds.append(
+                istio.render_gateway_cluster_spiffe_id(
+                    gateway, bridge.mesh.istio_namespace, bridge.spire.class_name
+                )
+            )
+        except istio.IstioError as exc:
+            raise _renderer_failed(f"mesh.gateways[{index}] ({gateway.name})", exc) from exc
     docs[AUTHORIZATION_POLICIES] = policies
     docs[CLUSTER_SPIFFEIDS] = crds
 

@@ -92,7 +92,10 @@ def test_kubernetes_documents_validate_strictly(rendering: Rendering) -> None:
         for doc in yaml.safe_load_all(serialize(path, rendering[path])):
             assert problems(doc) == [], path
             kinds.append(doc["kind"])
-    assert kinds == ["IstioOperator", "PeerAuthentication", "AuthorizationPolicy", "ClusterSPIFFEID"]
+    # two ClusterSPIFFEIDs: httpbin's and the ingress gateway's (the overlay puts the gateway on SPIRE)
+    assert kinds == [
+        "IstioOperator", "PeerAuthentication", "AuthorizationPolicy", "ClusterSPIFFEID", "ClusterSPIFFEID"
+    ]
 
 
 def test_sessions_validate_against_the_scone_schema(rendering: Rendering) -> None:
@@ -202,3 +205,19 @@ def test_ghostunnel_command_is_accepted_by_the_real_binary(
     # the CAS session runs the same command
     session = rendering.yaml_documents(layout.session_path("tunnel-client"))[0]
     assert session["services"][0]["command"] == line  # type: ignore[index]
+
+
+def test_shielded_example_app_speaks_plain_http(rendering: Rendering) -> None:
+    """The network shield adds TLS to the app's connection: an app URL with https:// to a shielded
+    destination would run the app's own TLS inside the shield's (the sidecar would hand httpbin a TLS
+    ClientHello). The example's shielded client must dial its targets with http://."""
+    bridge = load_spec(EXAMPLE)
+    shielded = [a for a in bridge.apps if a.mode == "network-shield"]
+    assert shielded
+    for app in shielded:
+        (service,) = rendering.yaml_documents(layout.session_path(app.name))[0]["services"]  # type: ignore[misc]
+        command = service["command"]
+        for t in app.targets:
+            host = f"{t.service.fqdn}:{t.service.port}"
+            assert f"https://{host}" not in command, command
+        assert any(f"http://{t.service.fqdn}:{t.service.port}" in command for t in app.targets), command

@@ -70,7 +70,13 @@ def _assert_consistent(bridge: Bridge, rendering: Rendering) -> None:
     assert consistency_problems(bridge, rendering) == []
     script = rendering.text(layout.ENTRIES_SCRIPT)
     crds = {d["metadata"]["name"]: d for d in rendering.yaml_documents(layout.CLUSTER_SPIFFEIDS)}  # type: ignore[index]
-    assert len(crds) == len(bridge.services)
+    # one per mesh service and one per gateway the overlay puts on SPIRE (else it never becomes Ready)
+    assert len(crds) == len(bridge.services) + len(bridge.mesh.gateways)
+    for gw in bridge.mesh.gateways:
+        gw_ns = gw.namespace or bridge.mesh.istio_namespace
+        gw_crd = crds[f"meshbridge-gateway-{gw_ns}-{gw.name}"]
+        assert gw_crd["spec"]["podSelector"]["matchLabels"] == dict(gw.labels)  # type: ignore[index]
+        assert gw_crd["spec"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": gw_ns}  # type: ignore[index]
     for svc in bridge.services:
         (crd,) = [
             c

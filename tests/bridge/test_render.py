@@ -12,6 +12,7 @@ from bridge import render as layout
 from bridge.errors import SpecError
 from bridge.render import render
 from bridge.spec import load_spec
+from istio.spire import ISTIO_SPIFFE_ID_TEMPLATE
 from tests.bridge.strategies import EXAMPLE
 
 BRIDGE = load_spec(EXAMPLE)
@@ -86,3 +87,49 @@ def test_tutorial_plugin_changes_selectors_and_warns() -> None:
     assert rendering.text(layout.SVIDSTORE_HCL).startswith('SVIDStore "scone_cas_secretsmanager" {')
     assert any("InsecureSkipVerify" in w for w in rendering.warnings)
     assert "## Warnings" in rendering.text(layout.README)
+
+
+def test_gateways_get_a_cluster_spiffe_id() -> None:
+    """The overlay puts the ingress gateway on SPIRE (SDS container, CSI socket): without an entry its SDS
+    server gets no SVID and the gateway never becomes Ready, so it needs its own ClusterSPIFFEID."""
+    rendering = render(BRIDGE)
+    crds = rendering.yaml_documents(layout.CLUSTER_SPIFFEIDS)
+    name = "meshbridge-gateway-istio-system-istio-ingressgateway"
+    (gateway,) = [c for c in crds if c["metadata"]["name"] == name]  # type: ignore[index]
+    assert gateway["spec"] == {
+        "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
+        "podSelector": {"matchLabels": {"istio": "ingressgateway"}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+    }
+    overlay = rendering.yaml_documents(layout.ISTIO_OPERATOR)[0]
+    (ingress,) = overlay["spec"]["components"]["ingressGateways"]  # type: ignore[index]
+    assert ingress["label"] == gateway["spec"]["podSelector"]["matchLabels"]  # type: ignore[index]
+    no_gateways = dataclasses.replace(BRIDGE, mesh=dataclasses.replace(BRIDGE.mesh, gateways=()))
+    assert [c["metadata"]["name"] for c in render(no_gateways).yaml_documents(layout.CLUSTER_SPIFFEIDS)] == [  # type: ignore[index]
+        "meshbridge-default-httpbin"
+    ]
+
+
+def test_readme_names_the_config_id_of_every_app_service() -> None:
+    """Operators start each enclave with SCONE_CONFIG_ID=<session>/<service>: the README gives it for
+    every service of every app session (the Ghostunnel session has one service per tunnel)."""
+    rendering = render(BRIDGE)
+    readme = rendering.text(layout.README)
+    for app in BRIDGE.apps:
+        services = rendering.yaml_documents(layout.session_path(app.name))[0]["services"]
+        assert isinstance(services, list)
+        assert services
+        for service in services:
+            assert f"`SCONE_CONFIG_ID={app.scone.qualified_session_name}/{service['name']}`" in readme
+
+
+def test_readme_says_which_cas_namespaces_must_exist() -> None:
+    """A CAS session `<ns>/<name>` can only be created inside an existing namespace session `<ns>`
+    (SCONE session language, "Namespaces"): the apps' sessions need `meshbridge`, the SVIDStore plugin
+    posts `spire-svid-meshbridge/<app>` and `meshbridge/spire-bundle` with its own certificate."""
+    readme = render(BRIDGE).text(layout.README)
+    step5 = readme.split("## 5.", 1)[1].split("## 6.", 1)[0]
+    assert "create `meshbridge`, `spire-svid-meshbridge` if missing" in step5
+    assert "the namespace sessions `meshbridge`, `spire-svid-meshbridge` must let that certificate" in step5
+    # the namespaces precede the first `scone session create`
+    assert step5.index("must exist first") < step5.index("scone session create")
