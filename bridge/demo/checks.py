@@ -246,6 +246,12 @@ def check_rotation(
                 f"{t.label}: keeps its session-start SVID until the app restarts (the shield reads its "
                 "session at start: the documented trade-off of network-shield mode)"
             )
+        elif t.kind == "ghostunnel-files":
+            rep.detail(
+                f"{t.label}: here the CAS stand-in re-writes the files; a real CAS prepares injection files "
+                "when the enclave starts, so in production restart the tunnel (not the app) within the "
+                "SVID TTL, or use certSource: workload-api"
+            )
         elif not t.rotates_without_restart:
             rep.detail(f"{t.label}: Envoy fallback read its files at start: restart it to use the new SVID")
     rep.check(
