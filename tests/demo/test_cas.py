@@ -7,7 +7,7 @@ from cryptography import x509
 
 from bridge.demo.cas import inject, post_bundle_session, post_svid_session, resolve_imports
 from bridge.demo.errors import DemoError
-from tests.demo.pki import TestCA
+from tests.support.pki import TestCA
 
 SVID_TEMPLATE = """name: spire-svid-<\\session-name-selector>
 version: "0.3.10"

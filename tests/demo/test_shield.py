@@ -11,8 +11,8 @@ from bridge.demo.envoy_runner import start_envoy
 from bridge.demo.errors import DemoError
 from bridge.demo.shield import SHIELD_ALPN, parse_shield_env, shield_bootstrap
 from bridge.demo.supervisor import Supervisor
-from tests.demo.pki import TestCA
 from tests.demo.tls_echo import TlsEcho
+from tests.support.pki import TestCA
 
 HOST = "httpbin.default.svc.cluster.local"
 

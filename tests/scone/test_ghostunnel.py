@@ -36,7 +36,7 @@ from scone import (
     ghostunnel_command_line,
     render_ghostunnel_session,
 )
-from tests.scone.pki import TestCA
+from tests.support.pki import TestCA
 from tests.support.schemas import scone_problems
 from tests.support.workload_api import running_workload_api
 
@@ -357,11 +357,11 @@ def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
     server = ca.issue(MESH_ID, server_dns)
     client = ca.issue(CLIENT_ID)
     for name, text in {
-        "server.pem": server.cert,
-        "server-key.pem": server.key,
+        "server.pem": server.cert_pem,
+        "server-key.pem": server.key_pem,
         "ca.pem": ca.cert_pem,
-        "svid.pem": client.cert,
-        "svid-key.pem": client.key,
+        "svid.pem": client.cert_pem,
+        "svid-key.pem": client.key_pem,
     }.items():
         (d / name).write_text(text)
     return CertFiles(cert=str(d / "svid.pem"), key=str(d / "svid-key.pem"), cacert=str(d / "ca.pem"))

@@ -23,7 +23,7 @@ from scone import (
     render_network_shield_session,
     render_svid_session_template,
 )
-from tests.scone.pki import TestCA
+from tests.support.pki import TestCA
 from tests.support.schemas import scone_problems
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -177,8 +177,8 @@ def test_filled_templates_are_valid_sessions(store: SvidStoreSessions, app: str,
         fill_template(
             render_svid_session_template(store),
             {
-                "svid": _SVID.cert,
-                "svid-key": _SVID.key,
+                "svid": _SVID.cert_pem,
+                "svid-key": _SVID.key_pem,
                 "session-name-selector": app,
                 "session-hash-selector": h,
                 "predecessor": pred,

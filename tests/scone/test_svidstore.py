@@ -22,7 +22,7 @@ from scone import (
     render_svid_session_template,
     render_svidstore_hcl,
 )
-from tests.scone.pki import TestCA
+from tests.support.pki import TestCA
 from tests.support.schemas import scone_problems
 
 CONFIG = SvidStoreConfig(
@@ -145,7 +145,7 @@ def test_hcl_errors(config: SvidStoreConfig, message: str) -> None:
 def pki() -> tuple[str, str, str]:
     ca = TestCA()
     svid = ca.issue("spiffe://example.org/external/mariadb")
-    return svid.cert, svid.key, ca.cert_pem
+    return svid.cert_pem, svid.key_pem, ca.cert_pem
 
 
 @pytest.mark.parametrize("predecessor", ["~", PREDECESSOR])
