@@ -71,6 +71,22 @@ class ServerConfig:
             )
         if not 0 <= self.socket_mode <= 0o777:
             raise SdsConfigError(f"socket_mode: {oct(self.socket_mode)!r}: must be between 0o000 and 0o777")
+        if self.workload_api is not None and not _workload_api_address_ok(self.workload_api):
+            raise SdsConfigError(
+                f"workload_api: {self.workload_api!r}: expected unix:///absolute/path/agent.sock "
+                "(the SPIFFE_ENDPOINT_SOCKET form) or an absolute socket path"
+            )
+
+
+def _workload_api_address_ok(address: str) -> bool:
+    """SPIFFE Workload Endpoint unix addresses: ``unix:///abs`` (or ``unix:/abs``); a bare absolute path is
+    taken as ``unix://`` + path. Anything else (a relative path, an authority) could never be connected
+    to — py-spiffe would refuse it on every retry — so it is a configuration error up front."""
+    if address.startswith("unix://"):
+        return address.startswith("unix:///") and len(address) > len("unix:///")
+    if address.startswith("unix:"):
+        return address.startswith("unix:/") and len(address) > len("unix:/")
+    return address.startswith("/") and len(address) > 1
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -133,10 +149,16 @@ class SdsServer:
                     f"listen: {str(path)!r}: exists and is not a socket; refusing to replace it"
                 )
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(2.0)  # a live server that is not accepting must not hang us
             try:
                 probe.connect(str(path))
-            except OSError:
-                path.unlink()  # stale socket from a previous run
+            except (ConnectionRefusedError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale socket from a previous run: nobody listens on it
+            except OSError as exc:  # EAGAIN (backlog full), EACCES, timeout: someone may well be serving
+                raise SdsConfigError(
+                    f"listen: {str(path)!r}: cannot tell whether another server uses this socket "
+                    f"({exc.strerror or exc}); refusing to replace it"
+                ) from exc
             else:
                 raise SdsConfigError(f"listen: {str(path)!r}: another server is listening on this socket")
             finally:
@@ -157,22 +179,43 @@ class SdsServer:
         sock.setblocking(False)
         return sock
 
+    def _serve_metrics(self) -> None:
+        if self.config.metrics_address is None:
+            return
+        host, port = self.config.metrics_address
+        try:
+            self.metrics_port = self.metrics.serve(host, port)
+        except OSError as exc:
+            raise SdsConfigError(
+                f"--metrics: {f'{host}:{port}'!r}: cannot listen there ({exc.strerror or exc})"
+            ) from exc
+
     async def start(self) -> None:
-        # grpclib's Server binds to the loop current at construction: build it here, on the serving loop.
-        self._grpc = Server(
-            [self.servicer, Health({self.servicer: [self.health]})], codec=PassThroughProtoCodec()
-        )
-        if self.config.allowed_uids is not None:
-            listen(self._grpc, RecvRequest, self._check_caller)
-        sock = self._bind()
-        await self._grpc.start(sock=sock)
+        # Everything that can fail on bad input (metrics address, socket path) happens before anything is
+        # left running; a failure undoes what was started, so no socket file, thread or port leaks.
+        self._serve_metrics()
+        try:
+            # grpclib's Server binds to the loop current at construction: build it here, on the serving loop.
+            self._grpc = Server(
+                [self.servicer, Health({self.servicer: [self.health]})], codec=PassThroughProtoCodec()
+            )
+            if self.config.allowed_uids is not None:
+                listen(self._grpc, RecvRequest, self._check_caller)
+            sock = self._bind()
+            try:
+                await self._grpc.start(sock=sock)
+            except BaseException:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    self.config.listen.unlink()
+                raise
+        except BaseException:
+            self.metrics.close()
+            raise
         self._started = True
         loop = asyncio.get_running_loop()
         self.source.start(loop)
         self.source.subscribe(self._on_snapshot)  # after attach: a snapshot published earlier is delivered
-        if self.config.metrics_address is not None:
-            host, port = self.config.metrics_address
-            self.metrics_port = self.metrics.serve(host, port)
         log.info(
             "sds.listening",
             socket=str(self.config.listen),
@@ -280,11 +323,12 @@ def run_in_thread(
         task = asyncio.ensure_future(serve(config, ready=ready, stop=stop, server=server))
         waiter = asyncio.ensure_future(ready.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        started.set()
-        if task.done():
+        if task.done():  # start failed: its exception must be recorded before the caller is released
             waiter.cancel()
             await task
+            started.set()
             return
+        started.set()
         await task
 
     def target() -> None:

@@ -157,8 +157,14 @@ class SnapshotPublisher:
         self.rebuild()
 
     def next_expiry(self) -> datetime | None:
-        snap = self._current
-        live = [s.not_after for s in self._svids if snap is None or s not in snap.expired]
+        """The earliest ``NotAfter`` still in the future (the supervisor rebuilds the snapshot then).
+
+        Decided by the clock, not by the last snapshot: an SVID that expired without changing the
+        snapshot (a second SVID with the same SPIFFE ID, or one replaced by a fault) must not be
+        returned again, or the supervisor would wake every few milliseconds until the next update.
+        """
+        now = self._clock()
+        live = [s.not_after for s in self._svids if s.not_after > now]
         return min(live) if live else None
 
     def rebuild(self) -> None:
@@ -246,7 +252,8 @@ class WorkloadApiSource(SnapshotPublisher):
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         super().__init__(names, metrics, clock=clock)
-        self.address = address if address.startswith("unix:") else "unix://" + address
+        # a bare absolute path is a Unix socket; unix: addresses go to py-spiffe as they are
+        self.address = "unix://" + address if address.startswith("/") else address
         self._retry = retry or RetryPolicy()
         self._stop = threading.Event()
         self._wake = threading.Event()

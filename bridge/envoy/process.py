@@ -85,7 +85,11 @@ class EnvoyProcess:
             *self.extra_args,
         ]
         self.started_at = time.monotonic()
-        self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            self.stop()  # closes the log file
+            raise EnvoyError(f"envoy: {str(self.binary)!r}: cannot run it ({exc.strerror or exc})") from exc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -26,14 +26,25 @@ not attestation; production uses SPIRE's agent with real workload attestors.
 ``/proc/PID/exe`` of another user's process is unreadable without privileges; then the path and sha256
 selectors are omitted (an entry needing them simply does not match) and ``attest.exe_unreadable`` is
 logged.
+
+**PID reuse.** SO_PEERCRED's pid is the process that *connected*; attestation runs later (per call, on a
+long-lived connection). If that process has exited — e.g. after handing the connection to another
+process — its PID may already belong to someone else, and ``/proc/PID`` would describe that other
+process (its executable, its groups). Like SPIRE's agent (``peertracker``: "the workload exited"),
+:meth:`UnixAttestor.attest_connection` holds a pidfd of the connecting process (``SO_PEERPIDFD``, Linux
+≥ 6.5) and, *after* reading ``/proc``, checks that the process is still alive; if it is not, only the
+kernel-recorded uid/gid selectors (and ``socket:``) are kept and ``attest.caller_exited`` is logged. On
+kernels without ``SO_PEERPIDFD`` this check is not possible and is skipped.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import hashlib
 import os
 import pwd
+import signal
 import socket
 import struct
 from dataclasses import dataclass
@@ -45,6 +56,8 @@ __all__ = ["PeerCredentials", "UnixAttestor", "peer_credentials"]
 log = structlog.get_logger(__name__)
 
 _UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+#: ``SO_PEERPIDFD`` (Linux ≥ 6.5; Python 3.11 has no constant for it): a pidfd of the connecting process.
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _HASH_CHUNK = 1 << 20
 _CACHE_MAX = 256
 
@@ -118,6 +131,47 @@ class UnixAttestor:
             self._hashes.clear()
         self._hashes[key] = digest.hexdigest()
         return self._hashes[key]
+
+    def attest_connection(
+        self, sock: socket.socket, socket_name: str | None = None, *, with_sha256: bool = True
+    ) -> tuple[PeerCredentials, frozenset[str]]:
+        """Attest the process that connected ``sock``: its credentials and selectors (PID-reuse safe).
+
+        See "PID reuse" in the module docstring: ``/proc`` is read, then the pidfd says whether the
+        connecting process is still the one holding that PID; if not, only kernel-recorded selectors stay.
+        """
+        creds = peer_credentials(sock)
+        try:
+            pidfd = int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
+        except OSError as exc:
+            if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):  # kernel < 6.5: no pidfd to check with
+                return creds, self.attest(creds, socket_name, with_sha256=with_sha256)
+            log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
+            return creds, self._kernel_selectors(creds, socket_name)
+        try:
+            selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
+            try:
+                signal.pidfd_send_signal(pidfd, 0)  # signal 0: existence check only
+            except ProcessLookupError:
+                log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
+                return creds, self._kernel_selectors(creds, socket_name)
+            except PermissionError:
+                pass  # it exists (we may just not signal it)
+            return creds, selectors
+        finally:
+            os.close(pidfd)
+
+    @staticmethod
+    def _kernel_selectors(creds: PeerCredentials, socket_name: str | None) -> frozenset[str]:
+        """Selectors from what the kernel recorded at ``connect()`` only (no ``/proc`` reads)."""
+        selectors = {f"unix:uid:{creds.uid}", f"unix:gid:{creds.gid}"}
+        if (user := _user_name(creds.uid)) is not None:
+            selectors.add(f"unix:user:{user}")
+        if (group := _group_name(creds.gid)) is not None:
+            selectors.add(f"unix:group:{group}")
+        if socket_name is not None:
+            selectors.add(f"socket:{socket_name}")
+        return frozenset(selectors)
 
     def attest(
         self, creds: PeerCredentials, socket_name: str | None = None, *, with_sha256: bool = True

@@ -536,7 +536,9 @@ class LocalCa:
         key = generate_key(self.key_type)
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
         sans.extend(x509.DNSName(d) for d in dns_names)
-        subject = _name(dns_names[0]) if dns_names else _LEAF_SUBJECT
+        # The first DNS name doubles as the subject CN, which X.520 (RFC 5280 ub-common-name) caps at 64
+        # characters; a longer (valid, up to 253) DNS name lives in the SAN only.
+        subject = _name(dns_names[0]) if dns_names and len(dns_names[0]) <= 64 else _LEAF_SUBJECT
         leaf = (
             x509.CertificateBuilder()
             .subject_name(subject)

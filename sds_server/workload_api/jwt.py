@@ -200,6 +200,10 @@ def validate_jwt_svid(
         raise JwtSvidError(
             f"token header alg: {alg!r}: must be one of {', '.join(sorted(_HASHES))} (JWT-SVID §2.1)"
         )
+    if "typ" in header and header["typ"] not in ("JWT", "JOSE"):
+        raise JwtSvidError(
+            f"token header typ: {header['typ']!r}: if set, must be 'JWT' or 'JOSE' (JWT-SVID §2.3)"
+        )
     sub = claims.get("sub")
     if not isinstance(sub, str):
         raise JwtSvidError(f"token claim sub: {sub!r}: required, the SPIFFE ID (JWT-SVID §3.1)")

@@ -63,7 +63,7 @@ from spiffe._proto import workload_pb2 as pb
 
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId, TrustDomain
-from sds_server.workload_api.attestor import UnixAttestor, peer_credentials
+from sds_server.workload_api.attestor import UnixAttestor
 from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
 from sds_server.workload_api.config import Config, Entry, SocketConfig, check_sockets, load_config
 from sds_server.workload_api.errors import CaError, JwtSvidError, WorkloadApiError
@@ -159,12 +159,11 @@ class _Servicer:
                      socket=self._socket_name)
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         try:
-            creds = peer_credentials(_peer_socket(stream))
+            creds, selectors = self._server.attestor.attest_connection(
+                _peer_socket(stream), self._socket_name, with_sha256=self._server.snapshot.uses_sha256
+            )
         except OSError as exc:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
-        selectors = self._server.attestor.attest(
-            creds, self._socket_name, with_sha256=self._server.snapshot.uses_sha256
-        )
         log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
         return selectors
 

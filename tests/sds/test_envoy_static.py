@@ -3,6 +3,7 @@ Workload API cannot mint (same CA, other trust domain) and RBAC by SPIFFE ID."""
 
 from __future__ import annotations
 
+import gc
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +102,12 @@ def test_envoy_process_reports_a_bad_bootstrap(short_dir: Path) -> None:
     bad = {"static_resources": {"clusters": [{"name": "x", "type": "NOT_A_TYPE"}]}}
     with pytest.raises(EnvoyError, match="exited with code"):
         EnvoyProcess(bad, short_dir, name="bad").start(timeout=20)
+
+
+def test_envoy_process_reports_a_binary_that_cannot_run(short_dir: Path) -> None:
+    missing = short_dir / "no-such-envoy"
+    proc = EnvoyProcess({}, short_dir, name="missing", binary=missing)
+    with pytest.raises(EnvoyError, match=r"cannot run it \(No such file or directory\)"):
+        proc.start(timeout=5)
+    assert not proc.running()
+    gc.collect()  # an unclosed log file would surface here as a ResourceWarning (filterwarnings=error)

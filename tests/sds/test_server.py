@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
 import os
@@ -24,6 +25,7 @@ from grpclib.exceptions import StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from sds_server.errors import SdsConfigError
 from sds_server.server import ServerConfig, run_in_thread
 from sds_server.source import Fault
 from tests.sds.client import channel, secrets_of, sotw
@@ -291,6 +293,48 @@ def test_cli_bad_options_exit_2(short_dir: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("address", ["relative/agent.sock", "unix://host/agent.sock", "unix:agent.sock"])
+def test_cli_unusable_workload_api_address_exit_2(short_dir: Path, address: str) -> None:
+    """An address py-spiffe can never connect to is bad input, not an endless retry loop."""
+    cmd = [sys.executable, "-m", "bridge.cli", "sds", "serve", "--workload-api", address,
+           "--listen", str(short_dir / "x.sock")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: workload_api: {address!r}: expected unix:///"), last
+    assert not (short_dir / "x.sock").exists()
+
+
+def test_cli_busy_metrics_port_exit_2_and_nothing_left_behind(short_dir: Path) -> None:
+    """A metrics address in use is bad input: one error line, exit 2, no SDS socket file left behind."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        sock = short_dir / "sds.sock"
+        cmd = [sys.executable, "-m", "bridge.cli", "sds", "serve", "--workload-api",
+               f"unix://{short_dir}/absent.sock", "--listen", str(sock),
+               "--metrics", f"127.0.0.1:{port}"]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --metrics: '127.0.0.1:{port}': cannot listen"), last
+    assert not sock.exists()
+
+
+def test_start_failure_leaves_no_socket_or_metrics_port(short_dir: Path) -> None:
+    """In-process: the SDS socket binds, then the metrics port fails → the socket is not left behind."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = ServerConfig(listen=short_dir / "sds.sock", metrics_address=("127.0.0.1", port))
+        with pytest.raises(SdsConfigError, match="cannot listen"), run_in_thread(cfg):
+            pass
+    assert not cfg.listen.exists()
+
+
 def test_cached_svid_withheld_when_it_expires_while_workload_api_is_down(
     tmp_path: Path, short_dir: Path
 ) -> None:
@@ -348,3 +392,31 @@ def test_socket_owner_1337_mode_0600_kernel_lets_only_owner_in(short_dir: Path) 
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (1337, 0o600)
         assert _connect_as(1337, sock) == 0  # istio-proxy's UID
         assert _connect_as(65534, sock) == errno.EACCES  # anyone else: refused by the kernel
+
+
+def test_live_but_busy_socket_is_neither_replaced_nor_waited_on(short_dir: Path) -> None:
+    """A server that holds the path but does not accept (backlog full) is not a stale socket."""
+    path = short_dir / "sds.sock"
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen(0)
+        inode = path.stat().st_ino
+        fillers = []
+        try:
+            for _ in range(3):  # fill the accept queue: further connects get EAGAIN / would block
+                f = socket.socket(socket.AF_UNIX)
+                f.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    f.connect(str(path))
+                fillers.append(f)
+            t0 = time.monotonic()
+            with (
+                pytest.raises(SdsConfigError, match="refusing to replace it"),
+                run_in_thread(ServerConfig(listen=path)),
+            ):
+                pass
+            assert time.monotonic() - t0 < 10
+            assert path.stat().st_ino == inode  # still the live server's socket
+        finally:
+            for f in fillers:
+                f.close()

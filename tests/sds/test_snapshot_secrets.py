@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 import sds_server
 from bridge.envoy import EnvoyError, egress_bootstrap, sidecar_bootstrap
 from sds_server.errors import SdsConfigError
+from sds_server.metrics import Metrics
 from sds_server.snapshot import ResourceNames, SecretSnapshot
-from sds_server.source import RetryPolicy
+from sds_server.source import RetryPolicy, SnapshotPublisher
 from tests.sds.pki import MiniCa
 
 NOW = dt.datetime.now(dt.UTC)
@@ -132,3 +133,20 @@ def test_bootstrap_errors_name_the_argument() -> None:
         sidecar_bootstrap(sds_socket="/s", trust_domain="example.org", backend_port=70000)
     with pytest.raises(EnvoyError, match=r"server_spiffe_ids: \[\]"):
         egress_bootstrap(sds_socket="/s", upstream_port=1, server_spiffe_ids=[])
+
+
+def test_next_expiry_never_points_into_the_past(ca: MiniCa) -> None:
+    """The supervisor sleeps until ``next_expiry()``: an SVID that expired without changing the snapshot
+    (here a second SVID with the same SPIFFE ID) must not be returned again, or it would spin."""
+    clock = [NOW]
+    publisher = SnapshotPublisher(ResourceNames(), Metrics(), clock=lambda: clock[0])
+    long_lived = ca.issue("/w", ttl=dt.timedelta(hours=1), not_before=NOW - dt.timedelta(minutes=1))
+    short_lived = ca.issue("/w", ttl=dt.timedelta(minutes=2), not_before=NOW - dt.timedelta(minutes=1))
+    publisher.publish([long_lived.svid(), short_lived.svid()], [ca.bundle()])
+    assert publisher.next_expiry() == short_lived.cert.not_valid_after_utc
+    clock[0] = NOW + dt.timedelta(minutes=5)  # the duplicate has expired; the default has not
+    publisher.rebuild()
+    assert publisher.next_expiry() == long_lived.cert.not_valid_after_utc
+    clock[0] = NOW + dt.timedelta(hours=2)
+    publisher.rebuild()
+    assert publisher.next_expiry() is None

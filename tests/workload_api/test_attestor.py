@@ -11,8 +11,10 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from sds_server.spiffe_id import SpiffeId
-from sds_server.workload_api.attestor import PeerCredentials, UnixAttestor, peer_credentials
+from sds_server.workload_api.attestor import SO_PEERPIDFD, PeerCredentials, UnixAttestor, peer_credentials
 from sds_server.workload_api.config import Entry
 
 
@@ -64,3 +66,68 @@ def test_entry_matches_when_all_its_selectors_are_the_callers() -> None:
     assert entry.matches(frozenset({"unix:uid:1", "unix:gid:1", "socket:mesh"}))
     assert not entry.matches(frozenset({"unix:uid:1", "socket:ext"}))
     assert not entry.matches(frozenset({"socket:mesh"}))
+
+
+def _peerpidfd_supported() -> bool:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        try:
+            os.close(a.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(
+    not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK) or not _peerpidfd_supported(),
+    reason="needs root (ns_last_pid, to hand the caller's PID to another process) and SO_PEERPIDFD",
+)
+def test_a_reused_pid_is_not_attested_as_the_caller() -> None:
+    """The caller connects and exits; its PID goes to another program (``sleep``). Attestation must not
+    describe that other program as the caller (SPIRE's peertracker rule): only kernel-recorded selectors."""
+    d = tempfile.mkdtemp(prefix="mb-", dir="/tmp")
+    path = os.path.join(d, "s.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(2)
+    squatter: subprocess.Popen[bytes] | None = None
+    try:
+        live = subprocess.Popen([sys.executable, "-c", f"import socket,sys; s=socket.socket(socket.AF_UNIX); "
+                                 f"s.connect({path!r}); sys.stdin.read()"], stdin=subprocess.PIPE)
+        conn_live, _ = srv.accept()
+        with conn_live:
+            creds, selectors = UnixAttestor().attest_connection(conn_live, "mesh")
+            assert creds.pid == live.pid
+            assert f"unix:path:{os.readlink('/proc/self/exe')}" in selectors  # a live caller: full set
+        assert live.stdin is not None
+        live.stdin.close()
+        live.wait(10)
+
+        gone = subprocess.Popen([sys.executable, "-c",
+                                 f"import socket; socket.socket(socket.AF_UNIX).connect({path!r})"])
+        conn, _ = srv.accept()
+        gone.wait(10)
+        with conn:
+            for _ in range(20):  # make the next PID the caller's (others may fork meanwhile: retry)
+                with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+                    fh.write(str(gone.pid - 1))
+                squatter = subprocess.Popen(["sleep", "60"])
+                if squatter.pid == gone.pid:
+                    break
+                squatter.kill()
+                squatter.wait(10)
+                squatter = None
+            if squatter is None:
+                pytest.skip("could not hand the PID to another process (busy machine)")
+            assert os.readlink(f"/proc/{gone.pid}/exe").endswith("/sleep")  # the PID is someone else's now
+            creds, selectors = UnixAttestor().attest_connection(conn, "mesh")
+        assert creds.pid == gone.pid
+        assert not any(s.startswith(("unix:path:", "unix:sha256:", "unix:supplementary")) for s in selectors)
+        assert {f"unix:uid:{os.geteuid()}", f"unix:gid:{os.getegid()}", "socket:mesh"} <= selectors
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait(10)
+        srv.close()
+        os.unlink(path)
+        os.rmdir(d)

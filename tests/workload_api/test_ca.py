@@ -73,6 +73,15 @@ def test_every_minted_svid_passes_the_x509_svid_profile(
     assert sans.get_values_for_type(x509.DNSName) == dns_names
 
 
+def test_dns_name_longer_than_a_common_name_is_minted_in_the_san_only() -> None:
+    long_name = "a" * 60 + ".example.org"  # a valid DNS name, too long for a subject CN (64)
+    svid = _EC_CA.mint_x509_svid(SpiffeId.parse("spiffe://example.org/long"), dns_names=[long_name, "b.org"])
+    sans = svid.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [long_name, "b.org"]
+    assert not svid.leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    validate_x509_svid(svid.chain)
+
+
 def test_rsa_ca_mints_rsa_svids(tmp_path: Path) -> None:
     ca = LocalCa(TD, key_type="rsa-2048")
     svid = ca.mint_x509_svid(SpiffeId.parse("spiffe://example.org/rsa"))

@@ -100,6 +100,8 @@ def test_jwks_keys_have_kid_and_jwt_svid_use() -> None:
          r"^token claim aud: \[\]: required, one or more strings"),
         (lambda: CA.mint_jwt_svid(SID, ["svc"], timedelta(minutes=5))[:-4] + "AAAA",
          r"^token signature: <redacted>: does not verify with the bundle key$"),
+        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid, "typ": "at+jwt"}, _claims()),
+         r"^token header typ: 'at\+jwt': if set, must be 'JWT' or 'JOSE' \(JWT-SVID §2.3\)$"),
         (lambda: "a.b", r"^svid: 'a.b': not a JWS compact serialization"),
         (lambda: "", r"^svid: '': a JWT-SVID is required$"),
     ],
