@@ -1,8 +1,8 @@
 """X509-SVID checks, per the SPIFFE X509-SVID standard (spiffe/spiffe ``standards/X509-SVID.md``).
 
 Why our own checks: the local CA (``sds_server.workload_api.ca``) must only ever mint documents that pass
-them (a property test holds it to that), and the SDS side checks what a Workload API hands out before
-serving it to Envoy. Rules, by section of X509-SVID.md:
+them (a property test holds it to that); tests use them to check what any Workload API hands out.
+Rules, by section of X509-SVID.md:
 
 * §2 "SPIFFE ID": an X509-SVID carries exactly one URI SAN, a valid SPIFFE ID; a leaf's ID names a
   workload (non-empty path).

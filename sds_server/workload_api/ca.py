@@ -174,6 +174,13 @@ class Upstream:
             bc = None
         if bc is None or not bc.ca:
             raise CaError(f"ca.upstream.cert: {str(cert_path)!r}: the upstream certificate is not a CA")
+        if bc.path_length == 0:
+            # RFC 5280 §4.2.1.9: pathLenConstraint 0 forbids any CA below it, and ours is one, so every
+            # SVID chain we minted would fail validation at the peer.
+            raise CaError(
+                f"ca.upstream.cert: {str(cert_path)!r}: pathLenConstraint is 0, which leaves no room for "
+                "meshbridge's intermediate CA; use an upstream CA with pathLenConstraint >= 1 or none"
+            )
         return cls(chain, key)
 
     @property

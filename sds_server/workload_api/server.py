@@ -451,6 +451,10 @@ class WorkloadApiServer:
             except (WorkloadApiError, OSError) as exc:
                 log.error("workload_api.maintain_failed", error=str(exc))  # noqa: TRY400 - no traceback
                 await asyncio.sleep(1.0)
+            except Exception:
+                # A bug must not stop rotation for good: log it (traceback, no locals) and keep going.
+                log.exception("workload_api.maintain_crashed")
+                await asyncio.sleep(1.0)
 
     def _tick(self) -> None:
         before = self.ca.current

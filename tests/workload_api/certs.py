@@ -58,7 +58,7 @@ def signing(uris: list[str] | None = None, **kw: object) -> x509.Certificate:
     return make_cert(uris=uris, ca=ca, usage=usage, **kw)  # type: ignore[arg-type]
 
 
-def make_upstream(tmp: Path, *, key_type: str = "ec") -> tuple[Path, Path]:
+def make_upstream(tmp: Path, *, key_type: str = "ec", path_length: int | None = None) -> tuple[Path, Path]:
     """A self-signed upstream CA written as ``up.pem`` / ``up.key`` into ``tmp``."""
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
         ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
@@ -69,7 +69,7 @@ def make_upstream(tmp: Path, *, key_type: str = "ec") -> tuple[Path, Path]:
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())

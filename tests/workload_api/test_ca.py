@@ -203,6 +203,21 @@ def test_unusable_data_dir_is_a_ca_error(tmp_path: Path) -> None:
         LocalCa(TD, data_dir=tmp_path / "d")
 
 
+def test_upstream_with_path_length_zero_is_refused(tmp_path: Path) -> None:
+    cert_path, key_path = make_upstream(tmp_path, path_length=0)
+    with pytest.raises(CaError) as info:
+        Upstream.load(cert_path, key_path)
+    assert str(info.value) == (
+        f"ca.upstream.cert: {str(cert_path)!r}: pathLenConstraint is 0, which leaves no room for "
+        "meshbridge's intermediate CA; use an upstream CA with pathLenConstraint >= 1 or none"
+    )
+    one = tmp_path / "one"
+    one.mkdir()
+    ok_cert, ok_key = make_upstream(one, path_length=1)
+    ca = LocalCa(TD, upstream=Upstream.load(ok_cert, ok_key))
+    validate_x509_svid(list(ca.mint_x509_svid(SpiffeId.parse("spiffe://example.org/w")).chain))
+
+
 def test_upstream_file_with_its_own_chain(tmp_path: Path) -> None:
     """Upstream = an intermediate (file: intermediate, then root): SVID chains carry it; bundle = root."""
     root_cert_path, root_key_path = make_upstream(tmp_path)
