@@ -24,7 +24,7 @@ hash_from_output() {  # the last 64-hex-digit word of 'scone session create' out
 
 for arg in "$@"; do
   case "$arg" in
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,${/^#/!q;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
     *=*) name="${arg%%=*}"; value="${arg#*=}" ;;
     *) die "argument '$arg': expected SESSION=HASH, SESSION=@FILE or SESSION=- (see --help)" ;;
   esac
