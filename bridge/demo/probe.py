@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from bridge.demo.tunnel import write_atomic
+from sds_server.files import atomic_write
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,8 @@ class TlsProbe:
         if chain_pem and key_pem:
             workdir.mkdir(mode=0o700, exist_ok=True)
             cert, key = workdir / "cert.pem", workdir / "key.pem"
-            write_atomic(cert, chain_pem.encode())
-            write_atomic(key, key_pem.encode())
+            atomic_write(cert, chain_pem.encode())
+            atomic_write(key, key_pem.encode())
             self._ctx.load_cert_chain(cert, key)
 
     def get(self, port: int, path: str = "/headers", *, sni: str, timeout: float = 5.0) -> HttpResult:

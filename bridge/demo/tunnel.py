@@ -16,16 +16,15 @@ Everything else (``--verify-uri``, ``--timed-reload``, …) is kept as rendered.
 
 from __future__ import annotations
 
-import os
-import re
 import shlex
 import socket
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge import names
 from bridge.demo.errors import DemoError
+from sds_server.files import atomic_write
 
 # Ghostunnel v1.11.1 flags that take no value (``--help-long``); every other flag takes one.
 _BOOL_FLAGS = frozenset(
@@ -169,38 +168,22 @@ def with_verify_uri(cmd: GhostunnelCommand, spiffe_id: str) -> GhostunnelCommand
     return GhostunnelCommand(program=cmd.program, flags=tuple(flags))
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename) with ``mode``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_injected_files(contents: Mapping[str, str], directory: Path) -> dict[str, Path]:
     """Materialise injected files (rendered path → content) in ``directory``; returns path → file."""
     out: dict[str, Path] = {}
     for i, (rendered, content) in enumerate(sorted(contents.items())):
         local = directory / f"{i}-{Path(rendered).name}"
-        write_atomic(local, content.encode())
+        atomic_write(local, content.encode())
         out[rendered] = local
     return out
 
 
 def parse_duration(value: str, *, what: str) -> float:
     """A Go duration as Ghostunnel takes it (``500ms``, ``10s``, ``1m``, ``1h30m``) in seconds."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise DemoError(f"{what}: {value!r}: a duration like 10s, 1m or 1h30m")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
+    problem = names.duration(value)
+    if problem:
+        raise DemoError(f"{what}: {value!r}: {problem}")
+    return names.duration_seconds(value)
 
 
 def with_timed_reload(cmd: GhostunnelCommand, value: str) -> GhostunnelCommand:

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sds_server.files import atomic_write
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.errors import CaError
 from sds_server.workload_api.jwt import JwtKey, PublicKey, sign_jwt_svid
@@ -49,7 +48,6 @@ __all__ = [
     "PrivateKey",
     "Upstream",
     "X509Svid",
-    "atomic_write",
     "generate_key",
 ]
 
@@ -98,27 +96,6 @@ def _load_key(data: bytes, what: str) -> PrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise CaError(f"{what}: {type(key).__name__!r}: only EC and RSA keys are supported")
     return key
-
-
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode``: temp file in the same dir, fsync, replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 #: ECDSA-with-SHA256 / RSA PKCS#1 v1.5 with SHA-256: what every TLS peer accepts.
