@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class _Stream:
     api: str
     send: Callable[[bytes], Any]
     names: frozenset[str] = frozenset()
+    ordered: tuple[str, ...] = ()  # ``names`` sorted once per subscription change, not per push
     known: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     last: _Sent | None = None
@@ -81,6 +83,7 @@ class _Stream:
     responses: int = 0
     synced: str = ""  # snapshot version last planned against (an ACK then needs no new plan)
     log: Any = None  # structlog logger bound to api/node once per stream (hot path: no bind per event)
+    debug: bool = False  # whether ``log`` emits debug events (hot path: no debug arguments built otherwise)
     sent_counter: Any = None
     ack_counter: Any = None
     nack_counter: Any = None
@@ -89,7 +92,7 @@ class _Stream:
         """Resources to send (changed, not rejected) and names to report removed (delta only)."""
         changed: list[Resource] = []
         removed: list[str] = []
-        for name in sorted(self.names):
+        for name in self.ordered:
             res = snap.get(name)
             if res is None:
                 if name in self.known:
@@ -99,6 +102,12 @@ class _Stream:
                 continue
             changed.append(res)
         return changed, removed
+
+
+def _logs_debug(logger: Any) -> bool:
+    """Whether ``logger`` emits debug events (structlog's filtering loggers tell; others: assume yes)."""
+    is_enabled_for = getattr(logger, "is_enabled_for", None)
+    return True if is_enabled_for is None else bool(is_enabled_for(logging.DEBUG))
 
 
 class SecretDiscoveryServicer:
@@ -135,8 +144,9 @@ class SecretDiscoveryServicer:
         log.info(
             "sds.snapshot", version=snapshot.version[:16], changed=sorted(changed), streams=len(affected)
         )
+        loop = asyncio.get_running_loop()
         for st in affected:
-            task = asyncio.get_running_loop().create_task(self._push(st))
+            task = loop.create_task(self._push(st))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -166,6 +176,7 @@ class SecretDiscoveryServicer:
         for added in new - st.names:
             self._by_name.setdefault(added, set()).add(st)
         st.names = new
+        st.ordered = tuple(sorted(new))
 
     def _forget(self, st: _Stream) -> None:
         self._subscribe(st, ())
@@ -218,7 +229,7 @@ class SecretDiscoveryServicer:
 
     def _held_version(self, st: _Stream) -> str:
         """SotW ``version_info``: hash of the (name, version) pairs the client holds (cached)."""
-        key = tuple(sorted((n, st.known[n]) for n in st.names if n in st.known))
+        key = tuple((n, st.known[n]) for n in st.ordered if n in st.known)
         version = self._versions.get(key)
         if version is None:
             if len(self._versions) > _CACHE_ENTRIES:
@@ -255,13 +266,14 @@ class SecretDiscoveryServicer:
         await st.send(data)
         st.responses += 1
         st.sent_counter.inc()
-        st.log.debug(
-            "sds.push",
-            names=[r.name for r in changed],
-            removed=removed,
-            version=version_info[:16],
-            nonce=nonce,
-        )
+        if st.debug:
+            st.log.debug(
+                "sds.push",
+                names=[r.name for r in changed],
+                removed=removed,
+                version=version_info[:16],
+                nonce=nonce,
+            )
 
     def _answer(self, st: _Stream, nonce: str, error: Any | None, version_info: str) -> bool:
         """Handle ``response_nonce`` / ``error_detail``. False when the request is stale."""
@@ -294,7 +306,8 @@ class SecretDiscoveryServicer:
             )
         else:
             st.ack_counter.inc()
-            st.log.debug("sds.ack", version=version_info[:16], nonce=nonce)
+            if st.debug:
+                st.log.debug("sds.ack", version=version_info[:16], nonce=nonce)
         return True
 
     @staticmethod
@@ -313,10 +326,12 @@ class SecretDiscoveryServicer:
 
     def _new_stream(self, api: str, stream: Stream[Any, Any]) -> _Stream:
         m = self._metrics
+        logger = log.bind(api=api)
         return _Stream(
             api=api,
             send=stream.send_message,
-            log=log.bind(api=api),
+            log=logger,
+            debug=_logs_debug(logger),
             sent_counter=m.responses_sent.labels(api),
             ack_counter=m.acks.labels(api),
             nack_counter=m.nacks.labels(api),
