@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from bridge.binaries import find_envoy, find_ghostunnel
+from tests.support.tmp import short_dir as _short_dir
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,13 @@ def ghostunnel_bin() -> Path:
     if path is None:
         pytest.skip("no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, ../shared/bin/ghostunnel)")
     return path
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory under /tmp short enough for Unix socket paths (107 bytes)."""
+    with _short_dir() as d:
+        yield d
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ import shlex
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -341,16 +340,6 @@ def _exchange(port: int, deadline: float) -> bytes:
     raise AssertionError(f"no answer through the tunnel: {last!r}")
 
 
-@pytest.fixture
-def pki_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="mb-gt-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-
 
 def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
     ca = TestCA()
@@ -388,11 +377,11 @@ def _run_tunnel(binary: Path, d: Path, files: CertFiles, verify: str) -> tuple[b
 
 @pytest.mark.parametrize("verify_ok", [True, False])
 def test_rendered_argv_tunnels_to_a_strict_peer_only_with_the_right_spiffe_id(
-    ghostunnel_bin: Path, pki_dir: Path, verify_ok: bool
+    ghostunnel_bin: Path, short_dir: Path, verify_ok: bool
 ) -> None:
-    files = _write_pki(pki_dir, server_dns=("httpbin.default.svc.cluster.local",))
+    files = _write_pki(short_dir, server_dns=("httpbin.default.svc.cluster.local",))
     verify = MESH_ID if verify_ok else "spiffe://example.org/ns/default/sa/impostor"
-    answer, seen = _run_tunnel(ghostunnel_bin, pki_dir, files, verify)
+    answer, seen = _run_tunnel(ghostunnel_bin, short_dir, files, verify)
     if verify_ok:
         assert answer == f"peer={CLIENT_ID} got=hello\n".encode()
         assert seen == [CLIENT_ID]  # the peer saw our SVID as client certificate
@@ -401,10 +390,10 @@ def test_rendered_argv_tunnels_to_a_strict_peer_only_with_the_right_spiffe_id(
         assert seen == []
 
 
-def test_files_source_needs_the_dns_name_in_the_mesh_svid(ghostunnel_bin: Path, pki_dir: Path) -> None:
+def test_files_source_needs_the_dns_name_in_the_mesh_svid(ghostunnel_bin: Path, short_dir: Path) -> None:
     # ghostunnel.md: with --cert/--key/--cacert Go checks the host name first; a URI-only SVID fails.
-    files = _write_pki(pki_dir, server_dns=())
-    answer, seen = _run_tunnel(ghostunnel_bin, pki_dir, files, MESH_ID)
+    files = _write_pki(short_dir, server_dns=())
+    answer, seen = _run_tunnel(ghostunnel_bin, short_dir, files, MESH_ID)
     assert answer is None
     assert seen == []
 
@@ -445,18 +434,20 @@ def _fetch_svid(address: str, chain: Path, key: Path, bundle: Path | None = None
 
 @pytest.mark.parametrize("source", ["workload-api", "files"])
 def test_both_sources_with_svids_from_the_embedded_workload_api(
-    ghostunnel_bin: Path, tmp_path: Path, pki_dir: Path, source: str
+    ghostunnel_bin: Path, tmp_path: Path, short_dir: Path, source: str
 ) -> None:
     with running_workload_api(_embedded_config(), tmp_path, sockets=("mesh", "ext")) as api:
         _fetch_svid(
-            api.address("mesh"), pki_dir / "server.pem", pki_dir / "server-key.pem", pki_dir / "ca.pem"
+            api.address("mesh"), short_dir / "server.pem", short_dir / "server-key.pem", short_dir / "ca.pem"
         )
         files = CertFiles(
-            cert=str(pki_dir / "svid.pem"), key=str(pki_dir / "svid-key.pem"), cacert=str(pki_dir / "ca.pem")
+            cert=str(short_dir / "svid.pem"),
+            key=str(short_dir / "svid-key.pem"),
+            cacert=str(short_dir / "ca.pem"),
         )
         if source == "files":
             _fetch_svid(api.address("ext"), Path(files.cert), Path(files.key))
-        with _mtls_server(pki_dir / "server.pem", pki_dir / "server-key.pem", pki_dir / "ca.pem") as (
+        with _mtls_server(short_dir / "server.pem", short_dir / "server-key.pem", short_dir / "ca.pem") as (
             port,
             seen,
         ):

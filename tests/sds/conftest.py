@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,16 +9,6 @@ import pytest
 
 from sds_server.server import RunningServer, ServerConfig, run_in_thread
 from tests.sds.pki import MiniCa
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory under /tmp short enough for Unix socket paths (107 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

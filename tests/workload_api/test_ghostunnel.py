@@ -9,18 +9,14 @@ Addresses: the backend and the client's plain listener are Unix sockets; only th
 from __future__ import annotations
 
 import http.server
-import shutil
 import socket
 import socketserver
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 from tests.support.workload_api import WorkloadApiHandle, running_workload_api
 from tests.workload_api.helpers import entry
@@ -112,14 +108,6 @@ def _http_get(unix_path: Path) -> bytes:
             chunks.append(chunk)
     return b"".join(chunks)
 
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="mb-gt-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextmanager

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from spiffe.workloadapi.x509_context import X509Context
 
 import sds_server.workload_api as workload_api
 from sds_server.workload_api import SocketConfig, WorkloadApiServer, parse_config, serve
+from tests.support.tmp import short_dir
 from tests.workload_api.helpers import UID, entry, wait_for
 
 A = "spiffe://example.org/a"
@@ -68,14 +66,6 @@ class InThread:
         if self._error:
             raise self._error
 
-
-@contextmanager
-def short_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _config(sock: Path) -> workload_api.Config:
