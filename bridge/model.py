@@ -19,35 +19,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
+
+from scone.model import SvidStorePluginName, Toleration
 
 AppMode = Literal["network-shield", "ghostunnel"]
 CertSource = Literal["files", "workload-api"]
 GatewayKind = Literal["ingress", "egress"]
-SvidStorePlugin = Literal["sconecas_sessionmanager", "scone_cas_secretsmanager"]
+SvidStorePlugin = SvidStorePluginName
 Protocol = Literal["http", "http2", "grpc", "tcp", "tls"]
-Toleration = Literal[
-    "debug-mode",
-    "hyperthreading",
-    "outdated-tcb",
-    "insecure-igpu",
-    "software-hardening-needed",
-    "insecure-configuration",
-]
 
 GATEWAY_KINDS: tuple[GatewayKind, ...] = ("ingress", "egress")
 APP_MODES: tuple[AppMode, ...] = ("network-shield", "ghostunnel")
 CERT_SOURCES: tuple[CertSource, ...] = ("files", "workload-api")
-SVIDSTORE_PLUGINS: tuple[SvidStorePlugin, ...] = ("sconecas_sessionmanager", "scone_cas_secretsmanager")
+# The SCONE-side vocabularies are defined once, in scone.model (the renderer that consumes them).
+SVIDSTORE_PLUGINS: tuple[SvidStorePlugin, ...] = get_args(SvidStorePlugin)
 PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc", "tcp", "tls")
-TOLERATIONS: tuple[Toleration, ...] = (
-    "debug-mode",
-    "hyperthreading",
-    "outdated-tcb",
-    "insecure-igpu",
-    "software-hardening-needed",
-    "insecure-configuration",
-)
+TOLERATIONS: tuple[Toleration, ...] = get_args(Toleration)
 
 API_VERSION = "meshbridge.io/v1alpha1"
 KIND = "Bridge"

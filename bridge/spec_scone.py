@@ -18,9 +18,9 @@ from bridge.model import (
     SconeSettings,
     SpireSettings,
     Target,
-    Toleration,
 )
 from bridge.spec_reader import Reader, suggest
+from scone.model import Toleration
 
 __all__ = ["ghostunnel_ports", "ghostunnel_settings", "scone_settings"]
 
