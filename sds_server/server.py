@@ -35,10 +35,10 @@ from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
-from grpclib.server import Server
 
 from sds_server.codec import PassThroughProtoCodec
 from sds_server.errors import SdsConfigError
+from sds_server.grpc_server import Server
 from sds_server.metrics import Metrics
 from sds_server.servicer import SecretDiscoveryServicer
 from sds_server.snapshot import ResourceNames, SecretSnapshot

@@ -58,10 +58,11 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server, Stream
+from grpclib.server import Stream
 from spiffe._proto import workload_pb2 as pb
 
 from sds_server.errors import SpiffeIdError
+from sds_server.grpc_server import Server
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.attestor import UnixAttestor
 from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
