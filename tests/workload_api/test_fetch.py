@@ -167,16 +167,24 @@ def test_every_rpc_from_an_unregistered_caller_is_permission_denied(api: Workloa
 _PROBE = """
 import os, sys, grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
-os.setgroups([]); os.setgid(65534); os.setuid(65534)  # the interpreter is loaded: now become 'nobody'
-ch = grpc.insecure_channel("unix:" + sys.argv[1])
-stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
-try:
-    r = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),),
-                                timeout=10))
-    print("OK", r.svids[0].spiffe_id)
-except grpc.RpcError as e:
-    print(e.code().name)
-ch.close()
+
+def fetch(path):
+    ch = grpc.insecure_channel("unix:" + path)
+    stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
+    try:
+        r = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(),
+                                    metadata=(("workload.spiffe.io", "true"),), timeout=10))
+        return "OK " + r.svids[0].spiffe_id
+    except grpc.RpcError as e:
+        return e.code().name
+    finally:
+        ch.close()
+
+# One call as root first, so every module grpc loads lazily is loaded while the interpreter's files are
+# still readable: the checkout (and its .venv) may sit where 'nobody' cannot enter, e.g. under /root.
+fetch(sys.argv[1])
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # now become 'nobody'
+print(fetch(sys.argv[1]))
 """
 
 
