@@ -247,6 +247,10 @@ def read_text(source: str | os.PathLike[str]) -> tuple[str, str]:
 def parse_yaml(text: str, name: str) -> object:
     try:
         docs = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+    except RecursionError as exc:
+        # PyYAML constructs nested collections recursively: a document nested a few hundred levels
+        # deep exhausts the interpreter stack. No bridge spec is deeper than a handful of levels.
+        raise SpecError([f"{name}: the spec nests too deeply (a bridge spec is a few levels deep)"]) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
