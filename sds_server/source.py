@@ -1,19 +1,21 @@
-"""Where secrets come from: a SPIFFE Workload API watched with py-spiffe, turned into snapshots.
+"""Where secrets come from: a SPIFFE Workload API watched on the server's asyncio loop, turned into snapshots.
 
 Threading / asyncio model (read this before touching anything here):
 
-* py-spiffe's ``WorkloadApiClient`` is blocking grpcio. :class:`WorkloadApiSource` runs one
-  *supervisor thread* that connects, starts py-spiffe's X.509-context stream (py-spiffe delivers
-  updates on its own daemon thread), waits for the stream to end, and reconnects with
-  :class:`RetryPolicy` (exponential backoff + jitter, capped at 30 s). py-spiffe's own retry is
-  switched off (``retry_connect=False``) so that every failure passes through here: logged (a
+* :class:`WorkloadApiSource` is one task on the server's loop (no threads): it opens a
+  ``FetchX509SVID`` stream with the grpclib client in :mod:`sds_server.workload_client`, publishes
+  every update, and when the stream fails or ends it reconnects with :class:`RetryPolicy`
+  (exponential backoff + jitter, capped at 30 s). Every failure passes through here once: logged (a
   ``PermissionDenied`` says "no registration entry for this workload"), counted, retried.
-* On every update the py-spiffe thread converts the context to plain values, builds a new immutable
-  :class:`~sds_server.snapshot.SecretSnapshot` and swaps the reference under a ``threading.Lock``.
-  Subscribers are then called **on the asyncio loop** (``call_soon_threadsafe``), never under the lock.
-* While the stream is down the last snapshot keeps being served. The supervisor also wakes when the
-  earliest SVID reaches ``NotAfter`` and rebuilds the snapshot without it: an expired SVID is never
-  served (loud ``svid.expired.withheld`` error + metric).
+* Each update is converted to plain values (:class:`~sds_server.snapshot.Svid`,
+  :class:`~sds_server.snapshot.Bundle`) by the client, then a new immutable
+  :class:`~sds_server.snapshot.SecretSnapshot` is built and the reference swapped under a
+  ``threading.Lock`` (uncontended on the loop; it is there because :meth:`SnapshotPublisher.publish`
+  and :meth:`SnapshotPublisher.inject_fault` may be called from other threads — tests, the in-thread
+  runner). Subscribers are called **on the loop** (``call_soon_threadsafe``), never under the lock.
+* While the stream is down the last snapshot keeps being served. A loop timer fires when the earliest
+  SVID reaches ``NotAfter`` and rebuilds the snapshot without it: an expired SVID is never served
+  (loud ``svid.expired.withheld`` error + metric).
 
 Test hook: :meth:`inject_fault` swaps the default SVID's key for one that does not match its
 certificate, so a test can prove Envoy NACKs it and keeps its previous secret.
@@ -22,24 +24,30 @@ certificate, so a test can prove Envoy NACKs it and keeps its previous secret.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import grpc
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from spiffe import WorkloadApiClient
-from spiffe.errors import PySpiffeError
-from spiffe.workloadapi.x509_context import X509Context
 
-from sds_server.metrics import Metrics
 from sds_server.snapshot import Bundle, ResourceNames, SecretSnapshot, Svid
+from sds_server.workload_client import (
+    WorkloadApiCallError,
+    WorkloadApiClient,
+    WorkloadApiResponseError,
+    X509Update,
+)
+
+if TYPE_CHECKING:  # the metrics module (prometheus_client) is the server's to import
+    from sds_server.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -81,29 +89,6 @@ def _pkcs8_pem(key: PrivateKeyTypes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def svids_from_context(ctx: X509Context) -> tuple[list[Svid], list[Bundle]]:
-    """Plain values from py-spiffe's X.509 context (chain PEM, PKCS#8 PEM key, sorted bundles)."""
-    svids = []
-    for s in ctx.x509_svids:
-        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in s.cert_chain)
-        key = _pkcs8_pem(s.private_key)
-        svids.append(
-            Svid(
-                spiffe_id=str(s.spiffe_id),
-                chain_pem=chain,
-                key_pem=key,
-                not_after=s.leaf.not_valid_after_utc,
-                serial=s.leaf.serial_number,
-            )
-        )
-    bundles = []
-    for b in ctx.x509_bundle_set.bundles:
-        authorities = sorted(b.x509_authorities, key=lambda a: a.public_bytes(serialization.Encoding.DER))
-        pem = b"".join(a.public_bytes(serialization.Encoding.PEM) for a in authorities)
-        bundles.append(Bundle(trust_domain=b.trust_domain.name, roots_pem=pem))
-    return svids, sorted(bundles, key=lambda x: x.trust_domain)
 
 
 class SnapshotPublisher:
@@ -224,23 +209,16 @@ class StaticSource(SnapshotPublisher):
     def close(self) -> None:
         """Nothing to stop."""
 
-
-def _status_name(exc: BaseException) -> str:
-    """The gRPC status name from an error py-spiffe passes to ``on_error``.
-
-    py-spiffe maps ``grpc.RpcError`` to ``WorkloadApiError("gRPC error: StatusCode.X")``; this edge is
-    the only place that reads it.
-    """
-    text = str(exc)
-    for code in grpc.StatusCode:
-        name: str = code.name
-        if f"StatusCode.{name}" in text:
-            return name
-    return ""
+    async def aclose(self) -> None:
+        """Nothing to stop."""
 
 
 class WorkloadApiSource(SnapshotPublisher):
-    """Watches a Workload API (``unix:///path`` or ``/path``) and keeps a current snapshot."""
+    """Watches a Workload API (``unix:///path`` or ``/path``) and keeps a current snapshot.
+
+    :meth:`start` schedules the watch on the given loop (from any thread); :meth:`aclose` (on the loop)
+    or :meth:`close` (from any other thread) stops it and closes the connection.
+    """
 
     def __init__(
         self,
@@ -252,93 +230,119 @@ class WorkloadApiSource(SnapshotPublisher):
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         super().__init__(names, metrics, clock=clock)
-        # a bare absolute path is a Unix socket; unix: addresses go to py-spiffe as they are
+        # a bare absolute path is a Unix socket (the SPIFFE_ENDPOINT_SOCKET form is unix:///path)
         self.address = "unix://" + address if address.startswith("/") else address
         self._retry = retry or RetryPolicy()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._attempt = 0
         self._rand = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._task: asyncio.Task[None] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._closed = False
         self.connected = False
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.attach(loop)
-        self._thread = threading.Thread(target=self._supervise, name="workload-api-watch", daemon=True)
-        self._thread.start()
+
+        def begin() -> None:
+            if not self._closed and self._task is None:
+                self._task = loop.create_task(self._supervise(), name="workload-api-watch")
+
+        if self._on_loop():
+            begin()
+        else:
+            loop.call_soon_threadsafe(begin)
+
+    async def aclose(self) -> None:
+        """Stop watching (on the loop): cancel the watch, close the connection, disarm the expiry timer."""
+        self._closed = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set_connected(False)
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _wait(self, seconds: float) -> None:
-        """Sleep up to ``seconds`` (woken early by stop / stream end), rebuilding at SVID expiry."""
-        deadline = self._clock().timestamp() + seconds
-        while not self._stop.is_set() and not self._wake.is_set():
-            now = self._clock()
-            left = deadline - now.timestamp()
-            if left <= 0:
-                return
-            expiry = self.next_expiry()
-            until_expiry = left if expiry is None else max(0.0, expiry.timestamp() - now.timestamp())
-            if self._wake.wait(timeout=min(left, until_expiry + 0.01, 60.0)):
-                return
-            if expiry is not None and self._clock() >= expiry:
-                self.rebuild()
+        """Stop watching, from any thread. From another thread it waits (≤ 5 s) until the watch ended;
+        on the loop's own thread it only schedules the stop (use :meth:`aclose` there)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._closed = True
+            return
+        if self._on_loop():
+            loop.create_task(self.aclose())
+            return
+        with contextlib.suppress(RuntimeError, TimeoutError):  # loop stopped meanwhile / slow stop
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(5)
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
         self._metrics.workload_api_connected.set(1 if up else 0)
 
-    def _on_update(self, ctx: X509Context) -> None:
+    def _arm_expiry_timer(self) -> None:
+        """(Re)arm the loop timer for the earliest future ``NotAfter`` (at most 60 s ahead, then re-check)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        expiry = self.next_expiry()
+        if expiry is None or self._closed or self._loop is None:
+            return
+        delay = (expiry - self._clock()).total_seconds() + 0.01
+        self._expiry_timer = self._loop.call_later(min(max(delay, 0.0), 60.0), self._on_expiry_timer)
+
+    def _on_expiry_timer(self) -> None:
+        self._expiry_timer = None
+        self.rebuild()
+        self._arm_expiry_timer()
+
+    def _on_update(self, update: X509Update) -> None:
         if not self.connected:
             self._set_connected(True)
             log.info("workload_api.connected", address=self.address)
         self._attempt = 0
         self._metrics.workload_api_updates.inc()
-        svids, bundles = svids_from_context(ctx)
-        self.publish(svids, bundles)
+        self.publish(update.svids, update.bundles)
+        self._arm_expiry_timer()
 
-    def _supervise(self) -> None:
+    async def _supervise(self) -> None:
         first = True
-        while not self._stop.is_set():
-            if not first:
-                self._metrics.workload_api_reconnects.inc()
-            first = False
-            self._wake.clear()
-            errors: list[BaseException] = []
-
-            def on_error(exc: Exception, box: list[BaseException] = errors) -> None:
-                box.append(exc)
-                self._wake.set()
-
-            client: WorkloadApiClient | None = None
-            try:
-                client = WorkloadApiClient(self.address)
-                handle = client.stream_x509_contexts(self._on_update, on_error, retry_connect=False)
-            except PySpiffeError as exc:
-                errors.append(exc)
-            else:
-                self._wait(float("inf"))
-                handle.cancel()
+        client: WorkloadApiClient | None = None
+        try:
+            while True:
+                if not first:
+                    self._metrics.workload_api_reconnects.inc()
+                first = False
+                error: WorkloadApiCallError | WorkloadApiResponseError | None = None
+                try:
+                    if client is None:
+                        client = WorkloadApiClient(self.address)
+                    updates = client.watch_x509()
+                    async with contextlib.aclosing(updates):
+                        async for update in updates:
+                            self._on_update(update)
+                except (WorkloadApiCallError, WorkloadApiResponseError) as exc:
+                    error = exc
+                self._report_loss(error)
+                delay = self._retry.delay(self._attempt, self._rand.random())
+                self._attempt += 1
+                await asyncio.sleep(delay)
+        finally:
             if client is not None:
                 client.close()
-            if self._stop.is_set():
-                break
-            self._report_loss(errors[0] if errors else None)
-            delay = self._retry.delay(self._attempt, self._rand.random())
-            self._attempt += 1
-            self._wake.clear()
-            self._wait(delay)
-        self._set_connected(False)
 
-    def _report_loss(self, error: BaseException | None) -> None:
+    def _report_loss(self, error: WorkloadApiCallError | WorkloadApiResponseError | None) -> None:
         was_up = self.connected
         self._set_connected(False)
-        code = _status_name(error) if error is not None else ""
+        code = error.code if isinstance(error, WorkloadApiCallError) else ""
         serving = self._current is not None
         if code == "PERMISSION_DENIED":
             self._metrics.workload_api_permission_denied.inc()
@@ -349,12 +353,22 @@ class WorkloadApiSource(SnapshotPublisher):
                 "process (check the entry's selectors, e.g. unix:uid); retrying",
                 attempt=self._attempt,
             )
+        elif isinstance(error, WorkloadApiResponseError):
+            log.error(
+                "workload_api.response.invalid",
+                address=self.address,
+                error=str(error),
+                hint="the Workload API sent an SVID or bundle that breaks the X509-SVID profile; the "
+                "previous secrets stay served; reconnecting",
+                serving_cached=serving,
+                attempt=self._attempt,
+            )
         elif was_up or self._attempt == 0:
             log.warning(
                 "workload_api.stream.lost" if was_up else "workload_api.unavailable",
                 address=self.address,
                 code=code or None,
-                error=str(error) if error is not None else None,
+                error=error.detail if isinstance(error, WorkloadApiCallError) else None,
                 serving_cached=serving,
                 attempt=self._attempt,
             )

@@ -1,0 +1,345 @@
+"""A SPIFFE Workload API client on grpclib: the X.509 half of ``SpiffeWorkloadAPI``, on the caller's loop.
+
+Why not py-spiffe here: py-spiffe's client is blocking grpcio (its own threads, and grpcio's runtime
+costs ~10 MB of RSS in a process that is otherwise one asyncio loop), and importing *any* ``spiffe``
+module — even ``spiffe._proto.workload_pb2`` — runs ``spiffe/__init__.py``, which imports grpcio. So
+the messages are declared here, field for field from the spec's ``workload.proto`` (spiffe/go-spiffe
+``proto/spiffe/workload/workload.proto``, the file py-spiffe ships too), into a **private** descriptor
+pool: py-spiffe, our test peer, registers the same top-level names in protobuf's default pool, and a
+private pool lets both live in one process.
+
+What the spec asks of a client (SPIFFE Workload Endpoint, "Transport"; SPIFFE Workload API, "X.509-SVID
+profile"), and where it is done:
+
+* every call carries the security header ``workload.spiffe.io: true`` (:data:`SECURITY_HEADER`);
+* ``FetchX509SVID`` is a server stream: each response is the complete current set of SVIDs (the first is
+  the default), each with its own trust domain's bundle, plus the federated bundles keyed by trust domain
+  ID; ``FetchX509Bundles`` streams the bundles alone (:meth:`WorkloadApiClient.fetch_x509_bundles`);
+* chains and bundles are concatenated ASN.1 DER certificates, keys are PKCS#8 DER.
+
+Foreign errors are mapped here, once (house style §5): grpclib's ``GRPCError``, a stream or connection
+that breaks, and an ``OSError`` from the socket become :class:`WorkloadApiCallError` with the gRPC status
+name in ``code`` (a connection that cannot be made or is lost reads ``UNAVAILABLE``, as grpcio reports
+it); a response that does not parse or breaks the X509-SVID profile becomes
+:class:`WorkloadApiResponseError`. The conversion to the served data model
+(:class:`~sds_server.snapshot.Svid`, :class:`~sds_server.snapshot.Bundle`, PEM) lives here only:
+:func:`x509_update_from_response`.
+
+Asyncio model: everything runs on the loop that calls it; no threads. Create the client on that loop
+(grpclib binds a channel to the loop current at construction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from h2.exceptions import H2Error
+
+from sds_server.errors import SdsError, SpiffeIdError, SvidError
+from sds_server.snapshot import Bundle, Svid
+from sds_server.spiffe_id import TrustDomain
+from sds_server.x509svid import validate_x509_svid
+
+__all__ = [
+    "FETCH_X509_BUNDLES",
+    "FETCH_X509_SVID",
+    "SECURITY_HEADER",
+    "WorkloadApiCallError",
+    "WorkloadApiClient",
+    "WorkloadApiResponseError",
+    "X509Update",
+    "parse_address",
+    "x509_update_from_response",
+]
+
+SECURITY_HEADER: Final = ("workload.spiffe.io", "true")
+"""SPIFFE Workload Endpoint: every request carries it; a server refuses calls without it."""
+
+FETCH_X509_SVID: Final = "/SpiffeWorkloadAPI/FetchX509SVID"
+FETCH_X509_BUNDLES: Final = "/SpiffeWorkloadAPI/FetchX509Bundles"
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+
+class WorkloadApiCallError(SdsError):
+    """A Workload API call failed or its stream broke; ``code`` is the gRPC status name.
+
+    ``PERMISSION_DENIED`` means the Workload API has no identity for this caller (no registration
+    entry); ``UNAVAILABLE`` covers a socket that cannot be reached and a connection that is lost.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"workload_api: {code!r}: {message}")
+        self.code = code
+        self.detail = message
+
+
+class WorkloadApiResponseError(SdsError):
+    """A Workload API response breaks the X.509-SVID profile (bad DER, bad key, bad SPIFFE ID, …)."""
+
+
+# ---- messages (workload.proto, X.509 part) ---------------------------------------------------------
+
+
+def _message_classes() -> dict[str, Any]:
+    f = descriptor_pb2.FileDescriptorProto(name="meshbridge/spiffe_workload_x509.proto", syntax="proto3")
+    fd = descriptor_pb2.FieldDescriptorProto
+    string, bytes_, message = fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_MESSAGE
+    optional, repeated = fd.LABEL_OPTIONAL, fd.LABEL_REPEATED
+
+    def add(name: str, *fields: tuple[str, int, int, int, str]) -> descriptor_pb2.DescriptorProto:
+        m = f.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            m.field.add(name=fname, number=number, type=ftype, label=label, type_name=type_name or None)
+        return m
+
+    def map_entry(parent: descriptor_pb2.DescriptorProto, name: str) -> None:
+        e = parent.nested_type.add(name=name)
+        e.options.map_entry = True
+        e.field.add(name="key", number=1, type=string, label=optional)
+        e.field.add(name="value", number=2, type=bytes_, label=optional)
+
+    add("X509SVIDRequest")
+    resp = add(
+        "X509SVIDResponse",
+        ("svids", 1, message, repeated, ".X509SVID"),
+        ("crl", 2, bytes_, repeated, ""),
+        ("federated_bundles", 3, message, repeated, ".X509SVIDResponse.FederatedBundlesEntry"),
+    )
+    map_entry(resp, "FederatedBundlesEntry")
+    add(
+        "X509SVID",
+        ("spiffe_id", 1, string, optional, ""),
+        ("x509_svid", 2, bytes_, optional, ""),
+        ("x509_svid_key", 3, bytes_, optional, ""),
+        ("bundle", 4, bytes_, optional, ""),
+        ("hint", 5, string, optional, ""),
+    )
+    add("X509BundlesRequest")
+    bundles = add(
+        "X509BundlesResponse",
+        ("crl", 1, bytes_, repeated, ""),
+        ("bundles", 2, message, repeated, ".X509BundlesResponse.BundlesEntry"),
+    )
+    map_entry(bundles, "BundlesEntry")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    names = ("X509SVIDRequest", "X509SVIDResponse", "X509SVID", "X509BundlesRequest", "X509BundlesResponse")
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names}
+
+
+_MESSAGES = _message_classes()
+X509SVIDRequest: Any = _MESSAGES["X509SVIDRequest"]
+X509SVIDResponse: Any = _MESSAGES["X509SVIDResponse"]
+X509SVID: Any = _MESSAGES["X509SVID"]
+X509BundlesRequest: Any = _MESSAGES["X509BundlesRequest"]
+X509BundlesResponse: Any = _MESSAGES["X509BundlesResponse"]
+
+
+# ---- conversion to the served data model -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class X509Update:
+    """One ``FetchX509SVID`` response as served values: SVIDs in the server's order (first = default),
+    bundles sorted by trust domain (own and federated; an SVID's own bundle wins for its trust domain)."""
+
+    svids: tuple[Svid, ...]
+    bundles: tuple[Bundle, ...]
+
+
+def _split_der(data: bytes, what: str) -> list[bytes]:
+    """Concatenated DER values (X.509 certificates) → one ``bytes`` each, by their ASN.1 lengths."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(data):
+        if data[i] != 0x30 or i + 2 > len(data):
+            raise WorkloadApiResponseError(
+                f"{what}: byte {i}: expected an ASN.1 DER SEQUENCE (a certificate)"
+            )
+        first = data[i + 1]
+        if first < 0x80:
+            length, head = first, 2
+        else:
+            n = first & 0x7F
+            if n == 0 or n > 4 or i + 2 + n > len(data):
+                raise WorkloadApiResponseError(f"{what}: byte {i}: bad ASN.1 DER length")
+            length, head = int.from_bytes(data[i + 2 : i + 2 + n], "big"), 2 + n
+        end = i + head + length
+        if end > len(data):
+            raise WorkloadApiResponseError(f"{what}: byte {i}: truncated certificate")
+        out.append(data[i:end])
+        i = end
+    return out
+
+
+def _certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    try:
+        return [x509.load_der_x509_certificate(der) for der in _split_der(data, what)]
+    except ValueError as exc:  # cryptography's parse error
+        raise WorkloadApiResponseError(f"{what}: {str(exc)!r}: not an X.509 certificate") from exc
+
+
+def _pem(certs: Iterable[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _bundle(trust_domain: str, der: bytes, what: str) -> Bundle:
+    authorities = {c.public_bytes(serialization.Encoding.DER): c for c in _certificates(der, what)}
+    if not authorities:
+        raise WorkloadApiResponseError(f"{what}: b'': a bundle needs at least one X.509 authority")
+    return Bundle(trust_domain=trust_domain, roots_pem=_pem(authorities[k] for k in sorted(authorities)))
+
+
+def _svid(msg: Any, index: int) -> tuple[Svid, Bundle | None]:
+    where = f"svids[{index}]"
+    chain = _certificates(bytes(msg.x509_svid), f"{where}.x509_svid")
+    try:
+        spiffe_id = validate_x509_svid(chain)
+    except SvidError as exc:
+        raise WorkloadApiResponseError(f"{where}.x509_svid: {exc}") from exc
+    try:
+        key = serialization.load_der_private_key(bytes(msg.x509_svid_key), password=None)
+    except (ValueError, TypeError) as exc:  # cryptography: not PKCS#8 DER / unsupported / encrypted
+        raise WorkloadApiResponseError(
+            f"{where}.x509_svid_key: {str(exc)!r}: not an unencrypted PKCS#8 DER private key"
+        ) from exc
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    leaf = chain[0]
+    svid = Svid(
+        spiffe_id=str(spiffe_id),
+        chain_pem=_pem(chain),
+        key_pem=key_pem,
+        not_after=leaf.not_valid_after_utc,
+        serial=leaf.serial_number,
+        not_before=leaf.not_valid_before_utc,
+        hint=str(msg.hint),
+    )
+    own = bytes(msg.bundle)
+    bundle = _bundle(spiffe_id.trust_domain.name, own, f"{where}.bundle") if own else None
+    return svid, bundle
+
+
+def _trust_domain(key: str, what: str) -> str:
+    try:
+        return TrustDomain.parse(key).name
+    except SpiffeIdError as exc:
+        raise WorkloadApiResponseError(f"{what}: {exc}") from exc
+
+
+def _bundle_map(bundles: Mapping[str, bytes], what: str) -> dict[str, Bundle]:
+    out: dict[str, Bundle] = {}
+    for key in sorted(bundles):
+        td = _trust_domain(key, f"{what}[{key!r}]")
+        out[td] = _bundle(td, bytes(bundles[key]), f"{what}[{key!r}]")
+    return out
+
+
+def x509_update_from_response(resp: Any) -> X509Update:
+    """A ``X509SVIDResponse`` → served values (PEM chain leaf first, PKCS#8 PEM key, sorted bundles).
+
+    Every SVID is checked against the X509-SVID profile (:func:`~sds_server.x509svid.validate_x509_svid`)
+    and its key must parse; anything else raises :class:`WorkloadApiResponseError` (the whole response
+    is refused, as py-spiffe refuses it: serving part of an update would be a state the server never had).
+    """
+    by_td = _bundle_map(resp.federated_bundles, "federated_bundles")
+    svids = []
+    for index, msg in enumerate(resp.svids):
+        svid, bundle = _svid(msg, index)
+        svids.append(svid)
+        if bundle is not None:
+            by_td[bundle.trust_domain] = bundle
+    return X509Update(svids=tuple(svids), bundles=tuple(by_td[td] for td in sorted(by_td)))
+
+
+# ---- the client -------------------------------------------------------------------------------------
+
+
+def parse_address(address: str) -> str:
+    """``unix:///path``, ``unix:/path`` or ``/path`` → the socket path (SPIFFE_ENDPOINT_SOCKET forms)."""
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+    elif address.startswith("unix:"):
+        path = address[len("unix:") :]
+    else:
+        path = address
+    if not path.startswith("/") or len(path) < 2:
+        raise WorkloadApiCallError(
+            "INVALID_ARGUMENT", f"{address!r}: expected unix:///absolute/path (a Unix socket)"
+        )
+    return path
+
+
+class WorkloadApiClient:
+    """``SpiffeWorkloadAPI`` X.509 calls over one grpclib channel to a Unix socket (reconnects lazily).
+
+    Construct on the loop that will use it; :meth:`close` when done.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.path = parse_address(address)
+        self._channel = Channel(path=self.path)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    async def watch_x509(self) -> AsyncGenerator[X509Update, None]:
+        """One ``FetchX509SVID`` stream: yield every update until the server ends the stream.
+
+        Raises :class:`WorkloadApiCallError` when the call fails or the stream breaks (also when it ends
+        with status OK: the spec's stream is endless, so an end is a loss to the caller) and
+        :class:`WorkloadApiResponseError` for a response that does not parse.
+        """
+        try:
+            async with self._channel.request(
+                FETCH_X509_SVID,
+                Cardinality.UNARY_STREAM,
+                X509SVIDRequest,
+                X509SVIDResponse,
+                metadata=dict([SECURITY_HEADER]),
+            ) as stream:
+                await stream.send_message(X509SVIDRequest(), end=True)
+                while (msg := await stream.recv_message()) is not None:
+                    yield x509_update_from_response(msg)
+                await stream.recv_trailing_metadata()
+        except GRPCError as exc:
+            raise WorkloadApiCallError(exc.status.name, exc.message or "") from exc
+        except (StreamTerminatedError, ProtocolError, H2Error, OSError) as exc:
+            raise WorkloadApiCallError("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from exc
+        raise WorkloadApiCallError("UNAVAILABLE", "the FetchX509SVID stream ended")
+
+    async def fetch_x509_bundles(self) -> tuple[Bundle, ...]:
+        """The first ``FetchX509Bundles`` response: every trust domain's bundle, sorted by trust domain.
+
+        Bound it with ``asyncio.timeout`` if the server may be slow; it raises like :meth:`watch_x509`."""
+        try:
+            async with self._channel.request(
+                FETCH_X509_BUNDLES,
+                Cardinality.UNARY_STREAM,
+                X509BundlesRequest,
+                X509BundlesResponse,
+                metadata=dict([SECURITY_HEADER]),
+            ) as stream:
+                await stream.send_message(X509BundlesRequest(), end=True)
+                msg = await stream.recv_message()
+                await stream.cancel()
+        except GRPCError as exc:
+            raise WorkloadApiCallError(exc.status.name, exc.message or "") from exc
+        except (StreamTerminatedError, ProtocolError, H2Error, OSError) as exc:
+            raise WorkloadApiCallError("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from exc
+        if msg is None:
+            raise WorkloadApiCallError("UNAVAILABLE", "the FetchX509Bundles stream ended without a response")
+        by_td = _bundle_map(msg.bundles, "bundles")
+        return tuple(by_td[td] for td in sorted(by_td))
