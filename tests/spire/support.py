@@ -1,0 +1,223 @@
+"""Helpers for the suites against a real SPIRE: ``meshbridge sds serve`` as a process, Ghostunnel run as
+another uid (the SPIRE unix attestor tells workloads apart by uid), plain HTTP over a Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.spire_local import SpireServer
+
+NOBODY = 65534
+STRANGER = 65533  # a uid no entry selects
+MESH_ID = "spiffe://example.org/ns/default/sa/httpbin"
+CLIENT_ID = "spiffe://example.org/external/scone-app"
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def connectable(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+class SdsProcess:
+    """``meshbridge sds serve`` (JSON logs) as a real subprocess."""
+
+    def __init__(self, workload_api: str, listen: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
+        self.listen = listen
+        self.log_path = log_path
+        self.cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "--log-level", "debug",
+                    "sds", "serve", "--workload-api", workload_api, "--listen", str(listen),
+                    "--metrics", "127.0.0.1:0", *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> SdsProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        wait_for("sds serve listening", lambda: self._check() and connectable(self.listen), timeout)
+        return self
+
+    def _check(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"sds serve exited {self.proc.returncode}:\n{self.log_path.read_text()}")
+        return bool(self.events("sds.listening"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if not self.log_path.exists():
+            return out
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
+                out.append(rec)
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        port = self.events("sds.listening")[0]["metrics_port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+
+@contextmanager
+def sds_serve(
+    workload_api: str, listen: Path, log_path: Path, extra: Sequence[str] = ()
+) -> Iterator[SdsProcess]:
+    proc = SdsProcess(workload_api, listen, log_path, extra)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+def runnable_copy(binary: Path, directory: Path) -> Path:
+    """A copy of ``binary`` another uid can execute: the checkout may sit where others cannot enter
+    (e.g. a clone under /root), so its ``.peers/bin`` is out of their reach."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    target = directory / binary.name
+    if not target.exists():
+        shutil.copy2(binary, target)
+        target.chmod(0o755)
+    return target
+
+
+def _drop_to(uid: int) -> Callable[[], None]:
+    def demote() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return demote
+
+
+@contextmanager
+def ghostunnel_client(
+    ghostunnel: Path,
+    *,
+    uid: int,
+    workload_api: str,
+    target_port: int,
+    verify_uri: str,
+    directory: Path,
+    name: str = "client",
+    wait: bool = True,
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``ghostunnel client`` running as ``uid``, SVID from ``workload_api``; listens on a Unix socket.
+
+    Yields the process and the listening socket path (waited for unless ``wait=False``).
+    """
+    binary = runnable_copy(ghostunnel, directory / "bin")
+    run_dir = directory / f"gt-{name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(run_dir, uid, uid)
+    listen = run_dir / "listen.sock"
+    log_path = directory / f"gt-{name}.log"
+    cmd = [str(binary), "client", f"--listen=unix:{listen}", f"--target=127.0.0.1:{target_port}",
+           f"--use-workload-api-addr={workload_api}", "--use-workload-api-timeout=10s",
+           f"--verify-uri={verify_uri}"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=run_dir,
+            preexec_fn=_drop_to(uid),  # noqa: PLW1509 - single-threaded enough: setuid only
+        )
+    try:
+        if wait:
+            def up() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"ghostunnel {name} exited {proc.returncode}:\n{log_path.read_text()}"
+                    )
+                return connectable(listen)
+
+            wait_for(f"ghostunnel {name} listening", up, 30)
+        yield proc, listen
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def http_get_unix(
+    path: Path, request_path: str = "/headers", timeout: float = 10.0
+) -> tuple[int, dict[str, Any]]:
+    """GET over a plain Unix socket (a Ghostunnel client's listener); returns (status, JSON body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(f"GET {request_path} HTTP/1.1\r\nHost: httpbin\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head:
+        return 0, {}
+    status = int(head.split(b" ", 2)[1])
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError:
+        data = {"raw": body.decode(errors="replace")}
+    return status, data
+
+
+def open_dir_for(path: Path) -> None:
+    """Let other uids traverse ``path`` (temp dirs are 0700)."""
+    path.chmod(0o755)
+
+
+def create_mesh_entries(server: SpireServer, *, mesh_ttl: int | None = None, client_ttl: int | None = None,
+                        federates_with: Sequence[str] = ()) -> None:
+    """The mesh sidecar's SDS server runs as root (uid 0); the external client as 'nobody'."""
+    server.entry_create(MESH_ID, ["unix:uid:0"], x509_svid_ttl=mesh_ttl, federates_with=federates_with)
+    server.entry_create(CLIENT_ID, [f"unix:uid:{NOBODY}"], x509_svid_ttl=client_ttl)
