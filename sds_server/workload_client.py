@@ -2,11 +2,8 @@
 
 Why not py-spiffe here: py-spiffe's client is blocking grpcio (its own threads, and grpcio's runtime
 costs ~10 MB of RSS in a process that is otherwise one asyncio loop), and importing *any* ``spiffe``
-module — even ``spiffe._proto.workload_pb2`` — runs ``spiffe/__init__.py``, which imports grpcio. So
-the messages are declared here, field for field from the spec's ``workload.proto`` (spiffe/go-spiffe
-``proto/spiffe/workload/workload.proto``, the file py-spiffe ships too), into a **private** descriptor
-pool: py-spiffe, our test peer, registers the same top-level names in protobuf's default pool, and a
-private pool lets both live in one process.
+module — even ``spiffe._proto.workload_pb2`` — runs ``spiffe/__init__.py``, which imports grpcio. The
+messages come from :mod:`sds_server.workload_proto` (same wire format, private descriptor pool).
 
 What the spec asks of a client (SPIFFE Workload Endpoint, "Transport"; SPIFFE Workload API, "X.509-SVID
 profile"), and where it is done:
@@ -37,7 +34,6 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
@@ -46,6 +42,12 @@ from h2.exceptions import H2Error
 from sds_server.errors import SdsError, SpiffeIdError, SvidError
 from sds_server.snapshot import Bundle, Svid
 from sds_server.spiffe_id import TrustDomain
+from sds_server.workload_proto import (
+    X509BundlesRequest,
+    X509BundlesResponse,
+    X509SVIDRequest,
+    X509SVIDResponse,
+)
 from sds_server.x509svid import validate_x509_svid
 
 __all__ = [
@@ -85,64 +87,6 @@ class WorkloadApiCallError(SdsError):
 
 class WorkloadApiResponseError(SdsError):
     """A Workload API response breaks the X.509-SVID profile (bad DER, bad key, bad SPIFFE ID, …)."""
-
-
-# ---- messages (workload.proto, X.509 part) ---------------------------------------------------------
-
-
-def _message_classes() -> dict[str, Any]:
-    f = descriptor_pb2.FileDescriptorProto(name="meshbridge/spiffe_workload_x509.proto", syntax="proto3")
-    fd = descriptor_pb2.FieldDescriptorProto
-    string, bytes_, message = fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_MESSAGE
-    optional, repeated = fd.LABEL_OPTIONAL, fd.LABEL_REPEATED
-
-    def add(name: str, *fields: tuple[str, int, int, int, str]) -> descriptor_pb2.DescriptorProto:
-        m = f.message_type.add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            m.field.add(name=fname, number=number, type=ftype, label=label, type_name=type_name or None)
-        return m
-
-    def map_entry(parent: descriptor_pb2.DescriptorProto, name: str) -> None:
-        e = parent.nested_type.add(name=name)
-        e.options.map_entry = True
-        e.field.add(name="key", number=1, type=string, label=optional)
-        e.field.add(name="value", number=2, type=bytes_, label=optional)
-
-    add("X509SVIDRequest")
-    resp = add(
-        "X509SVIDResponse",
-        ("svids", 1, message, repeated, ".X509SVID"),
-        ("crl", 2, bytes_, repeated, ""),
-        ("federated_bundles", 3, message, repeated, ".X509SVIDResponse.FederatedBundlesEntry"),
-    )
-    map_entry(resp, "FederatedBundlesEntry")
-    add(
-        "X509SVID",
-        ("spiffe_id", 1, string, optional, ""),
-        ("x509_svid", 2, bytes_, optional, ""),
-        ("x509_svid_key", 3, bytes_, optional, ""),
-        ("bundle", 4, bytes_, optional, ""),
-        ("hint", 5, string, optional, ""),
-    )
-    add("X509BundlesRequest")
-    bundles = add(
-        "X509BundlesResponse",
-        ("crl", 1, bytes_, repeated, ""),
-        ("bundles", 2, message, repeated, ".X509BundlesResponse.BundlesEntry"),
-    )
-    map_entry(bundles, "BundlesEntry")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(f)
-    names = ("X509SVIDRequest", "X509SVIDResponse", "X509SVID", "X509BundlesRequest", "X509BundlesResponse")
-    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names}
-
-
-_MESSAGES = _message_classes()
-X509SVIDRequest: Any = _MESSAGES["X509SVIDRequest"]
-X509SVIDResponse: Any = _MESSAGES["X509SVIDResponse"]
-X509SVID: Any = _MESSAGES["X509SVID"]
-X509BundlesRequest: Any = _MESSAGES["X509BundlesRequest"]
-X509BundlesResponse: Any = _MESSAGES["X509BundlesResponse"]
 
 
 # ---- conversion to the served data model -----------------------------------------------------------

@@ -29,15 +29,13 @@ from sds_server.snapshot import ResourceNames, SecretSnapshot
 from sds_server.source import RetryPolicy, WorkloadApiSource
 from sds_server.workload_client import (
     FETCH_X509_SVID,
-    X509SVID,
     WorkloadApiCallError,
     WorkloadApiClient,
     WorkloadApiResponseError,
-    X509SVIDRequest,
-    X509SVIDResponse,
     X509Update,
     x509_update_from_response,
 )
+from sds_server.workload_proto import X509SVID, X509SVIDRequest, X509SVIDResponse
 from tests.sds.pki import Issued, MiniCa
 from tests.sds.wl import MESH_ID, fetch_identity, mesh_config
 from tests.support.workload_api import running_workload_api
@@ -360,3 +358,22 @@ def test_source_runs_on_the_loop_alone_without_grpcio_or_py_spiffe(tmp_path: Pat
         )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1].split() == ["1", "[]"], res.stdout  # structlog prints above it
+
+
+def test_source_messages_are_py_spiffes_workload_proto_field_for_field() -> None:
+    """Our private-pool messages and py-spiffe's generated ones describe the same wire format."""
+    from spiffe._proto import workload_pb2  # noqa: PLC0415 - the test peer, only here
+
+    from sds_server import workload_proto  # noqa: PLC0415
+
+    def shape(desc: Any) -> list[tuple[str, int, int, bool, str]]:
+        return [
+            (f.name, f.number, f.type, f.is_repeated, f.message_type.full_name if f.message_type else "")
+            for f in desc.fields
+        ]
+
+    for name in workload_proto.__all__:
+        ours, theirs = getattr(workload_proto, name).DESCRIPTOR, getattr(workload_pb2, name).DESCRIPTOR
+        assert ours.full_name == theirs.full_name
+        assert shape(ours) == shape(theirs), name
+    assert sorted(workload_proto.__all__) == sorted(workload_pb2.DESCRIPTOR.message_types_by_name)
