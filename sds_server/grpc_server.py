@@ -1,50 +1,202 @@
-"""A grpclib ``Server`` whose ``close()`` also closes the connections it accepted.
+"""Our grpclib ``Server``: the one place grpclib's internals are touched, for both of our servers.
 
-grpclib's ``Server.close()`` stops listening and cancels running handlers, but the accepted connections
-(asyncio transports) stay open until each client hangs up, and Python 3.11's ``asyncio.Server`` has no
-``close_clients()``. A server stopped in-process (the library API, tests) would leave them behind: a
-client could keep talking to a half-stopped server, and the transports are only reclaimed by the garbage
-collector. Both of our servers (SDS and the embedded Workload API) use this class so stopping means
-stopped.
+grpclib 0.4.x (pinned by the test ``tests/unit/test_grpc_server.py``, which fails if these internals move)
+leaves several gaps a server facing untrusted local clients must close:
+
+* **Closing closes.** ``Server.close()`` stops listening and cancels handlers, but accepted connections
+  stay open until each client hangs up (Python 3.11's ``asyncio.Server`` has no ``close_clients()``).
+  We track the transports and close them.
+* **Backlog.** ``Server.start(sock=...)`` calls ``listen()`` again with ``backlog=100`` whatever the
+  socket was prepared with (measured: 277 of 500 quick connects refused). :meth:`Server.start` passes
+  :attr:`Limits.backlog` on every path.
+* **Message cap.** grpclib reads a message's 5-byte length prefix, then buffers that many bytes, acking
+  flow control as it goes — a 64 MiB request is buffered whole. We check the announced length *before*
+  the body is read and answer ``RESOURCE_EXHAUSTED`` like grpc-go (default 4 MiB receive limit,
+  ``grpc.MaxRecvMsgSize``; message text from grpc-go ``rpc_util.go``: "grpc: received message larger
+  than max (N vs. M)"). Unread bytes stay bounded by grpclib's HTTP/2 flow-control windows (4 MiB per
+  connection), so nothing announced beyond the cap is ever buffered.
+* **Idle connections.** A connection that opens no stream within :attr:`Limits.idle_connection_seconds`
+  is closed (grpc-go's ``ConnectionTimeout`` covers the handshake; we have none, so the first stream is
+  the handshake).
+* **Cutting off a stream** (:func:`cut_off`): RST_STREAM now, or abort the connection when its socket
+  no longer drains (the peer stopped reading), so a stuck client costs no one else anything.
+* **Caller credentials** (:func:`peer_socket`): the connection's socket, for ``SO_PEERCRED``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket as _socket
+import struct
 from asyncio import BaseTransport
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from socket import socket
 from typing import Any
 
+import h2.errors
+import h2.exceptions
+import structlog
+from grpclib import GRPCError
+from grpclib.const import Status
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server as _GrpclibServer
+from grpclib.server import Stream
 
-__all__ = ["Server"]
+__all__ = ["Limits", "Server", "cut_off", "peer_socket", "peer_uid"]
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Transport limits of one server (defaults: grpc-go's receive cap, a generous backlog)."""
+
+    max_message_bytes: int = 4 * MiB
+    idle_connection_seconds: float = 10.0
+    backlog: int = 1024
+
+
+class _Connection:
+    __slots__ = ("idle_timer", "streams", "transport")
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.transport: BaseTransport | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+
+def _capped(recv_data: Callable[[int], Awaitable[bytes]], limit: int) -> Callable[[int], Awaitable[bytes]]:
+    """``recv_data`` refusing a read larger than ``limit``.
+
+    ``grpclib.stream.recv_message`` reads the 5-byte prefix, then calls ``recv_data(length)`` with the
+    announced length: refusing that call is refusing the body before a byte of it is buffered.
+    """
+
+    async def recv(size: int) -> bytes:
+        if size > limit:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({size} vs. {limit})"
+            )
+        return await recv_data(size)
+
+    return recv
 
 
 class Server(_GrpclibServer):
-    """``grpclib.server.Server`` that tracks its connections and closes them on :meth:`close`."""
+    """``grpclib.server.Server`` with :class:`Limits`, connection tracking and a real ``close()``."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.limits = limits or Limits()
         self._transports: set[BaseTransport] = set()
+        self.idle_closed = 0  # connections closed for opening no stream (tests, status)
+        self.oversized = 0  # messages refused for their announced length
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = super()._protocol_factory()
         made, lost = protocol.connection_made, protocol.connection_lost
-        mine: list[BaseTransport] = []
+        handler = protocol.handler
+        accept = handler.accept
+        conn = _Connection()
+        limits = self.limits
+
+        def close_if_idle() -> None:
+            conn.idle_timer = None
+            if conn.streams == 0 and conn.transport is not None and not conn.transport.is_closing():
+                self.idle_closed += 1
+                log.info("grpc.connection.idle_closed", seconds=limits.idle_connection_seconds)
+                conn.transport.close()
 
         def connection_made(transport: BaseTransport) -> None:
-            mine.append(transport)
+            conn.transport = transport
             self._transports.add(transport)
+            conn.idle_timer = asyncio.get_running_loop().call_later(
+                limits.idle_connection_seconds, close_if_idle
+            )
             made(transport)
 
         def connection_lost(exc: BaseException | None) -> None:
-            self._transports.difference_update(mine)
+            if conn.transport is not None:
+                self._transports.discard(conn.transport)
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
             lost(exc)
+
+        def accepting(stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
+            conn.streams += 1
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            stream.recv_data = self._counting(_capped(stream.recv_data, limits.max_message_bytes))
+            accept(stream, headers, release_stream)
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
         protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        handler.accept = accepting  # type: ignore[method-assign]
         return protocol
+
+    def _counting(self, recv: Callable[[int], Awaitable[bytes]]) -> Callable[[int], Awaitable[bytes]]:
+        async def counted(size: int) -> bytes:
+            try:
+                return await recv(size)
+            except GRPCError as exc:
+                if exc.status is Status.RESOURCE_EXHAUSTED:
+                    self.oversized += 1
+                    log.warning("grpc.message.too_large", message=exc.message)
+                raise
+
+        return counted
+
+    async def start(self, *args: Any, **kwargs: Any) -> None:
+        """grpclib's ``start``, with ``backlog`` = :attr:`Limits.backlog` unless given."""
+        kwargs.setdefault("backlog", self.limits.backlog)
+        await super().start(*args, **kwargs)
 
     def close(self) -> None:
         super().close()
         for transport in list(self._transports):
             transport.close()
+
+
+def peer_socket(stream_or_peer: Any) -> socket | None:
+    """The connection's socket of a grpclib server ``Stream`` or ``Peer`` (for ``SO_PEERCRED``).
+
+    grpclib's ``Peer`` keeps its transport private; this is the only way to the connection's socket.
+    """
+    peer = stream_or_peer.peer if isinstance(stream_or_peer, Stream) else stream_or_peer
+    transport = peer._transport
+    sock: socket | None = transport.get_extra_info("socket")
+    return sock
+
+
+def peer_uid(sock: socket) -> int:
+    """The UID of the process at the other end of a Unix socket (``SO_PEERCRED``, Linux)."""
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def cut_off(stream: Stream[Any, Any]) -> None:
+    """End ``stream`` now without waiting on its peer.
+
+    A stream whose peer stopped reading cannot be ended politely (trailers wait for the socket to
+    drain). If the connection's writes are paused (its socket buffer is full: the peer stopped reading
+    the whole connection) the transport is aborted; otherwise only this stream is reset (RST_STREAM
+    CANCEL, not flow-controlled). Either way grpclib will not try to send trailers afterwards.
+    """
+    inner = stream._stream
+    stream._cancel_done = True
+    transport = inner._transport
+    if transport.is_closing():
+        return
+    if not inner.connection.write_ready.is_set():
+        transport.abort()
+        return
+    try:
+        inner.reset_nowait(h2.errors.ErrorCodes.CANCEL)
+    except (h2.exceptions.ProtocolError, AssertionError):
+        transport.abort()

@@ -36,6 +36,14 @@ class _ExpiryCollector(Collector):
         yield family
 
 
+class _CallbackGauge(Collector):
+    def __init__(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self._name, self._doc, self.read = name, doc, read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self._name, self._doc, value=self.read())
+
+
 class Metrics:
     """Counters and gauges named in issue 9 §3; attributes are ``prometheus_client`` metrics."""
 
@@ -69,6 +77,26 @@ class Metrics:
         self.svids_expired_withheld = Counter(
             "sds_svid_expired_withheld", "Times an SVID past NotAfter was withheld", registry=r
         )
+        self.refused = Counter(
+            "sds_refused", "Streams or requests refused by a limit or policy", ["reason"], registry=r
+        )
+        self.send_timeouts = Counter(
+            "sds_send_timeouts", "Streams cut off because the client stopped reading", registry=r
+        )
+        self.rotation_overdue = Gauge(
+            "svid_rotation_overdue",
+            "1 while the default SVID is past its renewal point without a new one",
+            registry=r,
+        )
+        self.svid_pending = Gauge(
+            "svid_pending", "SVIDs received whose NotBefore is still ahead (not served yet)", registry=r
+        )
+        for reason in ("names_per_stream", "streams_per_uid", "unknown_names"):
+            self.refused.labels(reason)
+        self._held = _CallbackGauge(
+            "sds_held_names", "(stream, name) pairs subscribed but not servable now", lambda: 0
+        )
+        r.register(self._held)
         for api in ("sotw", "delta"):  # export zeros from the start, not only after the first event
             self.streams_open.labels(api)
             self.acks.labels(api)
@@ -85,6 +113,10 @@ class Metrics:
     def track_snapshot(self, current: Callable[[], SecretSnapshot | None]) -> None:
         """Where the expiry gauge reads the current snapshot from."""
         self._snapshot = current
+
+    def track_held(self, read: Callable[[], float]) -> None:
+        """Where the ``sds_held_names`` gauge is read from at scrape time."""
+        self._held.read = read
 
     def render(self) -> bytes:
         """Prometheus text exposition of every metric."""

@@ -11,7 +11,18 @@ only istio-proxy and root connect). ``allowed_uids`` adds a per-request ``SO_PEE
 (defence in depth); refused calls get ``PERMISSION_DENIED``.
 
 Health: ``grpc.health.v1`` (grpclib.health) on the same socket, ``SERVING`` once a default SVID is
-held, for the overall service ``""`` and ``envoy.service.secret.v3.SecretDiscoveryService``.
+held, for the overall service ``""`` and ``envoy.service.secret.v3.SecretDiscoveryService``; the
+service ``meshbridge.sds.SvidRotation`` turns ``NOT_SERVING`` (health *degraded*, the server keeps
+serving) while ``svid.rotation_overdue`` holds. ``meshbridge.sds.v1.Admin/Status`` on the same socket
+answers the per-stream status (:mod:`sds_server.status`; ``meshbridge sds status``).
+
+Time, on the served side of the source (the snapshot the source publishes is *applied* here):
+
+* A new SVID whose NotBefore is still ahead is not served: the previous secrets under its names keep
+  being served (:meth:`SecretSnapshot.carry`) and the snapshot is rebuilt when it becomes valid.
+* ``svid.rotation_overdue``: the default SVID is past ``rotation_overdue_fraction`` (60 %) of its
+  lifetime and no new one arrived (SPIRE renews at 50 %) — logged at error, the
+  ``svid_rotation_overdue`` gauge is 1 and health is degraded, well before anything expires.
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ import os
 import signal
 import socket
 import stat
-import struct
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,15 +46,18 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
 from grpclib.health.check import ServiceStatus
-from grpclib.health.service import Health
+from grpclib.health.service import OVERALL, Health
 
 from sds_server.codec import PassThroughProtoCodec
 from sds_server.errors import SdsConfigError
-from sds_server.grpc_server import Server
+from sds_server.file_credentials import FileCredentials
+from sds_server.grpc_server import Server, peer_socket, peer_uid
+from sds_server.limits import SdsLimits
 from sds_server.metrics import Metrics
 from sds_server.servicer import SecretDiscoveryServicer
 from sds_server.snapshot import ResourceNames, SecretSnapshot
 from sds_server.source import RetryPolicy, StaticSource, WorkloadApiSource
+from sds_server.status import ROTATION_HEALTH_SERVICE, AdminService
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +78,10 @@ class ServerConfig:
     names: ResourceNames = field(default_factory=ResourceNames)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     drain_seconds: float = 2.0
+    limits: SdsLimits = field(default_factory=SdsLimits)
+    file_credentials_dirs: tuple[Path, ...] = ()
+    file_poll_seconds: float = 1.0
+    system_roots: Path | None = None  # file-root:system; None = the OS trust store istio-agent would use
 
     def __post_init__(self) -> None:
         if len(os.fsencode(self.listen)) > _UNIX_PATH_MAX:
@@ -89,11 +108,16 @@ def _workload_api_address_ok(address: str) -> bool:
     return address.startswith("/") and len(address) > 1
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The UID of the process at the other end of a Unix socket (``SO_PEERCRED``, Linux)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+__all__ = [
+    "RunningServer",
+    "SdsServer",
+    "ServerConfig",
+    "build_server",
+    "peer_uid",
+    "run",
+    "run_in_thread",
+    "serve",
+]
 
 
 class SdsServer:
@@ -110,9 +134,22 @@ class SdsServer:
             else:
                 source = StaticSource(config.names, self.metrics)
         self.source = source
-        self.servicer = SecretDiscoveryServicer(self.metrics)
+        self.files = FileCredentials(
+            config.file_credentials_dirs,
+            poll_seconds=config.file_poll_seconds,
+            system_roots=config.system_roots,
+        )
+        self.servicer = SecretDiscoveryServicer(self.metrics, limits=config.limits, files=self.files)
         self.health = ServiceStatus()
         self.health.set(False)  # NOT_SERVING until a default SVID is held
+        self.rotation_health = ServiceStatus()
+        self.rotation_health.set(True)
+        self.rotation_overdue = False
+        self._published: SecretSnapshot | None = None  # what the source published last
+        self._pending_timer: asyncio.TimerHandle | None = None
+        self._overdue_timer: asyncio.TimerHandle | None = None
+        self._shadowed_logged: set[str] = set()
+        self._files_task: asyncio.Task[None] | None = None
         self._grpc: Server | None = None
         self.metrics_port: int | None = None
         self._started = False
@@ -122,9 +159,7 @@ class SdsServer:
         allowed = self.config.allowed_uids
         if allowed is None:
             return
-        # grpclib's Peer keeps the transport private; it is the only way to the connection's socket.
-        transport = event.peer._transport
-        sock = transport.get_extra_info("socket")
+        sock = peer_socket(event.peer)
         uid = peer_uid(sock) if sock is not None else -1
         if uid not in allowed:
             self.metrics.denied_connections.inc()
@@ -132,10 +167,90 @@ class SdsServer:
             raise GRPCError(Status.PERMISSION_DENIED, f"caller uid {uid} is not allowed on this SDS socket")
 
     def _on_snapshot(self, snap: SecretSnapshot) -> None:
-        self.servicer.update(snap)
-        self.health.set(snap.default_svid is not None)
-        if snap.default_svid is not None:
+        """A snapshot from the source: hold not-yet-valid SVIDs, then serve it (on the loop)."""
+        self._published = snap
+        self._apply(snap)
+
+    def _apply(self, snap: SecretSnapshot) -> None:
+        effective = snap.carry(self.servicer.snapshot)
+        self.metrics.svid_pending.set(len(snap.pending))
+        for s in snap.pending:
+            log.info(
+                "svid.pending",
+                spiffe_id=s.spiffe_id,
+                serial=format(s.serial, "x"),
+                not_before=s.valid_from().isoformat(),
+                hint="NotBefore is ahead: served once valid, the previous SVID meanwhile",
+            )
+        for name in snap.shadowed:
+            if name not in self._shadowed_logged:
+                self._shadowed_logged.add(name)
+                log.warning(
+                    "sds.name.shadows_trust_domain",
+                    name=name,
+                    hint=f"a configured name wins: the bundle of trust domain {name!r} is served only as "
+                    f"'spiffe://{name.removeprefix('spiffe://')}'",
+                )
+        if self._pending_timer is not None:
+            self._pending_timer.cancel()
+            self._pending_timer = None
+        due = snap.next_pending()
+        if due is not None:
+            delay = max(0.0, due.timestamp() - time.time())
+            self._pending_timer = asyncio.get_running_loop().call_later(delay, self._pending_due, snap)
+        self.servicer.update(effective)
+        d = effective.default_svid
+        self.health.set(d is not None)
+        if d is not None:
             self._first_secret.set()
+        self._watch_rotation(effective)
+
+    def _pending_due(self, snap: SecretSnapshot) -> None:
+        self._pending_timer = None
+        if self._published is not snap:
+            return  # the source moved on; its newer snapshot was applied already
+        rebuilt = SecretSnapshot.build(snap.svids, snap.bundles, snap.names, datetime.now(UTC))
+        self._published = rebuilt
+        self._apply(rebuilt)
+
+    def _watch_rotation(self, snap: SecretSnapshot) -> None:
+        """Arm ``svid.rotation_overdue`` for the served default SVID (cleared when a new one arrives)."""
+        d = snap.default_svid
+        if self._overdue_timer is not None:
+            self._overdue_timer.cancel()
+            self._overdue_timer = None
+        if self.rotation_overdue and (d is None or d.serial != self._overdue_serial):
+            self.rotation_overdue = False
+            self.metrics.rotation_overdue.set(0)
+            self.rotation_health.set(True)
+            log.info("svid.rotation_overdue.cleared", serial=None if d is None else format(d.serial, "x"))
+        if d is None or self.rotation_overdue:
+            return
+        start = d.valid_from()
+        due = start + (d.not_after - start) * self.config.limits.rotation_overdue_fraction
+        delay = max(0.0, due.timestamp() - time.time())
+        self._overdue_timer = asyncio.get_running_loop().call_later(delay, self._overdue, d.serial, due)
+
+    _overdue_serial = -1
+
+    def _overdue(self, serial: int, due: datetime) -> None:
+        self._overdue_timer = None
+        snap = self.servicer.snapshot
+        d = snap.default_svid if snap is not None else None
+        if d is None or d.serial != serial:
+            return
+        self.rotation_overdue = True
+        self._overdue_serial = serial
+        self.metrics.rotation_overdue.set(1)
+        self.rotation_health.set(False)
+        log.error(
+            "svid.rotation_overdue",
+            spiffe_id=d.spiffe_id,
+            serial=format(serial, "x"),
+            renew_by=due.isoformat(),
+            not_after=d.not_after.isoformat(),
+            hint="the Workload API has not renewed the default SVID; check the SPIRE agent",
+        )
 
     async def wait_first_secret(self) -> None:
         """Wait until a default SVID is held (health ``SERVING``)."""
@@ -170,7 +285,7 @@ class SdsServer:
             os.chmod(path, self.config.socket_mode)
             if self.config.socket_owner is not None:
                 os.chown(path, self.config.socket_owner, -1)
-            sock.listen(1024)
+            sock.listen(self.config.limits.backlog)
         except OSError as exc:
             sock.close()
             with contextlib.suppress(OSError):
@@ -196,8 +311,19 @@ class SdsServer:
         self._serve_metrics()
         try:
             # grpclib's Server binds to the loop current at construction: build it here, on the serving loop.
+            admin = AdminService(self)
+            # OVERALL given explicitly: a degraded rotation must not turn the whole server NOT_SERVING.
+            health = Health(
+                {
+                    OVERALL: [self.health],
+                    self.servicer: [self.health],
+                    ROTATION_HEALTH_SERVICE: [self.rotation_health],
+                }
+            )
             self._grpc = Server(
-                [self.servicer, Health({self.servicer: [self.health]})], codec=PassThroughProtoCodec()
+                [self.servicer, admin, health],
+                codec=PassThroughProtoCodec(),
+                limits=self.config.limits.transport(),
             )
             if self.config.allowed_uids is not None:
                 listen(self._grpc, RecvRequest, self._check_caller)
@@ -214,6 +340,7 @@ class SdsServer:
             raise
         self._started = True
         loop = asyncio.get_running_loop()
+        self._files_task = loop.create_task(self.files.run())
         self.source.start(loop)
         self.source.subscribe(self._on_snapshot)  # after attach: a snapshot published earlier is delivered
         log.info(
@@ -237,6 +364,12 @@ class SdsServer:
         except TimeoutError:
             log.warning("sds.drain.timeout", seconds=self.config.drain_seconds)
         await self.servicer.close()
+        for timer in (self._pending_timer, self._overdue_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._files_task is not None:
+            self._files_task.cancel()
+            await asyncio.gather(self._files_task, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, self.source.close)
         self.metrics.close()
         with contextlib.suppress(FileNotFoundError):

@@ -12,10 +12,31 @@ xDS rules implemented (Envoy docs, "xDS REST and gRPC protocol"):
 * **ACK / NACK** — a request whose ``response_nonce`` is the latest nonce is an ACK, or a NACK when
   ``error_detail`` is set. A NACK is logged with Envoy's message and counted; the rejected version of
   each resource is remembered and never sent again on that stream (no NACK loop) — a *newer* version is.
-* **Stale nonce** — a SotW request answering an older nonce is ignored ("When a nonce is stale").
+* **Stale nonce** — a SotW request answering an older nonce is ignored ("When a nonce is stale"). A
+  nonce on a stream's *first* request is not stale: it answers a response of a previous connection
+  (go-control-plane ``sotw/server.go`` and Istio ``pilot/pkg/xds/ads.go`` ``ShouldRespond`` treat it as
+  a reconnect); the request is handled as an initial one.
 * **Resource names** — SDS is not a wildcard type: a stream gets exactly the names it asks for, name
   changes are honoured at once; a name we cannot serve yet is *held* (no response, never an empty
   secret) so Envoy's listener warming waits for it ("Resource warming").
+* **Delta** — ``initial_resource_versions`` is honoured on a stream's first request only (xDS
+  "Incremental xDS": it describes what the client holds *when the stream starts*). A re-subscribe to a
+  name already subscribed is answered even when the client is up to date (the spec: the server must
+  send it, the client may have dropped it). A subscribed name that does not exist is reported in
+  ``removed_resources`` ("Knowing When a Requested Resource Does Not Exist", incremental variants) —
+  once, and the resource is sent when it appears.
+* **Unknown names** — held (no response) by default; counted in the ``sds_held_names`` gauge and
+  warned about once per (stream, name) after ``held_warning_seconds``. With ``unknown_names="error"``
+  a name that is neither configured, a file credential nor in the current snapshot ends the stream with
+  ``INVALID_ARGUMENT`` (SPIRE ``sdsv3/handler.go`` ``buildResponse``: "workload is not authorized for
+  the requested identities"). ``FetchSecrets``: no names = every resource; an unknown name =
+  ``INVALID_ARGUMENT`` (SPIRE's behaviour).
+* **Per-node validation** — a node whose metadata sets ``disable_spiffe_cert_validation`` (true or
+  "true"; SPIRE ``isSPIFFECertValidationDisabled``) gets ``trusted_ca`` forms (snapshot ``plain``).
+* **Limits** (:class:`~sds_server.limits.SdsLimits`) — names per stream and streams per caller UID are
+  capped (``RESOURCE_EXHAUSTED``); a send that does not complete within ``send_timeout_seconds`` cuts
+  that stream off (:func:`~sds_server.grpc_server.cut_off`) without holding anyone else up (pushes run
+  per stream); the name index forgets a name when its last stream goes.
 * **Pushes** — on a new snapshot only streams subscribed to a name whose content changed are woken,
   and they receive only the changed resources (SDS is not a "state of the world" type: only Listener
   and Cluster must be sent whole, "Resource types ... grouped into responses").
@@ -30,12 +51,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpclib.const
+import grpclib.exceptions
+import h2.exceptions
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import (
@@ -48,6 +72,10 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.server import Stream
 
+from sds_server import file_credentials
+from sds_server.file_credentials import FileCredentials
+from sds_server.grpc_server import cut_off, peer_socket, peer_uid
+from sds_server.limits import SdsLimits
 from sds_server.metrics import Metrics
 from sds_server.secrets import SECRET_TYPE_URL, pack_secret_bytes
 from sds_server.snapshot import Resource, SecretSnapshot, combined_pairs_version, combined_version
@@ -56,6 +84,41 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 _CACHE_ENTRIES = 512
+DISABLE_SPIFFE_KEY = "disable_spiffe_cert_validation"  # SPIRE sdsv3 handler.go
+# A dead or cut-off stream makes grpclib/h2 raise these from a send: expected, logged at debug.
+_EXPECTED_PUSH_ERRORS = (
+    GRPCError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    grpclib.exceptions.StreamTerminatedError,
+    grpclib.exceptions.ProtocolError,
+    h2.exceptions.ProtocolError,
+)
+
+
+def node_disables_spiffe_validation(node: Any) -> bool:
+    """SPIRE's per-node switch: metadata ``disable_spiffe_cert_validation`` as bool or "true"/"1"/..."""
+    fields = node.metadata.fields
+    if DISABLE_SPIFFE_KEY not in fields:
+        return False
+    value = fields[DISABLE_SPIFFE_KEY]
+    kind = value.WhichOneof("kind")
+    if kind == "bool_value":
+        return bool(value.bool_value)
+    if kind == "string_value":  # Go strconv.ParseBool
+        return value.string_value in ("1", "t", "T", "TRUE", "true", "True")
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """The last NACK of a stream, for status."""
+
+    names: tuple[str, ...]
+    version: str
+    message: str
+    at: float  # wall clock
 
 
 @dataclass(slots=True)
@@ -87,21 +150,17 @@ class _Stream:
     sent_counter: Any = None
     ack_counter: Any = None
     nack_counter: Any = None
-
-    def plan(self, snap: SecretSnapshot) -> tuple[list[Resource], list[str]]:
-        """Resources to send (changed, not rejected) and names to report removed (delta only)."""
-        changed: list[Resource] = []
-        removed: list[str] = []
-        for name in self.ordered:
-            res = snap.get(name)
-            if res is None:
-                if name in self.known:
-                    removed.append(name)
-                continue
-            if self.known.get(name) == res.version or self.rejected.get(name) == res.version:
-                continue
-            changed.append(res)
-        return changed, removed
+    uid: int = -1
+    plain: bool = False  # node disabled SPIFFE validation: trusted_ca forms
+    first: bool = True  # no request handled yet
+    grpc: Any = None  # the grpclib server Stream (to cut it off)
+    task: asyncio.Task[None] | None = None  # the handler task reading this stream
+    since: dict[str, float] = field(default_factory=dict)  # held name -> monotonic time subscribed
+    warned: set[str] = field(default_factory=set)  # held names already warned about
+    absent: set[str] = field(default_factory=set)  # delta: names reported as nonexistent
+    held_timer: asyncio.TimerHandle | None = None
+    last_nack: Nack | None = None
+    opened: float = field(default_factory=time.time)
 
 
 def _logs_debug(logger: Any) -> bool:
@@ -113,8 +172,19 @@ def _logs_debug(logger: Any) -> bool:
 class SecretDiscoveryServicer:
     """The SDS service. Feed it snapshots with :meth:`update` (on the loop); grpclib calls the RPCs."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        limits: SdsLimits | None = None,
+        files: FileCredentials | None = None,
+    ) -> None:
         self._metrics = metrics
+        self.limits = limits or SdsLimits()
+        self._files = files
+        if files is not None:
+            files.on_change = self.files_changed
+        self._per_uid: dict[int, int] = {}
         self._snapshot: SecretSnapshot | None = None
         self._by_name: dict[str, set[_Stream]] = {}
         self._streams: set[_Stream] = set()
@@ -122,6 +192,7 @@ class SecretDiscoveryServicer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._versions: dict[tuple[tuple[str, str], ...], str] = {}
         self.encodings = 0  # how many response encodings were built (bench/tests: shared-bytes proof)
+        metrics.track_held(self.held_names)
 
     # ---- snapshot side -------------------------------------------------------------------------
     @property
@@ -138,12 +209,19 @@ class SecretDiscoveryServicer:
         self._snapshot = snapshot
         if not changed:
             return
+        log.info("sds.snapshot", version=snapshot.version[:16], changed=sorted(changed))
+        self._push_names(changed)
+
+    def files_changed(self, names: frozenset[str]) -> None:
+        """File credentials whose content changed: push them to their streams (on the loop)."""
+        self._push_names(names)
+
+    def _push_names(self, names: Iterable[str]) -> None:
         affected: set[_Stream] = set()
-        for name in changed:
+        for name in names:
             affected |= self._by_name.get(name, set())
-        log.info(
-            "sds.snapshot", version=snapshot.version[:16], changed=sorted(changed), streams=len(affected)
-        )
+        if not affected:
+            return
         loop = asyncio.get_running_loop()
         for st in affected:
             task = loop.create_task(self._push(st))
@@ -154,13 +232,72 @@ class SecretDiscoveryServicer:
         try:
             async with st.lock:
                 await self._sync(st)
-        except (GRPCError, ConnectionError, asyncio.CancelledError, OSError) as exc:
+        except asyncio.CancelledError:
+            st.log.debug("sds.push.cancelled")
+        except _EXPECTED_PUSH_ERRORS as exc:
             st.log.debug("sds.push.failed", error=type(exc).__name__)
-        except Exception as exc:  # grpclib raises protocol-level errors of several types on a dead stream
-            st.log.debug("sds.push.failed", error=type(exc).__name__)
+        except Exception:
+            st.log.exception("sds.push.failed")  # a bug, not a dead client: say it loudly
+
+    # ---- resolution ----------------------------------------------------------------------------
+    def _resolve(self, st: _Stream, name: str) -> Resource | None:
+        if file_credentials.is_file_name(name):
+            return None if self._files is None else self._files.get(name)
+        snap = self._snapshot
+        return None if snap is None else snap.get(name, plain=st.plain)
+
+    def _known(self, name: str) -> bool:
+        """Whether ``name`` is something this server serves (possibly not right now)."""
+        snap = self._snapshot
+        if snap is not None and name in (snap.names.default, snap.names.rootca, snap.names.all):
+            return True
+        if file_credentials.is_file_name(name):
+            return self._files is not None and self._files.allowed(name)
+        return snap is not None and (name in snap.resources or name in snap.plain)
+
+    def held_names(self) -> int:
+        """(stream, name) pairs subscribed but not servable now (scrape-time gauge; any thread)."""
+        held = 0
+        for st in list(self._streams):
+            for name in st.ordered:
+                if self._resolve(st, name) is None:
+                    held += 1
+        return held
+
+    def plan(self, st: _Stream) -> tuple[list[Resource], list[str]]:
+        """Resources to send (changed, not rejected) and names to report removed (delta only)."""
+        changed: list[Resource] = []
+        removed: list[str] = []
+        delta = st.api == "delta"
+        for name in st.ordered:
+            res = self._resolve(st, name)
+            if res is None:
+                if name in st.known:
+                    removed.append(name)
+                    if delta:
+                        st.absent.add(name)  # reported once; sent again when it reappears
+                elif delta and name not in st.absent and self._absent_is_final(name):
+                    st.absent.add(name)
+                    removed.append(name)
+                continue
+            if delta:
+                st.absent.discard(name)
+            if st.known.get(name) == res.version or st.rejected.get(name) == res.version:
+                continue
+            changed.append(res)
+        return changed, removed
+
+    def _absent_is_final(self, name: str) -> bool:
+        """Whether a missing name can be reported as nonexistent (not just: no snapshot yet)."""
+        if file_credentials.is_file_name(name):
+            return True
+        return self._snapshot is not None
 
     async def close(self) -> None:
-        """Cancel in-flight pushes (server shutdown)."""
+        """Cancel in-flight pushes and timers (server shutdown)."""
+        for st in list(self._streams):
+            if st.held_timer is not None:
+                st.held_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -169,16 +306,91 @@ class SecretDiscoveryServicer:
     # ---- subscription index --------------------------------------------------------------------
     def _subscribe(self, st: _Stream, names: Iterable[str]) -> None:
         new = frozenset(names)
+        files = self._files
         for gone in st.names - new:
-            self._by_name.get(gone, set()).discard(st)
+            subscribers = self._by_name.get(gone)
+            if subscribers is not None:
+                subscribers.discard(st)
+                if not subscribers:
+                    del self._by_name[gone]  # the index shrinks with its streams
             st.known.pop(gone, None)
             st.rejected.pop(gone, None)
-        for added in new - st.names:
-            self._by_name.setdefault(added, set()).add(st)
+            st.since.pop(gone, None)
+            st.warned.discard(gone)
+            st.absent.discard(gone)
+            if files is not None and file_credentials.is_file_name(gone):
+                files.release(gone)
+        added = new - st.names
+        now = time.monotonic()
+        for name in added:
+            self._by_name.setdefault(name, set()).add(st)
+            if files is not None and file_credentials.is_file_name(name):
+                files.acquire(name)
+            if self._resolve(st, name) is None:
+                st.since[name] = now
         st.names = new
         st.ordered = tuple(sorted(new))
+        if st.since and st.held_timer is None:
+            self._arm_held_timer(st, self.limits.held_warning_seconds)
+
+    def _arm_held_timer(self, st: _Stream, delay: float) -> None:
+        st.held_timer = asyncio.get_running_loop().call_later(delay, self._warn_held, st)
+
+    def _warn_held(self, st: _Stream) -> None:
+        """One warning per (stream, name) held longer than ``held_warning_seconds``."""
+        st.held_timer = None
+        if st not in self._streams:
+            return
+        now = time.monotonic()
+        wait = self.limits.held_warning_seconds
+        next_due: float | None = None
+        for name, since in list(st.since.items()):
+            if self._resolve(st, name) is not None:
+                del st.since[name]
+                continue
+            due = since + wait
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            del st.since[name]
+            if name not in st.warned:
+                st.warned.add(name)
+                st.log.warning(
+                    "sds.name.held",
+                    name=name,
+                    seconds=round(now - since, 1),
+                    known=self._known(name),
+                    hint="nothing to serve under this name: check --default-name/--rootca-name/"
+                    "--all-name, the Workload API's SVIDs and bundles, or --file-credentials-dir",
+                )
+        if next_due is not None:
+            self._arm_held_timer(st, max(0.05, next_due - now))
+
+    def _check_names(self, st: _Stream, names: frozenset[str]) -> None:
+        cap = self.limits.max_names_per_stream
+        if len(names) > cap:
+            self._metrics.refused.labels("names_per_stream").inc()
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"resource_names: {len(names)} names: at most {cap} per stream",
+            )
+
+    def _check_unknown(self, names: Iterable[str]) -> None:
+        """``unknown_names="error"``: refuse names this server does not serve (SPIRE's InvalidArgument)."""
+        if self.limits.unknown_names != "error" or self._snapshot is None:
+            return
+        unknown = sorted(n for n in names if not self._known(n))
+        if unknown:
+            self._metrics.refused.labels("unknown_names").inc()
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"workload is not authorized for the requested identities {unknown!r}",
+            )
 
     def _forget(self, st: _Stream) -> None:
+        if st.held_timer is not None:
+            st.held_timer.cancel()
+            st.held_timer = None
         self._subscribe(st, ())
         self._streams.discard(st)
 
@@ -240,10 +452,10 @@ class SecretDiscoveryServicer:
     # ---- the per-stream state machine ---------------------------------------------------------
     async def _sync(self, st: _Stream) -> None:
         snap = self._snapshot
-        if snap is None or not st.names:
+        if not st.names or (snap is None and self._files is None):
             return
-        changed, removed = st.plan(snap)
-        st.synced = snap.version
+        changed, removed = self.plan(st)
+        st.synced = snap.version if snap is not None else ""
         if st.api == "sotw":
             removed = []  # SotW: absence is not deletion for SDS; Envoy keeps what it has
         if not changed and not removed:
@@ -259,11 +471,16 @@ class SecretDiscoveryServicer:
             shared = self._sotw_bytes(changed, version_info)
             data = shared + DiscoveryResponse(nonce=nonce).SerializeToString()
         else:
-            version_info = snap.version
+            version_info = self._held_version(st)
             shared = self._delta_bytes(changed, removed, version_info)
             data = shared + DeltaDiscoveryResponse(nonce=nonce).SerializeToString()
         st.last = _Sent(nonce, previous, {r.name: r.version for r in changed}, version_info)
-        await st.send(data)
+        try:
+            async with asyncio.timeout(self.limits.send_timeout_seconds):
+                await st.send(data)
+        except TimeoutError:
+            self._cut_off(st)
+            raise
         st.responses += 1
         st.sent_counter.inc()
         if st.debug:
@@ -274,6 +491,21 @@ class SecretDiscoveryServicer:
                 version=version_info[:16],
                 nonce=nonce,
             )
+
+    def _cut_off(self, st: _Stream) -> None:
+        """The client stopped reading: end its stream now (others are not held up by it)."""
+        self._metrics.send_timeouts.inc()
+        st.log.warning(
+            "sds.stream.send_timeout",
+            seconds=self.limits.send_timeout_seconds,
+            uid=st.uid,
+            hint="the client stopped reading; stream cut off",
+        )
+        if st.grpc is not None:
+            cut_off(st.grpc)
+        task = st.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     def _answer(self, st: _Stream, nonce: str, error: Any | None, version_info: str) -> bool:
         """Handle ``response_nonce`` / ``error_detail``. False when the request is stale."""
@@ -295,6 +527,9 @@ class SecretDiscoveryServicer:
                 else:
                     st.known[name] = old
             st.nack_counter.inc()
+            st.last_nack = Nack(
+                tuple(sorted(last.versions)), last.version_info, str(error.message), time.time()
+            )
             st.log.warning(
                 "sds.nack",
                 names=sorted(last.versions),
@@ -327,6 +562,7 @@ class SecretDiscoveryServicer:
     def _new_stream(self, api: str, stream: Stream[Any, Any]) -> _Stream:
         m = self._metrics
         logger = log.bind(api=api)
+        sock = peer_socket(stream)
         return _Stream(
             api=api,
             send=stream.send_message,
@@ -335,11 +571,23 @@ class SecretDiscoveryServicer:
             sent_counter=m.responses_sent.labels(api),
             ack_counter=m.acks.labels(api),
             nack_counter=m.nacks.labels(api),
+            uid=peer_uid(sock) if sock is not None else -1,
+            grpc=stream,
+            task=asyncio.current_task(),
         )
 
     async def _run(
         self, stream: Stream[Any, Any], st: _Stream, on_request: Callable[[_Stream, Any], bool]
     ) -> None:
+        count = self._per_uid.get(st.uid, 0)
+        if count >= self.limits.max_streams_per_uid:
+            self._metrics.refused.labels("streams_per_uid").inc()
+            log.warning("sds.stream.refused", uid=st.uid, streams=count, reason="streams per UID")
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"uid {st.uid}: {count} SDS streams open: at most {self.limits.max_streams_per_uid}",
+            )
+        self._per_uid[st.uid] = count + 1
         self._streams.add(st)
         self._metrics.streams_open.labels(st.api).inc()
         try:
@@ -352,47 +600,72 @@ class SecretDiscoveryServicer:
                         await self._sync(st)
         finally:
             self._forget(st)
+            left = self._per_uid[st.uid] - 1
+            if left:
+                self._per_uid[st.uid] = left
+            else:
+                del self._per_uid[st.uid]
             self._metrics.streams_open.labels(st.api).dec()
             st.log.debug("sds.stream.closed", responses=st.responses)
 
-    def _on_sotw(self, st: _Stream, req: DiscoveryRequest) -> bool:
-        self._check_type(req.type_url)
-        if not st.node_id and req.node.id:
+    def _first_request(self, st: _Stream, req: Any) -> None:
+        st.first = False
+        st.plain = node_disables_spiffe_validation(req.node)
+        if req.node.id:
             st.node_id = req.node.id
             st.log = st.log.bind(node=st.node_id)
-            st.log.debug("sds.stream.opened", names=list(req.resource_names))
+        st.log.debug("sds.stream.opened", plain=st.plain or None)
+
+    def _on_sotw(self, st: _Stream, req: DiscoveryRequest) -> bool:
+        self._check_type(req.type_url)
+        first = st.first
+        if first:
+            self._first_request(st, req)
         error = req.error_detail if req.HasField("error_detail") else None
-        if not self._answer(st, req.response_nonce, error, req.version_info):
+        if not first and not self._answer(st, req.response_nonce, error, req.version_info):
             return False
+        # First request carrying a nonce: it answers a previous connection's response; not stale.
         names = frozenset(req.resource_names)
-        if names == st.names:
+        self._check_names(st, names)
+        if names == st.names and not first:
             snap = self._snapshot
             # A plain ACK with nothing new since our last plan: no work (the common case at scale).
             return error is not None or snap is None or st.synced != snap.version
+        self._check_unknown(names - st.names)
         self._subscribe(st, names)
-        if not req.response_nonce and req.version_info and self._snapshot is not None:
+        if first and req.version_info:
             # Reconnected client: if it already holds exactly what we would send, send nothing.
-            held = [r for r in (self._snapshot.get(n) for n in sorted(names)) if r is not None]
+            held = [r for r in (self._resolve(st, n) for n in st.ordered) if r is not None]
             if held and combined_version(held) == req.version_info:
                 st.known.update({r.name: r.version for r in held})
         return True
 
     def _on_delta(self, st: _Stream, req: DeltaDiscoveryRequest) -> bool:
         self._check_type(req.type_url)
-        if not st.node_id and req.node.id:
-            st.node_id = req.node.id
-            st.log = st.log.bind(node=st.node_id)
-            st.log.debug("sds.stream.opened")
+        first = st.first
+        if first:
+            self._first_request(st, req)
         error = req.error_detail if req.HasField("error_detail") else None
-        answered = self._answer(st, req.response_nonce, error, "")
+        answered = first or self._answer(st, req.response_nonce, error, "")
         # Delta subscription changes are never dropped, even on a stale nonce (they are not ACKs).
-        names = (set(st.names) | set(req.resource_names_subscribe)) - set(req.resource_names_unsubscribe)
-        if frozenset(names) != st.names:
+        subscribe = frozenset(req.resource_names_subscribe)
+        unsubscribe = frozenset(req.resource_names_unsubscribe)
+        names = (st.names | subscribe) - unsubscribe
+        self._check_names(st, names)
+        self._check_unknown(subscribe - st.names)
+        resubscribed = subscribe & st.names
+        if names != st.names:
             self._subscribe(st, names)
-        for name, version in req.initial_resource_versions.items():
-            if name in st.names:
-                st.known[name] = version
-        return answered or bool(req.resource_names_subscribe or req.resource_names_unsubscribe)
+        for name in resubscribed:
+            st.known.pop(name, None)  # answered even if up to date (the client may have dropped it)
+            st.absent.discard(name)
+        if first:
+            for name, version in req.initial_resource_versions.items():
+                if name in st.names:
+                    st.known[name] = version
+        elif req.initial_resource_versions:
+            st.log.debug("sds.delta.initial_versions_ignored", names=len(req.initial_resource_versions))
+        return answered or bool(subscribe or unsubscribe)
 
     async def FetchSecrets(self, stream: Stream[DiscoveryRequest, Any]) -> None:
         req = await stream.recv_message()
@@ -400,15 +673,88 @@ class SecretDiscoveryServicer:
             return
         self._check_type(req.type_url)
         snap = self._snapshot
-        names = sorted(set(req.resource_names))
-        found = [] if snap is None else [r for r in (snap.get(n) for n in names) if r is not None]
-        if not found:
-            raise GRPCError(Status.UNAVAILABLE, f"resource_names: {names!r}: no such secret is available yet")
+        if snap is None:
+            raise GRPCError(Status.UNAVAILABLE, "no secrets yet: the Workload API has delivered nothing")
+        plain = node_disables_spiffe_validation(req.node)
+        names = sorted({n for n in req.resource_names if n})  # SPIRE ignores empty names
+        if not names:  # SPIRE: an empty list asks for everything
+            names = sorted(set(snap.resources) | set(snap.plain))
+        found: list[Resource] = []
+        missing: list[str] = []
+        for name in names:
+            res = self._fetch_one(snap, name, plain)
+            if res is None:
+                if req.resource_names:
+                    missing.append(name)
+            else:
+                found.append(res)
+        if missing:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"workload is not authorized for the requested identities {missing!r}",
+            )
         version_info = combined_version(found)
         nonce = DiscoveryResponse(nonce=version_info[:16]).SerializeToString()
         data = self._sotw_bytes(found, version_info) + nonce
         await stream.send_message(data)
         self._metrics.responses_sent.labels("fetch").inc()
+
+    def _fetch_one(self, snap: SecretSnapshot, name: str, plain: bool) -> Resource | None:
+        files = self._files
+        if not file_credentials.is_file_name(name):
+            return snap.get(name, plain=plain)
+        if files is None or not files.acquire(name):
+            return None
+        try:
+            return files.get(name)
+        finally:
+            files.release(name)
+
+    # ---- status --------------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        """Every open stream: node, names, held names, versions, last NACK, certificates served."""
+        out = []
+        for st in sorted(self._streams, key=lambda s: (s.node_id, s.opened)):
+            held, versions, certs = [], {}, {}
+            for name in st.ordered:
+                res = self._resolve(st, name)
+                if res is None:
+                    held.append(name)
+                if name in st.known:
+                    versions[name] = st.known[name][:16]
+                if res is not None and res.serial and st.known.get(name) == res.version:
+                    certs[name] = {
+                        "serial": res.serial,
+                        "not_after": res.not_after.isoformat() if res.not_after else None,
+                    }
+            nack = st.last_nack
+            out.append(
+                {
+                    "api": st.api,
+                    "node": st.node_id,
+                    "uid": st.uid,
+                    "names": list(st.ordered),
+                    "held": held,
+                    "versions": versions,
+                    "certificates": certs,
+                    "responses": st.responses,
+                    "plain_validation": st.plain,
+                    "last_nack": None
+                    if nack is None
+                    else {
+                        "names": list(nack.names),
+                        "version": nack.version[:16],
+                        "message": nack.message,
+                        "at": nack.at,
+                    },
+                }
+            )
+        return out
+
+    @property
+    def index_size(self) -> int:
+        """Distinct names in the subscription index (shrinks when streams go; tests, bench)."""
+        return len(self._by_name)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         card = grpclib.const.Cardinality

@@ -192,7 +192,7 @@ def test_trust_domain_names_and_all_validator(static_server: RunningServer, ca: 
             }
             with pytest.raises(GRPCError) as err:
                 await fetch(ch, ["nope"])
-            assert err.value.status is Status.UNAVAILABLE
+            assert err.value.status is Status.INVALID_ARGUMENT  # SPIRE: unknown name = InvalidArgument
 
     asyncio.run(scenario())
 

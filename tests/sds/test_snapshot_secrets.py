@@ -17,7 +17,9 @@ from sds_server.snapshot import ResourceNames, SecretSnapshot
 from sds_server.source import RetryPolicy, SnapshotPublisher
 from tests.sds.pki import MiniCa
 
-NOW = dt.datetime.now(dt.UTC)
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def test_public_surface_is_pinned() -> None:
@@ -33,7 +35,7 @@ def test_public_surface_is_pinned() -> None:
 def test_names_resolve_like_spire_agent_sds(ca: MiniCa) -> None:
     other = MiniCa.create("other.org")
     a, b = ca.issue("/ns/default/sa/httpbin"), ca.issue("/ns/default/sa/second")
-    snap = SecretSnapshot.build([a.svid(), b.svid()], [ca.bundle(), other.bundle()], ResourceNames(), NOW)
+    snap = SecretSnapshot.build([a.svid(), b.svid()], [ca.bundle(), other.bundle()], ResourceNames(), _now())
     default = snap.get("default")
     assert default is not None
     assert default.kind == "tls_certificate"
@@ -50,7 +52,7 @@ def test_names_resolve_like_spire_agent_sds(ca: MiniCa) -> None:
 def test_rootca_all_bundles_option_and_custom_names(ca: MiniCa) -> None:
     other = MiniCa.create("other.org")
     names = ResourceNames(default="cert", rootca="trust", all="everything", rootca_all_bundles=True)
-    snap = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle(), other.bundle()], names, NOW)
+    snap = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle(), other.bundle()], names, _now())
     assert snap.get("trust").kind == "spiffe_validator"
     assert snap.get("cert") is not None
     assert snap.get("everything") is not None
@@ -59,8 +61,8 @@ def test_rootca_all_bundles_option_and_custom_names(ca: MiniCa) -> None:
 
 
 def test_expired_svid_is_withheld(ca: MiniCa) -> None:
-    old = ca.issue("/w", ttl=dt.timedelta(seconds=1), not_before=NOW - dt.timedelta(minutes=5))
-    snap = SecretSnapshot.build([old.svid()], [ca.bundle()], ResourceNames(), NOW)
+    old = ca.issue("/w", ttl=dt.timedelta(seconds=1), not_before=_now() - dt.timedelta(minutes=5))
+    snap = SecretSnapshot.build([old.svid()], [ca.bundle()], ResourceNames(), _now())
     assert snap.get("default") is None
     assert snap.get(old.spiffe_id) is None
     assert snap.expired == (old.svid(),)
@@ -69,11 +71,11 @@ def test_expired_svid_is_withheld(ca: MiniCa) -> None:
 
 def test_version_is_content_hash_stable_across_builds(ca: MiniCa) -> None:
     svid = ca.issue("/w").svid()
-    one = SecretSnapshot.build([svid], [ca.bundle()], ResourceNames(), NOW)
-    two = SecretSnapshot.build([svid], [ca.bundle()], ResourceNames(), NOW + dt.timedelta(seconds=5))
+    one = SecretSnapshot.build([svid], [ca.bundle()], ResourceNames(), _now())
+    two = SecretSnapshot.build([svid], [ca.bundle()], ResourceNames(), _now() + dt.timedelta(seconds=5))
     assert one.version == two.version
     assert one.changed_names(two) == frozenset()
-    rotated = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle()], ResourceNames(), NOW)
+    rotated = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle()], ResourceNames(), _now())
     assert rotated.changed_names(one) == {"default", "spiffe://example.org/w"}
 
 
@@ -138,15 +140,15 @@ def test_bootstrap_errors_name_the_argument() -> None:
 def test_next_expiry_never_points_into_the_past(ca: MiniCa) -> None:
     """The supervisor sleeps until ``next_expiry()``: an SVID that expired without changing the snapshot
     (here a second SVID with the same SPIFFE ID) must not be returned again, or it would spin."""
-    clock = [NOW]
+    clock = [_now()]
     publisher = SnapshotPublisher(ResourceNames(), Metrics(), clock=lambda: clock[0])
-    long_lived = ca.issue("/w", ttl=dt.timedelta(hours=1), not_before=NOW - dt.timedelta(minutes=1))
-    short_lived = ca.issue("/w", ttl=dt.timedelta(minutes=2), not_before=NOW - dt.timedelta(minutes=1))
+    long_lived = ca.issue("/w", ttl=dt.timedelta(hours=1), not_before=_now() - dt.timedelta(minutes=1))
+    short_lived = ca.issue("/w", ttl=dt.timedelta(minutes=2), not_before=_now() - dt.timedelta(minutes=1))
     publisher.publish([long_lived.svid(), short_lived.svid()], [ca.bundle()])
     assert publisher.next_expiry() == short_lived.cert.not_valid_after_utc
-    clock[0] = NOW + dt.timedelta(minutes=5)  # the duplicate has expired; the default has not
+    clock[0] = _now() + dt.timedelta(minutes=5)  # the duplicate has expired; the default has not
     publisher.rebuild()
     assert publisher.next_expiry() == long_lived.cert.not_valid_after_utc
-    clock[0] = NOW + dt.timedelta(hours=2)
+    clock[0] = _now() + dt.timedelta(hours=2)
     publisher.rebuild()
     assert publisher.next_expiry() is None
