@@ -1,4 +1,5 @@
-"""SDS fan-out benchmark (issue 9 §5): our server vs bare grpc.aio and bare grpclib, same bytes, same clients.
+"""SDS fan-out and footprint benchmark (issue 9 §5, issue 13 §4): our server vs bare grpc.aio and bare
+grpclib, same bytes, same clients, same run.
 
 For each N (default: 100 and 1,000; add 10,000 with ``--n 100 1000 10000``):
 
@@ -7,7 +8,17 @@ For each N (default: 100 and 1,000; add 10,000 with ``--n 100 1000 10000``):
 * a rotation: for our server through the embedded Workload API (SIGUSR1 → re-mint → py-spiffe →
   snapshot → push); for the bare servers a SIGUSR1 that swaps the payload and writes it to every stream;
 * measured: time until every stream holds the new version (p50 / p99 / max, from the trigger), time to
-  connect all streams, server RSS with all streams open, and how many streams each server accepted.
+  connect all streams, server RSS idle (before the clients) and with all streams open (→ RSS per
+  stream), the server's thread count, and how many streams each server accepted;
+* our process is a real ``meshbridge sds serve`` (``python -m bridge.cli``): its idle RSS, threads and
+  whether grpcio's runtime is mapped into it (``/proc/PID/maps``) are checked against issue 13 §4
+  (idle ≤ 30 MB, ≤ 18 KB per stream, 1 thread, p99 @1,000 ≤ 1.3 times bare grpclib).
+
+Baselines are entries of :data:`BASELINES` (name → how to start it and trigger a push). SPIRE agent's own
+SDS (``bridge/spire_local.py``, issue 12 §4) goes there as one more entry: start ``local_spire``, register
+this uid, point the clients at the agent's socket, trigger with a federated bundle change
+(``server.bundle_set``), and report the trigger latency (bundle set → first stream updated) apart from
+the push spread (first → last stream updated) — :class:`Result` already records both.
 
 Also: real Envoy start → first secret (listener LIVE), and rotation → new certificate in ``/certs``.
 
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -218,14 +230,26 @@ class Result:
     connect_all_s: float = float("nan")
     rss_mb: float = float("nan")
     idle_mb: float = float("nan")
+    threads_idle: int = 0
+    threads_loaded: int = 0
     lat_ms: list[float] = field(default_factory=list)
     note: str = ""
+
+    @property
+    def per_stream_kb(self) -> float:
+        return (self.rss_mb - self.idle_mb) * 1024 / max(self.held, 1)
+
+    @property
+    def spread_ms(self) -> float:
+        """Push spread: first → last stream updated (the trigger's own latency removed)."""
+        return max(self.lat_ms, default=float("nan")) - min(self.lat_ms, default=float("nan"))
 
     def line(self) -> str:
         lat = self.lat_ms
         return (
             f"{self.server:<14} N={self.n:>6}  held {self.held:>6}  connect-all {self.connect_all_s:6.2f} s  "
-            f"RSS {self.rss_mb:7.1f} MB (idle {self.idle_mb:5.1f})  "
+            f"RSS {self.rss_mb:7.1f} MB (idle {self.idle_mb:5.1f}, {self.per_stream_kb:5.1f} KB/stream)  "
+            f"threads {self.threads_idle}/{self.threads_loaded}  "
             f"fan-out p50 {pct(lat, 50):8.1f}  p99 {pct(lat, 99):8.1f}  "
             f"max {max(lat, default=float('nan')):8.1f} ms  (min {min(lat, default=float('nan')):6.1f})"
             + (f"  [{self.note}]" if self.note else "")
@@ -235,7 +259,9 @@ class Result:
 def run_clients(
     sock: Path, n: int, deadline: float, trigger: Callable[[], None], server_pid: int, name: str, repeat: int
 ) -> Result:
-    idle_mb = psutil.Process(server_pid).memory_info().rss / 2**20
+    server = psutil.Process(server_pid)
+    idle_mb = server.memory_info().rss / 2**20
+    threads_idle = server.num_threads()
     procs = []
     remaining = n
     while remaining > 0:
@@ -257,8 +283,9 @@ def run_clients(
             connected += json.loads(p.stdout.readline())["connected"]
         res.held = len(connected)
         res.connect_all_s = max(connected, default=float("nan"))
-        res.rss_mb = psutil.Process(server_pid).memory_info().rss / 2**20
+        res.rss_mb = server.memory_info().rss / 2**20
         res.idle_mb = idle_mb
+        res.threads_idle, res.threads_loaded = threads_idle, server.num_threads()
         p99s = []
         for _ in range(repeat):
             time.sleep(0.5)
@@ -376,8 +403,8 @@ def bench_envoy(workdir: Path, rotations: int) -> None:
         running_workload_api(wl_config(), workdir / "wl-envoy", sockets=("mesh",)) as api,
         echo_backend() as be,
     ):
-        sds = start_ours(workdir / "e", api.address("mesh")) if (workdir / "e").mkdir() is None else None
-        assert sds is not None
+        (workdir / "e").mkdir()
+        sds = start_ours(workdir / "e", api.address("mesh"))
         try:
             boot = sidecar_bootstrap(
                 sds_socket=workdir / "e" / "sds.sock", trust_domain="example.org", backend_port=be.port
@@ -392,9 +419,11 @@ def bench_envoy(workdir: Path, rotations: int) -> None:
                     old = envoy.cert_serials()
                     t1 = time.monotonic()
                     api.rotate()
-                    envoy.wait_for(
-                        "new cert", lambda o=old: envoy.cert_serials() != o, timeout=30, interval=0.005
-                    )
+
+                    def rotated(o: object = old) -> bool:
+                        return bool(envoy.cert_serials() != o)
+
+                    envoy.wait_for("new cert", rotated, timeout=30, interval=0.005)
                     times.append((time.monotonic() - t1) * 1000)
                 print(
                     f"rotation (SIGUSR1 to Workload API) → new cert in Envoy /certs: median "
@@ -403,6 +432,29 @@ def bench_envoy(workdir: Path, rotations: int) -> None:
                 )
         finally:
             stop(sds)
+
+
+BASELINES: dict[str, str] = {"bare grpc.aio": BARE_GRPC_AIO, "bare grpclib": BARE_GRPCLIB}
+"""Bare servers started per N with the same payload; SPIRE agent's SDS is the next entry (module doc)."""
+
+
+@dataclass
+class Footprint:
+    """Our process right after it first served a secret, before any client: the issue 13 §4 figures."""
+
+    idle_mb: float
+    threads: int
+    grpcio_loaded: bool
+
+
+def footprint(pid: int) -> Footprint:
+    proc = psutil.Process(pid)
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return Footprint(
+        idle_mb=proc.memory_info().rss / 2**20,
+        threads=proc.num_threads(),
+        grpcio_loaded="/grpc/_cython/" in maps,
+    )
 
 
 def main() -> int:
@@ -414,16 +466,25 @@ def main() -> int:
     ap.add_argument(
         "--repeat", type=int, default=3, help="rotations per N and server (median round reported)"
     )
+    ap.add_argument(
+        "--baselines",
+        nargs="+",
+        default=list(BASELINES),
+        choices=list(BASELINES),
+        help="baselines to run beside ours (default: all; 'bare grpclib' is the one the goals use)",
+    )
     args = ap.parse_args()
     ns = [n for n in args.n if 0 < n <= 10000]
     work = Path(tempfile.mkdtemp(prefix="mb-bench-", dir="/tmp"))
     results: dict[int, dict[str, Result]] = {}
+    prints: list[Footprint] = []
     try:
         with running_workload_api(wl_config(), work / "wl", sockets=("mesh",)) as api:
             (work / "ours").mkdir()
             ours = start_ours(work / "ours", api.address("mesh"))
             try:
                 payload = asyncio.run(fetch_payload(work / "ours" / "sds.sock"))
+                prints.append(footprint(ours.pid))
                 a, b = work / "a.bin", work / "b.bin"
                 a.write_bytes(payload)
                 b.write_bytes(payload + DiscoveryResponse(nonce="rotated").SerializeToString())
@@ -442,15 +503,15 @@ def main() -> int:
                     )
                     print(r.line(), flush=True)
                     results[n]["ours"] = r
-                    for name, script in (("bare grpc.aio", BARE_GRPC_AIO), ("bare grpclib", BARE_GRPCLIB)):
+                    for name in args.baselines:
                         sock = work / f"{name.split()[1]}-{n}.sock"
-                        srv = start_bare(script, sock, a, b)
+                        srv = start_bare(BASELINES[name], sock, a, b)
                         try:
                             r = run_clients(
                                 sock,
                                 n,
                                 args.deadline,
-                                lambda s=srv: os.kill(s.pid, signal.SIGUSR1),
+                                functools.partial(os.kill, srv.pid, signal.SIGUSR1),
                                 srv.pid,
                                 name,
                                 args.repeat,
@@ -463,9 +524,10 @@ def main() -> int:
                     stop(ours)
                     ours = start_ours(work / "ours", api.address("mesh"))
                     asyncio.run(fetch_payload(work / "ours" / "sds.sock"))
+                    prints.append(footprint(ours.pid))
             finally:
                 stop(ours)
-        report(results)
+        report(results, prints)
         if not args.skip_envoy:
             bench_envoy(work, args.rotations)
     finally:
@@ -473,43 +535,68 @@ def main() -> int:
     return 0
 
 
-def report(results: dict[int, dict[str, Result]]) -> None:
-    print("\n== ratios (ours / baseline; < 1 is better) and the issue's goals ==")
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and not math.isnan(b) else "n/a"
+
+
+def report(results: dict[int, dict[str, Result]], prints: list[Footprint]) -> None:
+    print("\n== footprint of `meshbridge sds serve` (first secret served, no clients) ==")
+    idle = statistics.median(f.idle_mb for f in prints)
+    threads = max(f.threads for f in prints)
+    grpcio = any(f.grpcio_loaded for f in prints)
+    bare_idle = [r.idle_mb for rs in results.values() for k, r in rs.items() if k == "bare grpclib"]
+    print(
+        f"idle RSS {idle:.1f} MB (median of {len(prints)} starts: "
+        f"{', '.join(f'{f.idle_mb:.1f}' for f in prints)}); threads {threads}; grpcio runtime mapped: "
+        f"{'yes' if grpcio else 'no'}"
+        + (f"; bare grpclib idle {statistics.median(bare_idle):.1f} MB" if bare_idle else "")
+    )
+    print("\n== ratios (ours / baseline; < 1 is better) and the issues' goals ==")
     for n, rs in results.items():
-        ours, aio, lib = rs["ours"], rs["bare grpc.aio"], rs["bare grpclib"]
+        ours = rs["ours"]
         p99 = pct(ours.lat_ms, 99)
-        spread = p99 - min(ours.lat_ms, default=0.0)  # without the Workload API re-mint offset
-        faster = (
-            min(pct(x.lat_ms, 99) for x in (aio, lib) if x.held == n)
-            if (aio.held == n or lib.held == n)
-            else float("nan")
-        )
-        print(
-            f"N={n}: p99 ours/grpclib {p99 / pct(lib.lat_ms, 99):.2f}x, "
-            f"ours/grpc.aio {p99 / pct(aio.lat_ms, 99):.2f}x; "
-            f"RSS ours/grpclib {ours.rss_mb / lib.rss_mb:.2f}x (per stream: ours "
-            f"{(ours.rss_mb - ours.idle_mb) * 1024 / max(ours.held, 1):.1f} KB, grpclib "
-            f"{(lib.rss_mb - lib.idle_mb) * 1024 / max(lib.held, 1):.1f} KB); connect ours/grpclib "
-            f"{ours.connect_all_s / lib.connect_all_s:.2f}x; grpc.aio held {aio.held}/{n}"
-        )
-        print(
-            f"        our p99 minus our fastest stream (re-mint + py-spiffe offset removed): {spread:.1f} ms"
-        )
-        if n == 1000:
-            ok = p99 <= 1.5 * faster
-            print(
-                f"  goal @1,000: p99 ≤ 1.5× faster bare ({1.5 * faster:.1f} ms): "
-                f"{'MET' if ok else 'NOT MET'} ({p99:.1f} ms)"
+        parts = []
+        for name, r in rs.items():
+            if name == "ours":
+                continue
+            parts.append(
+                f"vs {name}: p99 {_ratio(p99, pct(r.lat_ms, 99))}, RSS {_ratio(ours.rss_mb, r.rss_mb)}, "
+                f"KB/stream {ours.per_stream_kb:.1f} vs {r.per_stream_kb:.1f}, "
+                f"connect {_ratio(ours.connect_all_s, r.connect_all_s)}, held {r.held}/{n}"
             )
-        if n == 10000:
+        print(f"N={n}: " + "; ".join(parts))
+        print(
+            f"        our p50/p99 {pct(ours.lat_ms, 50):.1f}/{p99:.1f} ms; push spread (first → last stream, "
+            f"trigger latency removed) {ours.spread_ms:.1f} ms"
+        )
+        lib = rs.get("bare grpclib")
+        if n == 1000 and lib is not None:
+            ok = p99 <= 1.3 * pct(lib.lat_ms, 99)
+            print(
+                f"  issue 13 goal @1,000: fan-out p99 ≤ 1.3× bare grpclib "
+                f"({1.3 * pct(lib.lat_ms, 99):.1f} ms): {'MET' if ok else 'NOT MET'} ({p99:.1f} ms)"
+            )
+        if n == 10000 and lib is not None:
             held = ours.held == n
             rss_ok = ours.rss_mb <= 1.1 * lib.rss_mb
             p99_ok = p99 <= 1.2 * pct(lib.lat_ms, 99)
             print(
-                f"  goal @10,000: all held: {'MET' if held else 'NOT MET'} ({ours.held}); "
+                f"  issue 9 goal @10,000: all held: {'MET' if held else 'NOT MET'} ({ours.held}); "
                 f"RSS ≤ 1.1× grpclib: {'MET' if rss_ok else 'NOT MET'}; "
                 f"fan-out p99 ≤ 1.2× grpclib: {'MET' if p99_ok else 'NOT MET'}"
             )
+    per_stream = [rs["ours"].per_stream_kb for n, rs in results.items() if n >= 1000]
+    print(
+        f"  issue 13 goal: idle RSS ≤ 30 MB: {'MET' if idle <= 30 else 'NOT MET'} ({idle:.1f} MB); "
+        f"threads = 1: {'MET' if threads == 1 else 'NOT MET'} ({threads}); "
+        f"grpcio not loaded: {'MET' if not grpcio else 'NOT MET'}"
+        + (
+            f"; ≤ 18 KB per stream (N ≥ 1,000): {'MET' if max(per_stream) <= 18 else 'NOT MET'} "
+            f"({', '.join(f'{x:.1f}' for x in per_stream)} KB)"
+            if per_stream
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":
