@@ -1,4 +1,4 @@
-"""``meshbridge render``, ``check`` and the single-purpose generators (``istio``, ``spire``, ``scone``).
+"""``meshbridge render``, ``check``, ``apply``, ``diff`` and the single-purpose generators (``istio``, …).
 
 Thin: each command parses flags, calls the same library functions the tests call (``load_spec``,
 ``render``, ``check``, the :mod:`istio`/:mod:`scone` renderers) and prints. Documents go to stdout
@@ -27,6 +27,9 @@ from bridge.writer import dumps, write_tree
 EXIT_USAGE = 2
 
 if TYPE_CHECKING:
+    from bridge import apply as applying
+    from bridge.kube import Cluster
+
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -89,6 +92,93 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{report.documents} documents consistent"
     )
     return 0
+
+
+def _load_plan(args: argparse.Namespace) -> applying.Plan:
+    """The spec's objects to apply; the spec's bytes are hashed into the ``meshbridge.io/spec-hash`` label."""
+    from bridge import apply as applying  # noqa: PLC0415 - only apply/diff load the kubernetes client
+
+    source = _read_spec_arg(args.file)
+    bridge = load_spec(source)
+    raw = source.read_bytes() if isinstance(source, Path) else source.encode()
+    return applying.plan(render(bridge), trust_domain=bridge.trust_domain, source=raw)
+
+
+def _connect(args: argparse.Namespace) -> Cluster:
+    from bridge.kube import Cluster  # noqa: PLC0415 - only apply/diff load the kubernetes client
+
+    return Cluster.connect(kubeconfig=args.kubeconfig, context=args.context, timeout=args.request_timeout)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    try:
+        plan = _load_plan(args)
+    except SpecError as exc:
+        return _spec_errors(exc)
+    for line in plan.not_applied:
+        print(line)
+    from bridge import apply as applying  # noqa: PLC0415 - only apply/diff load the kubernetes client
+
+    dry_run = args.dry_run == "server"
+    with _connect(args) as cluster:
+        changes = applying.apply(cluster, plan, dry_run=dry_run, prune=args.prune, force=args.force_conflicts)
+    suffix = " (server dry run)" if dry_run else ""
+    for change in changes:
+        print(f"{change}{suffix}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    try:
+        plan = _load_plan(args)
+    except SpecError as exc:
+        return _spec_errors(exc)
+    from bridge import apply as applying  # noqa: PLC0415 - only apply/diff load the kubernetes client
+
+    with _connect(args) as cluster:
+        differences = applying.diff(cluster, plan, prune=args.prune)
+    for difference in differences:
+        sys.stdout.write(difference.text)
+    return 1 if differences else 0
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", required=True, help="bridge spec (YAML), '-' for stdin")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context (default: the current context)")
+    p.add_argument(
+        "--request-timeout", type=float, default=10.0, metavar="SECONDS", help="per API request (10)"
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete objects meshbridge applied earlier for this bridge that the spec no longer renders",
+    )
+
+
+def _register_cluster(sub: Sub) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="server-side apply the spec's Kubernetes objects (not the IstioOperator: istioctl install -f)",
+    )
+    _cluster_flags(p)
+    p.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="server",
+        choices=("none", "server"),
+        default="none",
+        help="'server': the API server validates and admits everything, persists nothing",
+    )
+    p.add_argument(
+        "--force-conflicts", action="store_true", help="take over fields another field manager owns"
+    )
+    p.set_defaults(func=cmd_apply)
+    p = sub.add_parser(
+        "diff", help="what 'apply' would change, as a unified diff (exit 1 when there are differences)"
+    )
+    _cluster_flags(p)
+    p.set_defaults(func=cmd_diff)
 
 
 def _print_docs(docs: list[dict[str, object]], fmt: str) -> None:
@@ -273,7 +363,7 @@ def _register_scone(sub: Sub) -> None:
 
 
 def register(subparsers: Sub) -> None:
-    """Add ``render``, ``check``, ``istio``, ``spire`` and ``scone`` to ``meshbridge``."""
+    """Add ``render``, ``check``, ``apply``, ``diff``, ``istio``, ``spire``, ``scone`` to ``meshbridge``."""
     p = subparsers.add_parser("render", help="write every artifact of a bridge spec into a directory")
     p.add_argument("-f", "--file", required=True, help="bridge spec (YAML), '-' for stdin")
     p.add_argument(
@@ -294,9 +384,10 @@ def register(subparsers: Sub) -> None:
     p = subparsers.add_parser("check", help="validate a bridge spec and cross-check its artifacts")
     p.add_argument("-f", "--file", required=True, help="bridge spec (YAML), '-' for stdin")
     p.set_defaults(func=cmd_check)
+    _register_cluster(subparsers)
     _register_istio(subparsers)
     _register_spire(subparsers)
     _register_scone(subparsers)
 
 
-__all__ = ["cmd_check", "cmd_render", "register"]
+__all__ = ["cmd_apply", "cmd_check", "cmd_diff", "cmd_render", "register"]

@@ -1,0 +1,340 @@
+"""A real Kubernetes API server on 127.0.0.1 for tests: etcd + kube-apiserver, no kubelet, no controllers.
+
+Both are built by ``make peers`` (``etcd`` from ``go.etcd.io/etcd/server/v3``, ``kube-apiserver`` from
+``k8s.io/kubernetes``). Certificates are generated here (``cryptography``): one CA signs the serving
+certificate (127.0.0.1, ``kubernetes.default.svc``) and an admin client certificate in ``system:masters``;
+the kubeconfig written next to them is what ``meshbridge apply --kubeconfig`` and :class:`bridge.kube.Cluster`
+read.
+
+One etcd can back several API servers, each under its own ``--etcd-prefix``: separate clusters for the
+price of one etcd (e.g. one with the CRDs installed and one bare).
+
+Ports: etcd's client and peer listeners and the API server's secure port are TCP on 127.0.0.1 (neither
+takes port 0 in a usable way: etcd would advertise ``:0`` and kube-apiserver treats ``--secure-port=0`` as
+"do not serve"). A free port is probed just before each start and the start is retried, with new ports,
+if the process exits because another took it first. Every wait is bounded; processes log to files in the
+work directory, quoted in failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+ATTEMPTS = 3
+SERVICE_CIDR = "10.96.0.0/24"
+
+
+class KubeStartError(RuntimeError):
+    """etcd or kube-apiserver did not come up (message quotes its log)."""
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (held together while probing)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- PKI ----------------------------------------------------------------------------------------------
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+@dataclass(frozen=True)
+class KubePki:
+    """Files: ``ca.crt``, ``apiserver.crt/.key``, ``admin.crt/.key``, ``sa.key`` (service account signer)."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @classmethod
+    def create(cls, directory: Path) -> KubePki:
+        directory.mkdir(parents=True, exist_ok=True)
+        now = dt.datetime.now(dt.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = _name("meshbridge-test-kube-ca")
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+        def leaf(
+            name: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+        ) -> None:
+            key = ec.generate_private_key(ec.SECP256R1())
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            )
+            if sans:
+                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            cert = builder.sign(ca_key, hashes.SHA256())
+            (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            (directory / f"{name}.key").write_bytes(_pem_key(key))
+
+        service_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
+        leaf(
+            "apiserver",
+            _name("kube-apiserver"),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            [
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(service_ip),
+                x509.DNSName("localhost"),
+                x509.DNSName("kubernetes"),
+                x509.DNSName("kubernetes.default"),
+                x509.DNSName("kubernetes.default.svc"),
+                x509.DNSName("kubernetes.default.svc.cluster.local"),
+            ],
+        )
+        leaf("admin", _name("meshbridge-test-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        (directory / "sa.key").write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
+        return cls(directory)
+
+
+# ---- processes ----------------------------------------------------------------------------------------
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+def _port_taken(log: Path) -> bool:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "address already in use" in text
+
+
+@dataclass
+class Etcd:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextlib.contextmanager
+def run_etcd(etcd: Path, workdir: Path) -> Iterator[Etcd]:
+    """etcd on 127.0.0.1 (data in ``workdir/etcd``), stopped on exit."""
+    for attempt in range(ATTEMPTS):
+        client_port, peer_port = free_ports(2)
+        client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        log = workdir / f"etcd.{attempt}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    str(etcd),
+                    "--name",
+                    "meshbridge-test",
+                    "--data-dir",
+                    str(workdir / "etcd"),
+                    "--listen-client-urls",
+                    client,
+                    "--advertise-client-urls",
+                    client,
+                    "--listen-peer-urls",
+                    peer,
+                    "--initial-advertise-peer-urls",
+                    peer,
+                    "--initial-cluster",
+                    f"meshbridge-test={peer}",
+                    "--unsafe-no-fsync",
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_http(f"{client}/health", proc, log, ssl_context=None)
+        except KubeStartError:
+            stop_process(proc)
+            if _port_taken(log) and attempt + 1 < ATTEMPTS:
+                continue
+            raise
+        try:
+            yield Etcd(client, proc, log)
+        finally:
+            stop_process(proc)
+        return
+
+
+def _wait_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, ssl_context: ssl.SSLContext | None
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise KubeStartError(f"{log.stem} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=ssl_context) as resp:
+                if resp.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise KubeStartError(f"{url} not ready within {START_TIMEOUT:.0f}s ({last}):\n{_tail(log)}")
+
+
+@dataclass
+class ApiServer:
+    """A running kube-apiserver: its URL and a kubeconfig for the admin (``system:masters``)."""
+
+    url: str
+    kubeconfig: Path
+    pki: KubePki
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def _write_kubeconfig(path: Path, url: str, pki: KubePki, context: str = "meshbridge-test") -> None:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters:\n- name: {context}\n  cluster:\n    server: {url}\n"
+        f"    certificate-authority: {pki.ca}\n"
+        f"users:\n- name: admin\n  user:\n    client-certificate: {pki.dir / 'admin.crt'}\n"
+        f"    client-key: {pki.dir / 'admin.key'}\n"
+        f"contexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: admin\n"
+        f"current-context: {context}\n"
+    )
+
+
+@contextlib.contextmanager
+def run_apiserver(kube_apiserver: Path, etcd: Etcd, workdir: Path, prefix: str) -> Iterator[ApiServer]:
+    """kube-apiserver on 127.0.0.1 storing under ``/<prefix>`` in ``etcd``; stopped on exit."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki = KubePki.create(workdir / "pki")
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.dir / "admin.crt"), str(pki.dir / "admin.key"))
+    for attempt in range(ATTEMPTS):
+        (port,) = free_ports(1)
+        url = f"https://127.0.0.1:{port}"
+        log = workdir / f"kube-apiserver.{attempt}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    str(kube_apiserver),
+                    "--etcd-servers",
+                    etcd.url,
+                    "--etcd-prefix",
+                    f"/{prefix}",
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--advertise-address",
+                    "127.0.0.1",
+                    "--secure-port",
+                    str(port),
+                    "--cert-dir",
+                    str(workdir / "generated"),
+                    "--tls-cert-file",
+                    str(pki.dir / "apiserver.crt"),
+                    "--tls-private-key-file",
+                    str(pki.dir / "apiserver.key"),
+                    "--client-ca-file",
+                    str(pki.ca),
+                    "--service-account-issuer",
+                    "https://kubernetes.default.svc.cluster.local",
+                    "--service-account-key-file",
+                    str(pki.dir / "sa.key"),
+                    "--service-account-signing-key-file",
+                    str(pki.dir / "sa.key"),
+                    "--service-cluster-ip-range",
+                    SERVICE_CIDR,
+                    "--authorization-mode",
+                    "RBAC",
+                    "--profiling=false",
+                    "--v",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_http(f"{url}/readyz", proc, log, ssl_context=ctx)
+        except KubeStartError:
+            stop_process(proc)
+            if _port_taken(log) and attempt + 1 < ATTEMPTS:
+                continue
+            raise
+        kubeconfig = workdir / "kubeconfig"
+        _write_kubeconfig(kubeconfig, url, pki)
+        try:
+            yield ApiServer(url, kubeconfig, pki, proc, log)
+        finally:
+            stop_process(proc)
+        return
