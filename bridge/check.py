@@ -230,6 +230,13 @@ def _model_warnings(bridge: Bridge) -> list[str]:
                     f"meshServices ({a.key}): labels {a.label_map} also select the pods of {b.key}: its "
                     f"AuthorizationPolicy admits {a.key}'s callers to {b.key} too"
                 )
+    for i, app in enumerate(bridge.apps):
+        if "outdated-tcb" in app.scone.tolerations and not app.scone.ignore_advisories:
+            warnings.append(
+                f"externalApps[{i}].scone ({app.name}): tolerates outdated-tcb without ignoreAdvisories: CAS "
+                "still refuses a platform whose TCB is outdated by a security advisory not listed in "
+                "ignore_advisories; list the INTEL-SA advisories you accept (or drop the toleration)"
+            )
     by_id: dict[str, list[str]] = {}
     for s in bridge.services:
         by_id.setdefault(s.spiffe_id, []).append(s.key)

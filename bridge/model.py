@@ -133,6 +133,10 @@ class SconeSettings:
     command: str
     pwd: str
     tolerations: tuple[Toleration, ...]
+    ignore_advisories: tuple[str, ...] = ()
+    """``security.attestation.ignore_advisories``: with ``outdated-tcb`` tolerated, CAS still refuses
+    a platform whose TCB is out of date because of an advisory not listed here (SCONE CAS session
+    language, "Attestation Security")."""
 
     @property
     def qualified_session_name(self) -> str:
@@ -203,7 +207,8 @@ class SpireSettings:
     federated_bundles_session_name: str
     cluster_name: str
     class_name: str | None
-    """``ClusterSPIFFEID.spec.className``: which spire-controller-manager reconciles our entries."""
+    """``className`` of our ClusterSPIFFEIDs / ClusterFederatedTrustDomains: which spire-controller-manager
+    reconciles them (the hardened chart's watches only its own class)."""
     svid_ttl: int
     """``x509_svid_ttl`` of external apps' entries, seconds."""
 

@@ -22,6 +22,7 @@ from bridge.model import Bridge
 from bridge.rendering import Document
 
 _ANNOTATION = "inject.istio.io/templates"
+_NATIVE_SIDECAR = "sidecar.istio.io/nativeSidecar"  # per pod, Istio >= 1.24
 
 
 def _q(value: str) -> str:
@@ -63,6 +64,36 @@ def _cas_namespaces(
             if (ns := _namespace(name)) is not None:
                 plugin.add(ns)
     return apps, plugin
+
+
+def _parent_id_notes(bridge: Bridge) -> list[str]:
+    """How the agent gets the SPIFFE ID the entries name as parent (x509pop's default differs)."""
+    parents = sorted({a.parent_id for a in bridge.apps})
+    prefix = f"spiffe://{bridge.trust_domain}/spire/agent/x509pop/"
+    x509pop = [p for p in parents if p.startswith(prefix)]
+    if not x509pop:
+        return [
+            f"The apps' entries name {', '.join(f'`{p}`' for p in parents)} as parent: the agent's SPIFFE ID "
+            "(`spire-server agent list`) must be exactly that.",
+            "",
+        ]
+    return [
+        f"The apps' entries name {', '.join(f'`{p}`' for p in x509pop)} as parent. An `x509pop` agent's "
+        "ID is `spiffe://<td>/spire/agent/x509pop/<certificate fingerprint>` by default "
+        "(`agent_path_template` `{{ .PluginName}}/{{ .Fingerprint }}`), so set the server's node attestor "
+        "to name agents by their certificate's common name, and give the agent's certificate that CN "
+        f"(`{x509pop[0].removeprefix(prefix)}`); check with `spire-server agent list`:",
+        "",
+        "```hcl",
+        'NodeAttestor "x509pop" {',
+        "    plugin_data {",
+        '        ca_bundle_path      = "/opt/spire/conf/server/agent-cacert.pem"',
+        '        agent_path_template = "/x509pop/{{ .Subject.CommonName }}"',
+        "    }",
+        "}",
+        "```",
+        "",
+    ]
 
 
 def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[str]) -> str:
@@ -119,13 +150,21 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
         "",
         "## 3. Mesh workloads use the SPIRE-backed sidecar",
         "",
-        f"Annotate each workload's pod template with `{_ANNOTATION}: sidecar,spire` (commands assume a "
-        "Deployment named like the service) and let it roll:",
+        f"Annotate each workload's pod template with `{_ANNOTATION}: sidecar,spire` and "
+        f'`{_NATIVE_SIDECAR}: "false"` (istio-proxy stays a regular container, started after the '
+        "`meshbridge-sds` native sidecar; per pod, so the rest of the mesh is untouched; Istio >= 1.24) "
+        "(commands assume a Deployment named like the service) and let it roll:",
         "",
         "```sh",
     ]
     patch = json.dumps(
-        {"spec": {"template": {"metadata": {"annotations": {_ANNOTATION: "sidecar,spire"}}}}},
+        {
+            "spec": {
+                "template": {
+                    "metadata": {"annotations": {_ANNOTATION: "sidecar,spire", _NATIVE_SIDECAR: "false"}}
+                }
+            }
+        },
         separators=(",", ":"),
     )
     for s in bridge.services:
@@ -137,13 +176,16 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
             f"## 4. SVIDStore plugin ({bridge.spire.svidstore_plugin}) on the SPIRE agent next to CAS",
             "",
             f"Copy the session templates to `{tdir}` on the agent's host and add `spire/agent-svidstore.hcl` "
-            "to the `plugins { }` block of the agent's configuration, then restart the agent:",
+            "to the `plugins { }` block of the agent's configuration, then restart the agent. Both "
+            "directories must survive a reboot (not `/run`): without its templates the agent does not "
+            "start, and without the predecessor hashes it can never update its CAS sessions again.",
             "",
             "```sh",
             f"install -d -m 0700 {_q(tdir)} {_q(bridge.spire.cas_predecessor_dir)}",
             f"install -m 0600 spire/svidstore-templates/*.template {_q(tdir)}/",
             "```",
             "",
+            *_parent_id_notes(bridge),
         ]
     out += ["## 5. CAS sessions of the external apps", ""]
     out += [
@@ -157,13 +199,13 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
         ns_list = ", ".join(f"`{n}`" for n in sorted(app_ns | plugin_ns))
         out += [
             "A session named `<namespace>/<name>` is created inside the namespace session `<namespace>`, "
-            f"which must exist first (SCONE docs, \"Namespaces\"): create {ns_list} if missing."
+            f'which must exist first (SCONE docs, "Namespaces"): create {ns_list} if missing.'
         ]
         if plugin_ns:
             out[-1] += (
                 " The SVIDStore plugin posts its sessions with its own CAS client certificate: the namespace "
                 f"sessions {', '.join(f'`{n}`' for n in sorted(plugin_ns))} must let that certificate create "
-                "sessions (`access_policy.create_sessions`, SCONE docs, \"Access Control\")."
+                'sessions (`access_policy.create_sessions`, SCONE docs, "Access Control").'
             )
         out.append("")
     out += ["```sh"]
@@ -202,6 +244,12 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
                 f"`scone/{a.name}/ghostunnel-command.txt`."
             )
     out += [
+        "",
+        "The apps must reach each target's **sidecar** with their own TLS: an ingress gateway in TLS "
+        "`PASSTHROUGH` forwards the bytes over its own mTLS connection, so the sidecar sees the gateway's "
+        "identity, not the app's, and the app's certificate never reaches the STRICT sidecar. Expose the "
+        "target pods directly (a `LoadBalancer`/`NodePort` Service selecting them, or pod IPs routable "
+        "from the SGX host) and point the app's DNS name (`_DESTINATION_IP` for the network shield) there.",
         "",
         "## Check",
         "",

@@ -189,7 +189,9 @@ def network_shield_app(bridge: Bridge, app: ExternalApp) -> scone.NetworkShieldA
         mrenclaves=app.scone.mrenclaves,
         targets=tuple(mesh_target(bridge, t.service) for t in app.targets),
         pwd=app.scone.pwd,
-        attestation=scone.Attestation(tolerate=app.scone.tolerations),
+        attestation=scone.Attestation(
+            tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories
+        ),
         svidstore=svidstore_sessions(bridge),
         server_auth=app.server_auth,
     )
@@ -222,7 +224,9 @@ def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
         tunnels=tuple(tunnels),
         binary=gt.binary,
         pwd=app.scone.pwd,
-        attestation=scone.Attestation(tolerate=app.scone.tolerations),
+        attestation=scone.Attestation(
+            tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories
+        ),
         svidstore=svidstore_sessions(bridge),
     )
 

@@ -66,9 +66,19 @@ __all__ = ["load_spec", "parse_document"]
 
 MAX_PROBLEMS = 100
 """At most this many problems are reported (a generated spec gone wrong should not flood the terminal)."""
-DEFAULT_SDS_IMAGE = "ghcr.io/meshbridge/sds-server:0.1.0"
+DEFAULT_SDS_IMAGE = "localhost/meshbridge/sds-server:0.1.0"
+"""What ``make image`` builds; push it where the cluster pulls from and set ``mesh.sds.image``."""
 DEFAULT_WORKLOAD_API_SOCKET = "/spiffe-workload-api/spire-agent.sock"
-DEFAULT_SVIDSTORE_DIR = "/run/spire/svidstore"
+DEFAULT_SVIDSTORE_DIR = "/var/lib/spire/svidstore"
+"""Persistent: the plugin's templates and ``cas_predecessor_dir`` must survive a reboot (``/run`` is a
+tmpfs; without its templates the agent does not start, and without the predecessor hashes it can never
+update its sessions again - ufcg-lsd/spire ``doc/plugin_agent_svidstore_sconecas_sessionmanager.md``)."""
+DEFAULT_CLASS_NAME = "spire-server-spire"
+"""spire-controller-manager's class in the hardened SPIRE chart installed as the README does (release
+``spire`` in namespace ``spire-server``): ``<release namespace>-<release name>``, with
+``watchClassless: false`` (chart ``spire-server.controller-manager-class-name``); objects without it are
+ignored (spire-controller-manager ``className``/``watchClassless`` settings)."""
+VOLATILE_DIRS = ("/run/", "/var/run/", "/tmp/", "/dev/shm/")  # noqa: S108 - names paths to refuse, creates none
 
 _TOP_KEYS = ("apiVersion", "kind", "trustDomain", "mesh", "meshServices", "externalApps", "spire")
 _MESH_KEYS = ("istioNamespace", "revision", "profile", "clusterDomain", "sds", "gateways")
@@ -445,6 +455,15 @@ def _spire(r: Reader, m: Mapping[str, object], td: str | None) -> SpireSettings:
     ttl = int(names.duration_seconds(ttl_text))
     if ttl < 60:
         r.bad("spire.svidTtl", ttl_text, "must be at least 1m")
+    for key in ("casPredecessorDir", "templatesDir"):
+        value = m.get(key)
+        if isinstance(value, str) and (value + "/").startswith(VOLATILE_DIRS):
+            r.bad(
+                f"spire.{key}",
+                value,
+                "must be on persistent storage (/run and /tmp are wiped at boot: the agent then fails to "
+                "start, and lost predecessor hashes stop SVID updates in CAS for good)",
+            )
     return SpireSettings(
         svidstore_plugin=plugin,
         parent_id=parent or "",
@@ -470,7 +489,8 @@ def _spire(r: Reader, m: Mapping[str, object], td: str | None) -> SpireSettings:
         or "spire-federated-bundles",
         cluster_name=r.string(m, "clusterName", path, default="cluster", check=names.dns1123_label)
         or "cluster",
-        class_name=r.optional_string(m, "className", path, names.dns1123_subdomain),
+        class_name=r.string(m, "className", path, default=DEFAULT_CLASS_NAME, check=names.dns1123_subdomain)
+        or DEFAULT_CLASS_NAME,
         svid_ttl=ttl,
     )
 

@@ -9,6 +9,8 @@ workload-api``, ``timedReload`` only with ``files``.
 
 from __future__ import annotations
 
+import re
+
 from bridge import names
 from bridge.model import (
     CERT_SOURCES,
@@ -37,7 +39,9 @@ _SCONE_KEYS = (
     "command",
     "pwd",
     "tolerations",
+    "ignoreAdvisories",
 )
+_ADVISORY = re.compile(r"^(INTEL-SA-[0-9]{5}|\*)$")
 _GHOSTUNNEL_KEYS = (
     "binary",
     "certSource",
@@ -70,6 +74,17 @@ def scone_settings(
             r.bad(tp, item, "duplicate toleration")
         else:
             tolerations.append(item)
+    advisories: list[str] = []
+    for k, item in enumerate(r.seq(m, "ignoreAdvisories", path)):
+        value = r.value_string(item, f"{path}.ignoreAdvisories[{k}]", None)
+        if value is not None and not _ADVISORY.match(value):
+            r.bad(f"{path}.ignoreAdvisories[{k}]", value, "an advisory 'INTEL-SA-NNNNN', or '*' for all")
+        elif value is not None:
+            advisories.append(value)
+    if advisories and "outdated-tcb" not in tolerations:
+        r.note(
+            f"{path}.ignoreAdvisories", "only with tolerations: [outdated-tcb] (CAS reads them for that case)"
+        )
     if mode == "ghostunnel":
         command = ""
         if "serviceName" in m:
@@ -110,6 +125,7 @@ def scone_settings(
         command=command,
         pwd=r.string(m, "pwd", path, default="/", check=names.absolute_path) or "/",
         tolerations=tuple(tolerations),
+        ignore_advisories=tuple(advisories),
     )
 
 

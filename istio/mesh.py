@@ -14,10 +14,29 @@ Shape we render (differs from the docs on purpose):
 * ``meshbridge-sds`` is a Kubernetes *native sidecar* (an init container with ``restartPolicy: Always``,
   Kubernetes >= 1.29) with a startup probe on the socket, so the socket exists before istio-proxy
   starts — otherwise istio-agent would start its own (Citadel) SDS server on that path instead. That
-  ordering needs istio-proxy to be a regular container, so the overlay pins istiod's
-  ``ENABLE_NATIVE_SIDECARS=false`` (``OverlayParams.pin_classic_sidecars``).
+  ordering needs istio-proxy to be a regular container. The pods that use the template say so
+  themselves with Istio's per-pod annotation ``sidecar.istio.io/nativeSidecar: "false"`` (Istio >= 1.24;
+  it takes precedence over istiod's ``ENABLE_NATIVE_SIDECARS``), so the rest of the mesh keeps
+  whatever istiod decides; ``OverlayParams.pin_classic_sidecars`` still sets the mesh-wide env for
+  older Istio;
+* gateways are not injected: their Deployment gets both volumes and the native sidecar through
+  ``k8s.overlays`` patches. ``k8s.volumes`` is *not* used: istioctl applies only a fixed list of
+  ``k8s`` fields (``operator/pkg/render/postprocess.go``: affinity, env, hpaSpec, imagePullPolicy,
+  nodeSelector, podDisruptionBudget, podAnnotations, priorityClassName, readinessProbe, replicaCount,
+  resources, strategy, tolerations, serviceAnnotations, service, securityContext) and silently drops
+  the rest, which left the SDS container mounting a volume that did not exist;
+* apps in a federated trust domain (``OverlayParams.peer_trust_domains``) are admitted by Istio's own
+  SAN check through ``meshConfig.caCertificates[].trustDomains`` (istio/istio#43536): the inbound
+  ``DownstreamTlsContext`` then requires a URI SAN with prefix ``spiffe://<td>/`` for the mesh trust
+  domain, its ``trustDomainAliases`` and those trust domains (``ApplyToCommonTLSContext``,
+  ``pilot/pkg/security``). Not ``trustDomainAliases``: an alias also makes AuthorizationPolicy
+  principals of the mesh trust domain match the same path in the alias, so an app's trust domain could
+  mint ``spiffe://<apps td>/ns/<ns>/sa/<sa>`` and pass as that mesh workload. Not
+  ``PILOT_SKIP_VALIDATE_TRUST_DOMAIN``: it accepts every trust domain mesh-wide. Which bundles a pod
+  actually trusts is still decided per pod by its ``ROOTCA`` (our SDS server, ``--rootca-all-bundles``
+  only where the pod's SPIRE entry federates).
 
-Workloads opt in with the pod annotation ``inject.istio.io/templates: "sidecar,<template_name>"``.
+Workloads opt in with the pod annotations of :func:`injection_annotation`.
 """
 
 from __future__ import annotations
@@ -27,10 +46,11 @@ import re
 import yaml
 
 from istio.errors import IstioError
-from istio.model import Gateway, OverlayParams
+from istio.model import Gateway, OverlayParams, PeerTrustDomain
 
 __all__ = [
     "INSTALL_API_VERSION",
+    "NATIVE_SIDECAR_ANNOTATION",
     "SDS_CONTAINER_NAME",
     "WORKLOAD_API_VOLUME",
     "WORKLOAD_SOCKET_VOLUME",
@@ -71,6 +91,12 @@ def _check(params: OverlayParams) -> None:
             problems.append(f"{path_field}: {value!r}: an absolute directory path without trailing '/'")
     if "/" in params.workload_api_socket_name or not params.workload_api_socket_name:
         problems.append(f"workload_api_socket_name: {params.workload_api_socket_name!r}: a file name")
+    for i, peer in enumerate(params.peer_trust_domains):
+        if not _TRUST_DOMAIN.match(peer.trust_domain) or peer.trust_domain == params.trust_domain:
+            problems.append(
+                f"peer_trust_domains[{i}].trust_domain: {peer.trust_domain!r}: "
+                "a trust domain other than the mesh's"
+            )
     names = [g.name for g in params.gateways]
     for i, gateway in enumerate(params.gateways):
         if not re.fullmatch(r"[a-z0-9.-]{1,254}", gateway.name):
@@ -81,9 +107,16 @@ def _check(params: OverlayParams) -> None:
         raise IstioError("\n".join(problems))
 
 
+NATIVE_SIDECAR_ANNOTATION = "sidecar.istio.io/nativeSidecar"
+
+
 def injection_annotation(params: OverlayParams) -> dict[str, str]:
-    """The pod annotation a workload needs to get the SPIRE-backed sidecar."""
-    return {"inject.istio.io/templates": f"sidecar,{params.template_name}"}
+    """The pod annotations a workload needs to get the SPIRE-backed sidecar: the template, and
+    istio-proxy as a regular container (so our native-sidecar SDS container starts first)."""
+    return {
+        "inject.istio.io/templates": f"sidecar,{params.template_name}",
+        NATIVE_SIDECAR_ANNOTATION: "false",
+    }
 
 
 def sds_container(params: OverlayParams) -> dict[str, object]:
@@ -102,10 +135,15 @@ def sds_container(params: OverlayParams) -> dict[str, object]:
         # istio-proxy is started only once the startup probe has seen the socket.
         "restartPolicy": "Always",
         "command": [
-            "meshbridge", "sds", "serve",
-            "--workload-api", workload_api,
-            "--listen", socket,
-            "--socket-owner", str(params.proxy_uid),
+            "meshbridge",
+            "sds",
+            "serve",
+            "--workload-api",
+            workload_api,
+            "--listen",
+            socket,
+            "--socket-owner",
+            str(params.proxy_uid),
         ],
         "startupProbe": {
             "exec": {"command": ["test", "-S", socket]},
@@ -161,14 +199,13 @@ def _injection_template(params: OverlayParams) -> str:
 
 def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, object]:
     # Gateways are not injected: their Deployment comes from the gateway chart, which already has the
-    # `workload-socket` emptyDir mounted in istio-proxy. Add the CSI volume (k8s.volumes) and our
-    # native sidecar (overlay patch; the chart renders no init containers for gateways).
+    # `workload-socket` emptyDir mounted in istio-proxy. Add the CSI volume and our native sidecar with
+    # overlay patches (istioctl ignores `k8s.volumes`: postprocess.go patches a fixed list of fields).
     component: dict[str, object] = {
         "name": gateway.name,
         "enabled": True,
         "label": dict(gateway.labels),
         "k8s": {
-            "volumes": [_workload_api_volume(params)],
             "overlays": [
                 {
                     "apiVersion": "apps/v1",
@@ -178,6 +215,10 @@ def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, obj
                         {
                             "path": f"spec.template.spec.volumes.[name:{WORKLOAD_SOCKET_VOLUME}]",
                             "value": {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}},
+                        },
+                        {
+                            "path": f"spec.template.spec.volumes.[name:{WORKLOAD_API_VOLUME}]",
+                            "value": _workload_api_volume(params),
                         },
                         {
                             "path": (
@@ -197,6 +238,19 @@ def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, obj
     return component
 
 
+def _ca_certificate(peer: PeerTrustDomain) -> dict[str, object]:
+    """A ``meshConfig.caCertificates`` entry naming ``peer``'s trust domain for Istio's SAN check.
+
+    istiod fetches ``spiffeBundleUrl`` with Web PKI only, so the URL is given only for an ``https_web``
+    bundle endpoint; an ``https_spiffe`` endpoint gets the trust domain alone (the bundle reaches the
+    pods that federate through SPIRE and our SDS server's ``ROOTCA``, never through istiod).
+    """
+    entry: dict[str, object] = {"trustDomains": [peer.trust_domain]}
+    if peer.profile == "https_web":
+        entry["spiffeBundleUrl"] = peer.bundle_endpoint_url
+    return entry
+
+
 def render_istio_operator(params: OverlayParams) -> dict[str, object]:
     """The ``IstioOperator`` for ``istioctl install -f``: trust domain, injection template, gateways."""
     _check(params)
@@ -205,9 +259,12 @@ def render_istio_operator(params: OverlayParams) -> dict[str, object]:
     }
     if params.pin_classic_sidecars:
         values["pilot"] = {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
+    mesh_config: dict[str, object] = {"trustDomain": params.trust_domain}
+    if params.peer_trust_domains:
+        mesh_config["caCertificates"] = [_ca_certificate(peer) for peer in params.peer_trust_domains]
     spec: dict[str, object] = {
         "profile": params.profile,
-        "meshConfig": {"trustDomain": params.trust_domain},
+        "meshConfig": mesh_config,
         "values": values,
     }
     if params.revision is not None:

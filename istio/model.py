@@ -56,6 +56,23 @@ class Gateway:
     kind: Literal["ingress", "egress"] = "ingress"
 
 
+BundleEndpointProfile = Literal["https_spiffe", "https_web"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTrustDomain:
+    """A trust domain federated with the mesh (the external apps' own), as SPIRE reaches its bundle.
+
+    ``endpoint_spiffe_id`` is the bundle endpoint server's SPIFFE ID (``https_spiffe`` profile only;
+    SPIRE's default is ``spiffe://<trust_domain>/spire/server``).
+    """
+
+    trust_domain: str
+    bundle_endpoint_url: str
+    profile: BundleEndpointProfile = "https_spiffe"
+    endpoint_spiffe_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class OverlayParams:
     """Everything the ``IstioOperator`` overlay needs.
@@ -78,10 +95,13 @@ class OverlayParams:
     sds_socket_dir: str = "/run/secrets/workload-spiffe-uds"
     proxy_uid: int = 1337
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    pin_classic_sidecars: bool = True
-    """Set istiod's ``ENABLE_NATIVE_SIDECARS=false``: the SDS container must start before istio-proxy,
-    which holds only while istio-proxy is a regular container (as a native sidecar it would be an
-    init container listed before ours)."""
+    pin_classic_sidecars: bool = False
+    """Also set istiod's mesh-wide ``ENABLE_NATIVE_SIDECARS=false`` (Istio < 1.24, which lacks the
+    per-pod ``sidecar.istio.io/nativeSidecar`` annotation). The SDS container must start before
+    istio-proxy, which holds only while istio-proxy is a regular container; the annotation says so for
+    the SPIRE-backed pods alone, the env changes every workload in the mesh."""
+    peer_trust_domains: tuple[PeerTrustDomain, ...] = ()
+    """Trust domains admitted by Istio's inbound SAN check besides the mesh's (``caCertificates``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,9 +123,7 @@ def render_gateway_cluster_spiffe_id(
     its namespace (``gateway.namespace`` or the Istio root namespace)."""
     namespace = gateway.namespace if gateway.namespace is not None else root_namespace
     problems: list[str] = []
-    check_service(
-        problems, MeshService("gateway", namespace, "gateway", 1, gateway.labels), path="gateway"
-    )
+    check_service(problems, MeshService("gateway", namespace, "gateway", 1, gateway.labels), path="gateway")
     name = f"meshbridge-gateway-{namespace}-{gateway.name}"
     if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
         problems.append(f"gateway.name: {gateway.name!r}: gives the invalid ClusterSPIFFEID name {name!r}")
@@ -312,15 +310,66 @@ session_hash() {  # session_hash NAME: the hash given for NAME, or refuse to go 
       "and pass $1=<hash> (see --help)"
 }
 
+# Idempotent registration. `spire-server entry show` prints one block per entry ("Entry ID         : ID",
+# then one "Selector         : type:value" line per selector; spire cmd/spire-server/cli/entry/util.go
+# printEntry); its -selector filter matches entries holding *at least* the given selectors.
+ids_in() {  # ids_in SHOW-OUTPUT [SELECTOR]: Entry IDs listed (those holding SELECTOR, if given)
+  printf '%%s\n' "$1" | awk -v want="${2-}" '
+    /^Entry ID *:/ {id = $NF; if (want == "") print id}
+    /^Selector *:/ {sub(/^Selector *: */, ""); if (want != "" && $0 == want) print id}'
+}
+
+ensure_entry() {  # ensure_entry SPIFFE_ID KEY_SELECTOR PIN_SELECTOR SOCKET-FLAGS... -- ENTRY-FLAGS...
+  # One entry per (SPIFFE ID, KEY_SELECTOR): the app's CAS session name, or a Workload API entry's
+  # selectors. PIN_SELECTOR (the session hash selector, or "") already there: nothing to do. Otherwise
+  # the existing entry is updated in place (a new session hash replaces the old one, so only one entry
+  # ever posts to the app's SVID session) and any duplicate is deleted; no entry: create one.
+  local spiffe_id="$1" key="$2" pin="$3"; shift 3
+  local -a socket=()
+  while [[ "$1" != "--" ]]; do socket+=("$1"); shift; done
+  shift
+  local shown
+  shown="$("$SPIRE_SERVER" entry show "${socket[@]}" -spiffeID "$spiffe_id" -selector "$key")"
+  local -a ids=() keep=()
+  mapfile -t ids < <(ids_in "$shown")
+  if [[ -n "$pin" ]]; then
+    mapfile -t keep < <(ids_in "$shown" "$pin")
+  elif (( ${#ids[@]} > 0 )); then
+    keep=("${ids[0]}")
+  fi
+  local id
+  if (( ${#ids[@]} == 0 )); then
+    "$SPIRE_SERVER" entry create "${socket[@]}" "$@"
+    printf 'created: %%s (%%s)\n' "$spiffe_id" "$key"
+    return 0
+  fi
+  if (( ${#keep[@]} > 0 )); then
+    printf 'unchanged: %%s (%%s), entry %%s\n' "$spiffe_id" "$key" "${keep[0]}"
+  else
+    keep=("${ids[0]}")
+    "$SPIRE_SERVER" entry update "${socket[@]}" -entryID "${keep[0]}" "$@"
+    printf 'updated: %%s (%%s), entry %%s\n' "$spiffe_id" "$key" "${keep[0]}"
+  fi
+  for id in "${ids[@]}"; do
+    if [[ "$id" != "${keep[0]}" ]]; then
+      "$SPIRE_SERVER" entry delete "${socket[@]}" -entryID "$id"
+      printf 'deleted duplicate: entry %%s\n' "$id"
+    fi
+  done
+}
+
 """
 
 
 def render_entries_script(params: EntriesParams, *, prog: str = "spire-entries.sh") -> str:
-    """A bash script running ``spire-server entry create`` for every entry.
+    """A bash script registering every entry with ``spire-server``, idempotently.
 
-    It checks that every needed session hash was given *before* creating any entry. ``-storeSVID``
-    is written ``-storeSVID=true``: it is a Go bool flag, and ``-storeSVID true`` would end flag
-    parsing at ``true`` and silently drop every flag after it.
+    It checks that every needed session hash was given *before* touching any entry. Each entry is keyed
+    by its SPIFFE ID and its CAS session-name selector (Workload API entries: their selectors): run
+    twice with the same hash it changes nothing; with a new hash for one session it updates that app's
+    entry in place (``entry update``), so two entries never post to the same SVID session. ``-storeSVID``
+    is written ``-storeSVID=true``: it is a Go bool flag, and ``-storeSVID true`` would end flag parsing
+    at ``true`` and silently drop every flag after it.
     """
     _check_entries(params)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", prog):
@@ -330,20 +379,22 @@ def render_entries_script(params: EntriesParams, *, prog: str = "spire-entries.s
     head = _SCRIPT_HEAD % {"prog": prog, "server": params.spire_server, "example": example}
     lines = [head.rstrip("\n"), ""]
     for i, session in enumerate(sessions):
-        lines.append(f"hash_{i}=\"$(session_hash {shlex.quote(session)})\"")
+        lines.append(f'hash_{i}="$(session_hash {shlex.quote(session)})"')
     lines.append("")
     hash_var = {s: f"${{hash_{i}}}" for i, s in enumerate(sessions)}
+    socket: list[str] = []
+    if params.server_socket_path is not None:
+        socket = [f"-socketPath {shlex.quote(params.server_socket_path)}"]
     for e in params.entries:
-        flags: list[str] = []
-        if params.server_socket_path is not None:
-            flags.append(f"-socketPath {shlex.quote(params.server_socket_path)}")
-        flags += [f"-parentID {shlex.quote(e.parent_id)}", f"-spiffeID {shlex.quote(e.spiffe_id)}"]
+        flags: list[str] = [f"-parentID {shlex.quote(e.parent_id)}", f"-spiffeID {shlex.quote(e.spiffe_id)}"]
         selectors = entry_selectors(e, params.plugin, None)
+        pin = '""'
         for k, sel in enumerate(selectors):
             if e.cas_session is not None and k == len(selectors) - 1:
                 # The hash selector (always last): its value is spliced in at run time. Everything
                 # before it is [A-Za-z0-9_:/-] (checked), so double quotes are enough.
-                flags.append(f'-selector "{sel}{hash_var[e.cas_session]}"')
+                pin = f'"{sel}{hash_var[e.cas_session]}"'
+                flags.append(f"-selector {pin}")
             else:
                 flags.append(f"-selector {shlex.quote(str(sel))}")
         flags += [f"-dns {shlex.quote(dns)}" for dns in e.dns_names]
@@ -354,7 +405,9 @@ def render_entries_script(params: EntriesParams, *, prog: str = "spire-entries.s
             flags.append(f"-hint {shlex.quote(e.hint)}")
         if e.cas_session is not None and params.plugin == "sconecas_sessionmanager":
             flags.append("-storeSVID=true")
-        lines.append(" \\\n    ".join(['"$SPIRE_SERVER" entry create', *flags]))
+        # the key: the session-name selector (store entries) or the first selector (Workload API ones)
+        key_sel = selectors[-2] if e.cas_session is not None else selectors[0]
+        head_args = [shlex.quote(e.spiffe_id), shlex.quote(str(key_sel)), pin, *socket, "--"]
+        lines.append(" \\\n    ".join(["ensure_entry " + " ".join(head_args), *flags]))
     lines.append("")
     return "\n".join(lines)
-

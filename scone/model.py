@@ -99,8 +99,8 @@ class SvidStoreConfig:
     cas_client_key: str
     trust_anchor_certificate: str
     sessions: SvidStoreSessions = SvidStoreSessions()
-    cas_predecessor_dir: str = "/run/spire/cas-predecessors"
-    template_dir: str = "/run/spire/config/svidstore"
+    cas_predecessor_dir: str = "/var/lib/spire/svidstore/predecessors"
+    template_dir: str = "/var/lib/spire/svidstore/templates"
     insecure_skip_verify_tls: bool = False
 
 

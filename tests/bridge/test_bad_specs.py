@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from bridge.check import check
 from bridge.errors import SpecError
-from bridge.spec import load_spec
+from bridge.render import render
+from bridge.spec import load_spec, parse_document
+from tests.bridge.strategies import EXAMPLE
 
 MESHBRIDGE = [sys.executable, "-m", "bridge.cli"]
 HEAD = "apiVersion: meshbridge.io/v1alpha1\nkind: Bridge\ntrustDomain: example.org\n"
@@ -37,9 +41,70 @@ def test_deep_nesting_is_a_spec_error(text: str) -> None:
 def test_deep_nesting_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
     spec = tmp_path / "deep.yaml"
     spec.write_text(_block_nesting(500))
-    args = [*MESHBRIDGE, command, "-f", str(spec)] + (["-o", str(tmp_path / "out")] if command == "render" else [])
+    args = [*MESHBRIDGE, command, "-f", str(spec)] + (
+        ["-o", str(tmp_path / "out")] if command == "render" else []
+    )
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"error: {spec}: the spec nests too deeply (a bridge spec is a few levels deep)\n"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _example(**spire: object) -> dict[str, object]:
+    doc: dict[str, object] = yaml.safe_load(EXAMPLE.read_text())
+    doc["spire"] = {**doc["spire"], **spire}  # type: ignore[dict-item]
+    return doc
+
+
+@pytest.mark.parametrize("key", ["casPredecessorDir", "templatesDir"])
+@pytest.mark.parametrize("where", ["/run/spire/svidstore", "/tmp/x", "/var/run/spire"])
+def test_svidstore_state_on_a_volatile_path_is_refused(key: str, where: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_document(_example(**{key: where}))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"spire.{key}: {where!r}: must be on persistent storage")
+
+
+def test_defaults_match_the_documented_install() -> None:
+    doc = _example()
+    for key in ("casPredecessorDir", "templatesDir", "className"):
+        doc["spire"].pop(key)  # type: ignore[attr-defined]
+    doc["mesh"]["sds"].pop("image")  # type: ignore[index]
+    bridge = parse_document(doc)
+    assert bridge.spire.class_name == "spire-server-spire"  # hardened chart: <namespace>-<release>
+    assert bridge.spire.cas_predecessor_dir == "/var/lib/spire/svidstore/predecessors"
+    assert bridge.spire.templates_dir == "/var/lib/spire/svidstore/templates"
+    assert bridge.mesh.sds.image == "localhost/meshbridge/sds-server:0.1.0"  # what `make image` builds
+
+
+def test_ignore_advisories_reach_the_session_and_need_outdated_tcb() -> None:
+    doc = _example()
+    doc["externalApps"][0]["scone"]["tolerations"] = ["hyperthreading", "outdated-tcb"]  # type: ignore[index]
+    doc["externalApps"][0]["scone"]["ignoreAdvisories"] = ["INTEL-SA-00615"]  # type: ignore[index]
+    bridge = parse_document(doc)
+    assert bridge.apps[0].scone.ignore_advisories == ("INTEL-SA-00615",)
+    session = render(bridge).yaml_documents("scone/shielded-client/session.yaml")[0]
+    assert session["security"] == {  # type: ignore[comparison-overlap]
+        "attestation": {
+            "tolerate": ["hyperthreading", "outdated-tcb"],
+            "ignore_advisories": ["INTEL-SA-00615"],
+        }
+    }
+    assert not [w for w in check(bridge).warnings if "ignoreAdvisories" in w]
+    doc["externalApps"][0]["scone"]["tolerations"] = ["hyperthreading"]  # type: ignore[index]
+    with pytest.raises(SpecError) as info:
+        parse_document(doc)
+    assert info.value.problems == [
+        "externalApps[0].scone.ignoreAdvisories: "
+        "only with tolerations: [outdated-tcb] (CAS reads them for that case)"
+    ]
+
+
+def test_outdated_tcb_without_advisories_is_warned_about() -> None:
+    doc = _example()
+    doc["externalApps"][0]["scone"]["tolerations"] = ["hyperthreading", "outdated-tcb"]  # type: ignore[index]
+    (warning,) = [w for w in check(parse_document(doc)).warnings if "outdated-tcb" in w]
+    assert warning.startswith(
+        "externalApps[0].scone (shielded-client): tolerates outdated-tcb without ignoreAdvisories"
+    )

@@ -100,6 +100,8 @@ def test_gateways_get_a_cluster_spiffe_id() -> None:
         "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
         "podSelector": {"matchLabels": {"istio": "ingressgateway"}},
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+        # the hardened chart's controller manager reconciles only its own class (watchClassless: false)
+        "className": "spire-server-spire",
     }
     overlay = rendering.yaml_documents(layout.ISTIO_OPERATOR)[0]
     (ingress,) = overlay["spec"]["components"]["ingressGateways"]  # type: ignore[index]

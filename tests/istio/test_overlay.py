@@ -47,8 +47,11 @@ def test_default_overlay_is_valid_in_strict_mode() -> None:
     assert spec["meshConfig"] == {"trustDomain": "example.org"}
     assert "revision" not in spec
     # istio-proxy stays a regular container, started after our native-sidecar SDS server
-    assert spec["values"]["pilot"] == {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
-    assert "pilot" not in render_istio_operator(replace(PARAMS, pin_classic_sidecars=False))["spec"]["values"]  # type: ignore[index]
+    # ... by the per-pod annotation (Istio >= 1.24), not istiod's mesh-wide ENABLE_NATIVE_SIDECARS
+    assert "pilot" not in spec["values"]
+    assert injection_annotation(PARAMS)["sidecar.istio.io/nativeSidecar"] == "false"
+    pinned = render_istio_operator(replace(PARAMS, pin_classic_sidecars=True))["spec"]["values"]  # type: ignore[index]
+    assert pinned["pilot"] == {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
 
 
 def test_strict_validation_catches_a_typo_in_the_overlay() -> None:
@@ -97,7 +100,10 @@ def test_revision_template_name_and_annotation() -> None:
     assert doc["spec"]["revision"] == "spire-1"  # type: ignore[index]
     assert doc["metadata"]["name"] == "meshbridge-spire-spire-1"  # type: ignore[index]
     assert _template(doc, "mbspire")["spec"]["initContainers"][0]["name"] == "meshbridge-sds"
-    assert injection_annotation(params) == {"inject.istio.io/templates": "sidecar,mbspire"}
+    assert injection_annotation(params) == {
+        "inject.istio.io/templates": "sidecar,mbspire",
+        "sidecar.istio.io/nativeSidecar": "false",
+    }
 
 
 def test_gateways_get_the_csi_volume_and_the_sds_sidecar() -> None:
@@ -122,12 +128,23 @@ def test_gateways_get_the_csi_volume_and_the_sds_sidecar() -> None:
     assert ingress["label"] == {"istio": "ingressgateway"}
     assert egress["namespace"] == "istio-egress"
     for gw in (ingress, egress):
-        assert gw["k8s"]["volumes"][0]["csi"]["driver"] == "csi.spiffe.io"
+        # istioctl drops k8s.volumes (operator/pkg/render/postprocess.go patches a fixed list of k8s
+        # fields): the CSI volume comes with an overlay patch like everything else
+        assert set(gw["k8s"]) == {"overlays"}
         (overlay,) = gw["k8s"]["overlays"]
         assert overlay["kind"] == "Deployment"
         assert overlay["name"] == gw["name"]
         patches = {p["path"]: p["value"] for p in overlay["patches"]}
+        assert patches["spec.template.spec.volumes.[name:spiffe-workload-api]"] == {
+            "name": "spiffe-workload-api",
+            "csi": {"driver": "csi.spiffe.io", "readOnly": True},
+        }
         (sds,) = patches["spec.template.spec.initContainers"]
+        mounts = {m["name"] for m in sds["volumeMounts"]}
+        volumes = {
+            p.rsplit(":", 1)[1].rstrip("]") for p in patches if p.startswith("spec.template.spec.volumes")
+        }
+        assert mounts <= volumes  # every volume the SDS container mounts exists in the Deployment
         assert sds["command"] == SDS_COMMAND
         assert (
             patches["spec.template.spec.containers.[name:istio-proxy].volumeMounts.[name:workload-socket]"][

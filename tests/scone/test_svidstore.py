@@ -85,11 +85,13 @@ def test_hcl_current_plugin_parses_with_the_plugin_keys(hcl: ModuleType) -> None
         "cas_client_certificate": "/run/spire/cas/client.crt",
         "cas_client_key": "/run/spire/cas/client.key",
         "trust_anchor_certificate": "/run/spire/cas/trust-anchor.crt",
-        "cas_predecessor_dir": "/run/spire/cas-predecessors",
-        "svid_session_template_file": f"/run/spire/config/svidstore/{TEMPLATE_FILES['svid']}",
-        "bundle_session_template_file": f"/run/spire/config/svidstore/{TEMPLATE_FILES['bundle']}",
+        # defaults on persistent storage: /run is wiped at boot (templates gone: the agent does not
+        # start; predecessor hashes gone: the plugin can never update its sessions again)
+        "cas_predecessor_dir": "/var/lib/spire/svidstore/predecessors",
+        "svid_session_template_file": f"/var/lib/spire/svidstore/templates/{TEMPLATE_FILES['svid']}",
+        "bundle_session_template_file": f"/var/lib/spire/svidstore/templates/{TEMPLATE_FILES['bundle']}",
         "federated_bundles_session_template_file": (
-            f"/run/spire/config/svidstore/{TEMPLATE_FILES['federated_bundles']}"
+            f"/var/lib/spire/svidstore/templates/{TEMPLATE_FILES['federated_bundles']}"
         ),
     }
 

@@ -47,17 +47,65 @@ session_hash() {  # session_hash NAME: the hash given for NAME, or refuse to go 
       "and pass $1=<hash> (see --help)"
 }
 
+# Idempotent registration. `spire-server entry show` prints one block per entry ("Entry ID         : ID",
+# then one "Selector         : type:value" line per selector; spire cmd/spire-server/cli/entry/util.go
+# printEntry); its -selector filter matches entries holding *at least* the given selectors.
+ids_in() {  # ids_in SHOW-OUTPUT [SELECTOR]: Entry IDs listed (those holding SELECTOR, if given)
+  printf '%s\n' "$1" | awk -v want="${2-}" '
+    /^Entry ID *:/ {id = $NF; if (want == "") print id}
+    /^Selector *:/ {sub(/^Selector *: */, ""); if (want != "" && $0 == want) print id}'
+}
+
+ensure_entry() {  # ensure_entry SPIFFE_ID KEY_SELECTOR PIN_SELECTOR SOCKET-FLAGS... -- ENTRY-FLAGS...
+  # One entry per (SPIFFE ID, KEY_SELECTOR): the app's CAS session name, or a Workload API entry's
+  # selectors. PIN_SELECTOR (the session hash selector, or "") already there: nothing to do. Otherwise
+  # the existing entry is updated in place (a new session hash replaces the old one, so only one entry
+  # ever posts to the app's SVID session) and any duplicate is deleted; no entry: create one.
+  local spiffe_id="$1" key="$2" pin="$3"; shift 3
+  local -a socket=()
+  while [[ "$1" != "--" ]]; do socket+=("$1"); shift; done
+  shift
+  local shown
+  shown="$("$SPIRE_SERVER" entry show "${socket[@]}" -spiffeID "$spiffe_id" -selector "$key")"
+  local -a ids=() keep=()
+  mapfile -t ids < <(ids_in "$shown")
+  if [[ -n "$pin" ]]; then
+    mapfile -t keep < <(ids_in "$shown" "$pin")
+  elif (( ${#ids[@]} > 0 )); then
+    keep=("${ids[0]}")
+  fi
+  local id
+  if (( ${#ids[@]} == 0 )); then
+    "$SPIRE_SERVER" entry create "${socket[@]}" "$@"
+    printf 'created: %s (%s)\n' "$spiffe_id" "$key"
+    return 0
+  fi
+  if (( ${#keep[@]} > 0 )); then
+    printf 'unchanged: %s (%s), entry %s\n' "$spiffe_id" "$key" "${keep[0]}"
+  else
+    keep=("${ids[0]}")
+    "$SPIRE_SERVER" entry update "${socket[@]}" -entryID "${keep[0]}" "$@"
+    printf 'updated: %s (%s), entry %s\n' "$spiffe_id" "$key" "${keep[0]}"
+  fi
+  for id in "${ids[@]}"; do
+    if [[ "$id" != "${keep[0]}" ]]; then
+      "$SPIRE_SERVER" entry delete "${socket[@]}" -entryID "$id"
+      printf 'deleted duplicate: entry %s\n' "$id"
+    fi
+  done
+}
+
 hash_0="$(session_hash meshbridge/shielded-client)"
 hash_1="$(session_hash meshbridge/tunnel-client)"
 
-"$SPIRE_SERVER" entry create \
+ensure_entry spiffe://example.org/external/shielded-client sconecas_sessionmanager:session_name:meshbridge/shielded-client "sconecas_sessionmanager:session_hash:${hash_0}" -- \
     -parentID spiffe://example.org/spire/agent/x509pop/sgx-node-1 \
     -spiffeID spiffe://example.org/external/shielded-client \
     -selector sconecas_sessionmanager:session_name:meshbridge/shielded-client \
     -selector "sconecas_sessionmanager:session_hash:${hash_0}" \
     -x509SVIDTTL 3600 \
     -storeSVID=true
-"$SPIRE_SERVER" entry create \
+ensure_entry spiffe://example.org/external/tunnel-client sconecas_sessionmanager:session_name:meshbridge/tunnel-client "sconecas_sessionmanager:session_hash:${hash_1}" -- \
     -parentID spiffe://example.org/spire/agent/x509pop/sgx-node-1 \
     -spiffeID spiffe://example.org/external/tunnel-client \
     -selector sconecas_sessionmanager:session_name:meshbridge/tunnel-client \
