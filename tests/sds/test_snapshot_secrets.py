@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -152,3 +153,30 @@ def test_next_expiry_never_points_into_the_past(ca: MiniCa) -> None:
     clock[0] = _now() + dt.timedelta(hours=2)
     publisher.rebuild()
     assert publisher.next_expiry() is None
+
+
+def test_default_chosen_by_spiffe_id_then_hint_then_first(ca: MiniCa) -> None:
+    a, b = ca.issue("/a").svid(), replace(ca.issue("/b").svid(), hint="default")
+    bundles = [ca.bundle()]
+    assert SecretSnapshot.build([a, b], bundles, ResourceNames(), _now()).default_svid == b  # hint
+    assert SecretSnapshot.build([a, b], bundles, ResourceNames(default_hint=""), _now()).default_svid == a
+    pinned = ResourceNames(default_spiffe_id=a.spiffe_id)
+    assert SecretSnapshot.build([b, a], bundles, pinned, _now()).default_svid == a
+    absent = ResourceNames(default_spiffe_id="spiffe://example.org/absent")
+    assert SecretSnapshot.build([a, b], bundles, absent, _now()).get("default") is None  # never another
+
+
+def test_configured_name_wins_over_a_trust_domain_name_and_says_so(ca: MiniCa) -> None:
+    other = MiniCa.create("rootca.example")
+    names = ResourceNames(rootca="rootca.example")
+    snap = SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle(), other.bundle()], names, _now())
+    assert snap.shadowed == ("rootca.example",)
+    own = snap.get("rootca.example")
+    assert own is not None
+    assert (
+        own.secret
+        == SecretSnapshot.build([ca.issue("/w").svid()], [ca.bundle()], names, _now())
+        .get("rootca.example")
+        .secret
+    )  # type: ignore[union-attr]
+    assert snap.get("spiffe://rootca.example") is not None  # the bundle stays reachable by its ID
