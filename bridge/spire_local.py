@@ -552,6 +552,30 @@ class SpireAgent:
         )
         return out.returncode == 0
 
+    def fetch_x509_ids(self) -> list[str]:
+        """SPIFFE IDs the agent issues to *this* process's uid now (``spire-agent api fetch x509``);
+        ``[]`` while it issues none (PermissionDenied)."""
+        out = subprocess.run(
+            [str(self.binary), "api", "fetch", "x509", "-socketPath", str(self.socket_path),
+             "-output", "json", "-timeout", "5s"],
+            capture_output=True, text=True, timeout=15, check=False,
+        )
+        if out.returncode != 0:
+            return []
+        return [str(s["spiffe_id"]) for s in json.loads(out.stdout).get("svids", [])]
+
+    def wait_for_ids(self, spiffe_ids: Sequence[str], timeout: float = 30.0) -> None:
+        """Wait until the agent issues every one of ``spiffe_ids`` to this uid: a new entry reaches the
+        agent on its next sync (every 5 s, ``pkg/agent/manager/manager.go`` ``defaultSyncInterval``)."""
+        deadline = time.monotonic() + timeout
+        have: list[str] = []
+        while time.monotonic() < deadline:
+            have = self.fetch_x509_ids()
+            if set(spiffe_ids) <= set(have):
+                return
+            time.sleep(0.5)
+        raise SpireError(f"spire-agent: {list(spiffe_ids)!r}: not issued within {timeout}s (have {have!r})")
+
     def stop(self) -> int | None:
         return self._process.stop()
 

@@ -16,7 +16,9 @@ written by hand in :class:`_Servicer` (the proto has no package: paths are ``/Sp
 
 * every call must carry metadata ``workload.spiffe.io: true``, else ``InvalidArgument`` (Endpoint §5);
 * a caller matching no entry gets ``PermissionDenied`` — for streams at stream start (API §5.2.1, §5.2.2,
-  §6.2.1, §6.2.2); if a reload removes its last entry, the open stream ends with ``PermissionDenied``;
+  §6.2.1, §6.2.2); if a reload removes its last entry, the open stream ends with ``PermissionDenied``.
+  ``ValidateJWTSVID`` is the exception: it needs only the trust bundle and, as with SPIRE's agent, answers
+  any caller (``tests/spire/test_differential.py`` compares both, README lists what still differs);
 * each stream message is the complete current set (API §4.3); a new one is pushed whenever an SVID
   rotates or a bundle changes, and unchanged content is never re-sent;
 * SVID hints are unique within a response (API §5.2.1): a later SVID repeating a hint is left out;
@@ -79,6 +81,7 @@ SECURITY_HEADER = "workload.spiffe.io"
 SERVICE = "/SpiffeWorkloadAPI/"
 Clock = Callable[[], datetime]
 _MAX_SLEEP = 3600.0
+_EMPTY_JWKS = jwks_document(())
 
 
 def _utcnow() -> datetime:
@@ -213,8 +216,8 @@ class _Servicer:
         return (snap.bundle_der, tuple(self._federated(snap, entries).items()))
 
     def _jwt_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
-        self._entries(snap, selectors, "FetchJWTBundles")
-        return snap.jwks
+        entries = self._entries(snap, selectors, "FetchJWTBundles")
+        return snap.jwks, tuple(self._federated(snap, entries))
 
     def _x509_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.X509SVIDResponse:
         entries = self._entries(snap, selectors, "FetchX509SVID")
@@ -240,9 +243,14 @@ class _Servicer:
         return resp
 
     def _jwt_bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.JWTBundlesResponse:
-        self._entries(snap, selectors, "FetchJWTBundles")
-        # Federated trust domains come as X.509 PEM bundles only, so they carry no JWT keys to serve.
-        return pb.JWTBundlesResponse(bundles={snap.config.trust_domain.id: snap.jwks})
+        entries = self._entries(snap, selectors, "FetchJWTBundles")
+        resp = pb.JWTBundlesResponse(bundles={snap.config.trust_domain.id: snap.jwks})
+        # Federated trust domains come as X.509 PEM bundles only, so they carry no JWT keys; SPIRE's agent
+        # still lists each one the caller federates with, as an empty JWKS (spiffe/spire v1.13
+        # pkg/agent/endpoints/workload/handler.go, composeJWTBundlesResponse), and so do we.
+        for td in self._federated(snap, entries):
+            resp.bundles[td.id] = _EMPTY_JWKS
+        return resp
 
     async def fetch_x509_svid(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
         await self._stream_updates(
@@ -268,18 +276,22 @@ class _Servicer:
         audience = [a for a in request.audience if a]
         if not audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
-        snap = self._server.snapshot
-        entries = self._entries(snap, selectors, "FetchJWTSVID")
+        wanted: SpiffeId | None = None
         if request.spiffe_id:
+            # Checked before the entries, in SPIRE's words (spiffe/spire v1.13
+            # pkg/agent/endpoints/workload/handler.go, FetchJWTSVID).
             try:
                 wanted = SpiffeId.parse(request.spiffe_id)
             except SpiffeIdError as exc:
-                raise GRPCError(Status.INVALID_ARGUMENT, f"spiffe_id: {exc}") from exc
+                raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
+        snap = self._server.snapshot
+        entries = self._entries(snap, selectors, "FetchJWTSVID")
+        if wanted is not None:
             entries = [e for e in entries if e.spiffe_id == wanted]
             if not entries:
                 log.info("workload_api.denied", rpc="FetchJWTSVID", reason="identity not entitled",
                          spiffe_id=str(wanted), socket=self._socket_name)
-                raise GRPCError(Status.PERMISSION_DENIED, f"no identity issued for {wanted}")
+                raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")  # as SPIRE says it
         resp = pb.JWTSVIDResponse()
         hints: set[str] = set()
         seen: set[SpiffeId] = set()
@@ -298,13 +310,14 @@ class _Servicer:
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
-        selectors = await self._admit(stream, "ValidateJWTSVID")
+        # No entry is needed to validate: only the trust bundle is used, and SPIRE's agent validates for
+        # any caller (handler.go ValidateJWTSVID attests but never asks for an identity).
+        await self._admit(stream, "ValidateJWTSVID")
         if not request.audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
             raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
         snap = self._server.snapshot
-        self._entries(snap, selectors, "ValidateJWTSVID")
         keys = {snap.config.trust_domain: dict(self._server.ca.jwt_authorities())}
         try:
             spiffe_id, claims = validate_jwt_svid(request.svid, request.audience, keys, now=_utcnow())

@@ -148,6 +148,7 @@ def ghostunnel_client(
     directory: Path,
     name: str = "client",
     wait: bool = True,
+    api_timeout: str = "10s",
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """``ghostunnel client`` running as ``uid``, SVID from ``workload_api``; listens on a Unix socket.
 
@@ -160,7 +161,7 @@ def ghostunnel_client(
     listen = run_dir / "listen.sock"
     log_path = directory / f"gt-{name}.log"
     cmd = [str(binary), "client", f"--listen=unix:{listen}", f"--target=127.0.0.1:{target_port}",
-           f"--use-workload-api-addr={workload_api}", "--use-workload-api-timeout=10s",
+           f"--use-workload-api-addr={workload_api}", f"--use-workload-api-timeout={api_timeout}",
            f"--verify-uri={verify_uri}"]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

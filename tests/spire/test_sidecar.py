@@ -109,7 +109,7 @@ def test_spire_svids_reach_envoy_and_the_registered_client_gets_200(
         before = _handshakes(mesh.envoy)
         with ghostunnel_client(
             ghostunnel_bin, uid=STRANGER, workload_api=mesh.spire.agent.address, target_port=mesh.port,
-            verify_uri=MESH_ID, directory=short_dir, name="stranger", wait=False,
+            verify_uri=MESH_ID, directory=short_dir, name="stranger", wait=False, api_timeout="3s",
         ) as (proc, listen):
             code = proc.wait(60)
         assert code != 0

@@ -141,6 +141,9 @@ def test_jwt_svid_for_an_identity_not_entitled_is_permission_denied(api: Workloa
         code = status_of(lambda: stub.FetchJWTSVID(
             workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id=A), metadata=HEADER, timeout=10))
         assert code == grpc.StatusCode.PERMISSION_DENIED
+        code = status_of(lambda: stub.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="nope"), metadata=HEADER, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT  # checked before entries, as SPIRE does
         code = status_of(
             lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10))
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # audience is required (API §6.2.1)
@@ -154,14 +157,29 @@ def test_every_rpc_without_the_security_header_is_invalid_argument(api: Workload
         assert status_of(wrong["FetchX509SVID"]) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_every_rpc_from_an_unregistered_caller_is_permission_denied(api: WorkloadApiHandle) -> None:
+def test_every_fetch_from_an_unregistered_caller_is_permission_denied(api: WorkloadApiHandle) -> None:
     with raw_stub(api.socket("none")) as stub:
         for name, call in rpc_calls(stub, metadata=HEADER).items():
-            assert status_of(call) == grpc.StatusCode.PERMISSION_DENIED, name
+            if name != "ValidateJWTSVID":
+                assert status_of(call) == grpc.StatusCode.PERMISSION_DENIED, name
     with raw_stub(api.socket("a")) as stub:  # the same calls from a registered caller succeed
         calls = rpc_calls(stub, metadata=HEADER)
         for name in ("FetchX509SVID", "FetchX509Bundles", "FetchJWTSVID", "FetchJWTBundles"):
             assert status_of(calls[name]) == grpc.StatusCode.OK, name
+
+
+def test_an_unregistered_caller_may_validate_a_jwt_svid_as_with_spire(api: WorkloadApiHandle) -> None:
+    """Validation needs only the trust bundle; SPIRE's agent validates for any caller (tests/spire)."""
+    with raw_stub(api.socket("a")) as stub:
+        token = stub.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=HEADER, timeout=10).svids[0].svid
+    with raw_stub(api.socket("none")) as stub:
+        resp = stub.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid=token), metadata=HEADER, timeout=10)
+        assert resp.spiffe_id == A
+        assert list(resp.claims["aud"]) == ["svc"]
+        garbage = rpc_calls(stub, metadata=HEADER)["ValidateJWTSVID"]
+        assert status_of(garbage) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 _PROBE = """
