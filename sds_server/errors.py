@@ -5,7 +5,9 @@ Tree::
     SdsError                      base: anything this package raises on purpose
     ├── SpiffeIdError             a SPIFFE ID or trust domain breaks the SPIFFE ID standard
     ├── SvidError                 an X.509 document breaks the X509-SVID standard
-    └── SdsConfigError            bad ``sds serve`` options
+    ├── SdsConfigError            bad ``sds serve`` options
+    ├── WorkloadApiCallError      a Workload API call failed (``code``: gRPC status name)
+    └── WorkloadApiResponseError  a Workload API response breaks the X509-SVID profile
 
 Every message reads ``<what>: <value!r>: <rule>`` so the user sees the field, the value and the rule.
 """
@@ -27,3 +29,20 @@ class SvidError(SdsError):
 
 class SdsConfigError(SdsError):
     """Options given to the SDS server are invalid."""
+
+
+class WorkloadApiCallError(SdsError):
+    """A Workload API call failed or its stream broke; ``code`` is the gRPC status name.
+
+    ``PERMISSION_DENIED`` means the Workload API has no identity for this caller (no registration
+    entry); ``UNAVAILABLE`` covers a socket that cannot be reached and a connection that is lost.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"workload_api: {code!r}: {message}")
+        self.code = code
+        self.detail = message
+
+
+class WorkloadApiResponseError(SdsError):
+    """A Workload API response breaks the X.509-SVID profile (bad DER, bad key, bad SPIFFE ID, …)."""

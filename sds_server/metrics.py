@@ -1,16 +1,18 @@
 """Prometheus metrics of one SDS server (its own registry, so several servers can live in one process).
 
-Served as Prometheus text by ``--metrics 127.0.0.1:PORT`` (``prometheus_client``'s WSGI server thread).
+Served as Prometheus text by ``--metrics 127.0.0.1:PORT`` from a small HTTP/1.x responder on the server's own
+asyncio loop (not ``prometheus_client``'s WSGI thread: the SDS process stays one thread, issue 13 §4).
 SVID seconds-to-expiry is computed at scrape time from the current snapshot, so it never goes stale.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -42,6 +44,10 @@ class _CallbackGauge(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(self._name, self._doc, value=self.read())
+
+
+_MAX_REQUEST_HEAD = 8 * 1024
+_REQUEST_TIMEOUT = 5.0
 
 
 class Metrics:
@@ -105,7 +111,7 @@ class Metrics:
             self.responses_sent.labels(api)
         self._snapshot: Callable[[], SecretSnapshot | None] = lambda: None
         r.register(_ExpiryCollector(self._current_snapshot))
-        self._http: WSGIServer | None = None
+        self._http: asyncio.Server | None = None
 
     def _current_snapshot(self) -> SecretSnapshot | None:
         return self._snapshot()
@@ -123,15 +129,38 @@ class Metrics:
         data: bytes = generate_latest(self.registry)
         return data
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 = any free port) in a daemon thread; return the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        bound: int = server.server_address[1]
+    async def serve(self, host: str, port: int) -> int:
+        """Serve the metrics on ``host:port`` (0 = any free port) on the running loop; return the port."""
+        self._http = await asyncio.start_server(self._answer, host, port, limit=_MAX_REQUEST_HEAD)
+        bound: int = self._http.sockets[0].getsockname()[1]
         return bound
 
-    def close(self) -> None:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One scrape per connection: read the request head (bounded in size and time), send the text."""
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method = head.split(b" ", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                status, body, ctype = b"405 Method Not Allowed", b"", b"text/plain"
+            else:
+                status, ctype = b"200 OK", CONTENT_TYPE_LATEST.encode()
+                body = self.render() if method == b"GET" else b""
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
+                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            )
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass  # a slow, oversized or vanished scraper gets nothing; others are unaffected
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
+            await self._http.wait_closed()
             self._http = None

@@ -294,12 +294,12 @@ class SdsServer:
         sock.setblocking(False)
         return sock
 
-    def _serve_metrics(self) -> None:
+    async def _serve_metrics(self) -> None:
         if self.config.metrics_address is None:
             return
         host, port = self.config.metrics_address
         try:
-            self.metrics_port = self.metrics.serve(host, port)
+            self.metrics_port = await self.metrics.serve(host, port)
         except OSError as exc:
             raise SdsConfigError(
                 f"--metrics: {f'{host}:{port}'!r}: cannot listen there ({exc.strerror or exc})"
@@ -308,7 +308,7 @@ class SdsServer:
     async def start(self) -> None:
         # Everything that can fail on bad input (metrics address, socket path) happens before anything is
         # left running; a failure undoes what was started, so no socket file, thread or port leaks.
-        self._serve_metrics()
+        await self._serve_metrics()
         try:
             # grpclib's Server binds to the loop current at construction: build it here, on the serving loop.
             admin = AdminService(self)
@@ -336,7 +336,7 @@ class SdsServer:
                     self.config.listen.unlink()
                 raise
         except BaseException:
-            self.metrics.close()
+            await self.metrics.close()
             raise
         self._started = True
         loop = asyncio.get_running_loop()
@@ -370,8 +370,8 @@ class SdsServer:
         if self._files_task is not None:
             self._files_task.cancel()
             await asyncio.gather(self._files_task, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.source.close)
-        self.metrics.close()
+        await self.source.aclose()
+        await self.metrics.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.unlink()
         log.info("sds.stopped", socket=str(self.config.listen))

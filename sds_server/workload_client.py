@@ -39,7 +39,12 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import H2Error
 
-from sds_server.errors import SdsError, SpiffeIdError, SvidError
+from sds_server.errors import (
+    SpiffeIdError,
+    SvidError,
+    WorkloadApiCallError,
+    WorkloadApiResponseError,
+)
 from sds_server.snapshot import Bundle, Svid
 from sds_server.spiffe_id import TrustDomain
 from sds_server.workload_proto import (
@@ -67,26 +72,6 @@ SECURITY_HEADER: Final = ("workload.spiffe.io", "true")
 
 FETCH_X509_SVID: Final = "/SpiffeWorkloadAPI/FetchX509SVID"
 FETCH_X509_BUNDLES: Final = "/SpiffeWorkloadAPI/FetchX509Bundles"
-
-
-# ---- errors ---------------------------------------------------------------------------------------
-
-
-class WorkloadApiCallError(SdsError):
-    """A Workload API call failed or its stream broke; ``code`` is the gRPC status name.
-
-    ``PERMISSION_DENIED`` means the Workload API has no identity for this caller (no registration
-    entry); ``UNAVAILABLE`` covers a socket that cannot be reached and a connection that is lost.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"workload_api: {code!r}: {message}")
-        self.code = code
-        self.detail = message
-
-
-class WorkloadApiResponseError(SdsError):
-    """A Workload API response breaks the X.509-SVID profile (bad DER, bad key, bad SPIFFE ID, …)."""
 
 
 # ---- conversion to the served data model -----------------------------------------------------------

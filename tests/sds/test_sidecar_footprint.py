@@ -8,9 +8,11 @@ figures, not behaviour: ``bench/sds_fanout.py`` prints them.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +44,7 @@ def _serving(sock: Path) -> bool:
 def _sds_serve(api_address: str, sock: Path, log: Path) -> Iterator[int]:
     """``meshbridge sds serve`` as a subprocess, until it serves a default SVID; yields its pid."""
     cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "sds", "serve",
-           "--workload-api", api_address, "--listen", str(sock)]  # fmt: skip
+           "--workload-api", api_address, "--listen", str(sock), "--metrics", "127.0.0.1:0"]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -82,9 +84,21 @@ def serving_pid(tmp_path: Path, short_dir: Path) -> Iterator[int]:
         yield pid
 
 
-def test_sds_serve_is_one_thread_while_serving(serving_pid: int) -> None:
-    """No watcher thread, no executor, no grpcio poller: the Workload API stream and every SDS stream
-    share the main thread's loop (``--metrics`` adds prometheus_client's HTTP thread; not used here)."""
+def _metrics_port(log: Path) -> int:
+    for line in log.read_text().splitlines():
+        if '"sds.listening"' in line:
+            port: int = json.loads(line)["metrics_port"]
+            return port
+    raise AssertionError(f"no sds.listening event:\n{log.read_text()}")
+
+
+def test_sds_serve_is_one_thread_while_serving(serving_pid: int, tmp_path: Path) -> None:
+    """No watcher thread, no executor, no grpcio poller, no metrics thread: the Workload API stream, every
+    SDS stream and the ``--metrics`` endpoint share the main thread's loop."""
+    port = _metrics_port(tmp_path / "sds.log")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        assert resp.status == 200
+        assert b"sds_streams_open" in resp.read()
     assert _threads(serving_pid) == 1
 
 
