@@ -11,15 +11,16 @@ mkdir -p "$BIN" "$STAMPS"
 # cgo stays on (Go's default where gcc exists): spire-server's SQLite datastore needs it.
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
-# peer -> "tool-module-dir|package ...|binary ..."
+# peer -> "tool-module-dir|package ...|binary ...|extra -ldflags"
 declare -A PEERS=(
-  [ghostunnel]="ghostunnel|github.com/ghostunnel/ghostunnel|ghostunnel"
+  [ghostunnel]="ghostunnel|github.com/ghostunnel/ghostunnel|ghostunnel|-X main.version=v1.11.2"
   [spire]="spire|github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent|spire-server spire-agent"
   [istioctl]="istioctl|istio.io/istio/istioctl/cmd/istioctl|istioctl"
   [kube-apiserver]="kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver"
   [spire-controller-manager]="spire-controller-manager|github.com/spiffe/spire-controller-manager/cmd|spire-controller-manager"
+  [etcd]="etcd|meshbridge.local/peers/etcd/cmd/etcd|etcd"
 )
-ORDER=(ghostunnel spire istioctl kube-apiserver spire-controller-manager)
+ORDER=(ghostunnel spire istioctl kube-apiserver spire-controller-manager etcd)
 
 if ! command -v go >/dev/null 2>&1; then
   echo "peers: 'go' is not on PATH; install Go >= 1.26 to build the real peers (tests that need them skip)" >&2
@@ -31,9 +32,9 @@ want=("$@")
 for peer in "${want[@]}"; do
   spec=${PEERS[$peer]:-}
   if [ -z "$spec" ]; then echo "peers: unknown peer '$peer' (known: ${ORDER[*]})" >&2; exit 2; fi
-  IFS='|' read -r dir pkgs bins <<<"$spec"
+  IFS='|' read -r dir pkgs bins ldx <<<"$spec"
   moddir=$ROOT/peers/$dir
-  sum=$(cat "$moddir/go.mod" "$moddir/go.sum" 2>/dev/null | sha256sum | cut -c1-16)
+  sum=$( (cat "$moddir/go.mod" "$moddir/go.sum" 2>/dev/null; echo "$spec") | sha256sum | cut -c1-16)
   have=yes
   for b in $bins; do [ -x "$BIN/$b" ] || have=no; done
   if [ $have = yes ] && [ "$(cat "$STAMPS/$peer" 2>/dev/null)" = "$sum" ]; then
@@ -43,7 +44,7 @@ for peer in "${want[@]}"; do
   echo "peers: building $peer ($bins) ..."
   start=$(date +%s)
   tmp=$(mktemp -d "$ROOT/.peers/tmp.XXXXXX")
-  (cd "$moddir" && GOBIN=$tmp go install -trimpath -ldflags=-s\ -w $pkgs)
+  (cd "$moddir" && GOBIN=$tmp go install -trimpath -ldflags="-s -w ${ldx:-}" $pkgs)
   for b in $bins; do
     src=$tmp/$b
     # spire-controller-manager's main package is its cmd/ directory: the binary is named 'cmd'
