@@ -79,6 +79,29 @@ def _cluster_spiffe_ids_for(rendering: Rendering, service: MeshService) -> list[
     return out
 
 
+def _policy_refuses(rendering: Rendering, service: MeshService, principal: str) -> bool:
+    """Whether the rendered policies selecting ``service`` refuse ``principal``: a DENY naming it, or
+    ALLOW policies none of which admits it."""
+    allow_seen = False
+    for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
+        if _dict(doc.get("metadata")).get("namespace") != service.namespace:
+            continue
+        if not _selects(_labels_of(doc, "spec", "selector", "matchLabels"), service.label_map):
+            continue
+        spec = _dict(doc.get("spec"))
+        named = {
+            str(p)
+            for rule in _list(spec.get("rules"))
+            for src in _list(_dict(rule).get("from"))
+            for p in _list(_dict(_dict(src).get("source")).get("principals"))
+        }
+        if spec.get("action") == "DENY" and principal in named:
+            return True
+        if spec.get("action", "ALLOW") == "ALLOW":
+            allow_seen = True
+    return allow_seen and principal not in _admitting_principals(rendering, service)
+
+
 def _admitting_principals(rendering: Rendering, service: MeshService) -> set[str]:
     principals: set[str] = set()
     for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
@@ -135,7 +158,12 @@ def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
             problems.append(f"{where}: {layout.ENTRIES_SCRIPT} registers no entry for {app.spiffe_id!r}")
         for t in app.targets:
             svc = t.service
-            if principal not in _admitting_principals(rendering, svc):
+            restricted = bool(svc.mesh_principals or svc.mesh_namespaces)  # the ALLOW shape
+            if (
+                principal not in _admitting_principals(rendering, svc)
+                if restricted
+                else _policy_refuses(rendering, svc, principal)
+            ):
                 problems.append(
                     f"{where}: {principal!r}: no AuthorizationPolicy selecting {svc.key} admits it "
                     "(STRICT mTLS would pass, the request would get 403)"

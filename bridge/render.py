@@ -256,8 +256,19 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
     crds: list[dict[str, object]] = []
     for index, service in enumerate(bridge.services):
         try:
-            if bridge.callers_of(service):
+            if bridge.callers_of(service) and (service.mesh_principals or service.mesh_namespaces):
+                # the spec lists the in-mesh callers: one ALLOW policy admits them and the apps
                 policies.append(istio.render_authorization_policy(authorization_params(bridge, service)))
+            elif bridge.callers_of(service):
+                # no in-mesh callers declared: an ALLOW policy would deny all of them the moment it is
+                # applied; a DENY policy refuses the other declared apps and leaves the mesh alone
+                params = authorization_params(bridge, service)
+                others = tuple(
+                    a.spiffe_id for a in bridge.apps if a.spiffe_id not in params.allowed_spiffe_ids
+                )
+                deny = istio.render_external_deny_policy(params, others)
+                if deny is not None:
+                    policies.append(deny)
             crds.append(istio.render_cluster_spiffe_id(cluster_spiffe_id_params(bridge, service)))
         except istio.IstioError as exc:
             raise _renderer_failed(_where_service(index, service), exc) from exc

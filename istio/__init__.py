@@ -24,7 +24,12 @@ from istio.model import (
     SvidStorePluginName,
     labels,
 )
-from istio.policy import principal, render_authorization_policy, render_peer_authentication
+from istio.policy import (
+    principal,
+    render_authorization_policy,
+    render_external_deny_policy,
+    render_peer_authentication,
+)
 from istio.spire import (
     cluster_spiffe_id_name,
     entry_selectors,
@@ -58,6 +63,7 @@ __all__ = [
     "render_cluster_spiffe_id",
     "render_entries_json",
     "render_entries_script",
+    "render_external_deny_policy",
     "render_gateway_cluster_spiffe_id",
     "render_istio_operator",
     "render_peer_authentication",

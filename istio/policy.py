@@ -18,6 +18,7 @@ __all__ = [
     "authorization_policy_name",
     "principal",
     "render_authorization_policy",
+    "render_external_deny_policy",
     "render_peer_authentication",
 ]
 
@@ -30,7 +31,7 @@ def principal(spiffe_id: str, *, field: str = "spiffe_id") -> str:
     """``spiffe://example.org/external/app`` -> ``example.org/external/app`` (an Istio principal)."""
     if not spiffe_id.startswith(_SCHEME) or len(spiffe_id) == len(_SCHEME):
         raise IstioError(f"{field}: {spiffe_id!r}: a SPIFFE ID 'spiffe://<trust domain>/<path>'")
-    rest = spiffe_id[len(_SCHEME):]
+    rest = spiffe_id[len(_SCHEME) :]
     # istiod rejects '*' except as a whole prefix/suffix wildcard; SPIFFE IDs never contain it.
     if "*" in rest or any(c.isspace() for c in rest):
         raise IstioError(f"{field}: {spiffe_id!r}: no '*' or spaces in a SPIFFE ID")
@@ -92,5 +93,46 @@ def render_authorization_policy(params: AuthorizationParams) -> dict[str, object
             "action": "ALLOW",
             "selector": {"matchLabels": dict(svc.pod_labels)},
             "rules": rules,
+        },
+    }
+
+
+def render_external_deny_policy(
+    params: AuthorizationParams, denied_spiffe_ids: tuple[str, ...]
+) -> dict[str, object] | None:
+    """A DENY policy on the service's pods refusing ``denied_spiffe_ids`` (declared external apps that
+    do not target it), for services whose spec declares no in-mesh callers.
+
+    Unlike an ALLOW policy it leaves every other caller alone: in-mesh traffic keeps working (an ALLOW
+    policy would deny every caller it does not list, Istio "Authorization Policy" semantics). ``None``
+    when there is nothing to deny. ``params.allowed_spiffe_ids`` must not be among the denied.
+    """
+    svc = params.service
+    problems: list[str] = []
+    check_service(problems, svc)
+    principals: list[str] = []
+    for i, spiffe_id in enumerate(denied_spiffe_ids):
+        if spiffe_id in params.allowed_spiffe_ids:
+            problems.append(f"denied_spiffe_ids[{i}]: {spiffe_id!r}: also admitted")
+            continue
+        try:
+            p = principal(spiffe_id, field=f"denied_spiffe_ids[{i}]")
+        except IstioError as exc:
+            problems.append(str(exc))
+            continue
+        if p not in principals:
+            principals.append(p)
+    if problems:
+        raise IstioError("\n".join(problems))
+    if not principals:
+        return None
+    return {
+        "apiVersion": SECURITY_API_VERSION,
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": f"{svc.name}-meshbridge-deny", "namespace": svc.namespace},
+        "spec": {
+            "action": "DENY",
+            "selector": {"matchLabels": dict(svc.pod_labels)},
+            "rules": [{"from": [{"source": {"principals": principals}}]}],
         },
     }

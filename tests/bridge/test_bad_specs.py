@@ -108,3 +108,23 @@ def test_outdated_tcb_without_advisories_is_warned_about() -> None:
     assert warning.startswith(
         "externalApps[0].scone (shielded-client): tolerates outdated-tcb without ignoreAdvisories"
     )
+
+
+def test_no_mesh_callers_renders_a_deny_policy_that_leaves_the_mesh_alone() -> None:
+    """Issue 14: with no meshCallers an ALLOW policy would turn away every in-mesh caller the moment it
+    is applied. The service gets a DENY policy naming the declared apps that do not target it instead."""
+    doc = _example()
+    services: list[dict[str, object]] = doc["meshServices"]  # type: ignore[assignment]
+    services[0].pop("meshCallers")
+    services.append({"name": "other", "namespace": "default", "port": 9000, "labels": {"app": "other"}})
+    doc["externalApps"][1]["targets"] = [{"service": "other", "listenPort": 9000}]  # type: ignore[index]
+    bridge = parse_document(doc)
+    policies = render(bridge).yaml_documents("istio/authorization-policies.yaml")
+    assert [(p["metadata"]["name"], p["spec"]["action"]) for p in policies] == [  # type: ignore[index]
+        ("httpbin-meshbridge-deny", "DENY"),
+        ("other-meshbridge-deny", "DENY"),
+    ]
+    assert policies[0]["spec"]["rules"] == [  # type: ignore[index]
+        {"from": [{"source": {"principals": ["example.org/external/tunnel-client"]}}]}
+    ]
+    assert check(bridge).problems == ()

@@ -33,7 +33,9 @@ from tests.support.schemas import problems, scone_problems
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _principals(rendering: Rendering, namespace: str, labels: dict[str, str]) -> set[str]:
+def _principals(
+    rendering: Rendering, namespace: str, labels: dict[str, str], action: str = "ALLOW"
+) -> set[str]:
     out: set[str] = set()
     for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
         spec = doc["spec"]
@@ -41,7 +43,7 @@ def _principals(rendering: Rendering, namespace: str, labels: dict[str, str]) ->
         if doc["metadata"]["namespace"] != namespace:  # type: ignore[index]
             continue
         selector = spec["selector"]["matchLabels"]
-        if all(labels.get(k) == v for k, v in selector.items()):
+        if spec["action"] == action and all(labels.get(k) == v for k, v in selector.items()):
             for rule in spec["rules"]:
                 for src in rule["from"]:
                     out.update(src["source"].get("principals", []))
@@ -99,7 +101,12 @@ def _assert_consistent(bridge: Bridge, rendering: Rendering) -> None:
         assert session["name"] == app.scone.qualified_session_name
         assert scone_problems(session) == []
         for t in app.targets:
-            assert principal in _principals(rendering, t.service.namespace, t.service.label_map)
+            svc = t.service
+            if svc.mesh_principals or svc.mesh_namespaces:  # in-mesh callers listed: the ALLOW shape
+                assert principal in _principals(rendering, svc.namespace, svc.label_map)
+            else:  # none listed: a DENY policy that never names a target's own apps, no ALLOW at all
+                assert principal not in _principals(rendering, svc.namespace, svc.label_map, "DENY")
+                assert not _principals(rendering, svc.namespace, svc.label_map)
         if app.mode == "network-shield":
             env = session["services"][0]["environment"]  # type: ignore[index]
             dests = sorted(v for k, v in env.items() if k.endswith("_DESTINATION"))

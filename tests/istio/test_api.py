@@ -29,6 +29,7 @@ def test_public_api_is_pinned_and_sorted() -> None:
         "render_cluster_spiffe_id",
         "render_entries_json",
         "render_entries_script",
+        "render_external_deny_policy",
         "render_gateway_cluster_spiffe_id",
         "render_istio_operator",
         "render_peer_authentication",
