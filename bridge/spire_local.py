@@ -28,6 +28,10 @@ stored, valid agent SVID instead of attesting again (``pkg/agent/attestor/node/n
 Workload entries are parented on a stable alias (``spiffe://<td>/agent/local``) that ``token generate
 -spiffeID`` maps the agent's node ID to.
 
+The agent serves SPIRE's own SDS v3 on the same Workload API socket (``spire.agent.address``), so a bench
+can put SPIRE's SDS and ``meshbridge sds serve`` side by side against one agent; SDS callers are attested
+like Workload API callers (an entry must select the bench's uid).
+
 Configs are rendered to files as HCL text (:func:`render_server_hcl`, :func:`render_agent_hcl`, pure);
 processes log to ``server.log`` / ``agent.log`` in their directories.
 """
@@ -53,11 +57,13 @@ from bridge.errors import BridgeError
 
 __all__ = [
     "AgentSettings",
+    "Entry",
     "LocalSpire",
     "ServerSettings",
     "SpireAgent",
     "SpireError",
     "SpireServer",
+    "agent_alias",
     "local_spire",
     "render_agent_hcl",
     "render_server_hcl",

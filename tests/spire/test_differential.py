@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,9 +62,8 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def spire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpire]:
-    base = Path("/tmp") / f"spd-{os.getpid()}"
-    with local_spire(TD, ServerSettings(ca_ttl="2h"), directory=base) as spire:
+def spire() -> Iterator[LocalSpire]:
+    with local_spire(TD, ServerSettings(ca_ttl="2h")) as spire:
         spire.server.bundle_set(PARTNER, pem(PARTNER_CA).decode(), "pem")
         # SPIRE orders a workload's SVIDs by entry ID (pkg/agent/manager/cache/util.go sortIdentities):
         # pin the IDs so the first (default) SVID is A, as it is first in the embedded config.
@@ -73,7 +71,6 @@ def spire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSpire]:
         spire.server.entry_create(A_EXT, ["unix:uid:0"], hint="external", entry_id="01-a-ext")
         spire.agent.wait_for_ids([A, A_EXT])
         yield spire
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

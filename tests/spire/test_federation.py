@@ -55,6 +55,7 @@ def test_federated_bundle_reaches_envoy_partner_admitted_then_refused_after_bund
         mesh.server.entry_create(MESH_ID, ["unix:uid:0"], federates_with=[partner.trust_domain_id])
         mesh.server.entry_create(CLIENT_ID, [f"unix:uid:{NOBODY}"])
         partner.server.entry_create(PARTNER_ID, [f"unix:uid:{NOBODY}"], federates_with=[mesh.trust_domain_id])
+        mesh.agent.wait_for_ids([MESH_ID])
 
         extra = ["--rootca-all-bundles"] if secret_name == "ROOTCA" else []
         with (

@@ -34,6 +34,7 @@ from tests.support.envoy import echo_backend
 pytestmark = [
     pytest.mark.usefixtures("envoy_bin", "spire_server_bin", "spire_agent_bin", "ghostunnel_bin"),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients under uids the entries select"),
+    pytest.mark.slow,
 ]
 
 
@@ -55,6 +56,7 @@ def mesh_with_spire(short_dir: Path, *, mesh_ttl: int | None = None) -> Iterator
     short_dir.chmod(0o755)
     with local_spire("example.org", ServerSettings(ca_ttl="2h"), directory=short_dir / "spire") as spire:
         create_mesh_entries(spire.server, mesh_ttl=mesh_ttl)
+        spire.agent.wait_for_ids([MESH_ID])  # the entry reached the agent (its sync runs every 5 s)
         with (
             sds_serve(spire.agent.address, short_dir / "sds.sock", short_dir / "sds.log") as sds,
             echo_backend() as backend,
