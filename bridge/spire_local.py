@@ -390,9 +390,7 @@ class SpireServer:
         timeout: float = CLI_TIMEOUT,
     ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.binary), *args, "-socketPath", str(self.socket_path)]
-        out = subprocess.run(
-            cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         if check and out.returncode != 0:
             raise SpireError(
                 f"spire-server {' '.join(args[:2])}: exit {out.returncode}: "
@@ -430,8 +428,16 @@ class SpireServer:
         entry_id: str | None = None,
     ) -> Entry:
         """``entry create``; the parent defaults to the local agent's alias. Returns the created entry."""
-        args = ["entry", "create", "-output", "json", "-spiffeID", spiffe_id,
-                "-parentID", parent_id or agent_alias(self.trust_domain)]
+        args = [
+            "entry",
+            "create",
+            "-output",
+            "json",
+            "-spiffeID",
+            spiffe_id,
+            "-parentID",
+            parent_id or agent_alias(self.trust_domain),
+        ]
         for sel in selectors:
             args += ["-selector", sel]
         if x509_svid_ttl is not None:
@@ -554,7 +560,10 @@ class SpireAgent:
     def _healthy(self) -> bool:
         out = subprocess.run(
             [str(self.binary), "healthcheck", "-socketPath", str(self.socket_path)],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
         return out.returncode == 0
 
@@ -562,9 +571,22 @@ class SpireAgent:
         """SPIFFE IDs the agent issues to *this* process's uid now (``spire-agent api fetch x509``);
         ``[]`` while it issues none (PermissionDenied)."""
         out = subprocess.run(
-            [str(self.binary), "api", "fetch", "x509", "-socketPath", str(self.socket_path),
-             "-output", "json", "-timeout", "5s"],
-            capture_output=True, text=True, timeout=15, check=False,
+            [
+                str(self.binary),
+                "api",
+                "fetch",
+                "x509",
+                "-socketPath",
+                str(self.socket_path),
+                "-output",
+                "json",
+                "-timeout",
+                "5s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
         )
         if out.returncode != 0:
             return []

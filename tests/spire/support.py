@@ -53,9 +53,24 @@ class SdsProcess:
     def __init__(self, workload_api: str, listen: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
         self.listen = listen
         self.log_path = log_path
-        self.cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "--log-level", "debug",
-                    "sds", "serve", "--workload-api", workload_api, "--listen", str(listen),
-                    "--metrics", "127.0.0.1:0", *extra]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "sds",
+            "serve",
+            "--workload-api",
+            workload_api,
+            "--listen",
+            str(listen),
+            "--metrics",
+            "127.0.0.1:0",
+            *extra,
+        ]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> SdsProcess:
@@ -160,16 +175,27 @@ def ghostunnel_client(
     os.chown(run_dir, uid, uid)
     listen = run_dir / "listen.sock"
     log_path = directory / f"gt-{name}.log"
-    cmd = [str(binary), "client", f"--listen=unix:{listen}", f"--target=127.0.0.1:{target_port}",
-           f"--use-workload-api-addr={workload_api}", f"--use-workload-api-timeout={api_timeout}",
-           f"--verify-uri={verify_uri}"]
+    cmd = [
+        str(binary),
+        "client",
+        f"--listen=unix:{listen}",
+        f"--target=127.0.0.1:{target_port}",
+        f"--use-workload-api-addr={workload_api}",
+        f"--use-workload-api-timeout={api_timeout}",
+        f"--verify-uri={verify_uri}",
+    ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=run_dir,
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=run_dir,
             preexec_fn=_drop_to(uid),  # noqa: PLW1509 - single-threaded enough: setuid only
         )
     try:
         if wait:
+
             def up() -> bool:
                 if proc.poll() is not None:
                     raise AssertionError(
@@ -217,8 +243,13 @@ def open_dir_for(path: Path) -> None:
     path.chmod(0o755)
 
 
-def create_mesh_entries(server: SpireServer, *, mesh_ttl: int | None = None, client_ttl: int | None = None,
-                        federates_with: Sequence[str] = ()) -> None:
+def create_mesh_entries(
+    server: SpireServer,
+    *,
+    mesh_ttl: int | None = None,
+    client_ttl: int | None = None,
+    federates_with: Sequence[str] = (),
+) -> None:
     """The mesh sidecar's SDS server runs as root (uid 0); the external client as 'nobody'."""
     server.entry_create(MESH_ID, ["unix:uid:0"], x509_svid_ttl=mesh_ttl, federates_with=federates_with)
     server.entry_create(CLIENT_ID, [f"unix:uid:{NOBODY}"], x509_svid_ttl=client_ttl)

@@ -217,21 +217,41 @@ def observe_errors(t: Target) -> dict[str, Any]:
         return {
             "no_header": no_header,
             "jwt_no_audience": _status(
-                lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10)),
-            "jwt_not_entitled": _status(lambda: stub.FetchJWTSVID(
-                workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="spiffe://example.org/not-mine"),
-                metadata=HEADER, timeout=10)),
-            "jwt_bad_spiffe_id": _status(lambda: stub.FetchJWTSVID(
-                workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="not a spiffe id"),
-                metadata=HEADER, timeout=10)),
-            "validate_wrong_audience": _status(lambda: stub.ValidateJWTSVID(
-                workload_pb2.ValidateJWTSVIDRequest(audience="nope", svid=_token(t)), metadata=HEADER,
-                timeout=10))[0],
-            "validate_garbage": _status(lambda: stub.ValidateJWTSVID(
-                workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid="a.b.c"), metadata=HEADER,
-                timeout=10))[0],
-            "validate_no_svid": _status(lambda: stub.ValidateJWTSVID(
-                workload_pb2.ValidateJWTSVIDRequest(audience="svc"), metadata=HEADER, timeout=10)),
+                lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10)
+            ),
+            "jwt_not_entitled": _status(
+                lambda: stub.FetchJWTSVID(
+                    workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="spiffe://example.org/not-mine"),
+                    metadata=HEADER,
+                    timeout=10,
+                )
+            ),
+            "jwt_bad_spiffe_id": _status(
+                lambda: stub.FetchJWTSVID(
+                    workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="not a spiffe id"),
+                    metadata=HEADER,
+                    timeout=10,
+                )
+            ),
+            "validate_wrong_audience": _status(
+                lambda: stub.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(audience="nope", svid=_token(t)),
+                    metadata=HEADER,
+                    timeout=10,
+                )
+            )[0],
+            "validate_garbage": _status(
+                lambda: stub.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid="a.b.c"),
+                    metadata=HEADER,
+                    timeout=10,
+                )
+            )[0],
+            "validate_no_svid": _status(
+                lambda: stub.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(audience="svc"), metadata=HEADER, timeout=10
+                )
+            ),
         }
 
 
@@ -284,7 +304,11 @@ print(json.dumps(run(sys.argv[1])))
 def observe_unregistered(t: Target) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(t.socket), _token(t), str(STRANGER)],
-        capture_output=True, text=True, timeout=60, check=True, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd="/",
     )
     data: dict[str, Any] = json.loads(out.stdout)
     return data
@@ -300,13 +324,20 @@ def _diff(spire: dict[str, Any], embedded: dict[str, Any], section: str) -> dict
 
 @pytest.mark.parametrize("section", ["x509", "jwt", "errors", "unregistered"])
 def test_same_observations_from_spire_and_embedded(targets: dict[str, Target], section: str) -> None:
-    observe = {"x509": observe_x509, "jwt": observe_jwt, "errors": observe_errors,
-               "unregistered": observe_unregistered}[section]
+    observe = {
+        "x509": observe_x509,
+        "jwt": observe_jwt,
+        "errors": observe_errors,
+        "unregistered": observe_unregistered,
+    }[section]
     spire = observe(targets["spire"])
     embedded = observe(targets["embedded"])
     assert _diff(spire, embedded, section) == {}
-    stale = [k for k in KNOWN_DIFFERENCES if k.startswith(section + ".")
-             and spire.get(k.split(".", 1)[1]) == embedded.get(k.split(".", 1)[1])]
+    stale = [
+        k
+        for k in KNOWN_DIFFERENCES
+        if k.startswith(section + ".") and spire.get(k.split(".", 1)[1]) == embedded.get(k.split(".", 1)[1])
+    ]
     assert stale == [], "no longer different: drop from KNOWN_DIFFERENCES and the README"
 
 
@@ -330,14 +361,26 @@ def test_ghostunnel_go_spiffe_gets_an_svid_from_both_and_is_refused_by_both_as_u
     short_dir.chmod(0o755)
     for t in targets.values():
         with ghostunnel_client(
-            ghostunnel_bin, uid=0, workload_api=t.address, target_port=1, verify_uri=A,
-            directory=short_dir, name=f"{t.name}-root",
+            ghostunnel_bin,
+            uid=0,
+            workload_api=t.address,
+            target_port=1,
+            verify_uri=A,
+            directory=short_dir,
+            name=f"{t.name}-root",
         ) as (proc, listen):
             assert proc.poll() is None
             assert listen.exists()
         with ghostunnel_client(
-            ghostunnel_bin, uid=STRANGER, workload_api=t.address, target_port=1, verify_uri=A,
-            directory=short_dir, name=f"{t.name}-stranger", wait=False, api_timeout="3s",
+            ghostunnel_bin,
+            uid=STRANGER,
+            workload_api=t.address,
+            target_port=1,
+            verify_uri=A,
+            directory=short_dir,
+            name=f"{t.name}-stranger",
+            wait=False,
+            api_timeout="3s",
         ) as (proc, listen):
             assert proc.wait(60) != 0
         log = (short_dir / f"gt-{t.name}-stranger.log").read_text(errors="replace")

@@ -76,12 +76,22 @@ def test_federated_bundle_reaches_envoy_partner_admitted_then_refused_after_bund
                 )
                 with (
                     ghostunnel_client(
-                        ghostunnel_bin, uid=NOBODY, workload_api=partner.agent.address, target_port=port,
-                        verify_uri=MESH_ID, directory=short_dir, name="partner",
+                        ghostunnel_bin,
+                        uid=NOBODY,
+                        workload_api=partner.agent.address,
+                        target_port=port,
+                        verify_uri=MESH_ID,
+                        directory=short_dir,
+                        name="partner",
                     ) as (_, partner_listen),
                     ghostunnel_client(
-                        ghostunnel_bin, uid=NOBODY, workload_api=mesh.agent.address, target_port=port,
-                        verify_uri=MESH_ID, directory=short_dir, name="local",
+                        ghostunnel_bin,
+                        uid=NOBODY,
+                        workload_api=mesh.agent.address,
+                        target_port=port,
+                        verify_uri=MESH_ID,
+                        directory=short_dir,
+                        name="local",
                     ) as (_, local_listen),
                 ):
                     status, body = http_get_unix(partner_listen)

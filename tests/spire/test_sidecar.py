@@ -97,8 +97,12 @@ def test_spire_svids_reach_envoy_and_the_registered_client_gets_200(
         assert secrets.keys() >= {"default", "ROOTCA"}
         assert MESH_ID in _default_san(mesh.envoy)
         with ghostunnel_client(
-            ghostunnel_bin, uid=NOBODY, workload_api=mesh.spire.agent.address, target_port=mesh.port,
-            verify_uri=MESH_ID, directory=short_dir,
+            ghostunnel_bin,
+            uid=NOBODY,
+            workload_api=mesh.spire.agent.address,
+            target_port=mesh.port,
+            verify_uri=MESH_ID,
+            directory=short_dir,
         ) as (_, listen):
             status, body = http_get_unix(listen)
         assert status == 200, body
@@ -110,8 +114,15 @@ def test_spire_svids_reach_envoy_and_the_registered_client_gets_200(
         # sees no connection from it.
         before = _handshakes(mesh.envoy)
         with ghostunnel_client(
-            ghostunnel_bin, uid=STRANGER, workload_api=mesh.spire.agent.address, target_port=mesh.port,
-            verify_uri=MESH_ID, directory=short_dir, name="stranger", wait=False, api_timeout="3s",
+            ghostunnel_bin,
+            uid=STRANGER,
+            workload_api=mesh.spire.agent.address,
+            target_port=mesh.port,
+            verify_uri=MESH_ID,
+            directory=short_dir,
+            name="stranger",
+            wait=False,
+            api_timeout="3s",
         ) as (proc, listen):
             code = proc.wait(60)
         assert code != 0
@@ -130,8 +141,12 @@ def test_short_ttl_rotation_reaches_envoy_without_restart_while_requests_succeed
         failures = 0
         requests = 0
         with ghostunnel_client(
-            ghostunnel_bin, uid=NOBODY, workload_api=mesh.spire.agent.address, target_port=mesh.port,
-            verify_uri=MESH_ID, directory=short_dir,
+            ghostunnel_bin,
+            uid=NOBODY,
+            workload_api=mesh.spire.agent.address,
+            target_port=mesh.port,
+            verify_uri=MESH_ID,
+            directory=short_dir,
         ) as (_, listen):
             deadline = time.monotonic() + 45
             while time.monotonic() < deadline and requests < 2000:
@@ -157,8 +172,12 @@ def test_agent_killed_and_restarted_under_load_no_failed_request_no_expired_cert
 ) -> None:
     with mesh_with_spire(short_dir, mesh_ttl=30) as mesh:
         with ghostunnel_client(
-            ghostunnel_bin, uid=NOBODY, workload_api=mesh.spire.agent.address, target_port=mesh.port,
-            verify_uri=MESH_ID, directory=short_dir,
+            ghostunnel_bin,
+            uid=NOBODY,
+            workload_api=mesh.spire.agent.address,
+            target_port=mesh.port,
+            verify_uri=MESH_ID,
+            directory=short_dir,
         ) as (_, listen):
             stop = threading.Event()
             results: list[int] = []
@@ -213,8 +232,12 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
         assert "registration entry" in denied[0]["hint"]
         # still serving the last SVID: the registered client still gets in
         with ghostunnel_client(
-            ghostunnel_bin, uid=NOBODY, workload_api=mesh.spire.agent.address, target_port=mesh.port,
-            verify_uri=MESH_ID, directory=short_dir,
+            ghostunnel_bin,
+            uid=NOBODY,
+            workload_api=mesh.spire.agent.address,
+            target_port=mesh.port,
+            verify_uri=MESH_ID,
+            directory=short_dir,
         ) as (_, listen):
             withheld = mesh.sds.events("svid.expired.withheld")
             if not withheld:  # the SVID may have expired already on a slow machine

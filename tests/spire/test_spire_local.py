@@ -24,8 +24,17 @@ from bridge.spire_local import (
 def test_public_surface() -> None:
     assert spire_local.__all__ == sorted(spire_local.__all__)
     assert set(spire_local.__all__) == {
-        "AgentSettings", "Entry", "LocalSpire", "ServerSettings", "SpireAgent", "SpireError", "SpireServer",
-        "agent_alias", "local_spire", "render_agent_hcl", "render_server_hcl",
+        "AgentSettings",
+        "Entry",
+        "LocalSpire",
+        "ServerSettings",
+        "SpireAgent",
+        "SpireError",
+        "SpireServer",
+        "agent_alias",
+        "local_spire",
+        "render_agent_hcl",
+        "render_server_hcl",
     }
 
 
@@ -51,18 +60,24 @@ def test_server_config_is_hcl_with_sqlite_join_token_and_short_ttls(tmp_path: Pa
 
 
 def test_agent_config_is_hcl_with_unix_attestor_disk_keys_and_default_sds_names(tmp_path: Path) -> None:
-    doc = hcl.loads(render_agent_hcl(
-        trust_domain="example.org",
-        server_port=41234,
-        data_dir=tmp_path / "d",
-        socket_path=tmp_path / "a.sock",
-        trust_bundle_path=tmp_path / "b.pem", join_token="tok", settings=AgentSettings(),
-    ))
+    doc = hcl.loads(
+        render_agent_hcl(
+            trust_domain="example.org",
+            server_port=41234,
+            data_dir=tmp_path / "d",
+            socket_path=tmp_path / "a.sock",
+            trust_bundle_path=tmp_path / "b.pem",
+            join_token="tok",
+            settings=AgentSettings(),
+        )
+    )
     agent = doc["agent"]
     assert agent["server_port"] == "41234"
     assert agent["join_token"] == "tok"
     assert agent["sds"] == {
-        "default_svid_name": "default", "default_bundle_name": "ROOTCA", "default_all_bundles_name": "ALL",
+        "default_svid_name": "default",
+        "default_bundle_name": "ROOTCA",
+        "default_all_bundles_name": "ALL",
     }
     plugins = doc["plugins"]
     assert plugins["WorkloadAttestor"]["unix"]["plugin_data"]["discover_workload_path"] is True
@@ -81,7 +96,10 @@ def test_lifecycle_cli_and_clean_stop() -> None:
         base = spire.directory
         assert spire.server.port > 0
         entry = spire.server.entry_create(
-            "spiffe://example.org/x", ["unix:uid:4242"], x509_svid_ttl=90, hint="h",
+            "spiffe://example.org/x",
+            ["unix:uid:4242"],
+            x509_svid_ttl=90,
+            hint="h",
             dns_names=["x.example.org"],
         )
         assert entry.parent_id == "spiffe://example.org/agent/local"

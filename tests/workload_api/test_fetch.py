@@ -69,14 +69,17 @@ def test_x509_svid_is_valid_and_chains_to_the_bundle(api: WorkloadApiHandle) -> 
     chain = list(svid.cert_chain)
     assert validate_x509_svid(chain).__str__() == A
     assert chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == ["a.example.org"]
+        x509.DNSName
+    ) == ["a.example.org"]
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    assert svid.private_key.public_key().public_bytes(serialization.Encoding.DER, spki) == \
-        chain[0].public_key().public_bytes(serialization.Encoding.DER, spki)
+    assert svid.private_key.public_key().public_bytes(serialization.Encoding.DER, spki) == chain[
+        0
+    ].public_key().public_bytes(serialization.Encoding.DER, spki)
     bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("example.org"))
     assert bundle is not None
     PolicyBuilder().store(Store(list(bundle.x509_authorities))).build_client_verifier().verify(
-        chain[0], chain[1:])
+        chain[0], chain[1:]
+    )
     assert [s.hint for s in client_svids_raw(api)] == ["", "external"]
 
 
@@ -138,14 +141,21 @@ def test_jwt_svid_fetch_and_validate(api: WorkloadApiHandle) -> None:
 
 def test_jwt_svid_for_an_identity_not_entitled_is_permission_denied(api: WorkloadApiHandle) -> None:
     with raw_stub(api.socket("b")) as stub:
-        code = status_of(lambda: stub.FetchJWTSVID(
-            workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id=A), metadata=HEADER, timeout=10))
+        code = status_of(
+            lambda: stub.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id=A), metadata=HEADER, timeout=10
+            )
+        )
         assert code == grpc.StatusCode.PERMISSION_DENIED
-        code = status_of(lambda: stub.FetchJWTSVID(
-            workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="nope"), metadata=HEADER, timeout=10))
+        code = status_of(
+            lambda: stub.FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="nope"), metadata=HEADER, timeout=10
+            )
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # checked before entries, as SPIRE does
         code = status_of(
-            lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10))
+            lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10)
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # audience is required (API §6.2.1)
 
 
@@ -171,11 +181,15 @@ def test_every_fetch_from_an_unregistered_caller_is_permission_denied(api: Workl
 def test_an_unregistered_caller_may_validate_a_jwt_svid_as_with_spire(api: WorkloadApiHandle) -> None:
     """Validation needs only the trust bundle; SPIRE's agent validates for any caller (tests/spire)."""
     with raw_stub(api.socket("a")) as stub:
-        token = stub.FetchJWTSVID(
-            workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=HEADER, timeout=10).svids[0].svid
+        token = (
+            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=HEADER, timeout=10)
+            .svids[0]
+            .svid
+        )
     with raw_stub(api.socket("none")) as stub:
         resp = stub.ValidateJWTSVID(
-            workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid=token), metadata=HEADER, timeout=10)
+            workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid=token), metadata=HEADER, timeout=10
+        )
         assert resp.spiffe_id == A
         assert list(resp.claims["aud"]) == ["svc"]
         garbage = rpc_calls(stub, metadata=HEADER)["ValidateJWTSVID"]
@@ -211,11 +225,23 @@ def test_attestation_tells_uids_apart_on_the_same_socket(api: WorkloadApiHandle)
     """Socket ``a``: entry A needs our uid. A client running as 'nobody' gets only A_EXT (socket-only)."""
     os.chmod(api.socket("a").parent, 0o755)  # let 'nobody' reach the socket (its mode is 0777)
     os.chmod(api.socket("b").parent, 0o755)
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(api.socket("a"))],
-                         capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(api.socket("a"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd="/",
+    )
     assert out.stdout.split() == ["OK", A_EXT]
-    out_none = subprocess.run([sys.executable, "-c", _PROBE, str(api.socket("none"))],
-                              capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    out_none = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(api.socket("none"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd="/",
+    )
     assert out_none.stdout.strip() == "PERMISSION_DENIED"
     denied = api.events("workload_api.denied")
     assert any(e.get("reason") == "no matching entry" for e in denied)
