@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,20 +67,20 @@ CLIENT = r"""
 import asyncio, json, sys, time, grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 sock, count, per_conn, deadline = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+NAMES = sys.argv[5].split(",")
+KEEP = sys.argv[6] == "marker"  # keep each update's bytes: a round ends at the update carrying a marker
 TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-NAMES = ["default", "ROOTCA"]
 
 async def main():
     chans = [grpc.aio.insecure_channel("unix:" + sock, options=[("grpc.use_local_subchannel_pool", 1)])
              for _ in range((count + per_conn - 1) // per_conn)]
     t0 = time.time()
     connected, received, calls = [], [], []
-    stop = asyncio.Event()
     async def one(i):
         call = chans[i // per_conn].stream_stream(
             "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
             request_serializer=DiscoveryRequest.SerializeToString,
-            response_deserializer=DiscoveryResponse.FromString)()
+            response_deserializer=lambda b: b)()
         calls.append(call)
         req = DiscoveryRequest(type_url=TYPE, resource_names=NAMES)
         req.node.id = f"sidecar~127.0.0.1~bench-{i}.default~default.svc.cluster.local"
@@ -88,15 +88,16 @@ async def main():
         mine = []
         first = True
         while True:
-            msg = await call.read()
-            if msg is grpc.aio.EOF:
+            raw = await call.read()
+            if raw is grpc.aio.EOF:
                 return
+            msg = DiscoveryResponse.FromString(raw)
             if first:
                 connected.append(time.time() - t0)
                 received.append(mine)
                 first = False
             else:
-                mine.append(time.time())
+                mine.append((time.time(), raw if KEEP else None))
             await call.write(DiscoveryRequest(type_url=TYPE, resource_names=NAMES,
                                               version_info=msg.version_info, response_nonce=msg.nonce))
     tasks = [asyncio.ensure_future(one(i)) for i in range(count)]
@@ -105,13 +106,35 @@ async def main():
         await asyncio.sleep(0.05)
     print(json.dumps({"connected": connected}), flush=True)
     loop = asyncio.get_running_loop()
-    rnd = 0
-    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "go":
-        rnd += 1
+    cursor = {}  # id(stream list) -> index of its first update not yet attributed to a round
+    while True:
+        words = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+        if not words or words[0] != "go":
+            break
+        markers = [bytes.fromhex(h) for h in words[1].split(",")] if len(words) > 1 else None
+        streams = list(received)
+        found = {}
+        def scan():
+            for m in streams:
+                if id(m) in found:
+                    continue
+                start = cursor.get(id(m), 0)
+                for j in range(start, len(m)):
+                    if markers is None or any(k in m[j][1] for k in markers):
+                        found[id(m)] = (j, m[j][0])
+                        break
         end = time.time() + deadline
-        while sum(len(m) >= rnd for m in received) < len(received) and time.time() < end:
+        scan()
+        while len(found) < len(streams) and time.time() < end:
             await asyncio.sleep(0.02)
-        print(json.dumps({"rotated": [m[rnd - 1] for m in received if len(m) >= rnd]}), flush=True)
+            scan()
+        for m in streams:
+            if id(m) in found:
+                j = found[id(m)][0]
+                cursor[id(m)] = j + 1
+                for k in range(j + 1):  # attributed: drop the bytes
+                    m[k] = (m[k][0], None)
+        print(json.dumps({"rotated": [t for _, t in found.values()]}), flush=True)
     for c in calls:
         c.cancel()
     for t in tasks:
@@ -215,6 +238,10 @@ asyncio.run(main())
 """
 
 
+def load() -> str:
+    return "load avg " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -233,6 +260,7 @@ class Result:
     threads_idle: int = 0
     threads_loaded: int = 0
     lat_ms: list[float] = field(default_factory=list)
+    rounds: list[list[float]] = field(default_factory=list)
     note: str = ""
 
     @property
@@ -243,6 +271,17 @@ class Result:
     def spread_ms(self) -> float:
         """Push spread: first → last stream updated (the trigger's own latency removed)."""
         return max(self.lat_ms, default=float("nan")) - min(self.lat_ms, default=float("nan"))
+
+    @property
+    def trigger_ms(self) -> list[float]:
+        """Per round: trigger → first stream updated."""
+        return [min(r) for r in self.rounds if r]
+
+    @property
+    def spread_round(self) -> list[float]:
+        """The median round by spread p99, each stream's update measured from the first stream's."""
+        rel = sorted(([x - min(r) for x in r] for r in self.rounds if r), key=lambda v: pct(v, 99))
+        return rel[len(rel) // 2] if rel else []
 
     def line(self) -> str:
         lat = self.lat_ms
@@ -257,8 +296,21 @@ class Result:
 
 
 def run_clients(
-    sock: Path, n: int, deadline: float, trigger: Callable[[], None], server_pid: int, name: str, repeat: int
+    sock: Path,
+    n: int,
+    deadline: float,
+    trigger: Callable[[], object],
+    server_pid: int,
+    name: str,
+    repeat: int,
+    *,
+    names: Sequence[str] = ("default", "ROOTCA"),
+    marker: bool = False,
+    settle: float = 0.5,
 ) -> Result:
+    """N streams against ``sock``; ``repeat`` rounds of ``trigger()``. A round ends, per stream, at its
+    next update — or with ``marker``, at the first update carrying one of the hex byte strings
+    ``trigger()`` returned (comma-separated), so unrelated pushes (an agent's own refreshes) don't count."""
     server = psutil.Process(server_pid)
     idle_mb = server.memory_info().rss / 2**20
     threads_idle = server.num_threads()
@@ -269,7 +321,17 @@ def run_clients(
         remaining -= k
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", CLIENT, str(sock), str(k), str(STREAMS_PER_CONNECTION), str(deadline)],
+                [
+                    sys.executable,
+                    "-c",
+                    CLIENT,
+                    str(sock),
+                    str(k),
+                    str(STREAMS_PER_CONNECTION),
+                    str(deadline),
+                    ",".join(names),
+                    "marker" if marker else "count",
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -288,18 +350,20 @@ def run_clients(
         res.threads_idle, res.threads_loaded = threads_idle, server.num_threads()
         p99s = []
         for _ in range(repeat):
-            time.sleep(0.5)
+            time.sleep(settle)
             t0 = time.time()
-            trigger()
+            mark = trigger()
+            go = f"go {mark}\n" if marker else "go\n"
             for p in procs:
                 assert p.stdin is not None
-                p.stdin.write("go\n")
+                p.stdin.write(go)
                 p.stdin.flush()
             lat: list[float] = []
             for p in procs:
                 assert p.stdout is not None
                 lat += [(t - t0) * 1000 for t in json.loads(p.stdout.readline())["rotated"]]
             p99s.append((pct(lat, 99), lat))
+            res.rounds.append(lat)
             if len(lat) < res.held:
                 res.note = f"{res.held - len(lat)} streams missed a rotation"
         res.lat_ms = sorted(p99s, key=lambda x: x[0])[len(p99s) // 2][1]  # the median round by p99
@@ -435,7 +499,9 @@ def bench_envoy(workdir: Path, rotations: int) -> None:
 
 
 BASELINES: dict[str, str] = {"bare grpc.aio": BARE_GRPC_AIO, "bare grpclib": BARE_GRPCLIB}
-"""Bare servers started per N with the same payload; SPIRE agent's SDS is the next entry (module doc)."""
+"""Bare servers started per N with the same payload. ``spire`` (``--baselines``) is SPIRE agent's own SDS,
+measured in ``bench/spire_sds.py`` against our server fed by that agent (module doc)."""
+SPIRE = "spire"
 
 
 @dataclass
@@ -469,11 +535,18 @@ def main() -> int:
     ap.add_argument(
         "--baselines",
         nargs="+",
-        default=list(BASELINES),
-        choices=list(BASELINES),
-        help="baselines to run beside ours (default: all; 'bare grpclib' is the one the goals use)",
+        default=[*BASELINES, SPIRE],
+        choices=[*BASELINES, SPIRE],
+        help="baselines to run beside ours (default: all; 'bare grpclib' is the one the goals use; "
+        "'spire': SPIRE agent's own SDS vs our server fed by that agent, bench/spire_sds.py)",
     )
+    ap.add_argument(
+        "--spire-max-n", type=int, default=1000, help="largest N for the SPIRE baseline (skipped above it)"
+    )
+    ap.add_argument("--envoy-starts", type=int, default=3, help="Envoy starts per SDS server (SPIRE part)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every process is stopped in finally
+    print(f"{load()} at start ({os.cpu_count()} CPUs)", flush=True)
     ns = [n for n in args.n if 0 < n <= 10000]
     work = Path(tempfile.mkdtemp(prefix="mb-bench-", dir="/tmp"))
     results: dict[int, dict[str, Result]] = {}
@@ -491,7 +564,7 @@ def main() -> int:
                 print(f"payload: {len(payload)} bytes (default + ROOTCA, as our server sends it)")
                 for n in ns:
                     results[n] = {}
-                    print(f"\n== N = {n} streams ==")
+                    print(f"\n== N = {n} streams ({load()}) ==")
                     r = run_clients(
                         work / "ours" / "sds.sock",
                         n,
@@ -503,7 +576,7 @@ def main() -> int:
                     )
                     print(r.line(), flush=True)
                     results[n]["ours"] = r
-                    for name in args.baselines:
+                    for name in (b for b in args.baselines if b in BASELINES):
                         sock = work / f"{name.split()[1]}-{n}.sock"
                         srv = start_bare(BASELINES[name], sock, a, b)
                         try:
@@ -530,6 +603,21 @@ def main() -> int:
         report(results, prints)
         if not args.skip_envoy:
             bench_envoy(work, args.rotations)
+        if SPIRE in args.baselines:
+            sys.modules.setdefault("sds_fanout", sys.modules[__name__])  # spire_sds uses *this* module
+            import spire_sds  # noqa: PLC0415 - bench/ is sys.path[0] when run as a script
+
+            spire_sds.run(
+                ns,
+                work,
+                deadline=args.deadline,
+                repeat=args.repeat,
+                max_n=args.spire_max_n,
+                envoy=not args.skip_envoy,
+                rotations=args.rotations,
+                starts=args.envoy_starts,
+            )
+        print(f"\n{load()} at the end", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
