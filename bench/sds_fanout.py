@@ -410,7 +410,9 @@ def start_ours(workdir: Path, api_address: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, *prefix, "-m", "bridge.cli", "--log-level", "warning", "--log-format", "json",
          "sds", "serve",
-         "--workload-api", api_address, "--listen", str(sock)],
+         "--workload-api", api_address, "--listen", str(sock),
+         # every bench client runs as this one uid; the per-uid cap (default 2,048) would refuse the rest
+         "--max-streams-per-uid", "20000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -541,7 +543,7 @@ def main() -> int:
         "'spire': SPIRE agent's own SDS vs our server fed by that agent, bench/spire_sds.py)",
     )
     ap.add_argument(
-        "--spire-max-n", type=int, default=1000, help="largest N for the SPIRE baseline (skipped above it)"
+        "--spire-max-n", type=int, default=10000, help="largest N for the SPIRE baseline (skipped above it)"
     )
     ap.add_argument("--envoy-starts", type=int, default=3, help="Envoy starts per SDS server (SPIRE part)")
     args = ap.parse_args()

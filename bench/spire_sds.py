@@ -372,4 +372,4 @@ if __name__ == "__main__":  # standalone: python bench/spire_sds.py [N ...]
 
     ns_ = [int(a) for a in sys.argv[1:]] or [100, 1000]
     with tempfile.TemporaryDirectory(prefix="mb-spire-", dir="/tmp") as tmp:
-        run(ns_, Path(tmp), deadline=120, repeat=3, max_n=1000, envoy=True, rotations=3, starts=3)
+        run(ns_, Path(tmp), deadline=120, repeat=3, max_n=10000, envoy=True, rotations=3, starts=3)
