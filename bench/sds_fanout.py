@@ -14,11 +14,11 @@ For each N (default: 100 and 1,000; add 10,000 with ``--n 100 1000 10000``):
   whether grpcio's runtime is mapped into it (``/proc/PID/maps``) are checked against issue 13 §4
   (idle ≤ 30 MB, ≤ 18 KB per stream, 1 thread, p99 @1,000 ≤ 1.3 times bare grpclib).
 
-Baselines are entries of :data:`BASELINES` (name → how to start it and trigger a push). SPIRE agent's own
-SDS (``bridge/spire_local.py``, issue 12 §4) goes there as one more entry: start ``local_spire``, register
-this uid, point the clients at the agent's socket, trigger with a federated bundle change
-(``server.bundle_set``), and report the trigger latency (bundle set → first stream updated) apart from
-the push spread (first → last stream updated) — :class:`Result` already records both.
+Baselines: the bare servers of :data:`BASELINES`, and ``spire`` (``--baselines``; on by default, every
+N up to ``--spire-max-n``): SPIRE agent's own SDS against our server fed by that same agent, both pushed by
+a federated-bundle change (``spire-server bundle set``), push spread (first → last stream) reported apart
+from trigger latency, plus real Envoy fed by each — see ``bench/spire_sds.py``. The load average is
+printed at the start, per N and at the end (the machine is shared).
 
 Also: real Envoy start → first secret (listener LIVE), and rotation → new certificate in ``/certs``.
 
