@@ -2,7 +2,8 @@
 
 What is applied: every YAML/JSON document of the rendering that is a Kubernetes object (``apiVersion``,
 ``kind``, ``metadata.name``) — today ``istio/peer-authentication.yaml``,
-``istio/authorization-policies.yaml`` and ``spire/cluster-spiffeids.yaml``. The ``IstioOperator`` is not:
+``istio/authorization-policies.yaml``, ``spire/cluster-spiffeids.yaml`` and, with federation,
+``spire/cluster-federated-trust-domains.yaml``. The ``IstioOperator`` is not:
 it is input to ``istioctl install -f``, which has no API server object behind it; :class:`Plan` lists it
 in ``not_applied`` and the CLI says so. SCONE sessions, SPIRE entries and templates are not Kubernetes
 objects.
@@ -68,6 +69,7 @@ PRUNABLE: tuple[tuple[str, str], ...] = (
     ("security.istio.io/v1", "PeerAuthentication"),
     ("security.istio.io/v1", "AuthorizationPolicy"),
     ("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID"),
+    ("spire.spiffe.io/v1alpha1", "ClusterFederatedTrustDomain"),
 )
 """Every kind meshbridge renders for the API server: ``--prune`` looks for stale objects of these."""
 

@@ -75,7 +75,7 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 @dataclass(frozen=True)
 class KubePki:
-    """Files: ``ca.crt``, ``apiserver.crt/.key``, ``admin.crt/.key``, ``sa.key`` (service account signer)."""
+    """Files: ``ca.crt``, ``apiserver.crt/.key``, ``admin.crt/.key``, ``sa.key/.pub`` (token signer)."""
 
     dir: Path
 
@@ -153,7 +153,13 @@ class KubePki:
             ],
         )
         leaf("admin", _name("meshbridge-test-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
-        (directory / "sa.key").write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
+        sa_key = ec.generate_private_key(ec.SECP256R1())
+        (directory / "sa.key").write_bytes(_pem_key(sa_key))
+        (directory / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         return cls(directory)
 
 
@@ -310,7 +316,7 @@ def run_apiserver(kube_apiserver: Path, etcd: Etcd, workdir: Path, prefix: str) 
                     "--service-account-issuer",
                     "https://kubernetes.default.svc.cluster.local",
                     "--service-account-key-file",
-                    str(pki.dir / "sa.key"),
+                    str(pki.dir / "sa.pub"),
                     "--service-account-signing-key-file",
                     str(pki.dir / "sa.key"),
                     "--service-cluster-ip-range",
