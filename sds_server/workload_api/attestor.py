@@ -35,6 +35,13 @@ process (its executable, its groups). Like SPIRE's agent (``peertracker``: "the 
 ≥ 6.5) and, *after* reading ``/proc``, checks that the process is still alive; if it is not, only the
 kernel-recorded uid/gid selectors (and ``socket:``) are kept and ``attest.caller_exited`` is logged. On
 kernels without ``SO_PEERPIDFD`` this check is not possible and is skipped.
+
+**Changed credentials.** SO_PEERCRED's uid/gid are those of ``connect()``; a process may change them
+later (a daemon that connects as root, then drops to ``nobody``, keeps its connection). Like SPIRE's agent
+(``pkg/common/peertracker/tracker_linux.go`` ``IsAlive``: "process uid … does not match original
+caller"), :meth:`UnixAttestor.attest_connection` compares the owner of ``/proc/PID`` with the recorded
+uid/gid and raises :class:`CallerChangedError` if they differ — the server answers ``Unauthenticated``,
+as SPIRE does, instead of handing the connect-time identity to a process that no longer holds it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ import struct
 from dataclasses import dataclass
 
 import structlog
+
+from sds_server.workload_api.errors import CallerChangedError
 
 __all__ = ["PeerCredentials", "UnixAttestor", "peer_credentials"]
 
@@ -103,6 +112,26 @@ def _supplementary_gids(pid: int) -> list[int]:
     return []
 
 
+def _check_same_owner(creds: PeerCredentials) -> None:
+    """Raise :class:`CallerChangedError` if ``/proc/PID`` is now owned by another uid/gid than the one
+    recorded at ``connect()`` (see "Changed credentials"). A vanished ``/proc/PID`` is left to the
+    pidfd check."""
+    try:
+        st = os.stat(f"/proc/{creds.pid}")
+    except OSError:
+        return
+    if st.st_uid != creds.uid:
+        log.warning("attest.caller_changed", pid=creds.pid, expect_uid=creds.uid, received_uid=st.st_uid)
+        raise CallerChangedError(
+            f"new process detected: process uid {st.st_uid} does not match original caller {creds.uid}"
+        )
+    if st.st_gid != creds.gid:
+        log.warning("attest.caller_changed", pid=creds.pid, expect_gid=creds.gid, received_gid=st.st_gid)
+        raise CallerChangedError(
+            f"new process detected: process gid {st.st_gid} does not match original caller {creds.gid}"
+        )
+
+
 class UnixAttestor:
     """Turns peer credentials into selectors; caches executable hashes by (path, inode, mtime, size)."""
 
@@ -145,7 +174,9 @@ class UnixAttestor:
             pidfd = int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
         except OSError as exc:
             if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):  # kernel < 6.5: no pidfd to check with
-                return creds, self.attest(creds, socket_name, with_sha256=with_sha256)
+                selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
+                _check_same_owner(creds)
+                return creds, selectors
             log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
             return creds, self._kernel_selectors(creds, socket_name)
         try:
@@ -157,6 +188,7 @@ class UnixAttestor:
                 return creds, self._kernel_selectors(creds, socket_name)
             except PermissionError:
                 pass  # it exists (we may just not signal it)
+            _check_same_owner(creds)
             return creds, selectors
         finally:
             os.close(pidfd)

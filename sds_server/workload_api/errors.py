@@ -5,6 +5,7 @@ Tree::
     WorkloadApiError              base
     ├── ConfigError               the YAML config is invalid (every problem with its path, at once)
     ├── CaError                   the local CA cannot load, mint or rotate
+    ├── CallerChangedError        the caller is no longer the process (uid/gid) that connected
     ├── JwtSvidError              a JWT-SVID is malformed, badly signed, expired or for another audience
     └── SocketError               a Workload API socket cannot be served (in use by a live server, …)
 
@@ -40,6 +41,10 @@ class ConfigError(WorkloadApiError):
 
 class CaError(WorkloadApiError):
     """The local CA cannot do what was asked."""
+
+
+class CallerChangedError(WorkloadApiError):
+    """The process behind a connection now runs as another uid/gid than when it connected."""
 
 
 class JwtSvidError(WorkloadApiError):

@@ -69,7 +69,7 @@ from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.attestor import UnixAttestor
 from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
 from sds_server.workload_api.config import Config, Entry, SocketConfig, check_sockets, load_config
-from sds_server.workload_api.errors import CaError, JwtSvidError, WorkloadApiError
+from sds_server.workload_api.errors import CaError, CallerChangedError, JwtSvidError, WorkloadApiError
 from sds_server.workload_api.jwt import jwks_document, validate_jwt_svid
 from sds_server.workload_api.sockets import bind_unix_socket
 
@@ -168,6 +168,11 @@ class _Servicer:
             )
         except OSError as exc:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
+        except CallerChangedError as exc:  # SPIRE's words (pkg/agent/endpoints/peertracker.go)
+            log.info("workload_api.denied", rpc=rpc, reason="caller changed", socket=self._socket_name)
+            raise GRPCError(
+                Status.UNAUTHENTICATED, f"could not verify existence of the original caller: {exc}"
+            ) from exc
         log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
         return selectors
 

@@ -301,6 +301,48 @@ print(json.dumps(run(sys.argv[1])))
 """
 
 
+_DROP_PROBE = """
+import json, os, sys, grpc
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+H = (("workload.spiffe.io", "true"),)
+# one channel, one connection (not shared with other channels), opened while still root
+ch = grpc.insecure_channel("unix:" + sys.argv[1], options=[("grpc.use_local_subchannel_pool", 1)])
+stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
+
+def call():
+    try:
+        r = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=H, timeout=10))
+        return ["OK", r.svids[0].spiffe_id]
+    except grpc.RpcError as e:
+        return [e.code().name, e.details() or ""]
+
+before = call()
+os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[2]))
+print(json.dumps({"as_root": before, "after_setuid_same_connection": call()}))
+"""
+
+
+def observe_dropped_privileges(t: Target) -> dict[str, Any]:
+    """A caller that connected as root, then became another uid, asks again on the same connection."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DROP_PROBE, str(t.socket), str(STRANGER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd="/",
+    )
+    data: dict[str, Any] = json.loads(out.stdout)
+    # SPIRE answers Unauthenticated and drops the connection (peertracker), so the client sees either
+    # UNAUTHENTICATED or UNAVAILABLE ("Stream removed"), by race; the embedded server answers
+    # UNAUTHENTICATED. What matters: the call is refused, no identity is handed out.
+    after = data["after_setuid_same_connection"]
+    data["after_setuid_same_connection"] = (
+        "refused" if after[0] in ("UNAUTHENTICATED", "UNAVAILABLE") else after
+    )
+    return data
+
+
 def observe_unregistered(t: Target) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(t.socket), _token(t), str(STRANGER)],
@@ -322,13 +364,14 @@ def _diff(spire: dict[str, Any], embedded: dict[str, Any], section: str) -> dict
     }
 
 
-@pytest.mark.parametrize("section", ["x509", "jwt", "errors", "unregistered"])
+@pytest.mark.parametrize("section", ["x509", "jwt", "errors", "unregistered", "dropped_privileges"])
 def test_same_observations_from_spire_and_embedded(targets: dict[str, Target], section: str) -> None:
     observe = {
         "x509": observe_x509,
         "jwt": observe_jwt,
         "errors": observe_errors,
         "unregistered": observe_unregistered,
+        "dropped_privileges": observe_dropped_privileges,
     }[section]
     spire = observe(targets["spire"])
     embedded = observe(targets["embedded"])

@@ -16,6 +16,7 @@ import pytest
 from sds_server.spiffe_id import SpiffeId
 from sds_server.workload_api.attestor import SO_PEERPIDFD, PeerCredentials, UnixAttestor, peer_credentials
 from sds_server.workload_api.config import Entry
+from sds_server.workload_api.errors import CallerChangedError
 
 
 def test_peer_credentials_are_the_kernels() -> None:
@@ -128,6 +129,40 @@ def test_a_reused_pid_is_not_attested_as_the_caller() -> None:
         if squatter is not None:
             squatter.kill()
             squatter.wait(10)
+        srv.close()
+        os.unlink(path)
+        os.rmdir(d)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid after connecting")
+def test_a_caller_that_changed_uid_after_connecting_is_refused_like_spire() -> None:
+    """Connected as root, then became 65534: not attested as root (SPIRE peertracker: "process uid …
+    does not match original caller"); the server answers Unauthenticated (tests/spire differential)."""
+    d = tempfile.mkdtemp(prefix="mb-", dir="/tmp")
+    path = os.path.join(d, "s.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    code = (
+        f"import os, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect({path!r}); "
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534); print('dropped', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
+    )
+    try:
+        conn, _ = srv.accept()
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == b"dropped"
+        message = "process uid 65534 does not match original caller 0"
+        with conn, pytest.raises(CallerChangedError, match=message):
+            UnixAttestor().attest_connection(conn, "mesh")
+    finally:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        child.stdin.close()
+        child.stdout.close()
+        child.wait(10)
         srv.close()
         os.unlink(path)
         os.rmdir(d)

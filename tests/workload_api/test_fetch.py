@@ -201,7 +201,9 @@ import os, sys, grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 def fetch(path):
-    ch = grpc.insecure_channel("unix:" + path)
+    # a connection of its own: grpc shares connections between channels to the same target, and one
+    # opened while still root stays root's (the server refuses it once its caller changed uid)
+    ch = grpc.insecure_channel("unix:" + path, options=[("grpc.use_local_subchannel_pool", 1)])
     stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
     try:
         r = next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(),
