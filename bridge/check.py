@@ -11,8 +11,16 @@ back (not the model) and checks that they agree with each other, the way the con
 * Ghostunnel ``--verify-uri`` is the target service's Istio SPIFFE ID;
 * the SVID/bundle sessions the app sessions import are the ones the SVIDStore templates name;
 * no SPIFFE ID is registered twice; Ghostunnel listen/status ports of one app do not clash;
+* with ``federation:`` (apps in their own trust domain): the target services' ``ClusterSPIFFEID``s
+  federate with the apps' trust domain and no other service's does (SPIRE then puts the apps' bundle in
+  the targets' ``ROOTCA`` only), a ``ClusterFederatedTrustDomain`` fetches it, the overlay admits it to
+  Istio's SAN check (``meshConfig.caCertificates[].trustDomains``) and runs the SDS server with
+  ``--rootca-all-bundles``, and each app's entry federates with the mesh's trust domain so its session
+  gets the mesh's CA from the federated-bundles session;
 * warnings: an ALLOW policy whose selector also selects another service's pods (over-admission), mesh
-  services sharing a service account (Ghostunnel cannot tell them apart by SPIFFE ID).
+  services sharing a service account (Ghostunnel cannot tell them apart by SPIFFE ID), and the exposure
+  an app in the mesh's own trust domain leaves (every mesh workload trusts its SVID; only policies keep
+  it out).
 
 :func:`consistency_problems` is what the property tests run on random specs.
 """
@@ -23,10 +31,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import yaml
+
 from bridge import render as layout
 from bridge.model import Bridge, ExternalApp, MeshService
 from bridge.render import render
 from bridge.rendering import Rendering
+from istio.mesh import SDS_CONTAINER_NAME
 
 _NAME_LINE = re.compile(r"^name:\s*(\S+)\s*$", re.MULTILINE)
 _SCHEME = "spiffe://"
@@ -181,6 +192,103 @@ def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
                 )
         problems += _session_problems(bridge, rendering, app, where)
     problems += _duplicate_ids(bridge)
+    problems += _federation_problems(bridge, rendering)
+    return problems
+
+
+def _docs_of_kind(rendering: Rendering, path: str, kind: str) -> list[dict[str, object]]:
+    if path not in rendering:
+        return []
+    return [d for d in rendering.yaml_documents(path) if d.get("kind") == kind]
+
+
+def _overlay_trust_domains(rendering: Rendering) -> set[str]:
+    """Trust domains Istio's inbound SAN check admits besides the mesh's, from the overlay."""
+    out: set[str] = set()
+    for doc in _docs_of_kind(rendering, layout.ISTIO_OPERATOR, "IstioOperator"):
+        mesh_config = _dict(_dict(doc.get("spec")).get("meshConfig"))
+        out.update(str(td) for td in _list(mesh_config.get("trustDomainAliases")))
+        for cert in _list(mesh_config.get("caCertificates")):
+            out.update(str(td) for td in _list(_dict(cert).get("trustDomains")))
+    return out
+
+
+def _sds_container_commands(rendering: Rendering) -> list[list[str]]:
+    """The ``meshbridge-sds`` command lines the overlay injects: in the sidecar template(s) and the
+    gateways' Deployment patches."""
+    out: list[list[str]] = []
+    for doc in _docs_of_kind(rendering, layout.ISTIO_OPERATOR, "IstioOperator"):
+        spec = _dict(doc.get("spec"))
+        templates = _dict(_dict(_dict(spec.get("values")).get("sidecarInjectorWebhook")).get("templates"))
+        for text in templates.values():
+            pod = yaml.safe_load(str(text)) if isinstance(text, str) else None
+            for c in _list(_dict(_dict(pod).get("spec")).get("initContainers")):
+                if _dict(c).get("name") == SDS_CONTAINER_NAME:
+                    out.append([str(w) for w in _list(_dict(c).get("command"))])
+        components = _dict(spec.get("components"))
+        for kind in ("ingressGateways", "egressGateways"):
+            for gw in _list(components.get(kind)):
+                for overlay in _list(_dict(_dict(gw).get("k8s")).get("overlays")):
+                    for patch in _list(_dict(overlay).get("patches")):
+                        for c in _list(_dict(patch).get("value")):
+                            if _dict(c).get("name") == SDS_CONTAINER_NAME:
+                                out.append([str(w) for w in _list(_dict(c).get("command"))])
+    return out
+
+
+def _federation_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
+    fed = bridge.federation
+    if fed is None:
+        return []
+    td = fed.trust_domain
+    problems: list[str] = []
+    where = f"federation ({td})"
+    targets = {t.service.key for a in bridge.apps if bridge.in_federation(a) for t in a.targets}
+    for i, svc in enumerate(bridge.services):
+        crds = _cluster_spiffe_ids_for(rendering, svc)
+        federates = any(td in _list(_dict(c.get("spec")).get("federatesWith")) for c in crds)
+        if svc.key in targets and not federates:
+            problems.append(
+                f"meshServices[{i}] ({svc.key}): no ClusterSPIFFEID selecting it federates with {td!r}: its "
+                "ROOTCA would not hold the apps' bundle and the sidecar would refuse their handshakes"
+            )
+        if svc.key not in targets and federates:
+            problems.append(
+                f"meshServices[{i}] ({svc.key}): its ClusterSPIFFEID federates with {td!r} although no app "
+                "in that trust domain targets it: its sidecar would trust every SVID the apps' SPIRE issues"
+            )
+    if not any(
+        _dict(d.get("spec")).get("trustDomain") == td
+        for d in _docs_of_kind(
+            rendering, layout.CLUSTER_FEDERATED_TRUST_DOMAINS, "ClusterFederatedTrustDomain"
+        )
+    ):
+        problems.append(
+            f"{where}: no ClusterFederatedTrustDomain for {td!r} in "
+            f"{layout.CLUSTER_FEDERATED_TRUST_DOMAINS}: the mesh's SPIRE would never fetch the apps' bundle"
+        )
+    if td not in _overlay_trust_domains(rendering):
+        problems.append(
+            f"{where}: {layout.ISTIO_OPERATOR}: meshConfig.caCertificates names no trustDomains {td!r}: "
+            "Istio's inbound SAN check admits only spiffe://<mesh td>/ and would refuse every app"
+        )
+    commands = _sds_container_commands(rendering)
+    if not commands or any("--rootca-all-bundles" not in c for c in commands):
+        problems.append(
+            f"{where}: {layout.ISTIO_OPERATOR}: a meshbridge-sds container runs without "
+            "--rootca-all-bundles: its ROOTCA would carry the mesh's bundle only, so no target trusts "
+            "the apps"
+        )
+    entries = rendering.text(layout.ENTRIES_SCRIPT)
+    for i, app in enumerate(bridge.apps):
+        if not bridge.in_federation(app):
+            continue
+        block = entries.split(f"-spiffeID {app.spiffe_id}", 1)[-1].split("ensure_entry", 1)[0]
+        if f"-federatesWith spiffe://{bridge.trust_domain}" not in block:
+            problems.append(
+                f"externalApps[{i}] ({app.name}): its SPIRE entry does not federate with "
+                f"{bridge.trust_domain!r}: the SVIDStore plugin would post no mesh CA for its session"
+            )
     return problems
 
 
@@ -211,6 +319,21 @@ def _session_problems(bridge: Bridge, rendering: Rendering, app: ExternalApp, wh
         if imp.get("secret") == "spire-ca" and bundle_name is not None and source != bundle_name.group(1):
             problems.append(
                 f"{where}: imports the bundle from {source!r}; the SVIDStore posts {bundle_name.group(1)!r}"
+            )
+        if imp.get("secret") == "spire-ca" and bridge.in_federation(app):
+            problems.append(
+                f"{where}: authenticates mesh services with its own trust domain's CA ({source!r}, "
+                "spire-ca); the mesh's CA reaches it in the federated-bundles session"
+            )
+        fed_name = _NAME_LINE.search(rendering.text(layout.SVIDSTORE_TEMPLATES["federated_bundles"]))
+        if (
+            imp.get("secret") == "spire-federated-bundles"
+            and fed_name is not None
+            and source != fed_name.group(1)
+        ):
+            problems.append(
+                f"{where}: imports the federated bundles from {source!r}; the SVIDStore posts "
+                f"{fed_name.group(1)!r}"
             )
     if app.mode == "ghostunnel":
         lines = _ghostunnel_lines(rendering, app)
@@ -258,6 +381,16 @@ def _model_warnings(bridge: Bridge) -> list[str]:
                     f"meshServices ({a.key}): labels {a.label_map} also select the pods of {b.key}: its "
                     f"AuthorizationPolicy admits {a.key}'s callers to {b.key} too"
                 )
+    mesh_td_apps = [(i, a) for i, a in enumerate(bridge.apps) if not bridge.in_federation(a)]
+    if mesh_td_apps:
+        names = ", ".join(f"externalApps[{i}] ({a.name})" for i, a in mesh_td_apps)
+        warnings.append(
+            f"{names}: SPIFFE ID(s) in the mesh's trust domain {bridge.trust_domain!r}: every mesh workload "
+            "trusts these SVIDs at the TLS handshake (STRICT mTLS checks the CA, not who it is); only "
+            "AuthorizationPolicies keep them out, and meshbridge renders those for the meshServices of this "
+            "spec alone: any other workload in the mesh without a policy naming them accepts their requests. "
+            "Declare 'federation:' to give the apps their own trust domain, trusted only by their targets"
+        )
     for i, app in enumerate(bridge.apps):
         if "outdated-tcb" in app.scone.tolerations and not app.scone.ignore_advisories:
             warnings.append(

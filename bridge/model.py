@@ -26,6 +26,7 @@ from scone.model import SvidStorePluginName, Toleration
 AppMode = Literal["network-shield", "ghostunnel"]
 CertSource = Literal["files", "workload-api"]
 GatewayKind = Literal["ingress", "egress"]
+BundleEndpointProfile = Literal["https_spiffe", "https_web"]
 SvidStorePlugin = SvidStorePluginName
 Protocol = Literal["http", "http2", "grpc", "tcp", "tls"]
 
@@ -35,6 +36,7 @@ CERT_SOURCES: tuple[CertSource, ...] = ("files", "workload-api")
 # The SCONE-side vocabularies are defined once, in scone.model (the renderer that consumes them).
 SVIDSTORE_PLUGINS: tuple[SvidStorePlugin, ...] = get_args(SvidStorePlugin)
 PROTOCOLS: tuple[Protocol, ...] = ("http", "http2", "grpc", "tcp", "tls")
+BUNDLE_ENDPOINT_PROFILES: tuple[BundleEndpointProfile, ...] = ("https_spiffe", "https_web")
 TOLERATIONS: tuple[Toleration, ...] = get_args(Toleration)
 
 API_VERSION = "meshbridge.io/v1alpha1"
@@ -214,6 +216,22 @@ class SpireSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Federation:
+    """The external apps' own trust domain, federated with the mesh's only where they are admitted.
+
+    Its SPIRE server (the one the SGX host's agent belongs to) serves its bundle at
+    ``bundle_endpoint_url``; the mesh's SPIRE fetches it through a ``ClusterFederatedTrustDomain`` and
+    hands it only to the pods whose ``ClusterSPIFFEID`` has ``federatesWith`` it (the apps' targets).
+    """
+
+    trust_domain: str
+    bundle_endpoint_url: str
+    profile: BundleEndpointProfile
+    endpoint_spiffe_id: str | None
+    """The bundle endpoint server's SPIFFE ID (``https_spiffe`` only)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Bridge:
     """A whole, validated bridge spec."""
 
@@ -222,6 +240,7 @@ class Bridge:
     services: tuple[MeshService, ...]
     apps: tuple[ExternalApp, ...]
     spire: SpireSettings
+    federation: Federation | None = None
     _callers: Mapping[str, tuple[ExternalApp, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -235,6 +254,20 @@ class Bridge:
     def callers_of(self, service: MeshService) -> tuple[ExternalApp, ...]:
         """External apps that declare ``service`` as a target, in spec order."""
         return self._callers.get(service.key, ())
+
+    def in_federation(self, app: ExternalApp) -> bool:
+        """Whether ``app``'s SPIFFE ID is in the federated (apps') trust domain, not the mesh's."""
+        return self.federation is not None and app.spiffe_id.startswith(
+            f"spiffe://{self.federation.trust_domain}/"
+        )
+
+    def federates_with(self, service: MeshService) -> tuple[str, ...]:
+        """Trust domains the service's SVID entry federates with: the apps' one, if an app in it calls."""
+        if self.federation is None:
+            return ()
+        if any(self.in_federation(a) for a in self.callers_of(service)):
+            return (self.federation.trust_domain,)
+        return ()
 
     def needs_dns_names(self, service: MeshService) -> bool:
         """Whether some caller authenticates ``service`` by DNS name (its SVID must carry the names)."""

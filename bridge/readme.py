@@ -96,6 +96,41 @@ def _parent_id_notes(bridge: Bridge) -> list[str]:
     ]
 
 
+def _federation_notes(bridge: Bridge) -> list[str]:
+    """What federation needs on both sides (SPIFFE Federation; SPIRE "Configuring federation")."""
+    fed = bridge.federation
+    if fed is None:
+        return [
+            f"The external apps' SPIFFE IDs are in the mesh's trust domain `{bridge.trust_domain}`: every "
+            "mesh workload trusts their SVIDs at the TLS handshake, and only the AuthorizationPolicies keep "
+            "them out (`meshbridge check` explains this exposure). Declare `federation:` in the spec to give "
+            "them their own trust domain, trusted only by their targets.",
+            "",
+        ]
+    targets = sorted({t.service.key for a in bridge.apps if bridge.in_federation(a) for t in a.targets})
+    return [
+        f"The external apps live in their own trust domain `{fed.trust_domain}`. The mesh's SPIRE fetches "
+        f"its bundle from `{fed.bundle_endpoint_url}` (`ClusterFederatedTrustDomain`) and hands it only to "
+        f"the pods whose ClusterSPIFFEID federates with it: {', '.join(f'`{t}`' for t in targets)}. Their "
+        "`meshbridge-sds` serves it in `ROOTCA` (`--rootca-all-bundles`); every other sidecar refuses the "
+        "apps' certificates at the handshake. The overlay admits the trust domain to Istio's own SAN check "
+        "(`meshConfig.caCertificates[].trustDomains`, Istio >= 1.16), not as a `trustDomainAlias` (an alias "
+        "would also let the apps' trust domain match mesh principals in AuthorizationPolicies).",
+        "",
+        f"The other direction: the SPIRE server of `{fed.trust_domain}` (the one the SGX host's agent "
+        f"belongs to) must federate with `{bridge.trust_domain}`: expose the mesh SPIRE server's bundle "
+        "endpoint (`federation { bundle_endpoint { ... } }` in its server.conf; the hardened chart's "
+        "`spire-server.federation.enabled=true`) and, on the apps' server, `spire-server federation create "
+        f"-trustDomain {bridge.trust_domain} -bundleEndpointURL <URL> -bundleEndpointProfile https_spiffe "
+        f"-endpointSpiffeID spiffe://{bridge.trust_domain}/spire/server "
+        "-trustDomainBundlePath <mesh bundle>` (first bundle from `spire-server bundle show -format spiffe` "
+        "on the mesh's server). The apps' entries "
+        f"federate with `{bridge.trust_domain}`, so the SVIDStore plugin posts the mesh's CA in "
+        f"`{bridge.spire.federated_bundles_session_name}`, which the app sessions import.",
+        "",
+    ]
+
+
 def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[str]) -> str:
     """Markdown for ``DIR/README.md``; ``docs`` are the other rendered documents (paths decide steps)."""
     cas_apps = [a for a in bridge.apps if not (a.ghostunnel and a.ghostunnel.cert_source == "workload-api")]
@@ -118,9 +153,15 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
         + ") turns these into entries; pods without one never become Ready.",
         "",
         "```sh",
+        *(
+            ["kubectl apply -f spire/cluster-federated-trust-domains.yaml"]
+            if "spire/cluster-federated-trust-domains.yaml" in docs
+            else []
+        ),
         "kubectl apply -f spire/cluster-spiffeids.yaml",
         "```",
         "",
+        *_federation_notes(bridge),
     ]
     dns = [s for s in bridge.services if bridge.carries_dns_names(s)]
     if dns:
@@ -216,7 +257,14 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
             out.append(f"scone cas set-default {_q(cas)}")
         hash_file = f"{a.name}.session-hash"
         out.append(f"scone session create scone/{a.name}/session.yaml | tee {_q(hash_file)}")
-    out += ["```", "", "## 6. SPIRE entries of the external apps", "", "```sh"]
+    out += ["```", "", "## 6. SPIRE entries of the external apps", ""]
+    if bridge.federation is not None:
+        out += [
+            f"Run it against the SPIRE server of `{bridge.federation.trust_domain}` (`SPIRE_SERVER=...`), "
+            "after the federation relationship above exists (`-federatesWith` names it).",
+            "",
+        ]
+    out += ["```sh"]
     args = " ".join(f"{_q(a.scone.qualified_session_name)}=@{_q(a.name + '.session-hash')}" for a in cas_apps)
     out.append(f"spire/register-entries.sh {args}".rstrip())
     out += ["```", ""]

@@ -7,10 +7,13 @@ documents under these relative paths (the layout ``meshbridge render -o DIR`` wr
 * ``README.md`` - what to apply, in order, with the exact commands;
 * ``istio/istio-operator.yaml`` - ``IstioOperator`` overlay for ``istioctl install -f``;
 * ``istio/peer-authentication.yaml`` - mesh-wide STRICT ``PeerAuthentication``;
-* ``istio/authorization-policies.yaml`` - one ALLOW ``AuthorizationPolicy`` per called service (a list:
-  multi-document YAML);
+* ``istio/authorization-policies.yaml`` - per mesh service, an ALLOW ``AuthorizationPolicy`` (when the
+  spec lists its in-mesh callers) or a DENY one naming the declared apps that do not target it (in-mesh
+  traffic untouched); a list: multi-document YAML;
 * ``spire/cluster-spiffeids.yaml`` - one ``ClusterSPIFFEID`` per mesh service, then one per gateway
   the overlay puts on SPIRE (a list);
+* ``spire/cluster-federated-trust-domains.yaml`` - with ``federation:``, the ``ClusterFederatedTrustDomain``
+  through which the mesh's SPIRE fetches the apps' trust domain bundle;
 * ``spire/register-entries.sh`` - ``spire-server entry create`` for the external apps (0755; takes the
   CAS session hashes as ``SESSION=HASH|@FILE|-`` arguments and refuses to run without them);
 * ``spire/entries.json`` - the same for ``spire-server entry create -data``; present only when
@@ -43,6 +46,7 @@ from bridge.rendering import Document, Rendering
 
 __all__ = [
     "AUTHORIZATION_POLICIES",
+    "CLUSTER_FEDERATED_TRUST_DOMAINS",
     "CLUSTER_SPIFFEIDS",
     "ENTRIES_JSON",
     "ENTRIES_SCRIPT",
@@ -62,6 +66,7 @@ ISTIO_OPERATOR = "istio/istio-operator.yaml"
 PEER_AUTHENTICATION = "istio/peer-authentication.yaml"
 AUTHORIZATION_POLICIES = "istio/authorization-policies.yaml"
 CLUSTER_SPIFFEIDS = "spire/cluster-spiffeids.yaml"
+CLUSTER_FEDERATED_TRUST_DOMAINS = "spire/cluster-federated-trust-domains.yaml"
 ENTRIES_JSON = "spire/entries.json"
 ENTRIES_SCRIPT = "spire/register-entries.sh"
 SVIDSTORE_HCL = "spire/agent-svidstore.hcl"
@@ -90,6 +95,20 @@ def istio_service(service: MeshService) -> istio.MeshService:
     )
 
 
+def peer_trust_domains(bridge: Bridge) -> tuple[istio.PeerTrustDomain, ...]:
+    fed = bridge.federation
+    if fed is None:
+        return ()
+    return (
+        istio.PeerTrustDomain(
+            trust_domain=fed.trust_domain,
+            bundle_endpoint_url=fed.bundle_endpoint_url,
+            profile=fed.profile,
+            endpoint_spiffe_id=fed.endpoint_spiffe_id,
+        ),
+    )
+
+
 def overlay_params(bridge: Bridge) -> istio.OverlayParams:
     mount, socket_name = posixpath.split(bridge.mesh.sds.workload_api_socket)
     return istio.OverlayParams(
@@ -104,6 +123,7 @@ def overlay_params(bridge: Bridge) -> istio.OverlayParams:
         ),
         workload_api_mount=mount or "/",
         workload_api_socket_name=socket_name,
+        peer_trust_domains=peer_trust_domains(bridge),
     )
 
 
@@ -122,6 +142,7 @@ def cluster_spiffe_id_params(bridge: Bridge, service: MeshService) -> istio.Clus
         dns_names=bridge.carries_dns_names(service),
         class_name=bridge.spire.class_name,
         cluster_domain=bridge.mesh.cluster_domain,
+        federates_with=bridge.federates_with(service),
     )
 
 
@@ -140,6 +161,9 @@ def app_entry(bridge: Bridge, app: ExternalApp) -> istio.ExternalAppEntry:
         cas_session=app.scone.qualified_session_name if stores_svid_in_cas(app) else None,
         selectors=selectors,
         x509_svid_ttl=bridge.spire.svid_ttl,
+        # an app in its own trust domain federates with the mesh's: the SVIDStore plugin then posts
+        # the mesh's bundle in the federated-bundles session, which the app's session imports
+        federates_with=(bridge.trust_domain,) if bridge.in_federation(app) else (),
     )
 
 
@@ -150,11 +174,13 @@ def entries_params(bridge: Bridge) -> istio.EntriesParams:
     )
 
 
-def svidstore_sessions(bridge: Bridge) -> scone.SvidStoreSessions:
+def svidstore_sessions(bridge: Bridge, app: ExternalApp | None = None) -> scone.SvidStoreSessions:
+    """The SVIDStore session names; for ``app``, also where its session finds the mesh's CA."""
     return scone.SvidStoreSessions(
         plugin=bridge.spire.svidstore_plugin,
         bundle_session=bridge.spire.bundle_session_name,
         federated_bundles_session=bridge.spire.federated_bundles_session_name,
+        mesh_bundle_federated=app is not None and bridge.in_federation(app),
     )
 
 
@@ -192,7 +218,7 @@ def network_shield_app(bridge: Bridge, app: ExternalApp) -> scone.NetworkShieldA
         attestation=scone.Attestation(
             tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories
         ),
-        svidstore=svidstore_sessions(bridge),
+        svidstore=svidstore_sessions(bridge, app),
         server_auth=app.server_auth,
     )
 
@@ -227,7 +253,7 @@ def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
         attestation=scone.Attestation(
             tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories
         ),
-        svidstore=svidstore_sessions(bridge),
+        svidstore=svidstore_sessions(bridge, app),
     )
 
 
@@ -259,9 +285,10 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
             if bridge.callers_of(service) and (service.mesh_principals or service.mesh_namespaces):
                 # the spec lists the in-mesh callers: one ALLOW policy admits them and the apps
                 policies.append(istio.render_authorization_policy(authorization_params(bridge, service)))
-            elif bridge.callers_of(service):
-                # no in-mesh callers declared: an ALLOW policy would deny all of them the moment it is
-                # applied; a DENY policy refuses the other declared apps and leaves the mesh alone
+            else:
+                # no in-mesh callers declared (or no app calls it): an ALLOW policy would deny every
+                # in-mesh caller the moment it is applied; a DENY policy refuses the declared apps that
+                # do not target the service and leaves the mesh alone
                 params = authorization_params(bridge, service)
                 others = tuple(
                     a.spiffe_id for a in bridge.apps if a.spiffe_id not in params.allowed_spiffe_ids
@@ -285,6 +312,13 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
             raise _renderer_failed(f"mesh.gateways[{index}] ({gateway.name})", exc) from exc
     docs[AUTHORIZATION_POLICIES] = policies
     docs[CLUSTER_SPIFFEIDS] = crds
+    for peer in peer_trust_domains(bridge):
+        try:
+            docs[CLUSTER_FEDERATED_TRUST_DOMAINS] = istio.render_cluster_federated_trust_domain(
+                istio.FederatedTrustDomainParams(peer=peer, class_name=bridge.spire.class_name)
+            )
+        except istio.IstioError as exc:
+            raise _renderer_failed("federation", exc) from exc
 
 
 def _render_spire(

@@ -21,6 +21,7 @@ The document (camelCase keys)::
        scone: {casAddress, casNamespace, sessionName, serviceName, mrenclaves, command, pwd, tolerations},
        ghostunnel: {binary, certSource, workloadApiAddr, workloadApiSelectors, certDir, timedReload,
                     statusPort}}
+    federation: {trustDomain, bundleEndpointURL, bundleEndpointProfile, endpointSpiffeId}
     spire: {svidstorePlugin, parentId, casConnection, casClientCertificate, casClientKey,
             trustAnchorCertificate, casPredecessorDir, templatesDir, bundleSessionName,
             federatedBundlesSessionName, clusterName, className, svidTtl}
@@ -39,13 +40,16 @@ from bridge.errors import SpecError
 from bridge.model import (
     API_VERSION,
     APP_MODES,
+    BUNDLE_ENDPOINT_PROFILES,
     GATEWAY_KINDS,
     KIND,
     PROTOCOLS,
     SVIDSTORE_PLUGINS,
     AppMode,
     Bridge,
+    BundleEndpointProfile,
     ExternalApp,
+    Federation,
     Gateway,
     GatewayKind,
     GhostunnelSettings,
@@ -80,7 +84,17 @@ DEFAULT_CLASS_NAME = "spire-server-spire"
 ignored (spire-controller-manager ``className``/``watchClassless`` settings)."""
 VOLATILE_DIRS = ("/run/", "/var/run/", "/tmp/", "/dev/shm/")  # noqa: S108 - names paths to refuse, creates none
 
-_TOP_KEYS = ("apiVersion", "kind", "trustDomain", "mesh", "meshServices", "externalApps", "spire")
+_TOP_KEYS = (
+    "apiVersion",
+    "kind",
+    "trustDomain",
+    "mesh",
+    "meshServices",
+    "externalApps",
+    "federation",
+    "spire",
+)
+_FEDERATION_KEYS = ("trustDomain", "bundleEndpointURL", "bundleEndpointProfile", "endpointSpiffeId")
 _MESH_KEYS = ("istioNamespace", "revision", "profile", "clusterDomain", "sds", "gateways")
 _GATEWAY_KEYS = ("name", "kind", "labels", "namespace")
 _CALLER_KEYS = ("principals", "namespaces")
@@ -142,8 +156,17 @@ def parse_document(raw: object) -> Bridge:
     td = _trust_domain(r, top)
     mesh = _mesh(r, r.mapping(top.get("mesh"), "mesh", _MESH_KEYS))
     services = _services(r, top, td or "example.invalid", mesh.cluster_domain)
-    spire = _spire(r, r.mapping(top.get("spire"), "spire", _SPIRE_KEYS), td)
-    apps = _apps(r, top, td, services, spire)
+    federation = (
+        _federation(r, r.mapping(top["federation"], "federation", _FEDERATION_KEYS), td)
+        if top.get("federation") is not None
+        else None
+    )
+    # an invalid federation block is reported once; the apps' trust domain is then unknown (no cascade)
+    apps_td = (
+        federation.trust_domain if federation is not None else (td if top.get("federation") is None else None)
+    )
+    spire = _spire(r, r.mapping(top.get("spire"), "spire", _SPIRE_KEYS), apps_td)
+    apps = _apps(r, top, td, services, spire, federation=federation)
     if isinstance(raw, dict) and "spire" not in top:
         r.note("spire", "required (SVIDStore plugin and CAS connection)")
     _cross_checks(r, services, apps, spire)
@@ -153,7 +176,62 @@ def parse_document(raw: object) -> Bridge:
             shown.append(f"<spec>: {len(r.problems) - MAX_PROBLEMS} more problems not shown")
         raise SpecError(shown)
     assert td is not None  # no problems means the trust domain parsed
-    return Bridge(trust_domain=td, mesh=mesh, services=services, apps=apps, spire=spire)
+    return Bridge(
+        trust_domain=td, mesh=mesh, services=services, apps=apps, spire=spire, federation=federation
+    )
+
+
+def _federation(r: Reader, m: Mapping[str, object], mesh_td: str | None) -> Federation | None:
+    """``federation:``: the external apps' own trust domain (SPIFFE Federation: bundle endpoint URL and
+    profile, as spire-controller-manager's ``ClusterFederatedTrustDomain`` takes them)."""
+    path = "federation"
+    raw_td = m.get("trustDomain")
+    td: str | None = None
+    if raw_td is None:
+        r.note(
+            f"{path}.trustDomain", "required (the external apps' own trust domain, e.g. 'apps.example.org')"
+        )
+    elif not isinstance(raw_td, str):
+        r.bad(f"{path}.trustDomain", raw_td, "must be a string")
+    else:
+        try:
+            td = TrustDomain.parse(raw_td).name
+        except SpiffeIdError as exc:
+            r.note(f"{path}.trustDomain", str(exc))
+        if td is not None and td == mesh_td:
+            r.bad(
+                f"{path}.trustDomain",
+                raw_td,
+                "must differ from the mesh's trustDomain (federation joins two trust domains)",
+            )
+            td = None
+    url = r.string(m, "bundleEndpointURL", path, check=_bundle_url) if m else None
+    profile: BundleEndpointProfile = r.choice(  # type: ignore[assignment]
+        m, "bundleEndpointProfile", path, BUNDLE_ENDPOINT_PROFILES, "https_spiffe"
+    )
+    endpoint_id: str | None = None
+    raw_id = m.get("endpointSpiffeId")
+    if profile == "https_spiffe":
+        if raw_id is not None:
+            endpoint_id = r.spiffe_id(raw_id, f"{path}.endpointSpiffeId", td)
+        elif td is not None:
+            endpoint_id = f"spiffe://{td}/spire/server"  # SPIRE server's own ID
+    elif raw_id is not None:
+        r.note(f"{path}.endpointSpiffeId", "only for bundleEndpointProfile 'https_spiffe'")
+    if td is None or url is None:
+        return None
+    return Federation(
+        trust_domain=td, bundle_endpoint_url=url, profile=profile, endpoint_spiffe_id=endpoint_id
+    )
+
+
+def _bundle_url(value: str) -> str | None:
+    if not value.startswith("https://"):
+        return "must be an https:// URL (SPIFFE bundle endpoints are served over TLS)"
+    rest = value.removeprefix("https://")
+    if "@" in rest.split("/", 1)[0]:
+        return "must not contain user info"
+    return names.host_port(rest.split("/", 1)[0], port_required=False)
 
 
 def _trust_domain(r: Reader, top: Mapping[str, object]) -> str | None:
@@ -373,7 +451,15 @@ def _apps(
     td: str | None,
     services: tuple[MeshService, ...],
     spire: SpireSettings,
+    *,
+    federation: Federation | None = None,
 ) -> tuple[ExternalApp, ...]:
+    """External apps. With ``federation``, their SPIFFE IDs default to (and may be in) the apps' trust
+    domain; an ID in the mesh's trust domain stays possible (``check`` explains the exposure)."""
+    apps_td = federation.trust_domain if federation is not None else td
+    if federation is None and top.get("federation") is not None:
+        apps_td = None  # invalid federation block: reported already
+    allowed_tds = {t for t in (td, apps_td) if t is not None}
     out: list[ExternalApp] = []
     seen: dict[str, str] = {}
     for i, raw in enumerate(r.seq(top, "externalApps", "", required=True)):
@@ -388,12 +474,14 @@ def _apps(
         if "mode" not in m:
             r.note(f"{path}.mode", f"required (one of {', '.join(repr(x) for x in APP_MODES)})")
         spiffe_id = (
-            r.spiffe_id(m["spiffeId"], f"{path}.spiffeId", td)
+            _app_id(r, m["spiffeId"], f"{path}.spiffeId", allowed_tds)
             if m.get("spiffeId") is not None
-            else (f"spiffe://{td}/external/{name}" if td and name else None)
+            else (f"spiffe://{apps_td}/external/{name}" if apps_td and name else None)
         )
         parent_raw = m.get("parentId")
-        parent = spire.parent_id if parent_raw is None else r.spiffe_id(parent_raw, f"{path}.parentId", td)
+        parent = (
+            spire.parent_id if parent_raw is None else r.spiffe_id(parent_raw, f"{path}.parentId", apps_td)
+        )
         if parent_raw is None and not spire.parent_id:
             r.note(
                 f"{path}.parentId", "required (or set spire.parentId): the SPIRE agent that stores the SVID"
@@ -431,6 +519,17 @@ def _apps(
             )
         )
     return tuple(out)
+
+
+def _app_id(r: Reader, raw: object, path: str, allowed: set[str]) -> str | None:
+    sid = r.spiffe_id(raw, path, None)
+    if sid is None:
+        return None
+    td = sid.removeprefix("spiffe://").split("/", 1)[0]
+    if td not in allowed:
+        r.bad(path, raw, f"must be in the trust domain {' or '.join(repr(t) for t in sorted(allowed))}")
+        return None
+    return sid
 
 
 def _https_url(value: str) -> str | None:

@@ -144,6 +144,11 @@ def sds_container(params: OverlayParams) -> dict[str, object]:
             socket,
             "--socket-owner",
             str(params.proxy_uid),
+            # Federation: ROOTCA carries every bundle the Workload API gives this pod as a SPIFFE
+            # validator (each trust domain checked against its own bundle). SPIRE gives a pod the
+            # bundles of the trust domains its entry federates with, and only those, so a pod whose
+            # ClusterSPIFFEID has no federatesWith keeps trusting the mesh's bundle alone.
+            *(["--rootca-all-bundles"] if params.peer_trust_domains else []),
         ],
         "startupProbe": {
             "exec": {"command": ["test", "-S", socket]},

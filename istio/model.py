@@ -74,6 +74,15 @@ class PeerTrustDomain:
 
 
 @dataclass(frozen=True, slots=True)
+class FederatedTrustDomainParams:
+    """One ``ClusterFederatedTrustDomain``: how the mesh's SPIRE fetches ``peer``'s bundle."""
+
+    peer: PeerTrustDomain
+    class_name: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OverlayParams:
     """Everything the ``IstioOperator`` overlay needs.
 

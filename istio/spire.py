@@ -29,6 +29,7 @@ from istio.model import (
     ClusterSpiffeIdParams,
     EntriesParams,
     ExternalAppEntry,
+    FederatedTrustDomainParams,
     Gateway,
     MeshService,
     Selector,
@@ -41,6 +42,7 @@ __all__ = [
     "cluster_spiffe_id_name",
     "entry_selectors",
     "mesh_spiffe_id",
+    "render_cluster_federated_trust_domain",
     "render_cluster_spiffe_id",
     "render_entries_json",
     "render_entries_script",
@@ -139,6 +141,54 @@ def render_gateway_cluster_spiffe_id(
     return {
         "apiVersion": SPIRE_API_VERSION,
         "kind": "ClusterSPIFFEID",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) -> dict[str, object]:
+    """The ``ClusterFederatedTrustDomain`` through which the mesh's SPIRE server fetches ``peer``'s
+    bundle from its bundle endpoint (spire-controller-manager ``spire.spiffe.io/v1alpha1``; the
+    ``https_spiffe`` profile needs the endpoint's SPIFFE ID, ``https_web`` authenticates it by Web PKI).
+
+    Federating a trust domain only makes its bundle *available*: SPIRE hands it to the pods whose
+    entries name it in ``federatesWith``, nobody else.
+    """
+    peer = params.peer
+    problems: list[str] = []
+    if not _TRUST_DOMAIN.match(peer.trust_domain) or len(peer.trust_domain) > 255:
+        problems.append(f"peer.trust_domain: {peer.trust_domain!r}: a trust domain name")
+    url = peer.bundle_endpoint_url
+    authority = url.removeprefix("https://").split("/", 1)[0]
+    if not url.startswith("https://") or not authority or "@" in authority or any(c.isspace() for c in url):
+        problems.append(f"peer.bundle_endpoint_url: {url!r}: an https:// URL without user info")
+    if peer.profile not in ("https_spiffe", "https_web"):
+        problems.append(f"peer.profile: {peer.profile!r}: 'https_spiffe' or 'https_web'")
+    if peer.profile == "https_spiffe" and (
+        peer.endpoint_spiffe_id is None or not _SPIFFE_ID.match(peer.endpoint_spiffe_id)
+    ):
+        problems.append(
+            f"peer.endpoint_spiffe_id: {peer.endpoint_spiffe_id!r}: the bundle endpoint's SPIFFE ID "
+            "(required by the https_spiffe profile)"
+        )
+    name = params.name if params.name is not None else peer.trust_domain.replace("_", "-")
+    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+        problems.append(f"name: {name!r}: a DNS-1123 subdomain")
+    if problems:
+        raise IstioError("\n".join(problems))
+    profile: dict[str, object] = {"type": peer.profile}
+    if peer.profile == "https_spiffe":
+        profile["endpointSPIFFEID"] = peer.endpoint_spiffe_id
+    spec: dict[str, object] = {
+        "trustDomain": peer.trust_domain,
+        "bundleEndpointURL": url,
+        "bundleEndpointProfile": profile,
+    }
+    if params.class_name is not None:
+        spec["className"] = params.class_name
+    return {
+        "apiVersion": SPIRE_API_VERSION,
+        "kind": "ClusterFederatedTrustDomain",
         "metadata": {"name": name},
         "spec": spec,
     }

@@ -22,12 +22,12 @@ import shlex
 from scone.errors import SconeError
 from scone.model import GhostunnelApp, GhostunnelTunnel, RenderedSession, RenderWarning
 from scone.session import (
-    SERVER_CA_PEM,
     SVID_CERT_CHAIN_PEM,
     SVID_KEY_PEM,
     attestation_section,
     check_common,
     check_service_name,
+    server_ca_pem,
     svid_imports,
 )
 
@@ -145,7 +145,8 @@ def ghostunnel_warnings(tunnel: GhostunnelTunnel) -> tuple[RenderWarning, ...]:
         return ()
     return (
         RenderWarning(
-            "listen_host", tunnel.listen_host,
+            "listen_host",
+            tunnel.listen_host,
             "the plaintext side listens beyond loopback (--unsafe-listen): anyone who reaches it speaks "
             "to the mesh with this app's identity",
         ),
@@ -164,8 +165,9 @@ def render_ghostunnel_session(app: GhostunnelApp) -> RenderedSession:
     CAS injects into the enclave after attestation; ``workload-api`` tunnels need no secrets.
     """
     problems: list[str] = []
-    check_common(problems, session_name=app.session_name, mrenclaves=app.mrenclaves,
-                 version=app.version, pwd=app.pwd)
+    check_common(
+        problems, session_name=app.session_name, mrenclaves=app.mrenclaves, version=app.version, pwd=app.pwd
+    )
     if not app.binary.startswith("/") or any(c.isspace() for c in app.binary):
         problems.append(f"binary: {app.binary!r}: the absolute path of Ghostunnel in the image")
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", app.image_name):
@@ -218,7 +220,7 @@ def render_ghostunnel_session(app: GhostunnelApp) -> RenderedSession:
                 "injection_files": [
                     {"path": files.cert, "content": SVID_CERT_CHAIN_PEM},
                     {"path": files.key, "content": SVID_KEY_PEM},
-                    {"path": files.cacert, "content": SERVER_CA_PEM},
+                    {"path": files.cacert, "content": server_ca_pem(app.svidstore)},
                 ],
             }
         ]

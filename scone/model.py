@@ -78,6 +78,10 @@ class SvidStoreSessions:
     svid_session_prefix: str = "spire-svid-"
     bundle_session: str = "spire-ca"
     federated_bundles_session: str = "spire-federated-bundles"
+    mesh_bundle_federated: bool = False
+    """The apps live in their own trust domain, federated with the mesh's: the mesh's CA reaches them
+    in the federated-bundles session (the bundles of the trust domains their entries federate with),
+    not in the bundle session (their own trust domain's CA)."""
 
     def svid_session(self, app_session: str) -> str:
         """The name of the session holding the SVID of the app whose session is ``app_session``."""

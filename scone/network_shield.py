@@ -21,10 +21,10 @@ from scone.errors import SconeError
 from scone.model import MeshTarget, NetworkShieldApp, RenderedSession, RenderWarning
 from scone.session import (
     IDENTITY_PEM,
-    SERVER_CA_PEM,
     attestation_section,
     check_common,
     check_service_name,
+    server_ca_pem,
     svid_imports,
 )
 
@@ -60,15 +60,16 @@ def shield_environment(app: NetworkShieldApp) -> dict[str, str]:
         env[f"{client}_DESTINATION"] = f"TCP:{target.dns_name}:{target.port}"
         env[f"{client}_DESTINATION_IP"] = target.destination_ip
         env[f"{client}_IDENTITY"] = IDENTITY_PEM
-        env[f"{client}_SERVER_AUTH"] = SERVER_CA_PEM if app.server_auth else "disabled"
+        env[f"{client}_SERVER_AUTH"] = server_ca_pem(app.svidstore) if app.server_auth else "disabled"
     return env
 
 
 def render_network_shield_session(app: NetworkShieldApp) -> RenderedSession:
     """The app's CAS session (language v0.3): the service, its shield variables, the SVID imports."""
     problems: list[str] = []
-    check_common(problems, session_name=app.session_name, mrenclaves=app.mrenclaves,
-                 version=app.version, pwd=app.pwd)
+    check_common(
+        problems, session_name=app.session_name, mrenclaves=app.mrenclaves, version=app.version, pwd=app.pwd
+    )
     check_service_name(problems, "service_name", app.service_name)
     if not app.command.strip():
         problems.append(f"command: {app.command!r}: the command line the enclave runs")
@@ -96,9 +97,10 @@ def render_network_shield_session(app: NetworkShieldApp) -> RenderedSession:
     if not app.server_auth:
         warnings.append(
             RenderWarning(
-                "server_auth", "false",
+                "server_auth",
+                "false",
                 f"{PREFIX}_CLIENT_<n>_SERVER_AUTH=disabled: the shield does not authenticate the mesh "
-                "service (\"This is insecure!\"); anyone on the path can impersonate it",
+                'service ("This is insecure!"); anyone on the path can impersonate it',
             )
         )
     service: dict[str, object] = {"name": app.service_name}

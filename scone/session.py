@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from scone.model import Attestation, RenderWarning, SvidStoreSessions
-from scone.svidstore import SVID_SECRET, TRUST_BUNDLE_SECRET
+from scone.svidstore import FEDERATED_BUNDLES_SECRET, SVID_SECRET, TRUST_BUNDLE_SECRET
 
 __all__ = [
     "IDENTITY_PEM",
@@ -20,6 +20,8 @@ __all__ = [
     "SVID_KEY_PEM",
     "attestation_section",
     "check_common",
+    "mesh_ca_secret",
+    "server_ca_pem",
     "svid_imports",
 ]
 
@@ -28,7 +30,22 @@ SVID_CERT_CHAIN_PEM = f"$$SCONE::{SVID_SECRET}:crt$$\n$$SCONE::{SVID_SECRET}:cha
 IDENTITY_PEM = f"{SVID_KEY_PEM}\n{SVID_CERT_CHAIN_PEM}"
 """Network-shield identity: PKCS#8 key, end-entity certificate, then the chain (shield docs)."""
 SERVER_CA_PEM = f"$$SCONE::{TRUST_BUNDLE_SECRET}:crt$$"
-"""The mesh trust bundle (SPIRE CA) imported from the SVIDStore bundle session."""
+"""The mesh trust bundle (SPIRE CA) imported from the SVIDStore bundle session (one trust domain)."""
+
+
+def mesh_ca_secret(sessions: SvidStoreSessions) -> tuple[str, str]:
+    """(session, secret) holding the mesh's CA: the bundle session when apps share the mesh's trust
+    domain, the federated-bundles session when they have their own (their SPIRE's own bundle is then
+    *their* CA, useless for authenticating a mesh service)."""
+    if sessions.mesh_bundle_federated:
+        return sessions.federated_bundles_session, FEDERATED_BUNDLES_SECRET
+    return sessions.bundle_session, TRUST_BUNDLE_SECRET
+
+
+def server_ca_pem(sessions: SvidStoreSessions) -> str:
+    """The injection string of the mesh's CA certificates (what authenticates a mesh service)."""
+    return f"$$SCONE::{mesh_ca_secret(sessions)[1]}:crt$$"
+
 
 _SESSION = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 _SERVICE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -72,12 +89,8 @@ def svid_imports(app_session: str, sessions: SvidStoreSessions, *, bundle: bool)
         },
     ]
     if bundle:
-        out.append(
-            {
-                "name": TRUST_BUNDLE_SECRET,
-                "import": {"session": sessions.bundle_session, "secret": TRUST_BUNDLE_SECRET},
-            }
-        )
+        session, secret = mesh_ca_secret(sessions)
+        out.append({"name": secret, "import": {"session": session, "secret": secret}})
     return out
 
 
@@ -94,7 +107,8 @@ def attestation_section(
         if "debug-mode" in attestation.tolerate:
             warnings.append(
                 RenderWarning(
-                    "attestation.tolerate", "debug-mode",
+                    "attestation.tolerate",
+                    "debug-mode",
                     "a debug-mode enclave can be inspected by the host: its SVID key is not protected",
                 )
             )
@@ -109,7 +123,8 @@ def attestation_section(
             body["ignore_advisories"] = "*"
             warnings.append(
                 RenderWarning(
-                    "attestation.ignore_advisories", "*",
+                    "attestation.ignore_advisories",
+                    "*",
                     "every Intel security advisory is ignored, including future ones",
                 )
             )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +18,16 @@ from bridge.rendering import Document, Rendering
 from bridge.spec import load_spec, parse_document
 from tests.bridge.strategies import EXAMPLE
 
+FEDERATED_EXAMPLE = EXAMPLE.with_name("bridge-federated.yaml")
+
 BRIDGE = load_spec(EXAMPLE)
+FEDERATED = load_spec(FEDERATED_EXAMPLE)
+
+
+def _bridge(mutate: Callable[[dict[str, object]], None], example: Path = FEDERATED_EXAMPLE) -> Bridge:
+    raw = yaml.safe_load(example.read_text())
+    mutate(raw)
+    return parse_document(raw)
 
 
 def _tampered(edit: Callable[[dict[str, Document]], None]) -> Rendering:
@@ -133,17 +144,142 @@ def test_each_rule_fires(edit: Callable[[dict[str, Document]], None], expected: 
     assert consistency_problems(BRIDGE, _tampered(edit)) == expected
 
 
-def _bridge(mutate: Callable[[dict[str, object]], None]) -> Bridge:
-    raw = yaml.safe_load(EXAMPLE.read_text())
-    mutate(raw)
-    return parse_document(raw)
-
-
 def test_example_checks_clean() -> None:
-    report = check(BRIDGE)
+    report = check(FEDERATED)
     assert report.problems == ()
     assert report.warnings == ()
-    assert report.documents == 13
+    assert report.documents == 14
+
+
+def test_one_trust_domain_explains_the_exposure() -> None:
+    report = check(BRIDGE)
+    assert report.problems == ()
+    assert report.warnings == (
+        "externalApps[0] (shielded-client), externalApps[1] (tunnel-client): SPIFFE ID(s) in the mesh's "
+        "trust domain 'example.org': every mesh workload trusts these SVIDs at the TLS handshake (STRICT "
+        "mTLS checks the CA, not who it is); only AuthorizationPolicies keep them out, and meshbridge "
+        "renders those for the meshServices of this spec alone: any other workload in the mesh without a "
+        "policy naming them accepts their requests. Declare 'federation:' to give the apps their own trust "
+        "domain, trusted only by their targets",
+    )
+
+
+def _federated(edit: Callable[[dict[str, Document]], None]) -> Rendering:
+    docs = {p: copy.deepcopy(d) for p, d in render(FEDERATED).items()}
+    edit(docs)
+    return Rendering(docs)
+
+
+def _no_federates_with(docs: dict[str, Document]) -> None:
+    docs[layout.CLUSTER_SPIFFEIDS][0]["spec"].pop("federatesWith")  # type: ignore[index, union-attr]
+
+
+def _non_target_federates(docs: dict[str, Document]) -> None:
+    docs[layout.CLUSTER_SPIFFEIDS][1]["spec"]["federatesWith"] = ["apps.example.org"]  # type: ignore[index]
+
+
+def _no_ca_certificates(docs: dict[str, Document]) -> None:
+    docs[layout.ISTIO_OPERATOR]["spec"]["meshConfig"].pop("caCertificates")  # type: ignore[index, union-attr]
+
+
+def _alias_instead(docs: dict[str, Document]) -> None:
+    mesh_config = docs[layout.ISTIO_OPERATOR]["spec"]["meshConfig"]  # type: ignore[index]
+    mesh_config.pop("caCertificates")  # type: ignore[union-attr]
+    mesh_config["trustDomainAliases"] = ["apps.example.org"]  # type: ignore[index]
+
+
+def _no_rootca_all_bundles(docs: dict[str, Document]) -> None:
+    templates = docs[layout.ISTIO_OPERATOR]["spec"]["values"]["sidecarInjectorWebhook"]["templates"]  # type: ignore[index]
+    templates["spire"] = re.sub(r"\n *- --rootca-all-bundles", "", templates["spire"])  # type: ignore[index]
+
+
+def _no_federation_crd(docs: dict[str, Document]) -> None:
+    del docs[layout.CLUSTER_FEDERATED_TRUST_DOMAINS]
+
+
+def _entries_do_not_federate(docs: dict[str, Document]) -> None:
+    docs[layout.ENTRIES_SCRIPT] = str(docs[layout.ENTRIES_SCRIPT]).replace(
+        "-federatesWith spiffe://example.org", ""
+    )
+
+
+def _own_ca_import(docs: dict[str, Document]) -> None:
+    secret = docs[layout.session_path("shielded-client")]["secrets"][1]  # type: ignore[call-overload, index]
+    secret["name"] = secret["import"]["secret"] = "spire-ca"
+    secret["import"]["session"] = "meshbridge/spire-bundle"
+
+
+_FED = "federation (apps.example.org)"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            _no_federates_with,
+            [
+                "meshServices[0] (default/httpbin): no ClusterSPIFFEID selecting it federates with "
+                "'apps.example.org': its ROOTCA would not hold the apps' bundle and the sidecar would refuse "
+                "their handshakes"
+            ],
+        ),
+        (
+            _non_target_federates,
+            [
+                "meshServices[1] (default/inventory): its ClusterSPIFFEID federates with 'apps.example.org' "
+                "although no app in that trust domain targets it: its sidecar would trust every SVID the "
+                "apps' SPIRE issues"
+            ],
+        ),
+        (
+            _no_ca_certificates,
+            [
+                f"{_FED}: istio/istio-operator.yaml: meshConfig.caCertificates names no trustDomains "
+                "'apps.example.org': Istio's inbound SAN check admits only spiffe://<mesh td>/ and would "
+                "refuse every app"
+            ],
+        ),
+        (_alias_instead, []),
+        (
+            _no_rootca_all_bundles,
+            [
+                f"{_FED}: istio/istio-operator.yaml: a meshbridge-sds container runs without "
+                "--rootca-all-bundles: its ROOTCA would carry the mesh's bundle only, so no target trusts "
+                "the apps"
+            ],
+        ),
+        (
+            _no_federation_crd,
+            [
+                f"{_FED}: no ClusterFederatedTrustDomain for 'apps.example.org' in "
+                "spire/cluster-federated-trust-domains.yaml: the mesh's SPIRE would never fetch the apps' "
+                "bundle"
+            ],
+        ),
+        (
+            _entries_do_not_federate,
+            [
+                f"externalApps[{i}] ({name}): its SPIRE entry does not federate with 'example.org': the "
+                "SVIDStore plugin would post no mesh CA for its session"
+                for i, name in enumerate(("shielded-client", "tunnel-client"))
+            ],
+        ),
+        (
+            _own_ca_import,
+            [
+                "externalApps[0] (shielded-client): authenticates mesh services with its own trust domain's "
+                "CA ('meshbridge/spire-bundle', spire-ca); the mesh's CA reaches it in the federated-bundles "
+                "session"
+            ],
+        ),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_each_federation_rule_fires(edit: Callable[[dict[str, Document]], None], expected: list[str]) -> None:
+    """``_alias_instead`` passes the SAN check but is the wrong tool: aliases also widen AuthorizationPolicy
+    principals (Istio ``trustdomain.Bundle.ReplaceTrustDomainAliases``); ``check`` accepts it as working."""
+    assert consistency_problems(FEDERATED, render(FEDERATED)) == []
+    assert consistency_problems(FEDERATED, _federated(edit)) == expected
 
 
 def test_overlapping_selectors_warn() -> None:
@@ -158,7 +294,13 @@ def test_overlapping_selectors_warn() -> None:
         )
 
     report = check(_bridge(add_service))
-    assert report.problems == ()
+    # httpbin's ClusterSPIFFEID selects httpbin-admin's pods too, and it federates with the apps' trust
+    # domain: httpbin-admin would trust the apps although none targets it
+    assert report.problems == (
+        "meshServices[2] (default/httpbin-admin): its ClusterSPIFFEID federates with 'apps.example.org' "
+        "although no app in that trust domain targets it: its sidecar would trust every SVID the apps' "
+        "SPIRE issues",
+    )
     assert report.warnings == (
         "meshServices (default/httpbin): labels {'app': 'httpbin'} also select the pods of "
         "default/httpbin-admin: "

@@ -23,6 +23,7 @@ def test_public_surface() -> None:
     assert bridge.spec.__all__ == ["load_spec", "parse_document"]
     assert bridge.render.__all__ == [
         "AUTHORIZATION_POLICIES",
+        "CLUSTER_FEDERATED_TRUST_DOMAINS",
         "CLUSTER_SPIFFEIDS",
         "ENTRIES_JSON",
         "ENTRIES_SCRIPT",
@@ -135,3 +136,40 @@ def test_readme_says_which_cas_namespaces_must_exist() -> None:
     assert "the namespace sessions `meshbridge`, `spire-svid-meshbridge` must let that certificate" in step5
     # the namespaces precede the first `scone session create`
     assert step5.index("must exist first") < step5.index("scone session create")
+
+
+def test_federated_example_renders_least_privilege() -> None:
+    """Issue 14 §1: apps in their own trust domain, trusted by their target only."""
+    fed = load_spec(EXAMPLE.with_name("bridge-federated.yaml"))
+    rendering = render(fed)
+    crds = {c["metadata"]["name"]: c["spec"] for c in rendering.yaml_documents(layout.CLUSTER_SPIFFEIDS)}  # type: ignore[index]
+    assert crds["meshbridge-default-httpbin"]["federatesWith"] == ["apps.example.org"]  # type: ignore[index]
+    assert "federatesWith" not in crds["meshbridge-default-inventory"]  # type: ignore[operator]
+    (cftd,) = rendering.yaml_documents(layout.CLUSTER_FEDERATED_TRUST_DOMAINS)
+    assert cftd["spec"] == {
+        "trustDomain": "apps.example.org",
+        "bundleEndpointURL": "https://spire-bundle.apps.example.org:8443",
+        "bundleEndpointProfile": {
+            "type": "https_spiffe",
+            "endpointSPIFFEID": "spiffe://apps.example.org/spire/server",
+        },
+        "className": "spire-server-spire",
+    }
+    overlay = rendering.yaml_documents(layout.ISTIO_OPERATOR)[0]
+    assert overlay["spec"]["meshConfig"]["caCertificates"] == [{"trustDomains": ["apps.example.org"]}]  # type: ignore[index]
+    assert (
+        "- --rootca-all-bundles" in overlay["spec"]["values"]["sidecarInjectorWebhook"]["templates"]["spire"]
+    )  # type: ignore[index]
+    policies = rendering.yaml_documents(layout.AUTHORIZATION_POLICIES)
+    assert [(p["metadata"]["name"], p["spec"]["action"]) for p in policies] == [  # type: ignore[index]
+        ("inventory-meshbridge-deny", "DENY")
+    ]
+    script = rendering.text(layout.ENTRIES_SCRIPT)
+    assert script.count("-federatesWith spiffe://example.org") == 2
+    shield = rendering.yaml_documents(layout.session_path("shielded-client"))[0]
+    env = shield["services"][0]["environment"]  # type: ignore[index]
+    assert env["SCONE_NETWORK_SHIELD_CLIENT_1_SERVER_AUTH"] == "$$SCONE::spire-federated-bundles:crt$$"  # type: ignore[index]
+    # the one-trust-domain example keeps ROOTCA as the mesh's bundle alone
+    plain = render(BRIDGE).yaml_documents(layout.ISTIO_OPERATOR)[0]
+    assert "rootca-all-bundles" not in str(plain)
+    assert "caCertificates" not in plain["spec"]["meshConfig"]  # type: ignore[index]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bridge.errors import BridgeError, SpecError
-from bridge.model import Bridge
+from bridge.model import Bridge, Federation
 from bridge.spec import load_spec, parse_document
 from tests.bridge.strategies import EXAMPLE
 
@@ -118,10 +118,7 @@ CASES: list[tuple[str, Callable[[dict[str, object]], None], list[str]]] = [
     (
         "SPIFFE ID in another trust domain",
         _set("externalApps", 0, "spiffeId", value="spiffe://other.org/x"),
-        [
-            "externalApps[0].spiffeId: 'spiffe://other.org/x': must be in the bridge's trust domain "
-            "'example.org'"
-        ],
+        ["externalApps[0].spiffeId: 'spiffe://other.org/x': must be in the trust domain 'example.org'"],
     ),
     (
         "SPIFFE ID breaking the standard",
@@ -340,3 +337,87 @@ def test_alias_bomb_gives_short_lines() -> None:
     assert max(len(p) for p in info.value.problems) < 300
     bomb = "meshServices[0]: [[[...], [...], [...], [...], ...], "
     assert any(p.startswith(bomb) for p in info.value.problems)
+
+
+FEDERATED = EXAMPLE.with_name("bridge-federated.yaml")
+
+
+def test_federated_example_loads() -> None:
+    bridge = load_spec(FEDERATED)
+    httpbin, inventory = bridge.services
+    shield, tunnel = bridge.apps
+    assert (shield.spiffe_id, tunnel.spiffe_id) == (
+        "spiffe://apps.example.org/external/shielded-client",
+        "spiffe://apps.example.org/external/tunnel-client",
+    )
+    assert bridge.federation == Federation(
+        trust_domain="apps.example.org",
+        bundle_endpoint_url="https://spire-bundle.apps.example.org:8443",
+        profile="https_spiffe",
+        endpoint_spiffe_id="spiffe://apps.example.org/spire/server",
+    )
+    assert bridge.federates_with(httpbin) == ("apps.example.org",)
+    assert bridge.federates_with(inventory) == ()
+    assert shield.parent_id == "spiffe://apps.example.org/spire/agent/x509pop/sgx-node-1"
+
+
+FEDERATION_CASES: list[tuple[str, Callable[[dict[str, object]], None], list[str]]] = [
+    (
+        "federation with the mesh's own trust domain, over plain HTTP",
+        _set("federation", value={"trustDomain": "example.org", "bundleEndpointURL": "http://b:8443"}),
+        [
+            "federation.trustDomain: 'example.org': must differ from the mesh's trustDomain (federation "
+            "joins two trust domains)",
+            "federation.bundleEndpointURL: 'http://b:8443': must be an https:// URL (SPIFFE bundle endpoints "
+            "are served over TLS)",
+        ],
+    ),
+    (
+        "federation: endpoint SPIFFE ID with the https_web profile, no URL",
+        _set(
+            "federation",
+            value={
+                "trustDomain": "apps.example.org",
+                "bundleEndpointProfile": "https_web",
+                "endpointSpiffeId": "spiffe://apps.example.org/spire/server",
+            },
+        ),
+        [
+            "federation.bundleEndpointURL: required",
+            "federation.endpointSpiffeId: only for bundleEndpointProfile 'https_spiffe'",
+        ],
+    ),
+    (
+        "agent of the mesh's trust domain as the apps' parent under federation",
+        _set("spire", "parentId", value="spiffe://example.org/spire/agent/x"),
+        [
+            "spire.parentId: 'spiffe://example.org/spire/agent/x': must be in the bridge's trust domain "
+            "'apps.example.org'",
+            "externalApps[0].parentId: required (or set spire.parentId): the SPIRE agent that stores the "
+            "SVID",
+            "externalApps[1].parentId: required (or set spire.parentId): the SPIRE agent that stores the "
+            "SVID",
+        ],
+    ),
+    (
+        "app in a third trust domain",
+        _set("externalApps", 0, "spiffeId", value="spiffe://other.org/x"),
+        [
+            "externalApps[0].spiffeId: 'spiffe://other.org/x': must be in the trust domain "
+            "'apps.example.org' or 'example.org'"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "mutate", "expected"), FEDERATION_CASES, ids=[c[0] for c in FEDERATION_CASES]
+)
+def test_federation_error_messages(
+    case: str, mutate: Callable[[dict[str, object]], None], expected: list[str]
+) -> None:
+    doc = yaml.safe_load(FEDERATED.read_text())
+    mutate(doc)
+    with pytest.raises(SpecError) as info:
+        parse_document(doc)
+    assert info.value.problems == expected
