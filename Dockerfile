@@ -62,8 +62,9 @@ ENV PATH=/opt/meshbridge/bin:/usr/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 1337:1337
-# The pod's `command:` (istio/mesh.py) repeats this with --socket-owner; the startup probe runs
-# `meshbridge sds probe --listen /run/secrets/workload-spiffe-uds/socket` (gRPC health, no shell).
+# The pod's `command:` (istio/mesh.py) repeats this with --socket-owner. There is no shell and no
+# `test`: a startup probe must exec `meshbridge sds probe --listen /run/secrets/workload-spiffe-uds/socket`
+# (gRPC health check on the socket).
 ENTRYPOINT ["/opt/meshbridge/bin/meshbridge"]
 CMD ["sds", "serve", \
      "--workload-api", "unix:///spiffe-workload-api/spire-agent.sock", \

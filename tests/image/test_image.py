@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -40,12 +41,14 @@ IDLE_RSS_LIMIT = 200 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
     try:
         archive = build_image()
     except ToolsUnavailable as exc:
         pytest.skip(f"buildah/crun/umoci/mmdebstrap cannot be had here: {exc}")
-    return unpack(archive, tmp_path_factory.mktemp("image"))
+    workdir = tmp_path_factory.mktemp("image")
+    yield unpack(archive, workdir)
+    shutil.rmtree(workdir, ignore_errors=True)  # ~140 MB; pytest keeps its last three base temps
 
 
 @dataclass
