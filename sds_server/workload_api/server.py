@@ -7,8 +7,10 @@ grpcio server cannot tell callers apart. grpclib runs on asyncio transports: in 
 ``stream.peer`` is a :class:`grpclib.protocol.Peer` that holds the connection's asyncio transport
 (grpclib 0.4.9: ``Peer._transport``; its public ``addr()`` only returns ``peername``, which is empty for
 Unix clients), and ``transport.get_extra_info("socket")`` is the accepted socket, on which we call
-``getsockopt(SO_PEERCRED)``. That one private attribute is read in :func:`_peer_socket` only; if grpclib
-ever renames it, every call fails closed with ``Unavailable`` instead of serving an unattested caller.
+``getsockopt(SO_PEERCRED)``. That one private attribute is read in :func:`_peer_transport` only; if
+grpclib ever renames it, every call fails closed with ``Unavailable`` instead of serving an unattested
+caller. The same transport is closed when the caller changed uid/gid since it connected (as SPIRE drops
+such a connection), so the client reconnects and is attested as the process it now is.
 The messages are py-spiffe's generated ``spiffe._proto.workload_pb2``; the grpclib ``__mapping__`` is
 written by hand in :class:`_Servicer` (the proto has no package: paths are ``/SpiffeWorkloadAPI/<rpc>``).
 
@@ -108,9 +110,14 @@ class _Snapshot:
         return any(sel.startswith("unix:sha256:") for e in self.config.entries for sel in e.selectors)
 
 
+def _peer_transport(stream: Stream[Any, Any]) -> Any:
+    """The asyncio transport of the connection behind a grpclib call (see the module docstring)."""
+    return getattr(stream.peer, "_transport", None)
+
+
 def _peer_socket(stream: Stream[Any, Any]) -> Any:
     """The accepted connection behind a grpclib call (see the module docstring)."""
-    transport = getattr(stream.peer, "_transport", None)
+    transport = _peer_transport(stream)
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         raise GRPCError(Status.UNAVAILABLE, "cannot identify the caller's connection")
@@ -170,6 +177,9 @@ class _Servicer:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
         except CallerChangedError as exc:  # SPIRE's words (pkg/agent/endpoints/peertracker.go)
             log.info("workload_api.denied", rpc=rpc, reason="caller changed", socket=self._socket_name)
+            transport = _peer_transport(stream)
+            if transport is not None:  # drop the connection once this status is out, as SPIRE does
+                asyncio.get_running_loop().call_later(0.1, transport.close)
             raise GRPCError(
                 Status.UNAUTHENTICATED, f"could not verify existence of the original caller: {exc}"
             ) from exc

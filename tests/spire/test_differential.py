@@ -318,7 +318,16 @@ def call():
 
 before = call()
 os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[2]))
-print(json.dumps({"as_root": before, "after_setuid_same_connection": call()}))
+after = call()
+# The client asks again on the same channel: a fresh connection, attested as the uid it now has
+# (PermissionDenied here: no entry selects it), unless the server kept the old connection open.
+again = call()
+for _ in range(20):
+    if again[0] not in ("UNAVAILABLE", "UNAUTHENTICATED"):
+        break
+    import time; time.sleep(0.1)
+    again = call()
+print(json.dumps({"as_root": before, "after_setuid_same_connection": after, "asked_again": again}))
 """
 
 
