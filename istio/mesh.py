@@ -122,8 +122,9 @@ def injection_annotation(params: OverlayParams) -> dict[str, str]:
 def sds_container(params: OverlayParams) -> dict[str, object]:
     """The ``meshbridge-sds`` native sidecar (a pod ``initContainers[]`` item).
 
-    ``--socket-owner`` lets istio-proxy (UID ``proxy_uid``) connect to the 0600 SDS socket; the image
-    needs ``test`` (coreutils/busybox) for the startup probe.
+    ``--socket-owner`` lets istio-proxy (UID ``proxy_uid``) connect to the 0600 SDS socket. The startup
+    probe is ``meshbridge sds probe`` (a gRPC health check on the socket): the image (``make image``)
+    has no shell or coreutils, so ``test -S`` cannot run there.
     """
     socket = f"{params.sds_socket_dir}/socket"
     workload_api = f"unix://{params.workload_api_mount}/{params.workload_api_socket_name}"
@@ -151,7 +152,7 @@ def sds_container(params: OverlayParams) -> dict[str, object]:
             *(["--rootca-all-bundles"] if params.peer_trust_domains else []),
         ],
         "startupProbe": {
-            "exec": {"command": ["test", "-S", socket]},
+            "exec": {"command": ["meshbridge", "sds", "probe", "--listen", socket]},
             "periodSeconds": 1,
             "failureThreshold": 120,
         },

@@ -73,7 +73,9 @@ def test_injection_template_runs_the_sds_server_before_istio_proxy() -> None:
     # runs as istio-proxy's UID with no capabilities: the socket is owned by 1337 without CAP_CHOWN
     assert sds["securityContext"]["runAsUser"] == 1337
     assert sds["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert sds["startupProbe"]["exec"]["command"] == ["test", "-S", "/run/secrets/workload-spiffe-uds/socket"]
+    assert sds["startupProbe"]["exec"]["command"] == [
+        "meshbridge", "sds", "probe", "--listen", "/run/secrets/workload-spiffe-uds/socket"
+    ]
     mounts = {m["name"]: m for m in sds["volumeMounts"]}
     assert mounts["workload-socket"]["mountPath"] == "/run/secrets/workload-spiffe-uds"
     assert mounts["spiffe-workload-api"] == {
