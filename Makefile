@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.meshbridge-installed
 
-.PHONY: demo test lint typecheck unit slow bench clean peers peers-demo
+.PHONY: demo test lint typecheck unit slow bench clean peers peers-demo image image-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,18 @@ typecheck: $(STAMP)
 test: lint typecheck peers
 	$(BIN)/pytest
 
+# The SDS server image as an OCI archive, without a Docker daemon: build/sds-server.oci.tar, tagged
+# localhost/meshbridge/sds-server:<version> (image/build.sh: mmdebstrap + PyPI wheels + buildah).
+image-tools:
+	image/build.sh tools
+
+image: image-tools
+	image/build.sh
+
 bench: $(STAMP)
 	$(BIN)/python bench/svid_issue.py
 	$(BIN)/python bench/render.py
-	$(BIN)/python bench/sds_fanout.py
+	$(BIN)/python bench/sds_fanout.py --n 100 1000 10000
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache .peers
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache .peers build
