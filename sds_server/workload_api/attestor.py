@@ -32,9 +32,10 @@ long-lived connection). If that process has exited — e.g. after handing the co
 process — its PID may already belong to someone else, and ``/proc/PID`` would describe that other
 process (its executable, its groups). Like SPIRE's agent (``peertracker``: "the workload exited"),
 :meth:`UnixAttestor.attest_connection` holds a pidfd of the connecting process (``SO_PEERPIDFD``, Linux
-≥ 6.5) and, *after* reading ``/proc``, checks that the process is still alive; if it is not, only the
-kernel-recorded uid/gid selectors (and ``socket:``) are kept and ``attest.caller_exited`` is logged. On
-kernels without ``SO_PEERPIDFD`` this check is not possible and is skipped.
+≥ 6.5) and, *after* reading ``/proc``, checks that the process is still alive; if it is not,
+``attest.caller_exited`` is logged and :class:`CallerChangedError` raised: the call is refused and the
+connection dropped, as SPIRE does ("caller exit suspected"), rather than attested from what the kernel
+recorded at ``connect()``. On kernels without ``SO_PEERPIDFD`` this check is not possible and is skipped.
 
 **Changed credentials.** SO_PEERCRED's uid/gid are those of ``connect()``; a process may change them
 later (a daemon that connects as root, then drops to ``nobody``, keeps its connection). Like SPIRE's agent
@@ -167,7 +168,8 @@ class UnixAttestor:
         """Attest the process that connected ``sock``: its credentials and selectors (PID-reuse safe).
 
         See "PID reuse" in the module docstring: ``/proc`` is read, then the pidfd says whether the
-        connecting process is still the one holding that PID; if not, only kernel-recorded selectors stay.
+        connecting process is still the one holding that PID; if not, or if it changed uid/gid since it
+        connected, :class:`CallerChangedError` (the server answers ``Unauthenticated``, as SPIRE does).
         """
         creds = peer_credentials(sock)
         try:
@@ -178,32 +180,20 @@ class UnixAttestor:
                 _check_same_owner(creds)
                 return creds, selectors
             log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
-            return creds, self._kernel_selectors(creds, socket_name)
+            raise CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone") from exc
         try:
             selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
             try:
                 signal.pidfd_send_signal(pidfd, 0)  # signal 0: existence check only
-            except ProcessLookupError:
+            except ProcessLookupError as exc:
                 log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
-                return creds, self._kernel_selectors(creds, socket_name)
+                raise CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone") from exc
             except PermissionError:
                 pass  # it exists (we may just not signal it)
             _check_same_owner(creds)
             return creds, selectors
         finally:
             os.close(pidfd)
-
-    @staticmethod
-    def _kernel_selectors(creds: PeerCredentials, socket_name: str | None) -> frozenset[str]:
-        """Selectors from what the kernel recorded at ``connect()`` only (no ``/proc`` reads)."""
-        selectors = {f"unix:uid:{creds.uid}", f"unix:gid:{creds.gid}"}
-        if (user := _user_name(creds.uid)) is not None:
-            selectors.add(f"unix:user:{user}")
-        if (group := _group_name(creds.gid)) is not None:
-            selectors.add(f"unix:group:{group}")
-        if socket_name is not None:
-            selectors.add(f"socket:{socket_name}")
-        return frozenset(selectors)
 
     def attest(
         self, creds: PeerCredentials, socket_name: str | None = None, *, with_sha256: bool = True
