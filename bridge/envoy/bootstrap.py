@@ -3,11 +3,24 @@
 ``sidecar_bootstrap`` is modelled on what istio-agent gives an Istio sidecar in STRICT mode, reduced
 to the inbound path: a TLS listener that *requires* a client certificate, its own certificate from
 SDS ``default``, peers validated with SDS ``ROOTCA`` (``combined_validation_context``) plus a URI-SAN
-prefix ``spiffe://<td>/`` — or, with ``validation="spiffe"``, the SPIFFE certificate validator from SDS
-``ALL`` (federation: one bundle per trust domain). No ALPN is required of clients (SCONE's network
-shield and Ghostunnel do not offer Istio's ALPN). Optional RBAC admits only given SPIFFE IDs, as
-Istio's ``AuthorizationPolicy`` ``source.principals`` does (Istio compiles principals to
-``authenticated.principal_name.exact = "spiffe://<principal>"``). The HTTP connection manager sets
+prefix ``spiffe://<td>/`` per trust domain Istio validates — or, with ``validation="spiffe"``, the SPIFFE
+certificate validator from SDS ``ALL`` (federation: one bundle per trust domain). No ALPN is required of
+clients (SCONE's network shield and Ghostunnel do not offer Istio's ALPN).
+
+Istio's trust-domain check, reproduced: ``BuildInboundTLS`` → ``ApplyToCommonTLSContext``
+(``pilot/pkg/security/model/authentication.go``) puts one URI-SAN prefix matcher ``spiffe://<td>/`` per
+trust domain in the inbound ``DownstreamTlsContext``'s default validation context: the mesh trust
+domain, ``meshConfig.trustDomainAliases`` and, since istio/istio#43536, the ``trustDomains`` of
+``meshConfig.caCertificates`` (skipped only with ``PILOT_SKIP_VALIDATE_TRUST_DOMAIN``, default false).
+So a client whose CA ``ROOTCA`` trusts is still refused at the handshake when its trust domain is not in
+that list (``trust_domains``); and a trust domain in the list is admitted only where ``ROOTCA`` carries
+its bundle.
+
+RBAC, as Istio compiles ``AuthorizationPolicy``: ``source.principals`` become
+``authenticated.principal_name.exact = "spiffe://<principal>"``; DENY policies become an RBAC filter
+with action ``DENY`` placed *before* the ALLOW filter (Istio's order: CUSTOM, DENY, ALLOW), so a denied
+principal gets 403 (``rbac="http"``) even when no ALLOW policy exists, and every other caller passes
+unless an ALLOW policy exists and does not name it. The HTTP connection manager sets
 ``x-forwarded-client-cert`` (``SANITIZE_SET``, URI) for the plain-HTTP backend.
 
 ``egress_bootstrap`` is Envoy as a client-side proxy: a plain TCP listener whose connections go out
@@ -45,11 +58,11 @@ def _spiffe_id(arg: str, value: str) -> str:
         raise EnvoyError(f"{arg}: {value!r}: not a SPIFFE ID ({exc})") from exc
 
 
-def _trust_domain(value: str) -> str:
+def _trust_domain(value: str, arg: str = "trust_domain") -> str:
     try:
         return TrustDomain.parse(value).name
     except SpiffeIdError as exc:
-        raise EnvoyError(f"trust_domain: {value!r}: not a trust domain ({exc})") from exc
+        raise EnvoyError(f"{arg}: {value!r}: not a trust domain ({exc})") from exc
 
 
 def _port(arg: str, value: int) -> int:
@@ -128,18 +141,35 @@ def _common_tls_context(
     }
 
 
-def _principals(allowed: Sequence[str]) -> list[JsonDict]:
+def _principals_of(arg: str, ids: Sequence[str]) -> list[JsonDict]:
     return [
-        {"authenticated": {"principal_name": {"exact": _spiffe_id(f"allowed_principals[{i}]", p)}}}
-        for i, p in enumerate(allowed)
+        {"authenticated": {"principal_name": {"exact": _spiffe_id(f"{arg}[{i}]", p)}}}
+        for i, p in enumerate(ids)
     ]
 
 
-def _rbac_rules(allowed: Sequence[str]) -> JsonDict:
+def _rbac_rules(action: Literal["ALLOW", "DENY"], arg: str, ids: Sequence[str]) -> JsonDict:
+    name = "allowed-spiffe-ids" if action == "ALLOW" else "denied-spiffe-ids"
+    policies: JsonDict = {}
+    if ids or action == "ALLOW":  # an ALLOW with no principals admits nobody; a DENY with none denies nobody
+        policies[name] = {"permissions": [{"any": True}], "principals": _principals_of(arg, ids)}
+    return {"action": action, "policies": policies}
+
+
+def _rbac_filter(
+    layer: Literal["http", "network"], action: Literal["ALLOW", "DENY"], rules: JsonDict
+) -> JsonDict:
+    if layer == "http":
+        return {
+            "name": f"envoy.filters.http.rbac.{action.lower()}",
+            "typed_config": {"@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC", "rules": rules},
+        }
     return {
-        "action": "ALLOW",
-        "policies": {
-            "allowed-spiffe-ids": {"permissions": [{"any": True}], "principals": _principals(allowed)}
+        "name": f"envoy.filters.network.rbac.{action.lower()}",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
+            "stat_prefix": f"inbound_rbac_{action.lower()}",
+            "rules": rules,
         },
     }
 
@@ -159,8 +189,10 @@ def sidecar_bootstrap(
     node_id: str = DEFAULT_NODE_ID,
     node_cluster: str = "httpbin.default",
     allowed_principals: Sequence[str] | None = None,
+    denied_principals: Sequence[str] | None = None,
     rbac: Literal["http", "network"] = "http",
     validation: Literal["rootca", "spiffe"] = "rootca",
+    trust_domains: Sequence[str] | None = None,
     san_prefixes: Sequence[str] | None = None,
     cert_name: str = "default",
     rootca_name: str = "ROOTCA",
@@ -170,11 +202,15 @@ def sidecar_bootstrap(
 ) -> JsonDict:
     """An Istio-sidecar-shaped bootstrap: STRICT mTLS inbound listener → plain HTTP backend.
 
-    ``validation="rootca"`` checks client certificates against SDS ``rootca_name`` and requires a URI
-    SAN starting with ``spiffe://<trust_domain>/`` (override with ``san_prefixes``; ``[]`` = none);
-    ``"spiffe"`` uses the SPIFFE validator from SDS ``all_name`` (every trust domain with its own
-    bundle; no SAN prefix unless given). ``allowed_principals`` (``spiffe://…`` or Istio's ``td/path``)
-    adds RBAC: others get HTTP 403 (``rbac="http"``) or a closed connection (``"network"``).
+    ``validation="rootca"`` checks client certificates against SDS ``rootca_name`` and, as Istio does,
+    requires a URI SAN starting with ``spiffe://<td>/`` for one of ``trust_domains`` (Istio's list:
+    ``meshConfig.trustDomain``, ``trustDomainAliases``, ``caCertificates[].trustDomains``; default
+    ``[trust_domain]``). ``san_prefixes`` replaces the matchers outright (``[]`` = none; not with
+    ``trust_domains``). ``"spiffe"`` uses the SPIFFE validator from SDS ``all_name`` (every trust domain
+    with its own bundle; no SAN prefix unless given). ``allowed_principals`` (``spiffe://…`` or Istio's
+    ``td/path``; an ALLOW AuthorizationPolicy) admits only those; ``denied_principals`` (a DENY policy)
+    refuses those, checked first. Refused callers get HTTP 403 (``rbac="http"``) or a closed connection
+    (``"network"``).
     """
     td = _trust_domain(trust_domain)
     _port("backend_port", backend_port)
@@ -183,8 +219,17 @@ def sidecar_bootstrap(
         raise EnvoyError(f"validation: {validation!r}: must be 'rootca' or 'spiffe'")
     if rbac not in ("http", "network"):
         raise EnvoyError(f"rbac: {rbac!r}: must be 'http' or 'network'")
+    if trust_domains is not None and san_prefixes is not None:
+        raise EnvoyError("trust_domains, san_prefixes: give one (san_prefixes replaces the SAN matchers)")
+    if trust_domains is not None and not trust_domains:
+        raise EnvoyError("trust_domains: []: Istio always validates at least the mesh trust domain")
     if san_prefixes is None:
-        san_prefixes = [f"spiffe://{td}/"] if validation == "rootca" else []
+        tds: list[str] = []
+        for i, name in enumerate(trust_domains if trust_domains is not None else [td]):
+            checked = _trust_domain(name, f"trust_domains[{i}]")
+            if checked not in tds:
+                tds.append(checked)
+        san_prefixes = [f"spiffe://{t}/" for t in tds] if validation == "rootca" or trust_domains else []
     sds = sds_config(delta=delta)
     tls_context: JsonDict = {
         "@type": _TLS + "DownstreamTlsContext",
@@ -198,29 +243,15 @@ def sidecar_bootstrap(
     }
     http_filters: list[JsonDict] = []
     network_filters: list[JsonDict] = []
-    if allowed_principals is not None:
-        rules = _rbac_rules(allowed_principals)
-        if rbac == "http":
-            http_filters.append(
-                {
-                    "name": "envoy.filters.http.rbac",
-                    "typed_config": {
-                        "@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
-                        "rules": rules,
-                    },
-                }
-            )
-        else:
-            network_filters.append(
-                {
-                    "name": "envoy.filters.network.rbac",
-                    "typed_config": {
-                        "@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
-                        "stat_prefix": "inbound_rbac",
-                        "rules": rules,
-                    },
-                }
-            )
+    # Istio's order: DENY filter before ALLOW filter (a denied principal never reaches the ALLOW check)
+    steps: list[tuple[Literal["ALLOW", "DENY"], str, Sequence[str] | None]] = [
+        ("DENY", "denied_principals", denied_principals),
+        ("ALLOW", "allowed_principals", allowed_principals),
+    ]
+    for action, arg, ids in steps:
+        if ids is not None:
+            rbac_filter = _rbac_filter(rbac, action, _rbac_rules(action, arg, ids))
+            (http_filters if rbac == "http" else network_filters).append(rbac_filter)
     http_filters.append(
         {
             "name": "envoy.filters.http.router",

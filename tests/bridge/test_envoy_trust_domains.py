@@ -1,0 +1,170 @@
+"""Issue 14 §1: the sidecar bootstrap reproduces Istio's inbound trust-domain check and its DENY policies.
+
+Real embedded Workload APIs for two trust domains (the mesh's, federated with the apps'), our SDS server
+with ``--rootca-all-bundles`` (so ``ROOTCA`` carries both bundles) and real Envoy. A client of the apps'
+trust domain is refused at the TLS handshake when that trust domain is missing from the SAN check's list —
+although ``ROOTCA`` trusts its CA — exactly where Istio would refuse it; admitted once listed; and a DENY
+principal gets 403 while everyone else passes.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from bridge.envoy import EnvoyError, EnvoyProcess, sidecar_bootstrap
+from sds_server.server import ServerConfig, run_in_thread
+from sds_server.snapshot import ResourceNames
+from tests.sds.wl import Identity, fetch_identity, mesh_config
+from tests.support.envoy import echo_backend, https_get, mtls_context
+from tests.support.workload_api import running_workload_api
+
+pytestmark = pytest.mark.usefixtures("envoy_bin")
+
+APPS_TD = "apps.example.org"
+APP_ID = f"spiffe://{APPS_TD}/external/app"
+OTHER_APP_ID = f"spiffe://{APPS_TD}/external/other"
+
+
+def _serial(pem: bytes) -> str:
+    return format(x509.load_pem_x509_certificate(pem).serial_number, "x")
+
+
+def _ca_serials(envoy: EnvoyProcess) -> set[str]:
+    """Serials of the CA certificates Envoy's listener trusts (admin ``/certs``)."""
+    return {
+        str(ca["serial_number"]).lower().lstrip("0")
+        for entry in envoy.certs().get("certificates", [])
+        for ca in entry.get("ca_cert", [])
+    }
+
+
+def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_gives_403(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    uid = os.getuid()
+    apps_cfg = {
+        "trust_domain": APPS_TD,
+        "svid_ttl": "1h",
+        "entries": [
+            {"spiffe_id": APP_ID, "selectors": [f"unix:uid:{uid}", "socket:app"]},
+            {"spiffe_id": OTHER_APP_ID, "selectors": [f"unix:uid:{uid}", "socket:other"]},
+        ],
+    }
+    with running_workload_api(apps_cfg, tmp_path / "apps", sockets=("app", "other")) as apps:
+        app = fetch_identity(apps.address("app"))
+        other = fetch_identity(apps.address("other"))
+        bundle_file = tmp_path / "mesh" / "apps.pem"
+        bundle_file.parent.mkdir(parents=True)
+        bundle_file.write_bytes(app.bundle_pem)
+        federated = mesh_config(federation={APPS_TD: str(bundle_file)})
+        for entry in federated["entries"]:
+            entry["federates_with"] = [APPS_TD]
+        with (
+            running_workload_api(federated, tmp_path / "mesh", sockets=("mesh", "ext")) as mesh,
+            run_in_thread(
+                ServerConfig(
+                    listen=short_dir / "sds.sock",
+                    workload_api=mesh.address("mesh"),
+                    names=ResourceNames(rootca_all_bundles=True),
+                )
+            ) as sds,
+            echo_backend() as backend,
+        ):
+            sds.wait_first_secret(20)
+            mesh_bundle = fetch_identity(mesh.address("ext")).bundle_pem
+            in_mesh = fetch_identity(mesh.address("ext"))
+
+            def get(port: int, who: Identity) -> int:
+                return https_get(port, mtls_context(mesh_bundle, who.chain_pem, who.key_pem)).status
+
+            # Istio's default list: only the mesh trust domain (no caCertificates trustDomains)
+            only_mesh = sidecar_bootstrap(
+                sds_socket=short_dir / "sds.sock", trust_domain="example.org", backend_port=backend.port
+            )
+            with EnvoyProcess(only_mesh, short_dir / "a") as envoy:
+                assert _ca_serials(envoy) >= {_serial(app.bundle_pem), _serial(mesh_bundle)}  # ROOTCA: both
+                port = envoy.listener_port("inbound")
+                assert get(port, in_mesh) == 200
+                before = envoy.stats("ssl.fail_verify_san")
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    get(port, app)  # its CA is trusted: refused by the SAN check alone
+                after = envoy.stats("ssl.fail_verify_san")
+                assert sum(after.values()) == sum(before.values()) + 1, (before, after)
+
+            # the overlay's caCertificates[].trustDomains: admitted; a DENY principal gets 403 first
+            listed = sidecar_bootstrap(
+                sds_socket=short_dir / "sds.sock",
+                trust_domain="example.org",
+                trust_domains=["example.org", APPS_TD],
+                backend_port=backend.port,
+                denied_principals=[f"{APPS_TD}/external/other"],
+            )
+            with EnvoyProcess(listed, short_dir / "b") as envoy:
+                port = envoy.listener_port("inbound")
+                assert get(port, app) == 200
+                assert get(port, in_mesh) == 200  # a DENY policy leaves in-mesh callers alone
+                assert get(port, other) == 403
+
+            # DENY before ALLOW: a principal in both is denied; ALLOW alone still turns others away
+            both = sidecar_bootstrap(
+                sds_socket=short_dir / "sds.sock",
+                trust_domain="example.org",
+                trust_domains=["example.org", APPS_TD],
+                backend_port=backend.port,
+                allowed_principals=[APP_ID, OTHER_APP_ID],
+                denied_principals=[OTHER_APP_ID],
+            )
+            with EnvoyProcess(both, short_dir / "c") as envoy:
+                port = envoy.listener_port("inbound")
+                assert get(port, app) == 200
+                assert get(port, other) == 403
+                assert get(port, in_mesh) == 403
+
+
+def test_san_matchers_follow_istio_trust_domain_list() -> None:
+    b = sidecar_bootstrap(
+        sds_socket="/s",
+        trust_domain="example.org",
+        trust_domains=["example.org", APPS_TD, APPS_TD],
+        backend_port=1,
+        denied_principals=[],
+    )
+    listener = b["static_resources"]["listeners"][0]  # type: ignore[index]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    ctx = tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+    assert ctx["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}},
+        {"san_type": "URI", "matcher": {"prefix": f"spiffe://{APPS_TD}/"}},
+    ]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    assert [f["typed_config"]["rules"]["action"] for f in filters[:-1]] == ["DENY"]
+    assert filters[0]["typed_config"]["rules"]["policies"] == {}  # a DENY naming nobody denies nobody
+
+
+def test_trust_domain_list_errors() -> None:
+    with pytest.raises(EnvoyError, match=r"trust_domains\[1\]: 'Apps\.org': not a trust domain"):
+        sidecar_bootstrap(
+            sds_socket="/s",
+            trust_domain="example.org",
+            trust_domains=["example.org", "Apps.org"],
+            backend_port=1,
+        )
+    with pytest.raises(EnvoyError, match=r"trust_domains: \[\]"):
+        sidecar_bootstrap(sds_socket="/s", trust_domain="example.org", trust_domains=[], backend_port=1)
+    with pytest.raises(EnvoyError, match="give one"):
+        sidecar_bootstrap(
+            sds_socket="/s",
+            trust_domain="example.org",
+            trust_domains=["example.org"],
+            san_prefixes=[],
+            backend_port=1,
+        )
+    with pytest.raises(EnvoyError, match=r"denied_principals\[0\]: 'x y'"):
+        sidecar_bootstrap(
+            sds_socket="/s", trust_domain="example.org", backend_port=1, denied_principals=["x y"]
+        )
