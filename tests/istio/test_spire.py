@@ -7,7 +7,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -413,89 +412,3 @@ def test_gateway_cluster_spiffe_id() -> None:
     assert egress["spec"]["className"] == "spire"  # type: ignore[index]
     with pytest.raises(IstioError, match=r"gateway.pod_labels: \(\): at least one label"):
         render_gateway_cluster_spiffe_id(Gateway(labels=()))
-
-
-# --- idempotency, against a stateful fake that prints `entry show` in SPIRE's format -----------------
-
-
-@pytest.fixture
-def stateful_server(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
-    bindir = tmp_path / "sbin"
-    bindir.mkdir()
-    fake = bindir / "spire-server"
-    fake.write_text(
-        f"#!/bin/sh\nexec '{sys.executable}' '{Path(__file__).with_name('fake_spire_server.py')}' \"$@\"\n"
-    )
-    fake.chmod(0o755)
-    state, log = tmp_path / "entries.json", tmp_path / "stateful.log"
-    env = {
-        "PATH": f"{bindir}:{os.environ['PATH']}",
-        "LC_ALL": "C",
-        "FAKE_SPIRE_STATE": str(state),
-        "FAKE_SPIRE_LOG": str(log),
-    }
-    return state, log, env
-
-
-def _entries(state: Path) -> list[dict[str, object]]:
-    return json.loads(state.read_text()) if state.exists() else []
-
-
-def test_script_twice_with_the_same_hash_changes_nothing(
-    tmp_path: Path, stateful_server: tuple[Path, Path, dict[str, str]]
-) -> None:
-    state, log, env = stateful_server
-    script = render_entries_script(EntriesParams((SHIELD, TUNNEL, WL_API)))
-    args = (f"apps/shield={HASH_A}", f"apps/tunnel={HASH_B}")
-    first = _run(script, tmp_path, env, *args)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.count("created: ") == 3
-    before = _entries(state)
-    log.unlink()
-    second = _run(script, tmp_path, env, *args)
-    assert second.returncode == 0, second.stderr
-    assert second.stdout.count("unchanged: ") == 3
-    assert _entries(state) == before
-    assert _calls(log) == []  # only lookups
-
-
-def test_script_with_a_new_hash_replaces_that_apps_entry(
-    tmp_path: Path, stateful_server: tuple[Path, Path, dict[str, str]]
-) -> None:
-    state, log, env = stateful_server
-    script = render_entries_script(EntriesParams((SHIELD, TUNNEL)))
-    assert _run(script, tmp_path, env, f"apps/shield={HASH_A}", f"apps/tunnel={HASH_A}").returncode == 0
-    before = {e["spiffe_id"]: e for e in _entries(state)}
-    new_hash = "4" * 64
-    proc = _run(script, tmp_path, env, f"apps/shield={new_hash}", f"apps/tunnel={HASH_A}")
-    assert proc.returncode == 0, proc.stderr
-    after = {e["spiffe_id"]: e for e in _entries(state)}
-    assert len(_entries(state)) == 2  # replaced, not added
-    shield = after["spiffe://example.org/external/shield"]
-    assert shield["id"] == before["spiffe://example.org/external/shield"]["id"]  # updated in place
-    assert f"sconecas_sessionmanager:session_hash:{new_hash}" in shield["selectors"]  # type: ignore[operator]
-    assert f"sconecas_sessionmanager:session_hash:{HASH_A}" not in shield["selectors"]  # type: ignore[operator]
-    assert after["spiffe://example.org/external/tunnel"] == before["spiffe://example.org/external/tunnel"]
-    (update,) = [c for c in _calls(log) if c[:2] == ["entry", "update"]]
-    assert update[2:4] == ["-entryID", str(shield["id"])]
-    assert "-storeSVID=true" in update
-
-
-def test_script_removes_duplicate_entries_of_one_session(
-    tmp_path: Path, stateful_server: tuple[Path, Path, dict[str, str]]
-) -> None:
-    """Entries left by the earlier script (one per hash, both posting to the same SVID session)."""
-    state, _, env = stateful_server
-    script = render_entries_script(EntriesParams((SHIELD,)))
-    assert _run(script, tmp_path, env, f"apps/shield={HASH_A}").returncode == 0
-    stale = dict(_entries(state)[0], id="stale-entry")
-    stale["selectors"] = [
-        "sconecas_sessionmanager:session_hash:" + "5" * 64,
-        "sconecas_sessionmanager:session_name:apps/shield",
-    ]
-    state.write_text(json.dumps([*_entries(state), stale]))
-    proc = _run(script, tmp_path, env, f"apps/shield={HASH_A}")
-    assert proc.returncode == 0, proc.stderr
-    assert "deleted duplicate: entry stale-entry" in proc.stdout
-    assert [e["id"] for e in _entries(state)] != ["stale-entry"]
-    assert len(_entries(state)) == 1
