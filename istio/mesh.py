@@ -223,7 +223,10 @@ def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, obj
                             "value": {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}},
                         },
                         {
-                            "path": f"spec.template.spec.volumes.[name:{WORKLOAD_API_VOLUME}]",
+                            # Appended ("[-1]"): the chart has no such volume, and a `[name:…]` path that
+                            # matches nothing is dropped silently (postprocess.go applyPatches collects the
+                            # error and never returns it), leaving the sidecar mounting a missing volume.
+                            "path": "spec.template.spec.volumes[-1]",
                             "value": _workload_api_volume(params),
                         },
                         {
