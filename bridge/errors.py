@@ -6,7 +6,10 @@ Tree::
     ├── SpecError                 the bridge spec is invalid; carries every problem found at once
     │   └── FlagError             (bridge.flags) flags of a single-purpose command are invalid
     ├── EnvoyError                (bridge.envoy.errors) Envoy could not be started or did not get ready
-    └── DemoError                 (bridge.demo.errors) a demo step could not run (not a failed check)
+    ├── DemoError                 (bridge.demo.errors) a demo step could not run (not a failed check)
+    ├── KubeError                 (bridge.kube) the cluster refused or could not be reached (apply/diff)
+    │   └── KindsMissing          the cluster lacks CRDs for kinds the spec renders; names what to install
+    └── SpireError                (bridge.spire_local) a local spire-server/agent could not run or refused
 
 The renderer packages have their own bases (``istio.errors.IstioError``, ``scone.errors.SconeError``);
 ``bridge.render`` maps them to ``SpecError`` naming the app or service.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bridge.binaries import find_envoy, find_ghostunnel, find_peer
+from bridge.binaries import find_envoy
+from tests.support.peers import require_peer
 from tests.support.tmp import short_dir as _short_dir
 
 
@@ -24,30 +24,17 @@ def envoy_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def ghostunnel_bin() -> Path:
-    path = find_ghostunnel()
-    if path is None:
-        pytest.skip("no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, ../shared/bin/ghostunnel)")
-    return path
-
-
-def _go_peer(name: str) -> Path:
-    """A Go peer built by ``make peers``: skip only where ``go`` itself is missing, else fail loudly."""
-    path = find_peer(name)
-    if path is not None:
-        return path
-    if shutil.which("go") is None:
-        pytest.skip(f"no {name}: 'go' is not installed, so 'make peers' cannot build it")
-    pytest.fail(f"no {name} binary although go is installed: run 'make peers' (builds .peers/bin/{name})")
+    return require_peer("ghostunnel")
 
 
 @pytest.fixture(scope="session")
 def spire_server_bin() -> Path:
-    return _go_peer("spire-server")
+    return require_peer("spire-server")
 
 
 @pytest.fixture(scope="session")
 def spire_agent_bin() -> Path:
-    return _go_peer("spire-agent")
+    return require_peer("spire-agent")
 
 
 @pytest.fixture
