@@ -11,7 +11,8 @@ Unix clients), and ``transport.get_extra_info("socket")`` is the accepted socket
 grpclib ever renames it, every call fails closed with ``Unavailable`` instead of serving an unattested
 caller. The same transport is closed when the caller changed uid/gid since it connected (as SPIRE drops
 such a connection), so the client reconnects and is attested as the process it now is.
-The messages are py-spiffe's generated ``spiffe._proto.workload_pb2``; the grpclib ``__mapping__`` is
+The messages are :mod:`sds_server.workload_proto` (py-spiffe's ``workload.proto``, same wire format, in a
+private descriptor pool: importing any ``spiffe`` module would load grpcio); the grpclib ``__mapping__`` is
 written by hand in :class:`_Servicer` (the proto has no package: paths are ``/SpiffeWorkloadAPI/<rpc>``).
 
 **Spec behaviour** (spiffe/spiffe ``standards/SPIFFE_Workload_API.md``, ``SPIFFE_Workload_Endpoint.md``):
@@ -63,8 +64,8 @@ from cryptography.hazmat.primitives import serialization
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
-from spiffe._proto import workload_pb2 as pb
 
+from sds_server import workload_proto as pb
 from sds_server.errors import SpiffeIdError
 from sds_server.grpc_server import Server
 from sds_server.spiffe_id import SpiffeId, TrustDomain
@@ -234,7 +235,7 @@ class _Servicer:
         entries = self._entries(snap, selectors, "FetchJWTBundles")
         return snap.jwks, tuple(self._federated(snap, entries))
 
-    def _x509_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.X509SVIDResponse:
+    def _x509_response(self, snap: _Snapshot, selectors: frozenset[str]) -> Any:
         entries = self._entries(snap, selectors, "FetchX509SVID")
         resp = pb.X509SVIDResponse()
         hints: set[str] = set()
@@ -249,7 +250,7 @@ class _Servicer:
             resp.federated_bundles[td.id] = der
         return resp
 
-    def _bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.X509BundlesResponse:
+    def _bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> Any:
         entries = self._entries(snap, selectors, "FetchX509Bundles")
         resp = pb.X509BundlesResponse()
         resp.bundles[snap.config.trust_domain.id] = snap.bundle_der
@@ -257,7 +258,7 @@ class _Servicer:
             resp.bundles[td.id] = der
         return resp
 
-    def _jwt_bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> pb.JWTBundlesResponse:
+    def _jwt_bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> Any:
         entries = self._entries(snap, selectors, "FetchJWTBundles")
         resp = pb.JWTBundlesResponse(bundles={snap.config.trust_domain.id: snap.jwks})
         # Federated trust domains come as X.509 PEM bundles only, so they carry no JWT keys; SPIRE's agent
@@ -267,24 +268,24 @@ class _Servicer:
             resp.bundles[td.id] = _EMPTY_JWKS
         return resp
 
-    async def fetch_x509_svid(self, stream: Stream[pb.X509SVIDRequest, pb.X509SVIDResponse]) -> None:
+    async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:
         await self._stream_updates(
             stream, "FetchX509SVID", self._x509_response, self._x509_fingerprint
         )
 
     async def fetch_x509_bundles(
-        self, stream: Stream[pb.X509BundlesRequest, pb.X509BundlesResponse]
+        self, stream: Stream[Any, Any]
     ) -> None:
         await self._stream_updates(
             stream, "FetchX509Bundles", self._bundles_response, self._bundles_fingerprint
         )
 
-    async def fetch_jwt_bundles(self, stream: Stream[pb.JWTBundlesRequest, pb.JWTBundlesResponse]) -> None:
+    async def fetch_jwt_bundles(self, stream: Stream[Any, Any]) -> None:
         await self._stream_updates(
             stream, "FetchJWTBundles", self._jwt_bundles_response, self._jwt_fingerprint
         )
 
-    async def fetch_jwt_svid(self, stream: Stream[pb.JWTSVIDRequest, pb.JWTSVIDResponse]) -> None:
+    async def fetch_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         request = await stream.recv_message()
         assert request is not None
         selectors = await self._admit(stream, "FetchJWTSVID")
@@ -321,7 +322,7 @@ class _Servicer:
         await stream.send_message(resp)
 
     async def validate_jwt_svid(
-        self, stream: Stream[pb.ValidateJWTSVIDRequest, pb.ValidateJWTSVIDResponse]
+        self, stream: Stream[Any, Any]
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

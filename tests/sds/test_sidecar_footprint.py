@@ -102,11 +102,5 @@ def test_sds_serve_is_one_thread_while_serving(serving_pid: int, tmp_path: Path)
     assert _threads(serving_pid) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/cli.py imports sds_server.workload_api, whose server.py still imports "
-    "spiffe._proto.workload_pb2 (→ spiffe/__init__ → grpc); switching that one import to "
-    "sds_server.workload_proto removes grpcio from `meshbridge sds serve` — then drop this marker",
-)
 def test_sds_serve_does_not_load_grpcio(serving_pid: int) -> None:
     assert _grpcio_mapped(serving_pid) == []
