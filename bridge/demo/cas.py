@@ -35,6 +35,7 @@ PLACEHOLDER_SESSION_HASH = "<\\session-hash-selector>"
 PLACEHOLDER_PREDECESSOR = "<\\predecessor>"
 PLACEHOLDER_TRUST_BUNDLE = "<\\trust-bundle>"
 PLACEHOLDER_TRUST_BUNDLE_SESSION = "<\\trust-bundle-session-name>"
+PLACEHOLDER_FEDERATED_BUNDLES = "<\\federated-bundles>"
 # tutorial plugin (scone_cas_secretsmanager): leaf only in <\svid>, intermediates apart, one bundle name
 PLACEHOLDER_INTERMEDIATES = "<\\intermediate-svid-cas>"
 PLACEHOLDER_TRUST_BUNDLE_CA = "<\\trust-bundle-ca>"
@@ -114,6 +115,19 @@ def post_bundle_session(template: str, *, bundle_pem: str) -> PostedSession:
     text = text.replace(PLACEHOLDER_TRUST_BUNDLE, _indent_pem(bundle_pem))
     text = text.replace(PLACEHOLDER_TRUST_BUNDLE_CA, _indent_pem(bundle_pem))
     return PostedSession(name=name, document=_load_session(text, what=f"bundle session {name!r}"))
+
+
+def post_federated_bundles_session(template: str, *, bundles_pem: str) -> PostedSession:
+    """Fill the federated-bundles template with every bundle the entry federates with (literal name)."""
+    if not bundles_pem:
+        raise DemoError(
+            "federated bundles session: the app's entry received no federated bundle (its SPIRE entry "
+            "must federate with the mesh's trust domain): the session would import an empty CA list"
+        )
+    name = session_name_of_template(template, what="federated bundles session template")
+    text = template.replace(PLACEHOLDER_PREDECESSOR, "~")
+    text = text.replace(PLACEHOLDER_FEDERATED_BUNDLES, _indent_pem(bundles_pem))
+    return PostedSession(name=name, document=_load_session(text, what=f"federated bundles session {name!r}"))
 
 
 def _secrets_of(doc: Mapping[str, object], *, what: str) -> list[Mapping[str, object]]:

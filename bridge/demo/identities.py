@@ -9,14 +9,17 @@ py-spiffe (grpcio) is the client, as everywhere a Python program reads the Workl
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from bridge.demo.errors import DemoError
 
@@ -28,6 +31,12 @@ class Identity:
     socket_name: str
     spiffe_id: str
     dns_names: tuple[str, ...] = ()
+    federates_with: tuple[str, ...] = ()
+    """Foreign trust domains whose bundles this entry receives (SPIRE ``federatesWith``)."""
+
+    @property
+    def trust_domain(self) -> str:
+        return self.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,13 @@ class SvidMaterial:
     dns_names: tuple[str, ...]
     all_ids: tuple[str, ...] = ()
     """SPIFFE IDs of every X509-SVID the socket returned (scoping: exactly one expected)."""
+    federated: Mapping[str, str] = field(default_factory=dict)
+    """Trust domain → PEM bundle of every federated trust domain the socket returned."""
+
+    @property
+    def federated_pem(self) -> str:
+        """Every federated bundle, by trust domain (what the SVIDStore plugin posts as federated bundles)."""
+        return "".join(self.federated[td] for td in sorted(self.federated))
 
     @property
     def leaf_sha256(self) -> str:
@@ -62,10 +78,20 @@ def socket_path(directory: Path, identity: Identity) -> Path:
 
 
 def workload_api_config(
-    trust_domain: str, identities: Sequence[Identity], directory: Path, *, svid_ttl: str = "1h"
+    trust_domain: str,
+    identities: Sequence[Identity],
+    directory: Path,
+    *,
+    svid_ttl: str = "1h",
+    upstream: tuple[Path, Path] | None = None,
+    federation: Mapping[str, Path] | None = None,
 ) -> dict[str, object]:
-    """The ``meshbridge workload-api serve --config`` document: one socket and one entry per identity."""
-    return {
+    """The ``meshbridge workload-api serve --config`` document: one socket and one entry per identity.
+
+    ``upstream`` (cert, key) makes the trust domain's bundle that CA (known before the server starts, so
+    a partner's config can name it); ``federation`` maps foreign trust domains to their bundle files.
+    """
+    config: dict[str, object] = {
         "trust_domain": trust_domain,
         "svid_ttl": svid_ttl,
         "sockets": [
@@ -77,10 +103,62 @@ def workload_api_config(
                 "spiffe_id": i.spiffe_id,
                 "selectors": [f"socket:{i.socket_name}"],
                 **({"dns_names": list(i.dns_names)} if i.dns_names else {}),
+                **({"federates_with": list(i.federates_with)} if i.federates_with else {}),
             }
             for i in identities
         ],
     }
+    if upstream is not None:
+        config["ca"] = {"upstream": {"cert": str(upstream[0]), "key": str(upstream[1])}}
+    if federation:
+        config["federation"] = {td: str(path) for td, path in sorted(federation.items())}
+    return config
+
+
+def upstream_ca(trust_domain: str, directory: Path) -> tuple[Path, Path]:
+    """A self-signed upstream CA for ``trust_domain`` (SPIRE's ``UpstreamAuthority "disk"``): the trust
+    domain's bundle, fixed before its server starts so the other trust domain can federate with it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"demo upstream CA {trust_domain}")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = (
+        directory / f"upstream-{trust_domain}.pem",
+        directory / f"upstream-{trust_domain}.key",
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 def _material(ctx: object, trust_domain: str) -> SvidMaterial:
@@ -94,8 +172,12 @@ def _material(ctx: object, trust_domain: str) -> SvidMaterial:
     bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain(trust_domain))  # type: ignore[attr-defined]
     if bundle is None:
         raise DemoError(f"workload API: no bundle for trust domain {trust_domain!r}")
-    authorities = sorted(bundle.x509_authorities, key=lambda c: c.serial_number)
-    bundle_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in authorities)
+    bundle_pem = _bundle_pem(bundle)
+    federated = {
+        str(b.trust_domain.name): _bundle_pem(b)
+        for b in ctx.x509_bundle_set.bundles  # type: ignore[attr-defined]
+        if b.trust_domain.name != trust_domain
+    }
     leaf: x509.Certificate = svid.leaf
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -110,7 +192,13 @@ def _material(ctx: object, trust_domain: str) -> SvidMaterial:
         serial=leaf.serial_number,
         dns_names=dns,
         all_ids=tuple(str(s.spiffe_id) for s in ctx.x509_svids),  # type: ignore[attr-defined]
+        federated=federated,
     )
+
+
+def _bundle_pem(bundle: object) -> str:
+    authorities = sorted(bundle.x509_authorities, key=lambda c: c.serial_number)  # type: ignore[attr-defined]
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in authorities)
 
 
 def fetch_svid(

@@ -57,12 +57,22 @@ class MeshSide:
     spiffe_id: str
     dns_names: tuple[str, ...]
     service_port: int
-    principals: tuple[str, ...]
-    """Admitted callers as SPIFFE IDs (``spiffe://…``), from the AuthorizationPolicies."""
+    principals: tuple[str, ...] | None
+    """Callers ALLOW policies admit, as SPIFFE IDs (``spiffe://…``); ``None``: no ALLOW policy selects
+    the pods, so Istio admits every caller that passes mTLS and no DENY policy."""
     policy_paths: tuple[str, ...]
     cluster_spiffe_id_path: str
     namespace_sources: tuple[str, ...] = ()
-    """``source.namespaces`` of the policies: in-mesh callers (no such caller runs in the demo)."""
+    """``source.namespaces`` of the ALLOW policies: in-mesh callers (no such caller runs in the demo)."""
+    denied: tuple[str, ...] = ()
+    """Callers DENY policies refuse, as SPIFFE IDs (checked before ALLOW, as Istio does)."""
+    federates_with: tuple[str, ...] = ()
+    """The ClusterSPIFFEID's ``federatesWith``: foreign trust domains whose bundles the pods receive."""
+    pod: Pod | None = None
+
+    @property
+    def name(self) -> str:
+        return self.pod.service_name if self.pod is not None else self.spiffe_id.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +131,32 @@ class DemoPlan:
     apps: tuple[AppPlan, ...]
     svid_template: str
     bundle_template: str
+    others: tuple[MeshSide, ...] = ()
+    """Mesh services besides the apps' target that a ClusterSPIFFEID registers (their pods from the
+    example manifests): each gets its own sidecar."""
+    san_trust_domains: tuple[str, ...] = ()
+    """Istio's inbound SAN check: ``meshConfig.trustDomain`` + ``trustDomainAliases`` +
+    ``caCertificates[].trustDomains`` of the overlay."""
+    rootca_all_bundles: bool = False
+    """The injected ``meshbridge-sds`` runs with ``--rootca-all-bundles`` (federated bundles in ROOTCA)."""
+    federated_template: str | None = None
+    """The SVIDStore federated-bundles session template, when an app session imports from it."""
+    app_federates_with: tuple[str, ...] = ()
+    """Trust domains the apps' SPIRE entries federate with (``-federatesWith`` of the entries script)."""
+
+    @property
+    def apps_trust_domain(self) -> str:
+        """The apps' trust domain (the mesh's in one-trust-domain mode)."""
+        return _td_of(self.apps[0].spiffe_id) if self.apps else self.trust_domain
+
+    @property
+    def trust_domains(self) -> tuple[str, ...]:
+        """Every trust domain an embedded Workload API must serve: the mesh's, then the apps'."""
+        return tuple(dict.fromkeys((self.trust_domain, *(_td_of(a.spiffe_id) for a in self.apps))))
+
+
+def _td_of(spiffe_id: str) -> str:
+    return spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
 
 
 def load_pod(manifests: Path) -> Pod:
@@ -128,7 +164,7 @@ def load_pod(manifests: Path) -> Pod:
     try:
         docs = [d for d in yaml.safe_load_all(manifests.read_text()) if isinstance(d, dict)]
     except (OSError, yaml.YAMLError) as exc:
-        raise DemoError(f"{manifests}: cannot read the httpbin manifests: {exc}") from exc
+        raise DemoError(f"{manifests}: cannot read the example manifests: {exc}") from exc
     deploy = next((d for d in docs if d.get("kind") == "Deployment"), None)
     service = next((d for d in docs if d.get("kind") == "Service"), None)
     if deploy is None or service is None:
@@ -204,12 +240,15 @@ def _trust_domain(rendering: Mapping[str, object]) -> str:
     return td
 
 
-def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> MeshSide:
+def _strict(rendering: Mapping[str, object]) -> None:
     strict = [
         p for p, d in _of_kind(rendering, "PeerAuthentication") if _get(d, "spec", "mtls", "mode") == "STRICT"
     ]
     if not strict:
         raise DemoError("rendering: no PeerAuthentication with spec.mtls.mode STRICT")
+
+
+def _cluster_spiffe_ids(rendering: Mapping[str, object], pod: Pod) -> list[tuple[str, Doc]]:
     matching = []
     for path, doc in _of_kind(rendering, "ClusterSPIFFEID"):
         spec = _get(doc, "spec")
@@ -217,9 +256,14 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
         ns_ok = ns_sel is None or _selects(ns_sel, {"kubernetes.io/metadata.name": pod.namespace})
         if _selects(_get(spec, "podSelector"), pod.labels) and ns_ok:
             matching.append((path, doc))
+    return matching
+
+
+def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> MeshSide:
+    matching = _cluster_spiffe_ids(rendering, pod)
     if len(matching) != 1:
         raise DemoError(
-            f"rendering: {len(matching)} ClusterSPIFFEIDs select the httpbin pods "
+            f"rendering: {len(matching)} ClusterSPIFFEIDs select the {pod.service_name} pods "
             f"(labels {dict(pod.labels)}, "
             f"namespace {pod.namespace!r}); exactly one must, or its pods get no SVID"
         )
@@ -235,26 +279,44 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
         evaluate_template(str(t), trust_domain=trust_domain, pod=pod, where=f"{path}: dnsNameTemplates")
         for t in raw_dns
     )
+    federates = tuple(str(t).removeprefix("spiffe://") for t in _list(_get(doc, "spec", "federatesWith")))
     principals: list[str] = []
+    denied: list[str] = []
     namespaces: list[str] = []
     policy_paths: list[str] = []
+    allow = False
     for ppath, policy in _of_kind(rendering, "AuthorizationPolicy"):
         ns = _get(policy, "metadata", "namespace")
         if ns != pod.namespace or not _selects(_get(policy, "spec", "selector"), pod.labels):
             continue
-        if _get(policy, "spec", "action") not in (None, "ALLOW"):
-            continue
+        action = _get(policy, "spec", "action") or "ALLOW"
+        if action not in ("ALLOW", "DENY"):
+            raise DemoError(
+                f"{ppath}: spec.action: {action!r}: the demo enforces ALLOW and DENY policies only"
+            )
         policy_paths.append(ppath)
+        allow = allow or action == "ALLOW"
         for rule in _list(_get(policy, "spec", "rules")):
             for src in _list(_get(rule, "from")):
-                principals += [f"spiffe://{p}" for p in _list(_get(src, "source", "principals"))]
-                namespaces += [str(n) for n in _list(_get(src, "source", "namespaces"))]
-    if not policy_paths:
-        raise DemoError(
-            f"rendering: no ALLOW AuthorizationPolicy selects the httpbin pods in {pod.namespace!r}"
-        )
+                ids = [f"spiffe://{p}" for p in _list(_get(src, "source", "principals"))]
+                if action == "ALLOW":
+                    principals += ids
+                    namespaces += [str(n) for n in _list(_get(src, "source", "namespaces"))]
+                else:
+                    if _get(src, "source", "namespaces") or _get(src, "source", "notPrincipals"):
+                        raise DemoError(f"{ppath}: a DENY rule the demo cannot enforce (principals only)")
+                    denied += ids
     return MeshSide(
-        spiffe_id, dns, pod.service_port, tuple(principals), tuple(policy_paths), path, tuple(namespaces)
+        spiffe_id,
+        dns,
+        pod.service_port,
+        tuple(principals) if allow else None,
+        tuple(policy_paths),
+        path,
+        tuple(namespaces),
+        tuple(denied),
+        federates,
+        pod,
     )
 
 
@@ -335,8 +397,48 @@ def _template(rendering: Mapping[str, object], marker: str, what: str) -> str:
     return str(found[0])
 
 
-def build_plan(rendering: Mapping[str, object], pod: Pod) -> DemoPlan:
+def _overlay_trust(rendering: Mapping[str, object]) -> tuple[tuple[str, ...], bool]:
+    """Istio's SAN-check trust domains and whether the injected SDS container serves every bundle."""
+    path, overlay = _of_kind(rendering, "IstioOperator")[0]
+    mesh = _get(overlay, "spec", "meshConfig")
+    tds = [str(_get(mesh, "trustDomain"))]
+    tds += [str(t) for t in _list(_get(mesh, "trustDomainAliases"))]
+    for ca in _list(_get(mesh, "caCertificates")):
+        tds += [str(t) for t in _list(_get(ca, "trustDomains"))]
+    template = _get(overlay, "spec", "values", "sidecarInjectorWebhook", "templates", "spire")
+    if not isinstance(template, str) or "meshbridge-sds" not in template:
+        raise DemoError(
+            f"{path}: spec.values.sidecarInjectorWebhook.templates.spire: no meshbridge-sds container"
+        )
+    return tuple(dict.fromkeys(tds)), "--rootca-all-bundles" in template
+
+
+def _apps_federate_with(rendering: Mapping[str, object]) -> tuple[str, ...]:
+    out: list[str] = []
+    for text in rendering.values():
+        if isinstance(text, str) and "entry create" in text:
+            out += re.findall(r"-federatesWith[= ]+\"?spiffe://([^\s\"]+)", text)
+    return tuple(dict.fromkeys(out))
+
+
+def build_plan(rendering: Mapping[str, object], pod: Pod, others: Sequence[Pod] = ()) -> DemoPlan:
+    """The demo's plan: ``pod`` is the apps' target; ``others`` are further example pods (a sidecar each
+    when a ClusterSPIFFEID registers them; pods nothing registers are left out)."""
     td = _trust_domain(rendering)
+    _strict(rendering)
+    san_tds, rootca_all = _overlay_trust(rendering)
+    importers = [
+        d
+        for p, d in rendering.items()
+        if re.fullmatch(r"scone/[^/]+/session\.ya?ml", p) and isinstance(d, dict)
+    ]
+    federated = [
+        d for p, d in rendering.items() if isinstance(d, str) and "template" in p and "federated" in p
+    ]
+    fed_name = session_name_of(federated[0]) if len(federated) == 1 else None
+    uses_federated = fed_name is not None and any(
+        _get(s, "import", "session") == fed_name for d in importers for s in _list(d.get("secrets"))
+    )
     bundle_markers = [
         m
         for m in ("<\\trust-bundle>", "<\\trust-bundle-ca>")
@@ -352,7 +454,20 @@ def build_plan(rendering: Mapping[str, object], pod: Pod) -> DemoPlan:
         bundle_template=_template(
             svid_rendering, bundle_markers[0] if bundle_markers else "<\\trust-bundle>", "bundle session"
         ),
+        others=tuple(_mesh_side(rendering, td, p) for p in others if _cluster_spiffe_ids(rendering, p)),
+        san_trust_domains=san_tds,
+        rootca_all_bundles=rootca_all,
+        federated_template=str(federated[0]) if uses_federated else None,
+        app_federates_with=_apps_federate_with(rendering),
     )
+
+
+def session_name_of(template: str) -> str | None:
+    """The SVIDStore plugin's rule: the first line starting with ``name:`` names the session."""
+    for line in template.split("\n"):
+        if line.startswith("name:"):
+            return line.split("name:", 1)[1].strip(" ")
+    return None
 
 
 def describe(path: str, doc: object = None) -> str:
@@ -373,6 +488,10 @@ def describe(path: str, doc: object = None) -> str:
         (
             r"istio/.*(authz|authorization|polic).*",
             "AuthorizationPolicy: only the declared external SPIFFE IDs",
+        ),
+        (
+            r"spire/.*federated.?trust.?domain.*",
+            "ClusterFederatedTrustDomain: the mesh's SPIRE fetches the apps' trust bundle",
         ),
         (r"spire/.*cluster.?spiffe.*", "ClusterSPIFFEID: mesh SVIDs (+ DNS names for name-checking clients)"),
         (

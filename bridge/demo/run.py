@@ -1,9 +1,15 @@
 """``meshbridge demo``: the whole mission on one machine, from the same spec an operator applies.
 
-Steps (issue 8 §1): render ``examples/httpbin/bridge.yaml`` → embedded Workload API (one socket per
-side) → real httpbin → our SDS server + real Envoy as the STRICT sidecar → external apps (real Ghostunnel
-with the rendered command; Envoy as the network shield from the rendered session) → checks → rotation →
-the artifacts written to ``./demo-out/``. Exit 0 only when every check passed. Everything runs under one
+Steps (issue 8 §1, issue 14 §1): render ``examples/httpbin/bridge-federated.yaml`` → embedded Workload
+API, one server per trust domain (mesh ``example.org``, apps ``apps.example.org``, federated with each
+other through pre-generated upstream CAs), one socket per side → real httpbin → per registered mesh
+service (httpbin, inventory) our SDS server + real Envoy as its STRICT sidecar with Istio's SAN
+trust-domain check and its AuthorizationPolicies → external apps (real Ghostunnel with the rendered
+command; Envoy as the network shield from the rendered session; the CAS stand-in posts the SVID, bundle
+and federated-bundles sessions) → checks (apps 200 at httpbin, refused at inventory's handshake, an
+in-mesh caller with no ``meshCallers`` entry 200 at httpbin) → rotation → the artifacts written to
+``./demo-out/``. ``--spec examples/httpbin/bridge.yaml`` runs the one-trust-domain variant.
+Exit 0 only when every check passed. Everything runs under one
 :class:`Supervisor`: on exit, error, Ctrl-C or SIGTERM every process is stopped and the temp dir (with
 every socket) removed.
 """
@@ -19,18 +25,29 @@ from pathlib import Path
 from types import FrameType
 
 from bridge.binaries import find_envoy, find_ghostunnel
-from bridge.demo.checks import RotationInputs, check_intruders, check_rotation, check_tunnels
+from bridge.demo.checks import (
+    RotationInputs,
+    check_intruders,
+    check_mesh_caller,
+    check_not_targeted,
+    check_rotation,
+    check_tunnels,
+)
 from bridge.demo.errors import DemoError
+from bridge.demo.identities import Identity
 from bridge.demo.plan import DemoPlan, build_plan, describe, load_pod
 from bridge.demo.report import Reporter
 from bridge.demo.setup import (
     INTRUDER_SOCKET,
+    MESH_CALLER_SA,
+    MESH_CALLER_SOCKET,
     MESH_SOCKET,
     Tunnel,
     WorkloadApi,
     ghostunnel_command,
     ghostunnel_variants,
     materialise_files,
+    mesh_socket,
     start_ghostunnel,
     start_httpbin,
     start_shield,
@@ -46,6 +63,10 @@ from bridge.spec import load_spec
 from bridge.writer import write_tree
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent.parent / "examples" / "httpbin"
+DEFAULT_SPEC = "bridge-federated.yaml"
+"""The least-privilege spec: apps in their own trust domain, federated only with httpbin; inventory
+refuses them. ``--spec examples/httpbin/bridge.yaml`` runs the one-trust-domain variant."""
+MANIFESTS = (EXAMPLE_DIR / "httpbin.yaml", EXAMPLE_DIR / "inventory.yaml")
 DEMO_RELOAD = "2s"
 """``--timed-reload`` used when the rendered interval would not fit the demo's time budget."""
 _NO_GHOSTUNNEL = "no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, ../shared/bin/ghostunnel)"
@@ -54,7 +75,9 @@ _NO_GHOSTUNNEL = "no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, ../shared/
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     spec: Path
-    manifests: Path
+    manifests: Path | tuple[Path, ...]
+    """The apps' target's manifests first (httpbin), then other mesh services' (a sidecar each when the
+    rendering registers them)."""
     out_dir: Path
     keep_running: bool = False
     ghostunnel: bool = True
@@ -84,14 +107,24 @@ def _render(rep: Reporter, opts: DemoOptions) -> tuple[DemoPlan, list[tuple[str,
     rendering = render(load_spec(opts.spec))
     if opts.edit_rendering is not None:
         rendering = opts.edit_rendering(rendering)
-    plan = build_plan(rendering, load_pod(opts.manifests))
+    manifests = opts.manifests if isinstance(opts.manifests, tuple) else (opts.manifests,)
+    plan = build_plan(rendering, load_pod(manifests[0]), [load_pod(m) for m in manifests[1:]])
     write_tree(opts.out_dir, rendering)
     rep.detail(f"{len(rendering)} artifacts → {opts.out_dir}/ (listed at the end)")
-    rep.detail(
-        f"mesh: {plan.mesh.spiffe_id} DNS {', '.join(plan.mesh.dns_names) or '-'} "
-        f"(from {plan.mesh.cluster_spiffe_id_path}), STRICT, admitted: "
-        f"{', '.join(plan.mesh.principals)}"
-    )
+    for svc in (plan.mesh, *plan.others):
+        admitted = "every caller (no ALLOW policy)" if svc.principals is None else ", ".join(svc.principals)
+        rep.detail(
+            f"mesh: {svc.spiffe_id} DNS {', '.join(svc.dns_names) or '-'} "
+            f"(from {svc.cluster_spiffe_id_path}), STRICT, admitted: {admitted}"
+            + (f"; denied: {', '.join(svc.denied)}" if svc.denied else "")
+            + (f"; federates with {', '.join(svc.federates_with)}" if svc.federates_with else "")
+        )
+    if plan.apps_trust_domain != plan.trust_domain:
+        rep.detail(
+            f"trust domains: mesh {plan.trust_domain}, apps {plan.apps_trust_domain}; Istio's SAN check "
+            f"admits {', '.join(plan.san_trust_domains)} (overlay meshConfig), meshbridge-sds "
+            + ("--rootca-all-bundles" if plan.rootca_all_bundles else "ROOTCA = own bundle only")
+        )
     for app in plan.apps:
         rep.detail(f"external app {app.name}: {app.mode}, {app.spiffe_id}, session {app.session_name}")
     for warning in rendering.warnings:
@@ -183,17 +216,43 @@ def _external_side(
     return good, bad, reload_s
 
 
-def _check_scoping(rep: Reporter, wa: WorkloadApi, plan: DemoPlan, intruder_id: str) -> None:
-    """Each socket hands out exactly its side's identity, with the DNS names its registration declares."""
-    expected = {MESH_SOCKET: (plan.mesh.spiffe_id, plan.mesh.dns_names), INTRUDER_SOCKET: (intruder_id, ())}
-    expected |= {app.socket_name: (app.spiffe_id, ()) for app in plan.apps}
+def _identities(plan: DemoPlan, intruder_id: str) -> list[Identity]:
+    """Every side's registration: the mesh services' (ClusterSPIFFEIDs, their federatesWith), an in-mesh
+    caller, the apps' (their SPIRE entries' federatesWith) and an intruder of the apps' trust domain."""
+    td, apps_td = plan.trust_domain, plan.apps_trust_domain
+    apps_fed = tuple(t for t in plan.app_federates_with if t != apps_td)
+    mesh = [
+        Identity(
+            mesh_socket(s, plan), s.spiffe_id, s.dns_names, tuple(t for t in s.federates_with if t != td)
+        )
+        for s in (plan.mesh, *plan.others)
+    ]
+    caller = f"spiffe://{td}/ns/{plan.pod.namespace}/sa/{MESH_CALLER_SA}"
+    return [
+        *mesh,
+        Identity(MESH_CALLER_SOCKET, caller),
+        *(Identity(app.socket_name, app.spiffe_id, federates_with=apps_fed) for app in plan.apps),
+        Identity(INTRUDER_SOCKET, intruder_id, federates_with=apps_fed),
+    ]
+
+
+def _check_scoping(rep: Reporter, wa: WorkloadApi, identities: list[Identity]) -> None:
+    """Each socket hands out exactly its side's identity, with the DNS names its registration declares
+    and the bundles of exactly the trust domains it federates with."""
     seen = []
     ok = True
-    for sock, (spiffe_id, dns) in expected.items():
-        got = wa.fetch(sock)
-        ok = ok and got.all_ids == (spiffe_id,) and set(got.dns_names) == set(dns)
+    for ident in identities:
+        got = wa.fetch(ident.socket_name)
+        ok = (
+            ok
+            and got.all_ids == (ident.spiffe_id,)
+            and set(got.dns_names) == set(ident.dns_names)
+            and set(got.federated) == set(ident.federates_with)
+        )
         seen.append(
-            f"{sock}.sock→{','.join(got.all_ids)}" + (f" +DNS {','.join(got.dns_names)}" if dns else "")
+            f"{ident.socket_name}.sock→{','.join(got.all_ids)}"
+            + (f" +DNS {','.join(got.dns_names)}" if ident.dns_names else "")
+            + (f" +bundle {','.join(sorted(got.federated))}" if got.federated else "")
         )
     rep.check("Workload API: each side gets only its own identity", ok, "; ".join(seen))
 
@@ -225,32 +284,49 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
         )
     with _sigterm_unwinds(), Supervisor() as sup:
         plan, artifacts = _render(rep, opts)
-        intruder_id = f"spiffe://{plan.trust_domain}/external/not-admitted"
-        if intruder_id in plan.mesh.principals:
+        intruder_id = f"spiffe://{plan.apps_trust_domain}/external/not-admitted"
+        if plan.mesh.principals is not None and intruder_id in plan.mesh.principals:
             raise DemoError(f"{intruder_id}: the demo's intruder ID is admitted by the rendered policy")
-        rep.step("embedded Workload API: one socket per side, each side gets only its own identity")
-        wa = start_workload_api(sup, plan, intruder_id)
+        identities = _identities(plan, intruder_id)
+        tds = plan.trust_domains
+        rep.step(
+            "embedded Workload API: one socket per side, each side gets only its own identity"
+            + (f"; one server per trust domain ({', '.join(tds)}), federated" if len(tds) > 1 else "")
+        )
+        wa = start_workload_api(sup, identities)
         rep.detail(f"sockets and every other file of this run: {sup.dir} (removed on exit)")
         mesh_svid = wa.fetch(MESH_SOCKET)
         rep.detail(
             f"{MESH_SOCKET}.sock → {mesh_svid.spiffe_id} DNS {', '.join(mesh_svid.dns_names) or '-'} "
             f"serial {mesh_svid.serial:x}"
         )
-        _check_scoping(rep, wa, plan, intruder_id)
+        _check_scoping(rep, wa, identities)
         rep.step("httpbin (PyPI package) served by waitress on loopback")
         httpbin_port = start_httpbin(sup)
-        rep.detail(f"http://127.0.0.1:{httpbin_port} (reachable only through the sidecar in the picture)")
-        rep.step("mesh side: meshbridge SDS server + real Envoy as httpbin's STRICT sidecar")
-        sidecar = start_sidecar(sup, plan, wa, envoy_bin, httpbin_port)
-        rep.detail(
-            f"inbound https://127.0.0.1:{sidecar.port}: client cert required, default/ROOTCA over SDS, "
-            f"RBAC from {', '.join(plan.mesh.policy_paths)}, XFCC set, no ALPN required"
-        )
-        if plan.mesh.namespace_sources:
+        rep.detail(f"http://127.0.0.1:{httpbin_port} (reachable only through the sidecars in the picture)")
+        sidecars = []
+        for svc in (plan.mesh, *plan.others):
+            rep.step(f"mesh side: meshbridge SDS server + real Envoy as {svc.name}'s STRICT sidecar")
+            sc = start_sidecar(sup, plan, svc, wa, envoy_bin=envoy_bin, backend_port=httpbin_port)
+            sidecars.append(sc)
+            rbac = ", ".join(svc.policy_paths) or "no AuthorizationPolicy selects it"
             rep.detail(
-                f"in-mesh rule (namespaces {', '.join(plan.mesh.namespace_sources)}): no such caller "
-                "here, so only the external principals are enforced"
+                f"inbound https://127.0.0.1:{sc.port}: client cert required, default/ROOTCA over SDS"
+                + (" (--rootca-all-bundles)" if plan.rootca_all_bundles else "")
+                + f", SAN trust domains {', '.join(plan.san_trust_domains)}, RBAC: {rbac}, XFCC set, "
+                "no ALPN required"
+                + (
+                    ""
+                    if svc is plan.mesh
+                    else "; backend: the same httpbin process (the sidecar is the point)"
+                )
             )
+            if svc.namespace_sources:
+                rep.detail(
+                    f"in-mesh rule (namespaces {', '.join(svc.namespace_sources)}): no such caller "
+                    "here, so only the external principals are enforced"
+                )
+        sidecar = sidecars[0]
         good, bad, reload_s = _external_side(
             rep, sup, opts=opts, plan=plan, wa=wa, sidecar_port=sidecar.port, envoy_bin=envoy_bin
         )
@@ -267,6 +343,12 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
             admitted_svid=wa.fetch(plan.apps[0].socket_name),
             wrong_server_tunnels=bad,
         )
+        caller = wa.fetch(MESH_CALLER_SOCKET)
+        if plan.mesh.principals is None:
+            check_mesh_caller(rep, sup, sidecar=sidecar, caller=caller)
+        external = [*(wa.fetch(app.socket_name) for app in plan.apps), intruder]
+        for other in sidecars[1:]:
+            check_not_targeted(rep, sup, plan=plan, sidecar=other, callers=external, control=caller)
         rep.step("forced rotation of every SVID (SIGUSR1 to the Workload API)")
         client = wa.fetch(plan.apps[0].socket_name)
         check_rotation(
@@ -286,8 +368,8 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
 
 def main_from_args(spec: str | None, out: str, keep_running: bool, no_ghostunnel: bool) -> int:
     opts = DemoOptions(
-        spec=Path(spec) if spec else EXAMPLE_DIR / "bridge.yaml",
-        manifests=EXAMPLE_DIR / "httpbin.yaml",
+        spec=Path(spec) if spec else EXAMPLE_DIR / DEFAULT_SPEC,
+        manifests=MANIFESTS,
         out_dir=Path(out),
         keep_running=keep_running,
         ghostunnel=not no_ghostunnel,

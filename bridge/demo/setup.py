@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,13 +29,21 @@ from bridge.demo.cas import (
     Secret,
     inject,
     post_bundle_session,
+    post_federated_bundles_session,
     post_svid_session,
     resolve_imports,
 )
 from bridge.demo.envoy_runner import RunningEnvoy, start_envoy
 from bridge.demo.errors import DemoError
-from bridge.demo.identities import Identity, SvidMaterial, fetch_svid, socket_path, workload_api_config
-from bridge.demo.plan import AppPlan, DemoPlan
+from bridge.demo.identities import (
+    Identity,
+    SvidMaterial,
+    fetch_svid,
+    socket_path,
+    upstream_ca,
+    workload_api_config,
+)
+from bridge.demo.plan import AppPlan, DemoPlan, MeshSide
 from bridge.demo.shield import parse_shield_env, shield_bootstrap
 from bridge.demo.supervisor import Child, Supervisor
 from bridge.demo.tunnel import (
@@ -50,6 +59,9 @@ from bridge.envoy.bootstrap import sidecar_bootstrap
 
 MESH_SOCKET = "mesh"
 INTRUDER_SOCKET = "intruder"
+MESH_CALLER_SOCKET = "mesh-caller"
+MESH_CALLER_SA = "sleep"
+"""An in-mesh workload calling the target with no ``meshCallers`` entry (Istio's ``sleep`` sample)."""
 
 
 def meshbridge_argv(*args: str) -> list[str]:
@@ -59,32 +71,56 @@ def meshbridge_argv(*args: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class WorkloadApi:
-    child: Child
+    """The embedded Workload API: one process per trust domain, one socket per side."""
+
+    children: tuple[Child, ...]
     directory: Path
-    trust_domain: str
+    trust_domains: Mapping[str, str]
+    """Socket name → the trust domain of the process serving it."""
 
     def socket(self, name: str) -> Path:
         return self.directory / f"{name}.sock"
 
     def fetch(self, name: str, *, not_serial: int | None = None, timeout: float = 10.0) -> SvidMaterial:
-        return fetch_svid(self.socket(name), self.trust_domain, timeout=timeout, not_serial=not_serial)
+        return fetch_svid(self.socket(name), self.trust_domains[name], timeout=timeout, not_serial=not_serial)
 
     def rotate(self) -> None:
-        """SIGUSR1: the embedded Workload API re-mints every SVID and pushes them on open streams."""
-        self.child.popen.send_signal(signal.SIGUSR1)
+        """SIGUSR1: each embedded Workload API re-mints every SVID and pushes them on open streams."""
+        for child in self.children:
+            child.popen.send_signal(signal.SIGUSR1)
 
 
-def start_workload_api(sup: Supervisor, plan: DemoPlan, intruder_id: str) -> WorkloadApi:
-    identities = [
-        Identity(MESH_SOCKET, plan.mesh.spiffe_id, plan.mesh.dns_names),
-        *(Identity(app.socket_name, app.spiffe_id) for app in plan.apps),
-        Identity(INTRUDER_SOCKET, intruder_id),
-    ]
+def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> WorkloadApi:
+    """One ``meshbridge workload-api serve`` per trust domain of ``identities``.
+
+    With more than one trust domain each gets a pre-generated upstream CA (its bundle), and each entry's
+    ``federates_with`` names the other trust domain, whose bundle file is that CA: the two Workload APIs
+    are federated with each other as two SPIRE servers exchanging bundles would be.
+    """
     directory = sup.subdir("wa", 0o700)
-    config = directory / "config.yaml"
-    config.write_text(yaml.safe_dump(workload_api_config(plan.trust_domain, identities, directory)))
-    child = sup.start("workload-api", meshbridge_argv("workload-api", "serve", "--config", str(config)))
-    wa = WorkloadApi(child, directory, plan.trust_domain)
+    by_td: dict[str, list[Identity]] = {}
+    for ident in identities:
+        by_td.setdefault(ident.trust_domain, []).append(ident)
+    upstreams = {td: upstream_ca(td, directory) for td in by_td} if len(by_td) > 1 else {}
+    children = []
+    for td, idents in by_td.items():
+        wanted = {f for i in idents for f in i.federates_with}
+        unknown = sorted(wanted - set(upstreams))
+        if unknown:
+            raise DemoError(f"federatesWith {unknown}: no trust domain of this demo serves that bundle")
+        config = directory / f"config-{td}.yaml"
+        doc = workload_api_config(
+            td,
+            idents,
+            directory,
+            upstream=upstreams.get(td),
+            federation={f: upstreams[f][0] for f in sorted(wanted)},
+        )
+        config.write_text(yaml.safe_dump(doc))
+        children.append(
+            sup.start(f"workload-api-{td}", meshbridge_argv("workload-api", "serve", "--config", str(config)))
+        )
+    wa = WorkloadApi(tuple(children), directory, {i.socket_name: i.trust_domain for i in identities})
     for ident in identities:
         _wait_for_path(sup, socket_path(directory, ident), "workload API")
     return wa
@@ -124,31 +160,43 @@ class Sidecar:
     sds: Child
     envoy: RunningEnvoy
     port: int
+    service: MeshSide
+
+
+def mesh_socket(service: MeshSide, plan: DemoPlan) -> str:
+    """The Workload API socket of a mesh service's pods (``mesh`` for the apps' target)."""
+    return MESH_SOCKET if service is plan.mesh else f"{MESH_SOCKET}-{service.name}"
 
 
 def start_sidecar(
-    sup: Supervisor, plan: DemoPlan, wa: WorkloadApi, envoy_bin: Path, httpbin_port: int
+    sup: Supervisor, plan: DemoPlan, service: MeshSide, wa: WorkloadApi, *, envoy_bin: Path, backend_port: int
 ) -> Sidecar:
-    sds_dir = sup.subdir("sds")
+    """``meshbridge-sds`` as the injected container runs it (``--rootca-all-bundles`` when the overlay
+    says so) + Envoy with Istio's inbound checks: SAN trust domains from the overlay, the service's
+    AuthorizationPolicies as RBAC (DENY before ALLOW; no ALLOW policy = no ALLOW filter)."""
+    name = service.name
+    sds_dir = sup.subdir(f"sds-{name}")
     sds_sock = sds_dir / "sds.sock"
-    sds = sup.start(
-        "sds-server",
-        meshbridge_argv(
-            "sds", "serve", "--workload-api", f"unix://{wa.socket(MESH_SOCKET)}", "--listen", str(sds_sock)
-        ),
-    )
+    argv = ["sds", "serve", "--workload-api", f"unix://{wa.socket(mesh_socket(service, plan))}"]
+    argv += ["--listen", str(sds_sock)]
+    if plan.rootca_all_bundles:
+        argv.append("--rootca-all-bundles")
+    sds = sup.start(f"sds-server-{name}", meshbridge_argv(*argv))
     # Envoy backs off after a failed SDS connect: start it once the socket exists.
-    _wait_for_path(sup, sds_sock, "sds-server")
+    _wait_for_path(sup, sds_sock, f"sds-server-{name}")
+    pod = service.pod or plan.pod
     bootstrap = sidecar_bootstrap(
         sds_socket=sds_sock,
         trust_domain=plan.trust_domain,
-        backend_port=httpbin_port,
-        allowed_principals=list(plan.mesh.principals),
-        node_id=f"sidecar~127.0.0.1~{plan.pod.name}.{plan.pod.namespace}~{plan.pod.namespace}.svc.cluster.local",
-        node_cluster=f"{plan.pod.service_name}.{plan.pod.namespace}",
+        trust_domains=list(plan.san_trust_domains or (plan.trust_domain,)),
+        backend_port=backend_port,
+        allowed_principals=None if service.principals is None else list(service.principals),
+        denied_principals=list(service.denied) if service.denied else None,
+        node_id=f"sidecar~127.0.0.1~{pod.name}.{pod.namespace}~{pod.namespace}.svc.cluster.local",
+        node_cluster=f"{pod.service_name}.{pod.namespace}",
     )
-    envoy = start_envoy(sup, envoy_bin, "sidecar", bootstrap, timeout=20.0)
-    return Sidecar(sds, envoy, envoy.listeners["inbound"])
+    envoy = start_envoy(sup, envoy_bin, f"sidecar-{name}", bootstrap, timeout=20.0)
+    return Sidecar(sds, envoy, envoy.listeners["inbound"], service)
 
 
 def session_hash(session: AppPlan) -> str:
@@ -171,6 +219,9 @@ def cas_secrets(plan: DemoPlan, app: AppPlan, svid: SvidMaterial) -> dict[str, S
         post_bundle_session(plan.bundle_template, bundle_pem=svid.bundle_pem),
     ):
         posted[p.name] = p
+    if plan.federated_template is not None:
+        fed = post_federated_bundles_session(plan.federated_template, bundles_pem=svid.federated_pem)
+        posted[fed.name] = fed
     return dict(resolve_imports(app.session, posted, session_hash=digest))
 
 

@@ -1,8 +1,10 @@
 """``meshbridge demo`` end to end: real Workload API, SDS server, Envoy, Ghostunnel, httpbin; every check.
 
-The demo runs as a subprocess exactly as ``make demo`` runs it; its stdout is the evidence. A second run
-with a broken rendering (the mesh SVID without the DNS names its ClusterSPIFFEID should declare) proves
-the checks can fail: the clients that authenticate httpbin by name are refused and the demo exits 1.
+The demo runs as a subprocess exactly as ``make demo`` runs it; its stdout is the evidence. It runs the
+federated spec (apps in their own trust domain). Runs with a broken rendering prove the checks can fail:
+the mesh SVID without the DNS names its ClusterSPIFFEID should declare (one-trust-domain spec), inventory
+trusting the apps' trust domain (the refusal moves to its DENY policy, then to nothing), the overlay
+without the apps' trust domain in Istio's SAN check.
 """
 
 from __future__ import annotations
@@ -11,27 +13,31 @@ import copy
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bridge.demo.errors import DemoError
 from bridge.demo.report import FAIL, OK, Reporter
-from bridge.demo.run import EXAMPLE_DIR, DemoOptions, run
+from bridge.demo.run import EXAMPLE_DIR, MANIFESTS, DemoOptions, run
 from bridge.rendering import Rendering
 
 pytestmark = pytest.mark.slow
 
+APPS = "spiffe://apps.example.org/external"
+INVENTORY_REFUSED = "external identities → inventory (no app targets it) refused at the TLS handshake"
 EXPECTED_CHECKS = (
     "Workload API: each side gets only its own identity",
     "shielded-client (network shield) → httpbin",
     "tunnel-client (ghostunnel, files) → httpbin",
     "tunnel-client (ghostunnel, workload-api) → httpbin",
     "no client certificate → sidecar refuses",
-    "non-admitted spiffe://example.org/external/not-admitted (same CA) → refused",
-    "foreign CA claiming spiffe://example.org/external/shielded-client → refused",
+    f"foreign CA claiming {APPS}/shielded-client → refused",
     "tunnel-client (ghostunnel, wrong-server-id) expecting "
     "spiffe://example.org/ns/default/sa/not-httpbin → refused",
+    "in-mesh caller spiffe://example.org/ns/default/sa/sleep (no meshCallers entry) → httpbin",
+    INVENTORY_REFUSED,
     "rotation: sidecar serves the new SVID over SDS",
     "rotation: tunnel-client (ghostunnel, files) presents a new client certificate",
     "rotation: tunnel-client (ghostunnel, workload-api) presents a new client certificate",
@@ -66,23 +72,33 @@ def test_demo_passes_every_check(tmp_path: Path, envoy_bin: Path, ghostunnel_bin
     assert all(mark == OK for mark, _ in checks.values()), proc.stdout
     ev = {name: evidence for name, (_, evidence) in checks.items()}
     assert (
-        "HTTP 200, X-Forwarded-Client-Cert URI=spiffe://example.org/external/shielded-client"
+        f"HTTP 200, X-Forwarded-Client-Cert URI={APPS}/shielded-client"
         in ev["shielded-client (network shield) → httpbin"]
     )
     for variant in ("files", "workload-api"):
         assert (
-            "X-Forwarded-Client-Cert URI=spiffe://example.org/external/tunnel-client"
+            f"X-Forwarded-Client-Cert URI={APPS}/tunnel-client"
             in ev[f"tunnel-client (ghostunnel, {variant}) → httpbin"]
         )
-    assert ev["non-admitted spiffe://example.org/external/not-admitted (same CA) → refused"].startswith(
-        "HTTP 403"
-    )
-    assert (
-        "control: same probe, real SVID"
-        in ev["foreign CA claiming spiffe://example.org/external/shielded-client → refused"]
-    )
-    assert "principal not allowed" in ev[EXPECTED_CHECKS[7]]
+    assert "control: same probe, real SVID" in ev[f"foreign CA claiming {APPS}/shielded-client → refused"]
+    assert "principal not allowed" in ev[EXPECTED_CHECKS[6]]
     assert "+DNS httpbin.default.svc.cluster.local,httpbin.default.svc" in ev[EXPECTED_CHECKS[0]]
+    # two federated trust domains: each side gets the other's bundle only where its entry federates
+    assert "mesh.sock→spiffe://example.org/ns/default/sa/httpbin" in ev[EXPECTED_CHECKS[0]]
+    assert (
+        "+bundle apps.example.org; mesh-inventory.sock→spiffe://example.org/ns/default/sa/inventory;"
+        in (ev[EXPECTED_CHECKS[0]])
+    )
+    assert f"app-tunnel-client.sock→{APPS}/tunnel-client +bundle example.org" in ev[EXPECTED_CHECKS[0]]
+    assert (
+        "HTTP 200, X-Forwarded-Client-Cert URI=spiffe://example.org/ns/default/sa/sleep"
+        in ev[EXPECTED_CHECKS[7]]
+    )
+    refused = ev[INVENTORY_REFUSED]
+    for who in ("shielded-client", "tunnel-client", "not-admitted"):
+        assert f"{who}: no HTTP response" in refused, refused
+    assert "ssl.fail_verify_error +3, ssl.fail_verify_san +0, rbac.denied +0" in refused
+    assert "control: in-mesh spiffe://example.org/ns/default/sa/sleep → HTTP 200" in refused
     assert "checks passed — all checks passed" in proc.stdout
     # step 7: every rendered artifact written and listed with what it is for
     written = sorted(
@@ -150,3 +166,75 @@ def test_a_wrong_session_fails_the_demo_and_stops_everything(
     with pytest.raises(DemoError, match="SCONE_NETWORK_SHIELD_CLIENT_1_SERVER_AUTH: missing"):
         run(opts, Reporter(out=io.StringIO()))
     # the autouse guard (tests/conftest.py) fails this test if any started process survived
+
+
+FEDERATED = EXAMPLE_DIR / "bridge-federated.yaml"
+
+
+def _edit_docs(rendering: Rendering, path: str, edit: Callable[[list[dict[str, object]]], None]) -> Rendering:
+    docs = dict(rendering.documents)
+    changed = copy.deepcopy(rendering.yaml_documents(path))
+    edit(changed)
+    docs[path] = changed
+    return Rendering(docs, rendering.warnings)
+
+
+def _inventory_federates(docs: list[dict[str, object]]) -> None:
+    """inventory's ClusterSPIFFEID as if it federated with the apps' trust domain (its ROOTCA gets it)."""
+    for doc in docs:
+        spec = doc["spec"]
+        assert isinstance(spec, dict)
+        if spec["podSelector"] == {"matchLabels": {"app": "inventory"}}:
+            spec["federatesWith"] = ["apps.example.org"]
+
+
+def _run_federated(
+    tmp_path: Path, edit: Callable[[Rendering], Rendering]
+) -> tuple[int, dict[str, tuple[str, str]], str]:
+    buf = io.StringIO()
+    opts = DemoOptions(spec=FEDERATED, manifests=MANIFESTS, out_dir=tmp_path / "out", edit_rendering=edit)
+    code = run(opts, Reporter(out=buf))
+    return code, check_lines(buf.getvalue()), buf.getvalue()
+
+
+def test_inventory_trusting_the_apps_fails_the_demo_and_its_deny_policy_stops_declared_apps_only(
+    tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
+) -> None:
+    """The reason is checked, not just the refusal. Once inventory's ROOTCA carries the apps' bundle the
+    handshake passes: its DENY policy answers 403 to the declared apps (Envoy counts rbac.denied), but an
+    undeclared identity of the apps' trust domain gets 200 — the handshake is the barrier, the DENY
+    policy only a second line for the apps the spec names — and the demo fails."""
+
+    def federates(r: Rendering) -> Rendering:
+        return _edit_docs(r, "spire/cluster-spiffeids.yaml", _inventory_federates)
+
+    code, checks, out = _run_federated(tmp_path, federates)
+    deny = "external identities → inventory (no app targets it) refused at the AuthorizationPolicy"
+    assert code == 1, out
+    assert INVENTORY_REFUSED not in checks
+    mark, evidence = checks[deny]
+    assert mark == FAIL, out
+    assert "shielded-client: HTTP 403 (RBAC: access denied)" in evidence
+    assert "tunnel-client: HTTP 403 (RBAC: access denied)" in evidence
+    assert "not-admitted: HTTP 200" in evidence
+    assert "ssl.fail_verify_error +0, ssl.fail_verify_san +0, rbac.denied +2" in evidence
+
+
+def test_apps_refused_at_httpbin_when_the_overlay_omits_their_trust_domain(
+    tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
+) -> None:
+    """Istio's SAN check: without caCertificates[].trustDomains the apps' trust domain is not admitted,
+    although httpbin's ROOTCA (--rootca-all-bundles, federatesWith) trusts their CA."""
+
+    def without_ca_trust_domains(docs: list[dict[str, object]]) -> None:
+        mesh = docs[0]["spec"]["meshConfig"]  # type: ignore[index]
+        mesh.pop("caCertificates")
+
+    code, checks, out = _run_federated(
+        tmp_path, lambda r: _edit_docs(r, "istio/istio-operator.yaml", without_ca_trust_domains)
+    )
+    assert code == 1, out
+    for tunnel in ("shielded-client (network shield)", "tunnel-client (ghostunnel, files)"):
+        assert checks[f"{tunnel} → httpbin"][0] == FAIL, out
+    assert checks[EXPECTED_CHECKS[7]][0] == OK, out  # in-mesh callers unaffected
+    assert checks[INVENTORY_REFUSED][0] == OK, out

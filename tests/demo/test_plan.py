@@ -87,3 +87,33 @@ def test_operator_command_must_match_the_session(rendering: Rendering) -> None:
 def test_every_artifact_is_described(rendering: Rendering) -> None:
     for path in rendering:
         assert describe(path, rendering[path]) != "rendered artifact", path
+
+
+def test_plan_from_the_federated_example() -> None:
+    rendering = render(load_spec(EXAMPLE_DIR / "bridge-federated.yaml"))
+    plan = build_plan(
+        rendering, load_pod(EXAMPLE_DIR / "httpbin.yaml"), [load_pod(EXAMPLE_DIR / "inventory.yaml")]
+    )
+    assert plan.trust_domains == ("example.org", "apps.example.org")
+    assert plan.san_trust_domains == ("example.org", "apps.example.org")  # caCertificates trustDomains
+    assert plan.rootca_all_bundles
+    assert plan.app_federates_with == ("example.org",)
+    assert plan.federated_template is not None  # the sessions import the mesh CA from it
+    assert plan.mesh.principals is None  # no ALLOW policy: in-mesh callers keep working
+    assert plan.mesh.federates_with == ("apps.example.org",)
+    (inventory,) = plan.others
+    assert inventory.spiffe_id == "spiffe://example.org/ns/default/sa/inventory"
+    assert inventory.federates_with == ()
+    assert inventory.principals is None
+    assert inventory.denied == (
+        "spiffe://apps.example.org/external/shielded-client",
+        "spiffe://apps.example.org/external/tunnel-client",
+    )
+    # the one-trust-domain spec registers no inventory: its pods are left out
+    one_td = build_plan(
+        render(load_spec(EXAMPLE_DIR / "bridge.yaml")),
+        load_pod(EXAMPLE_DIR / "httpbin.yaml"),
+        [load_pod(EXAMPLE_DIR / "inventory.yaml")],
+    )
+    assert one_td.others == ()
+    assert one_td.federated_template is None
