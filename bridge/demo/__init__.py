@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "real Envoy as httpbin's STRICT sidecar, real Ghostunnel and an Envoy network-shield stand-in from "
         "the rendered sessions, and check who gets in. Exit 0 only if every check passed.",
     )
-    p.add_argument("-f", "--spec", default=None, help="bridge spec (default: examples/httpbin/bridge.yaml)")
+    p.add_argument(
+        "-f", "--spec", default=None, help="bridge spec (default: examples/httpbin/bridge-federated.yaml)"
+    )
     p.add_argument(
         "-o", "--out", default="demo-out", help="where the rendered artifacts go (default: ./demo-out)"
     )
