@@ -4,8 +4,8 @@ Thin: each command parses flags, calls the same library functions the tests call
 ``render``, ``check``, the :mod:`istio`/:mod:`scone` renderers) and prints. Documents go to stdout
 (``-o yaml|json``; several Kubernetes objects in JSON are wrapped in a ``v1`` ``List`` so that
 ``kubectl apply -f -`` takes them), warnings to stderr as ``warning: …``. Invalid input raises
-:class:`~bridge.errors.BridgeError` subclasses; a spec with several problems prints one ``error: …``
-line per problem and exits 2 (the CLI's own mapping would print them under a single ``error:``).
+:class:`~bridge.errors.BridgeError` subclasses, mapped once by ``bridge.cli.main``: one ``error: …`` line
+per problem, exit 2.
 """
 
 from __future__ import annotations
@@ -38,12 +38,6 @@ def _warn(lines: Sequence[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def _spec_errors(exc: SpecError) -> int:
-    for problem in exc.problems:
-        print(f"error: {problem}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def _read_spec_arg(value: str) -> str | Path:
     if value == "-":
         return sys.stdin.read()
@@ -65,11 +59,8 @@ def _parse_hashes(items: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    try:
-        bridge = load_spec(_read_spec_arg(args.file))
-        rendering = render(bridge, session_hashes=_parse_hashes(args.session_hash))
-    except SpecError as exc:
-        return _spec_errors(exc)
+    bridge = load_spec(_read_spec_arg(args.file))
+    rendering = render(bridge, session_hashes=_parse_hashes(args.session_hash))
     written = write_tree(Path(args.output), rendering)
     _warn(rendering.warnings)
     print(f"{args.output}: wrote {len(written)} files; next: read {Path(args.output) / 'README.md'}")
@@ -77,11 +68,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        bridge = load_spec(_read_spec_arg(args.file))
-        report = check(bridge)
-    except SpecError as exc:
-        return _spec_errors(exc)
+    bridge = load_spec(_read_spec_arg(args.file))
+    report = check(bridge)
     _warn(report.warnings)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -111,10 +99,7 @@ def _connect(args: argparse.Namespace) -> Cluster:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    try:
-        plan = _load_plan(args)
-    except SpecError as exc:
-        return _spec_errors(exc)
+    plan = _load_plan(args)
     for line in plan.not_applied:
         print(line)
     from bridge import apply as applying  # noqa: PLC0415 - only apply/diff load the kubernetes client
@@ -129,10 +114,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    try:
-        plan = _load_plan(args)
-    except SpecError as exc:
-        return _spec_errors(exc)
+    plan = _load_plan(args)
     from bridge import apply as applying  # noqa: PLC0415 - only apply/diff load the kubernetes client
 
     with _connect(args) as cluster:
@@ -190,10 +172,7 @@ def _print_docs(docs: list[dict[str, object]], fmt: str) -> None:
 
 def _runner(build: Callable[[argparse.Namespace], flags.Output]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        try:
-            out = build(args)
-        except SpecError as exc:
-            return _spec_errors(exc)
+        out = build(args)
         _warn(out.warnings)
         if isinstance(out.documents, str):
             sys.stdout.write(out.documents)
