@@ -20,17 +20,28 @@ leaves several gaps a server facing untrusted local clients must close:
   the handshake).
 * **Cutting off a stream** (:func:`cut_off`): RST_STREAM now, or abort the connection when its socket
   no longer drains (the peer stopped reading), so a stuck client costs no one else anything.
-* **Caller credentials** (:func:`peer_socket`): the connection's socket, for ``SO_PEERCRED``.
+* **Caller credentials** (:func:`peer_socket`, :func:`peer_transport`): grpclib's ``Peer`` keeps the
+  connection's transport private (``Peer._transport``); these are the only readers of it. If grpclib
+  renames it they return ``None`` and both servers fail closed (no caller is served unattested).
+  :func:`peer_credentials` / :func:`peer_uid` read ``SO_PEERCRED`` from that socket.
+
+And, not grpclib's but the same concern for both servers, :func:`bind_unix_socket`: a listening Unix
+socket created with its mode (and owner) *before* ``listen()``, a stale socket file replaced, a live
+server's socket or any other file never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket as _socket
+import stat
 import struct
 from asyncio import BaseTransport
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from socket import socket
 from typing import Any
 
@@ -43,7 +54,18 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Server as _GrpclibServer
 from grpclib.server import Stream
 
-__all__ = ["Limits", "Server", "cut_off", "peer_socket", "peer_uid"]
+__all__ = [
+    "Limits",
+    "PeerCredentials",
+    "Server",
+    "UnixSocketError",
+    "bind_unix_socket",
+    "cut_off",
+    "peer_credentials",
+    "peer_socket",
+    "peer_transport",
+    "peer_uid",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -162,22 +184,101 @@ class Server(_GrpclibServer):
             transport.close()
 
 
-def peer_socket(stream_or_peer: Any) -> socket | None:
-    """The connection's socket of a grpclib server ``Stream`` or ``Peer`` (for ``SO_PEERCRED``).
+def peer_transport(stream_or_peer: Any) -> BaseTransport | None:
+    """The asyncio transport of the connection behind a grpclib server ``Stream`` or ``Peer``.
 
-    grpclib's ``Peer`` keeps its transport private; this is the only way to the connection's socket.
+    grpclib's ``Peer`` keeps its transport private; this is the only way to it (``None`` if it moved).
     """
     peer = stream_or_peer.peer if isinstance(stream_or_peer, Stream) else stream_or_peer
-    transport = peer._transport
-    sock: socket | None = transport.get_extra_info("socket")
+    transport: BaseTransport | None = getattr(peer, "_transport", None)
+    return transport
+
+
+def peer_socket(stream_or_peer: Any) -> socket | None:
+    """The connection's socket of a grpclib server ``Stream`` or ``Peer`` (for ``SO_PEERCRED``)."""
+    transport = peer_transport(stream_or_peer)
+    sock: socket | None = transport.get_extra_info("socket") if transport is not None else None
     return sock
+
+
+_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """What the kernel recorded at ``connect()`` about the process at the other end of a Unix socket."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket) -> PeerCredentials:
+    """``SO_PEERCRED`` of a connected Unix socket (Linux)."""
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
+    return PeerCredentials(pid, uid, gid)
 
 
 def peer_uid(sock: socket) -> int:
     """The UID of the process at the other end of a Unix socket (``SO_PEERCRED``, Linux)."""
-    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    return peer_credentials(sock).uid
+
+
+class UnixSocketError(Exception):
+    """A Unix socket cannot be bound; the message is the reason (callers prefix the path their way)."""
+
+
+def bind_unix_socket(path: Path, mode: int, *, owner: int | None = None, backlog: int = 1024) -> socket:
+    """A listening, non-blocking Unix socket at ``path``; ``mode`` (and ``owner``) set before ``listen()``.
+
+    * A socket file nobody accepts on (``ECONNREFUSED``: left by a crashed server) is replaced, and
+      ``socket.stale_replaced`` logged.
+    * A socket a live server answers on is never taken over, nor one whose state cannot be told (a full
+      accept queue answers ``EAGAIN``): :class:`UnixSocketError`.
+    * Anything else at the path (a regular file, a directory) is never removed.
+    * Mode and owner are applied between ``bind()`` and ``listen()``: until ``listen()`` nobody can
+      connect, so the socket is never reachable with a wider mode than asked for.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise UnixSocketError("exists and is not a socket; refusing to replace it")
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        probe.settimeout(2.0)  # a live server that is not accepting must not hang us
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            log.warning("socket.stale_replaced", path=str(path))
+        except OSError as exc:  # EAGAIN (backlog full), EACCES, timeout: someone may well be serving
+            raise UnixSocketError(
+                f"cannot tell whether another server uses this socket ({exc.strerror or exc}); "
+                "refusing to replace it"
+            ) from exc
+        else:
+            raise UnixSocketError("in use by a live server; stop it or choose another path")
+        finally:
+            probe.close()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnixSocketError(f"cannot create its directory ({exc.strerror or exc})") from exc
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    bound = False
+    try:
+        sock.bind(str(path))
+        bound = True
+        os.chmod(path, mode)
+        if owner is not None:
+            os.chown(path, owner, -1)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if bound:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise UnixSocketError(f"cannot bind ({exc.strerror or exc})") from exc
+    return sock
 
 
 def cut_off(stream: Stream[Any, Any]) -> None:

@@ -54,38 +54,20 @@ import os
 import pwd
 import signal
 import socket
-import struct
-from dataclasses import dataclass
 
 import structlog
 
+from sds_server.grpc_server import PeerCredentials, peer_credentials
 from sds_server.workload_api.errors import CallerChangedError
 
-__all__ = ["PeerCredentials", "UnixAttestor", "peer_credentials"]
+__all__ = ["PeerCredentials", "UnixAttestor", "peer_credentials"]  # the first and last from grpc_server
 
 log = structlog.get_logger(__name__)
 
-_UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 #: ``SO_PEERPIDFD`` (Linux ≥ 6.5; Python 3.11 has no constant for it): a pidfd of the connecting process.
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _HASH_CHUNK = 1 << 20
 _CACHE_MAX = 256
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCredentials:
-    """What the kernel says about the process at the other end of a Unix socket."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """SO_PEERCRED of a connected Unix socket (Linux)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid, uid, gid)
 
 
 def _user_name(uid: int) -> str | None:

@@ -64,8 +64,25 @@ def effective_config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: a positive integer")
+    return int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: a positive number of seconds")
+    return seconds
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from sds_server.workload_api.server import serve  # noqa: PLC0415 - keep `meshbridge --help` light
+    # imported here: keeps `meshbridge --help` light
+    from sds_server.workload_api.server import WorkloadApiLimits, serve  # noqa: PLC0415
 
     config = effective_config(args)
     sockets = config.sockets
@@ -73,7 +90,10 @@ def _serve(args: argparse.Namespace) -> int:
     def loader() -> Config:
         return load_config(args.config, sockets=sockets)
 
-    asyncio.run(serve(config, loader=loader))
+    limits = WorkloadApiLimits(
+        max_streams_per_uid=args.max_streams_per_uid, idle_connection_seconds=args.idle_connection_seconds
+    )
+    asyncio.run(serve(config, loader=loader, limits=limits))
     return 0
 
 
@@ -99,5 +119,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve_p.add_argument(
         "--socket-mode", default=None, metavar="MODE",
         help="octal file mode of the sockets (default 0777: attestation, not permissions, decides)",
+    )
+    serve_p.add_argument(
+        "--max-streams-per-uid", type=_positive_int, default=2048, metavar="N",
+        help="open calls (streams and unary) per caller UID; more are refused with ResourceExhausted "
+        "(default 2048)",
+    )
+    serve_p.add_argument(
+        "--idle-connection-seconds", type=_seconds, default=10.0, metavar="SECONDS",
+        help="close a connection that opens no stream within SECONDS (default 10)",
     )
     serve_p.set_defaults(func=_serve)

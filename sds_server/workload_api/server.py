@@ -7,10 +7,11 @@ grpcio server cannot tell callers apart. grpclib runs on asyncio transports: in 
 ``stream.peer`` is a :class:`grpclib.protocol.Peer` that holds the connection's asyncio transport
 (grpclib 0.4.9: ``Peer._transport``; its public ``addr()`` only returns ``peername``, which is empty for
 Unix clients), and ``transport.get_extra_info("socket")`` is the accepted socket, on which we call
-``getsockopt(SO_PEERCRED)``. That one private attribute is read in :func:`_peer_transport` only; if
-grpclib ever renames it, every call fails closed with ``Unavailable`` instead of serving an unattested
-caller. The same transport is closed when the caller changed uid/gid since it connected (as SPIRE drops
-such a connection), so the client reconnects and is attested as the process it now is.
+``getsockopt(SO_PEERCRED)``. That one private attribute is read in
+:func:`sds_server.grpc_server.peer_transport` only (shared with the SDS server); if grpclib ever renames
+it, every call fails closed with ``Unavailable`` instead of serving an unattested caller. The same
+transport is closed when the caller changed uid/gid since it connected (as SPIRE drops such a
+connection), so the client reconnects and is attested as the process it now is.
 The messages are :mod:`sds_server.workload_proto` (py-spiffe's ``workload.proto``, same wire format, in a
 private descriptor pool: importing any ``spiffe`` module would load grpcio); the grpclib ``__mapping__`` is
 written by hand in :class:`_Servicer` (the proto has no package: paths are ``/SpiffeWorkloadAPI/<rpc>``).
@@ -26,6 +27,14 @@ written by hand in :class:`_Servicer` (the proto has no package: paths are ``/Sp
   rotates or a bundle changes, and unchanged content is never re-sent;
 * SVID hints are unique within a response (API §5.2.1): a later SVID repeating a hint is left out;
 * bundles are keyed by the trust domain's SPIFFE ID (``spiffe://example.org``).
+
+**Limits** (:class:`WorkloadApiLimits`; the socket is 0777, so any local user is a caller). Each call
+is admitted before a byte of its request body is read: the security header is checked, then the caller
+attested (``SO_PEERCRED``), then its UID's open calls counted (at most ``max_streams_per_uid``, else
+``ResourceExhausted``), and only then is the request received and decoded. The transport is the SDS
+server's (:class:`sds_server.grpc_server.Server`): a message announced larger than 4 MiB is refused from
+its 5-byte length prefix with ``ResourceExhausted`` before its body is buffered, the listen backlog asked
+for applies, and a connection that opens no stream within ``idle_connection_seconds`` is closed.
 
 **Lifecycle.** Each SVID is re-minted at half its lifetime and pushed on every open stream; the CA
 rotates at half its lifetime (bundle carries old and new until the old expires). :meth:`reload` swaps the
@@ -54,7 +63,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,16 +76,29 @@ from grpclib.server import Stream
 
 from sds_server import workload_proto as pb
 from sds_server.errors import SpiffeIdError
-from sds_server.grpc_server import Server
+from sds_server.grpc_server import (
+    Limits,
+    PeerCredentials,
+    Server,
+    UnixSocketError,
+    bind_unix_socket,
+    peer_socket,
+    peer_transport,
+)
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.attestor import UnixAttestor
 from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
 from sds_server.workload_api.config import Config, Entry, SocketConfig, check_sockets, load_config
-from sds_server.workload_api.errors import CaError, CallerChangedError, JwtSvidError, WorkloadApiError
+from sds_server.workload_api.errors import (
+    CaError,
+    CallerChangedError,
+    JwtSvidError,
+    SocketError,
+    WorkloadApiError,
+)
 from sds_server.workload_api.jwt import jwks_document, validate_jwt_svid
-from sds_server.workload_api.sockets import bind_unix_socket
 
-__all__ = ["WorkloadApiServer", "serve"]
+__all__ = ["WorkloadApiLimits", "WorkloadApiServer", "serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -111,15 +133,36 @@ class _Snapshot:
         return any(sel.startswith("unix:sha256:") for e in self.config.entries for sel in e.selectors)
 
 
-def _peer_transport(stream: Stream[Any, Any]) -> Any:
-    """The asyncio transport of the connection behind a grpclib call (see the module docstring)."""
-    return getattr(stream.peer, "_transport", None)
+@dataclass(frozen=True, slots=True)
+class WorkloadApiLimits:
+    """Caps of the embedded Workload API (the SDS server's transport caps; see "Limits" above)."""
+
+    # grpc-go's default receive limit: a Workload API request is a few bytes (JWT audiences: a few hundred).
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Open calls (streams and unary) per caller UID. In single-machine mode every workload may share one
+    # UID; a workload holds about three streams (X.509 SVIDs, bundles, JWT bundles).
+    max_streams_per_uid: int = 2048
+    # A connection that opens no stream in this time is closed (nothing legitimate connects and waits).
+    idle_connection_seconds: float = 10.0
+    backlog: int = 1024
+
+    def __post_init__(self) -> None:
+        for label in ("max_message_bytes", "max_streams_per_uid", "idle_connection_seconds", "backlog"):
+            if getattr(self, label) <= 0:
+                raise ValueError(f"{label}: {getattr(self, label)!r}: must be positive")
+
+    def transport(self) -> Limits:
+        """The transport part, for :class:`sds_server.grpc_server.Server`."""
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            idle_connection_seconds=self.idle_connection_seconds,
+            backlog=self.backlog,
+        )
 
 
-def _peer_socket(stream: Stream[Any, Any]) -> Any:
-    """The accepted connection behind a grpclib call (see the module docstring)."""
-    transport = _peer_transport(stream)
-    sock = transport.get_extra_info("socket") if transport is not None else None
+def _caller_socket(stream: Stream[Any, Any]) -> Any:
+    """The accepted connection behind a grpclib call; fail closed if it cannot be found."""
+    sock = peer_socket(stream)
     if sock is None:
         raise GRPCError(Status.UNAVAILABLE, "cannot identify the caller's connection")
     return sock
@@ -163,7 +206,18 @@ class _Servicer:
             ),
         }
 
-    async def _admit(self, stream: Stream[Any, Any], rpc: str) -> frozenset[str]:
+    @contextlib.asynccontextmanager
+    async def _call(self, stream: Stream[Any, Any], rpc: str) -> AsyncIterator[frozenset[str]]:
+        """Admit a call before its request is read (header, attestation, per-UID cap); yield its selectors.
+
+        Nothing of the request body has been received when this runs: a caller without the header, or one
+        that cannot be attested, never gets a byte of its request decoded.
+        """
+        creds, selectors = self._admit(stream, rpc)
+        with self._server.open_call(creds.uid, rpc, self._socket_name):
+            yield selectors
+
+    def _admit(self, stream: Stream[Any, Any], rpc: str) -> tuple[PeerCredentials, frozenset[str]]:
         """Check the security header, then attest the caller from the kernel."""
         header = stream.metadata.get(SECURITY_HEADER) if stream.metadata is not None else None
         if header != "true":
@@ -172,20 +226,20 @@ class _Servicer:
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         try:
             creds, selectors = self._server.attestor.attest_connection(
-                _peer_socket(stream), self._socket_name, with_sha256=self._server.snapshot.uses_sha256
+                _caller_socket(stream), self._socket_name, with_sha256=self._server.snapshot.uses_sha256
             )
         except OSError as exc:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
         except CallerChangedError as exc:  # SPIRE's words (pkg/agent/endpoints/peertracker.go)
             log.info("workload_api.denied", rpc=rpc, reason="caller changed", socket=self._socket_name)
-            transport = _peer_transport(stream)
+            transport = peer_transport(stream)
             if transport is not None:  # drop the connection once this status is out, as SPIRE does
                 asyncio.get_running_loop().call_later(0.1, transport.close)
             raise GRPCError(
                 Status.UNAUTHENTICATED, f"could not verify existence of the original caller: {exc}"
             ) from exc
         log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
-        return selectors
+        return creds, selectors
 
     def _entries(self, snap: _Snapshot, selectors: frozenset[str], rpc: str) -> list[Entry]:
         entries = snap.entries_for(selectors)
@@ -202,19 +256,19 @@ class _Servicer:
         fingerprint: Callable[[_Snapshot, frozenset[str]], object],
     ) -> None:
         """Send the caller's current view, then a new message whenever its content changes (API §4.3)."""
-        await stream.recv_message()
-        selectors = await self._admit(stream, rpc)
-        last: object = None
-        while True:
-            changed = self._server.changed
-            snap = self._server.snapshot
-            # Cheap content fingerprint first: unchanged content is never rebuilt nor re-sent.
-            key = fingerprint(snap, selectors)
-            if key != last:
-                await stream.send_message(build(snap, selectors))
-                log.debug("workload_api.push", rpc=rpc, socket=self._socket_name, version=snap.version)
-                last = key
-            await changed.wait()
+        async with self._call(stream, rpc) as selectors:
+            await stream.recv_message()
+            last: object = None
+            while True:
+                changed = self._server.changed
+                snap = self._server.snapshot
+                # Cheap content fingerprint first: unchanged content is never rebuilt nor re-sent.
+                key = fingerprint(snap, selectors)
+                if key != last:
+                    await stream.send_message(build(snap, selectors))
+                    log.debug("workload_api.push", rpc=rpc, socket=self._socket_name, version=snap.version)
+                    last = key
+                await changed.wait()
 
     @staticmethod
     def _federated(snap: _Snapshot, entries: list[Entry]) -> dict[TrustDomain, bytes]:
@@ -286,9 +340,14 @@ class _Servicer:
         )
 
     async def fetch_jwt_svid(self, stream: Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        selectors = await self._admit(stream, "FetchJWTSVID")
+        async with self._call(stream, "FetchJWTSVID") as selectors:
+            request = await stream.recv_message()
+            assert request is not None
+            await self._fetch_jwt_svid(stream, request, selectors)
+
+    async def _fetch_jwt_svid(
+        self, stream: Stream[Any, Any], request: Any, selectors: frozenset[str]
+    ) -> None:
         audience = [a for a in request.audience if a]
         if not audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
@@ -324,11 +383,14 @@ class _Servicer:
     async def validate_jwt_svid(
         self, stream: Stream[Any, Any]
     ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
         # No entry is needed to validate: only the trust bundle is used, and SPIRE's agent validates for
         # any caller (handler.go ValidateJWTSVID attests but never asks for an identity).
-        await self._admit(stream, "ValidateJWTSVID")
+        async with self._call(stream, "ValidateJWTSVID"):
+            request = await stream.recv_message()
+            assert request is not None
+            await self._validate_jwt_svid(stream, request)
+
+    async def _validate_jwt_svid(self, stream: Stream[Any, Any], request: Any) -> None:
         if not request.audience:
             raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
         if not request.svid:
@@ -348,9 +410,13 @@ class _Servicer:
 class WorkloadApiServer:
     """The embedded Workload API: a :class:`LocalCa`, the entries, and one grpclib server per socket."""
 
-    def __init__(self, config: Config, *, clock: Clock = _utcnow) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock = _utcnow, limits: WorkloadApiLimits | None = None
+    ) -> None:
         check_sockets(config)
         self._clock = clock
+        self.limits = limits or WorkloadApiLimits()
+        self._per_uid: dict[int, int] = {}
         self.ca = _build_ca(config, clock)
         self.attestor = UnixAttestor()
         self._snapshot = _Snapshot(0, config, {}, b"", b"", {})
@@ -377,6 +443,31 @@ class WorkloadApiServer:
     @property
     def sockets(self) -> tuple[SocketConfig, ...]:
         return tuple(s for s, *_ in self._listeners)
+
+    @contextlib.contextmanager
+    def open_call(self, uid: int, rpc: str, socket_name: str) -> Iterator[None]:
+        """Count one open call of ``uid`` for its duration; ``ResourceExhausted`` beyond the cap."""
+        count = self._per_uid.get(uid, 0)
+        cap = self.limits.max_streams_per_uid
+        if count >= cap:
+            log.warning("workload_api.denied", rpc=rpc, reason="streams per UID", uid=uid, streams=count,
+                        socket=socket_name)
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED, f"uid {uid}: {count} Workload API calls open: at most {cap}"
+            )
+        self._per_uid[uid] = count + 1
+        try:
+            yield
+        finally:
+            left = self._per_uid[uid] - 1
+            if left:
+                self._per_uid[uid] = left
+            else:
+                del self._per_uid[uid]
+
+    def open_calls(self, uid: int) -> int:
+        """Calls ``uid`` has open now (tests, status)."""
+        return self._per_uid.get(uid, 0)
 
     def _ttl(self, entry: Entry, config: Config) -> timedelta:
         return entry.ttl if entry.ttl is not None else config.svid_ttl
@@ -429,8 +520,11 @@ class WorkloadApiServer:
         self._publish(config, self._svids_for(config, force=True, reason="start"))
         try:
             for sock_cfg in config.sockets:
-                sock = bind_unix_socket(sock_cfg.path, sock_cfg.mode)
-                server = Server([_Servicer(self, sock_cfg.name)])
+                try:
+                    sock = bind_unix_socket(sock_cfg.path, sock_cfg.mode, backlog=self.limits.backlog)
+                except UnixSocketError as exc:
+                    raise SocketError(f"socket {str(sock_cfg.path)!r}: {exc}") from exc
+                server = Server([_Servicer(self, sock_cfg.name)], limits=self.limits.transport())
                 try:
                     await server.start(sock=sock)
                 except BaseException:
@@ -540,6 +634,7 @@ async def serve(
     ready: asyncio.Event | threading.Event | None = None,
     stop: asyncio.Event | None = None,
     loader: Callable[[], Config] | None = None,
+    limits: WorkloadApiLimits | None = None,
 ) -> None:
     """Run the server until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given).
 
@@ -555,7 +650,7 @@ async def serve(
         def loader() -> Config:
             return load_config(source)
 
-    server = WorkloadApiServer(config)
+    server = WorkloadApiServer(config, limits=limits)
     tasks: set[asyncio.Task[None]] = set()
 
     async def do_reload() -> None:
