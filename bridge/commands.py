@@ -273,8 +273,9 @@ def _register_spire(sub: Sub) -> None:
     p.add_argument("--client-key", required=True, help="CAS client key file (on the agent's host)")
     p.add_argument("--trust-anchor", required=True, help="CAS identity certificate file")
     p.add_argument("--plugin", choices=flags.PLUGINS, default=flags.PLUGINS[0])
-    p.add_argument("--templates-dir", default="/run/spire/svidstore/templates")
-    p.add_argument("--predecessor-dir", default="/run/spire/svidstore/predecessors")
+    # Persistent: the plugin cannot recover lost predecessor hashes, and /run is wiped at boot.
+    p.add_argument("--templates-dir", default="/var/lib/spire/svidstore/templates")
+    p.add_argument("--predecessor-dir", default="/var/lib/spire/svidstore/predecessors")
     p.add_argument("--bundle-session", default="spire-bundle")
     p.add_argument("--federated-bundles-session", default="spire-federated-bundles")
     p.add_argument(
