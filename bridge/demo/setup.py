@@ -69,8 +69,40 @@ def meshbridge_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "bridge.cli", "--log-format", "json", *args]
 
 
-@dataclass(frozen=True, slots=True)
 class WorkloadApi:
+    """Where each side of the demo gets its identity: one name per side (``mesh``, ``mesh-inventory``,
+    ``mesh-caller``, each app's, ``intruder``). The embedded mode serves one socket per side; the SPIRE
+    mode (:mod:`bridge.demo.spire_mode`) one agent socket per trust domain, each side told apart by the
+    group its processes run in."""
+
+    kind: str = "Workload API"
+    rotation: str = "forced rotation of every SVID"
+
+    def address(self, name: str) -> str:
+        """``unix://…``: the Workload API address side ``name``'s processes use."""
+        raise NotImplementedError
+
+    def run_as(self, name: str) -> int | None:
+        """The group side ``name``'s processes must run in (``None``: as the demo itself)."""
+        return None
+
+    def side(self, name: str) -> str:
+        """How side ``name`` is told apart, for the output (``mesh.sock``, ``gid 61001``)."""
+        raise NotImplementedError
+
+    def fetch(
+        self, name: str, *, not_serial: int | None = None, timeout: float | None = None
+    ) -> SvidMaterial:
+        """Side ``name``'s SVID now (or, with ``not_serial``, once it differs from that serial)."""
+        raise NotImplementedError
+
+    def rotate(self) -> None:
+        """Make every side's SVID be re-issued (pushed to open streams)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedWorkloadApi(WorkloadApi):
     """The embedded Workload API: one process per trust domain, one socket per side."""
 
     children: tuple[Child, ...]
@@ -78,11 +110,24 @@ class WorkloadApi:
     trust_domains: Mapping[str, str]
     """Socket name → the trust domain of the process serving it."""
 
+    kind = "embedded Workload API"
+    rotation = "forced rotation of every SVID (SIGUSR1 to the Workload API)"
+
     def socket(self, name: str) -> Path:
         return self.directory / f"{name}.sock"
 
-    def fetch(self, name: str, *, not_serial: int | None = None, timeout: float = 10.0) -> SvidMaterial:
-        return fetch_svid(self.socket(name), self.trust_domains[name], timeout=timeout, not_serial=not_serial)
+    def address(self, name: str) -> str:
+        return f"unix://{self.socket(name)}"
+
+    def side(self, name: str) -> str:
+        return f"{name}.sock"
+
+    def fetch(
+        self, name: str, *, not_serial: int | None = None, timeout: float | None = None
+    ) -> SvidMaterial:
+        return fetch_svid(
+            self.socket(name), self.trust_domains[name], timeout=timeout or 10.0, not_serial=not_serial
+        )
 
     def rotate(self) -> None:
         """SIGUSR1: each embedded Workload API re-mints every SVID and pushes them on open streams."""
@@ -90,7 +135,7 @@ class WorkloadApi:
             child.popen.send_signal(signal.SIGUSR1)
 
 
-def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> WorkloadApi:
+def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> EmbeddedWorkloadApi:
     """One ``meshbridge workload-api serve`` per trust domain of ``identities``.
 
     With more than one trust domain each gets a pre-generated upstream CA (its bundle), and each entry's
@@ -120,7 +165,7 @@ def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> Workl
         children.append(
             sup.start(f"workload-api-{td}", meshbridge_argv("workload-api", "serve", "--config", str(config)))
         )
-    wa = WorkloadApi(tuple(children), directory, {i.socket_name: i.trust_domain for i in identities})
+    wa = EmbeddedWorkloadApi(tuple(children), directory, {i.socket_name: i.trust_domain for i in identities})
     for ident in identities:
         _wait_for_path(sup, socket_path(directory, ident), "workload API")
     return wa
@@ -177,11 +222,11 @@ def start_sidecar(
     name = service.name
     sds_dir = sup.subdir(f"sds-{name}")
     sds_sock = sds_dir / "sds.sock"
-    argv = ["sds", "serve", "--workload-api", f"unix://{wa.socket(mesh_socket(service, plan))}"]
-    argv += ["--listen", str(sds_sock)]
+    side = mesh_socket(service, plan)
+    argv = ["sds", "serve", "--workload-api", wa.address(side), "--listen", str(sds_sock)]
     if plan.rootca_all_bundles:
         argv.append("--rootca-all-bundles")
-    sds = sup.start(f"sds-server-{name}", meshbridge_argv(*argv))
+    sds = sup.start(f"sds-server-{name}", meshbridge_argv(*argv), gid=wa.run_as(side))
     # Envoy backs off after a failed SDS connect: start it once the socket exists.
     _wait_for_path(sup, sds_sock, f"sds-server-{name}")
     pod = service.pod or plan.pod
@@ -320,6 +365,7 @@ def start_ghostunnel(
     files: dict[str, Path],
     files_dir: Path | None,
     workload_api_addr: str | None,
+    gid: int | None = None,
 ) -> Tunnel:
     name = "ghostunnel-" + label.replace(" ", "-").replace("(", "").replace(")", "")
     for attempt in range(3):
@@ -332,7 +378,7 @@ def start_ghostunnel(
             workload_api_addr=workload_api_addr,
         )
         localized = localize(cmd, local, what=app.session_path)
-        child = sup.start(name, localized.argv(str(ghostunnel_bin)))
+        child = sup.start(name, localized.argv(str(ghostunnel_bin)), gid=gid)
         try:
             _wait_port(sup, child, local.listen_port)
             break

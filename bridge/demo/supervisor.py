@@ -67,6 +67,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child b
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def _as_group_then_die_with_parent(gid: int) -> Callable[[], None]:
+    """Switch to group ``gid`` (no supplementary groups), *then* set the death signal: the kernel clears
+    ``PR_SET_PDEATHSIG`` on any change of the effective group ID (``prctl(2)``), so the order matters."""
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
+        os.setgroups([])
+        os.setgid(gid)
+        _die_with_parent()
+
+    return preexec
+
+
 @dataclass(slots=True)
 class Child:
     """A running child process with its captured output file."""
@@ -171,10 +183,13 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         stdout_pipe: bool = False,
+        gid: int | None = None,
     ) -> Child:
         """Start ``argv`` as a supervised child; its output goes to ``<tmp>/logs/<name>.log``.
 
         With ``stdout_pipe`` the child's stdout is a pipe the caller reads (stderr still to the log).
+        With ``gid`` the child runs in that group (needs root): how the SPIRE mode tells workloads apart
+        (the ``unix`` attestor's ``gid`` selector).
         """
         if threading.get_ident() != self._owner:
             raise DemoError(f"supervisor: {name!r}: children must be started from the owner thread")
@@ -188,6 +203,7 @@ class Supervisor:
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
+        preexec = _die_with_parent if gid is None else _as_group_then_die_with_parent(gid)
         with log_path.open("ab") as out:
             try:
                 popen = subprocess.Popen(
@@ -197,7 +213,7 @@ class Supervisor:
                     stderr=out,
                     env=full_env,
                     process_group=0,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl must run in the child
+                    preexec_fn=preexec,  # noqa: PLW1509 - prctl (and setgid) must run in the child
                     close_fds=True,
                 )
             except OSError as exc:
