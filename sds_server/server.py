@@ -32,7 +32,6 @@ import contextlib
 import os
 import signal
 import socket
-import stat
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -51,7 +50,7 @@ from grpclib.health.service import OVERALL, Health
 from sds_server.codec import PassThroughProtoCodec
 from sds_server.errors import SdsConfigError
 from sds_server.file_credentials import FileCredentials
-from sds_server.grpc_server import Server, peer_socket, peer_uid
+from sds_server.grpc_server import Server, UnixSocketError, bind_unix_socket, peer_socket, peer_uid
 from sds_server.limits import SdsLimits
 from sds_server.metrics import Metrics
 from sds_server.servicer import SecretDiscoveryServicer
@@ -219,11 +218,13 @@ class SdsServer:
         if self._overdue_timer is not None:
             self._overdue_timer.cancel()
             self._overdue_timer = None
-        if self.rotation_overdue and (d is None or d.serial != self._overdue_serial):
+        # Cleared only by a renewal: a new default SVID. A default that went away (expired, now withheld)
+        # was not renewed: the overdue state stays (gauge 1, health degraded) and nothing says "cleared".
+        if self.rotation_overdue and d is not None and d.serial != self._overdue_serial:
             self.rotation_overdue = False
             self.metrics.rotation_overdue.set(0)
             self.rotation_health.set(True)
-            log.info("svid.rotation_overdue.cleared", serial=None if d is None else format(d.serial, "x"))
+            log.info("svid.rotation_overdue.cleared", spiffe_id=d.spiffe_id, serial=format(d.serial, "x"))
         if d is None or self.rotation_overdue:
             return
         start = d.valid_from()
@@ -258,41 +259,11 @@ class SdsServer:
 
     def _bind(self) -> socket.socket:
         path = self.config.listen
-        if path.exists() or path.is_symlink():
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise SdsConfigError(
-                    f"listen: {str(path)!r}: exists and is not a socket; refusing to replace it"
-                )
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            probe.settimeout(2.0)  # a live server that is not accepting must not hang us
-            try:
-                probe.connect(str(path))
-            except (ConnectionRefusedError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # stale socket from a previous run: nobody listens on it
-            except OSError as exc:  # EAGAIN (backlog full), EACCES, timeout: someone may well be serving
-                raise SdsConfigError(
-                    f"listen: {str(path)!r}: cannot tell whether another server uses this socket "
-                    f"({exc.strerror or exc}); refusing to replace it"
-                ) from exc
-            else:
-                raise SdsConfigError(f"listen: {str(path)!r}: another server is listening on this socket")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(str(path))
-            # Mode and owner are set before listen(): nobody can connect in between.
-            os.chmod(path, self.config.socket_mode)
-            if self.config.socket_owner is not None:
-                os.chown(path, self.config.socket_owner, -1)
-            sock.listen(self.config.limits.backlog)
-        except OSError as exc:
-            sock.close()
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise SdsConfigError(f"listen: {str(path)!r}: cannot create the socket: {exc.strerror}") from exc
-        sock.setblocking(False)
-        return sock
+            cfg = self.config
+            return bind_unix_socket(path, cfg.socket_mode, owner=cfg.socket_owner, backlog=cfg.limits.backlog)
+        except UnixSocketError as exc:
+            raise SdsConfigError(f"listen: {str(path)!r}: {exc}") from exc
 
     async def _serve_metrics(self) -> None:
         if self.config.metrics_address is None:

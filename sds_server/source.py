@@ -5,8 +5,12 @@ Threading / asyncio model (read this before touching anything here):
 * :class:`WorkloadApiSource` is one task on the server's loop (no threads): it opens a
   ``FetchX509SVID`` stream with the grpclib client in :mod:`sds_server.workload_client`, publishes
   every update, and when the stream fails or ends it reconnects with :class:`RetryPolicy`
-  (exponential backoff + jitter, capped at 30 s). Every failure passes through here once: logged (a
-  ``PermissionDenied`` says "no registration entry for this workload"), counted, retried.
+  (exponential backoff + jitter, capped at 30 s). Every failure passes through here once: logged,
+  counted, retried. A ``PermissionDenied`` is logged once per state change (not per retry; a reminder
+  at most every :data:`DENIED_REMINDER_SECONDS`) and says what to check and what is still served:
+  the server's own detail (SPIRE: "no identity issued"), this process's uid/gid with the
+  ``spire-server entry show -selector unix:uid:<uid>`` to run, whether it ever had an identity (then
+  its entry was likely deleted), and which SVID is served until when before it is withheld.
 * Each update is converted to plain values (:class:`~sds_server.snapshot.Svid`,
   :class:`~sds_server.snapshot.Bundle`) by the client, then a new immutable
   :class:`~sds_server.snapshot.SecretSnapshot` is built and the reference swapped under a
@@ -26,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -52,6 +58,9 @@ if TYPE_CHECKING:  # the metrics module (prometheus_client) is the server's to i
 log = structlog.get_logger(__name__)
 
 Subscriber = Callable[[SecretSnapshot], None]
+
+#: A ``PermissionDenied`` that persists unchanged is logged again at most this often.
+DENIED_REMINDER_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,10 @@ class Fault(enum.Enum):
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _zulu(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _pkcs8_pem(key: PrivateKeyTypes) -> bytes:
@@ -239,6 +252,10 @@ class WorkloadApiSource(SnapshotPublisher):
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.connected = False
+        self._had_identity = False  # an SVID was ever delivered to this process
+        self._denied_logged: tuple[object, ...] | None = None  # state of the last permission_denied line
+        self._denied_logged_at = 0.0
+        self._denied_since_logged = 0
 
     def _on_loop(self) -> bool:
         try:
@@ -309,6 +326,9 @@ class WorkloadApiSource(SnapshotPublisher):
             self._set_connected(True)
             log.info("workload_api.connected", address=self.address)
         self._attempt = 0
+        self._denied_logged = None
+        if update.svids:
+            self._had_identity = True
         self._metrics.workload_api_updates.inc()
         self.publish(update.svids, update.bundles)
         self._arm_expiry_timer()
@@ -346,13 +366,7 @@ class WorkloadApiSource(SnapshotPublisher):
         serving = self._current is not None
         if code == "PERMISSION_DENIED":
             self._metrics.workload_api_permission_denied.inc()
-            log.error(
-                "workload_api.permission_denied",
-                address=self.address,
-                hint="no registration entry for this workload: the Workload API issued no SVID to this "
-                "process (check the entry's selectors, e.g. unix:uid); retrying",
-                attempt=self._attempt,
-            )
+            self._report_denied(error.detail if isinstance(error, WorkloadApiCallError) else "")
         elif isinstance(error, WorkloadApiResponseError):
             log.error(
                 "workload_api.response.invalid",
@@ -374,3 +388,59 @@ class WorkloadApiSource(SnapshotPublisher):
             )
         else:
             log.debug("workload_api.retry", address=self.address, code=code or None, attempt=self._attempt)
+
+    def _serving(self) -> tuple[str, object]:
+        """What is still served while the Workload API denies us: a sentence, and its state key."""
+        snap = self._current
+        d = snap.default_svid if snap is not None else None
+        if d is not None:
+            return (
+                f"{d.spiffe_id} serial {d.serial:x} until {_zulu(d.not_after)}, then withholding it",
+                ("serving", d.serial),
+            )
+        now = self._clock()
+        expired = [s for s in self._svids if s.not_after <= now]
+        if expired:
+            s = min(expired, key=lambda s: s.not_after)
+            return (
+                f"no SVID: {s.spiffe_id} serial {s.serial:x} expired at {_zulu(s.not_after)} and is withheld",
+                ("withheld", s.serial),
+            )
+        return "no SVID: none was ever received", ("none",)
+
+    def _report_denied(self, detail: str) -> None:
+        """One ``workload_api.permission_denied`` line per state change (or per reminder interval)."""
+        uid, gid = os.getuid(), os.getgid()
+        serving, serving_key = self._serving()
+        state = (detail, self._had_identity, serving_key)
+        self._denied_since_logged += 1
+        now = time.monotonic()
+        if state == self._denied_logged and now - self._denied_logged_at < DENIED_REMINDER_SECONDS:
+            log.debug(
+                "workload_api.retry", address=self.address, code="PERMISSION_DENIED", attempt=self._attempt
+            )
+            return
+        reminder = state == self._denied_logged
+        self._denied_logged, self._denied_logged_at = state, now
+        denials, self._denied_since_logged = self._denied_since_logged, 0
+        if self._had_identity:
+            why = (
+                "this process had an identity and no longer has one (registration entry deleted, or its "
+                "selectors changed?)"
+            )
+        else:
+            why = "no registration entry for this workload: no SVID was ever issued to this process"
+        log.error(
+            "workload_api.permission_denied",
+            address=self.address,
+            detail=detail,
+            uid=uid,
+            gid=gid,
+            had_identity=self._had_identity,
+            serving=serving,
+            hint=f"{why}: check with `spire-server entry show -selector unix:uid:{uid}` (or the selectors "
+            "the entry should match); retrying, logged again when this changes",
+            denials=denials,
+            reminder=reminder,
+            attempt=self._attempt,
+        )

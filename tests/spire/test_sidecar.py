@@ -5,6 +5,7 @@ selects, gets through. Rotation, agent outage and a deleted entry, all through r
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,7 +231,18 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
         denied = wait_for(
             "sds logs PermissionDenied", lambda: mesh.sds.events("workload_api.permission_denied"), 30
         )
-        assert "registration entry" in denied[0]["hint"]
+        first = denied[0]
+        assert "registration entry" in first["hint"]
+        # SPIRE's own words, who we are, what to run, that we had an identity, what is served until when
+        assert first["detail"] == "no identity issued"
+        assert (first["uid"], first["gid"]) == (os.getuid(), os.getgid())
+        assert f"spire-server entry show -selector unix:uid:{os.getuid()}" in first["hint"]
+        assert first["had_identity"] is True
+        assert "deleted" in first["hint"]
+        served = re.fullmatch(
+            rf"{re.escape(MESH_ID)} serial ([0-9a-f]+) until (\S+Z), then withholding it", first["serving"]
+        )
+        assert served, first["serving"]
         # still serving the last SVID: the registered client still gets in
         with ghostunnel_client(
             ghostunnel_bin,
@@ -248,7 +261,26 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
         not_after = datetime.fromisoformat(withheld[0]["not_after"])
         assert not_after <= datetime.now(UTC)
         assert mesh.sds.metrics()["sds_svid_expired_withheld_total"] >= 1
-        assert mesh.sds.metrics()["workload_api_permission_denied_total"] >= 1
+        assert withheld[0]["serial"] == served.group(1)
+        assert datetime.fromisoformat(served.group(2)) == not_after
+
+        # Logged again once, when what is served changed (the SVID withheld); not once per retry.
+        def denied_withheld() -> list[dict[str, Any]]:
+            events = mesh.sds.events("workload_api.permission_denied")
+            return [e for e in events if "withheld" in e["serving"]]
+
+        later = wait_for("PermissionDenied logged again once the SVID is withheld", denied_withheld, 40)
+        assert later[0]["serving"] == (
+            f"no SVID: {MESH_ID} serial {served.group(1)} expired at {served.group(2)} and is withheld"
+        )
+        assert later[0]["denials"] >= 1
+        events = mesh.sds.events("workload_api.permission_denied")
+        assert [e["serving"] for e in events].count(first["serving"]) == 1  # once while serving
+        assert mesh.sds.metrics()["workload_api_permission_denied_total"] > len(events)  # retried meanwhile
+        # The withheld SVID was never renewed: rotation stays overdue, nothing says it cleared.
+        assert [e["serial"] for e in mesh.sds.events("svid.rotation_overdue")] == [served.group(1)]
+        assert mesh.sds.events("svid.rotation_overdue.cleared") == []
+        assert mesh.sds.metrics()["svid_rotation_overdue"] == 1
         # A sidecar starting now gets no 'default' (it stays warming) while ROOTCA still arrives.
         second = EnvoyProcess(mesh.envoy.bootstrap, short_dir / "envoy2", name="late")
         with second:
