@@ -1,24 +1,43 @@
 """``meshbridge``: one command line, thin.
 
 Each subsystem registers its own subcommands (``register(subparsers)``) and sets ``func`` on its parser:
-a callable taking the parsed namespace and returning the exit code. This module only parses arguments,
-configures logging once (structlog: console on a TTY, JSON otherwise) and maps package errors to one
-``error: <message>`` line on stderr and exit code 2 (``--debug`` shows the traceback).
+a callable taking the parsed namespace and returning the exit code. The bridge's own commands (``render``,
+``check``, ``apply``, ``diff``, ``istio``, ``spire``, ``scone``) are declared here, and only here is their
+namespace read: each becomes its :mod:`bridge.params` object, which the command functions of
+:mod:`bridge.commands` take (tests call them with the same objects, in-process); flags left out take the
+dataclasses' defaults. This module also configures logging once (structlog: console on a TTY, JSON
+otherwise) and maps package errors to one ``error: <message>`` line on stderr and exit code 2
+(``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import structlog
 
-from bridge import commands as bridge_commands
+from bridge import commands
 from bridge import demo as demo_command
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, SpecError
+from bridge.model import CERT_SOURCES, SVIDSTORE_PLUGINS, TOLERATIONS
+from bridge.params import (
+    ApplyParams,
+    CheckParams,
+    DiffParams,
+    IstioOverlayParams,
+    IstioPolicyParams,
+    RenderParams,
+    SconeAppParams,
+    SconeGhostunnelParams,
+    SconeNetworkShieldParams,
+    SpireEntriesParams,
+    SpireSvidstoreParams,
+)
 from istio.errors import IstioError
 from scone.errors import SconeError
 from sds_server import command as sds_command
@@ -26,9 +45,15 @@ from sds_server.errors import SdsError
 from sds_server.workload_api import command as workload_api_command
 from sds_server.workload_api.errors import WorkloadApiError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+P = TypeVar("P")
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -49,9 +74,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
@@ -66,6 +89,393 @@ PACKAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# --- the bridge's commands: flags declared, then read once into their params object --------------------
+
+
+def _typed(
+    parse: Callable[[argparse.Namespace], P], run: Callable[[P], int]
+) -> Callable[[argparse.Namespace], int]:
+    """``func`` of a bridge command: the namespace becomes the command's params here, and nowhere else."""
+
+    def func(args: argparse.Namespace) -> int:
+        return run(parse(args))
+
+    return func
+
+
+def _default(cls: type[DataclassInstance], name: str) -> object:
+    """The params dataclass's default: a flag left out means what a test leaving the field out means."""
+    (found,) = (f.default for f in dataclasses.fields(cls) if f.name == name)
+    return found
+
+
+def _file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", required=True, help="bridge spec (YAML), '-' for stdin")
+
+
+def _fmt(p: argparse.ArgumentParser, cls: type[DataclassInstance]) -> None:
+    default = _default(cls, "output")
+    p.add_argument("-o", "--output", choices=("yaml", "json"), default=default, help=f"format ({default})")
+
+
+def _session_hashes(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    problems = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            problems.append(f"--session-hash: {item!r}: must be SESSION=HASH (e.g. ns/app=<64 hex digits>)")
+        else:
+            out[name] = value
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def _render_params(a: argparse.Namespace) -> RenderParams:
+    return RenderParams(file=a.file, output=a.output, session_hashes=_session_hashes(a.session_hash))
+
+
+def _apply_params(a: argparse.Namespace) -> ApplyParams:
+    return ApplyParams(
+        file=a.file,
+        kubeconfig=a.kubeconfig,
+        context=a.context,
+        request_timeout=a.request_timeout,
+        prune=a.prune,
+        dry_run=a.dry_run == "server",
+        force_conflicts=a.force_conflicts,
+    )
+
+
+def _diff_params(a: argparse.Namespace) -> DiffParams:
+    return DiffParams(
+        file=a.file,
+        kubeconfig=a.kubeconfig,
+        context=a.context,
+        request_timeout=a.request_timeout,
+        prune=a.prune,
+    )
+
+
+def _register_spec_commands(sub: Sub) -> None:
+    p = sub.add_parser("render", help="write every artifact of a bridge spec into a directory")
+    _file(p)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="output directory (replaced atomically; never half-written)",
+    )
+    p.add_argument(
+        "--session-hash",
+        action="append",
+        default=[],
+        metavar="SESSION=HASH",
+        help="CAS session hash from 'scone session create' (repeatable): adds spire/entries.json",
+    )
+    p.set_defaults(func=_typed(_render_params, commands.cmd_render))
+    p = sub.add_parser("check", help="validate a bridge spec and cross-check its artifacts")
+    _file(p)
+    p.set_defaults(func=_typed(lambda a: CheckParams(file=a.file), commands.cmd_check))
+    apply = sub.add_parser(
+        "apply",
+        help="server-side apply the spec's Kubernetes objects (not the IstioOperator: istioctl install -f)",
+    )
+    diff = sub.add_parser(
+        "diff", help="what 'apply' would change, as a unified diff (exit 1 when there are differences)"
+    )
+    for p in (apply, diff):
+        _file(p)
+        p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+        p.add_argument("--context", help="kubeconfig context (default: the current context)")
+        p.add_argument(
+            "--request-timeout",
+            type=float,
+            default=_default(DiffParams, "request_timeout"),
+            metavar="SECONDS",
+            help="per API request (10)",
+        )
+        p.add_argument(
+            "--prune",
+            action="store_true",
+            help="also delete objects meshbridge applied earlier for this bridge that the spec no longer "
+            "renders",
+        )
+    apply.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="server",
+        choices=("none", "server"),
+        default="none",
+        help="'server': the API server validates and admits everything, persists nothing",
+    )
+    apply.add_argument(
+        "--force-conflicts", action="store_true", help="take over fields another field manager owns"
+    )
+    apply.set_defaults(func=_typed(_apply_params, commands.cmd_apply))
+    diff.set_defaults(func=_typed(_diff_params, commands.cmd_diff))
+
+
+def _istio_overlay_params(a: argparse.Namespace) -> IstioOverlayParams:
+    return IstioOverlayParams(
+        trust_domain=a.trust_domain,
+        sds_image=a.sds_image,
+        istio_namespace=a.istio_namespace,
+        revision=a.revision,
+        workload_api_socket=a.workload_api_socket,
+        ingress_gateway=not a.no_ingress_gateway,
+        output=a.output,
+    )
+
+
+def _istio_policy_params(a: argparse.Namespace) -> IstioPolicyParams:
+    return IstioPolicyParams(
+        service=a.service,
+        allow=tuple(a.allow),
+        namespace=a.namespace,
+        labels=tuple(a.label),
+        allow_namespaces=tuple(a.allow_namespace),
+        allow_principals=tuple(a.allow_principal),
+        istio_namespace=a.istio_namespace,
+        peer_authentication=not a.no_peer_authentication,
+        output=a.output,
+    )
+
+
+def _register_istio(sub: Sub) -> None:
+    istio = sub.add_parser("istio", help="Istio documents without a spec")
+    isub = istio.add_subparsers(dest="istio_command", metavar="WHAT", required=True)
+    p = isub.add_parser(
+        "overlay", help="the IstioOperator overlay putting the mesh on SPIRE (istioctl install -f -)"
+    )
+    p.add_argument("--trust-domain", required=True)
+    p.add_argument(
+        "--sds-image",
+        default=_default(IstioOverlayParams, "sds_image"),
+        help="image running 'meshbridge sds serve'",
+    )
+    p.add_argument("--istio-namespace", default=_default(IstioOverlayParams, "istio_namespace"))
+    p.add_argument("--revision")
+    p.add_argument(
+        "--workload-api-socket",
+        default=_default(IstioOverlayParams, "workload_api_socket"),
+        help="SPIRE agent socket as the SPIFFE CSI driver mounts it in the SDS container",
+    )
+    p.add_argument("--no-ingress-gateway", action="store_true", help="render no gateway component")
+    _fmt(p, IstioOverlayParams)
+    p.set_defaults(func=_typed(_istio_overlay_params, commands.cmd_istio_overlay))
+    p = isub.add_parser(
+        "policy", help="STRICT PeerAuthentication + ALLOW AuthorizationPolicy for one service"
+    )
+    p.add_argument("--service", required=True, help="Kubernetes Service name")
+    p.add_argument("--namespace", default=_default(IstioPolicyParams, "namespace"))
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pod label selecting the service's pods (repeatable; default app=<service>)",
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        required=True,
+        metavar="SPIFFE_ID",
+        help="external SPIFFE ID admitted (repeatable)",
+    )
+    p.add_argument(
+        "--allow-namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="in-mesh namespace still admitted (repeatable)",
+    )
+    p.add_argument(
+        "--allow-principal",
+        action="append",
+        default=[],
+        metavar="SPIFFE_ID",
+        help="in-mesh SPIFFE ID still admitted (repeatable)",
+    )
+    p.add_argument(
+        "--istio-namespace",
+        default=_default(IstioPolicyParams, "istio_namespace"),
+        help="root namespace (PeerAuthentication)",
+    )
+    p.add_argument("--no-peer-authentication", action="store_true", help="only the AuthorizationPolicy")
+    _fmt(p, IstioPolicyParams)
+    p.set_defaults(func=_typed(_istio_policy_params, commands.cmd_istio_policy))
+
+
+def _spire_entries_params(a: argparse.Namespace) -> SpireEntriesParams:
+    return SpireEntriesParams(
+        spiffe_id=a.spiffe_id,
+        parent_id=a.parent_id,
+        cas_session=a.cas_session,
+        session_hash=a.session_hash,
+        selectors=tuple(a.selector),
+        plugin=a.plugin,
+        ttl=a.ttl,
+        script=a.script,
+        output=a.output,
+    )
+
+
+def _spire_svidstore_params(a: argparse.Namespace) -> SpireSvidstoreParams:
+    return SpireSvidstoreParams(
+        cas=a.cas,
+        client_cert=a.client_cert,
+        client_key=a.client_key,
+        trust_anchor=a.trust_anchor,
+        plugin=a.plugin,
+        templates_dir=a.templates_dir,
+        predecessor_dir=a.predecessor_dir,
+        bundle_session=a.bundle_session,
+        federated_bundles_session=a.federated_bundles_session,
+        template=a.template,
+    )
+
+
+def _register_spire(sub: Sub) -> None:
+    spire = sub.add_parser("spire", help="SPIRE registration and SVIDStore configuration without a spec")
+    ssub = spire.add_subparsers(dest="spire_command", metavar="WHAT", required=True)
+    p = ssub.add_parser("entries", help="registration entry of one external app (spire-server entry create)")
+    p.add_argument("--spiffe-id", required=True)
+    p.add_argument("--parent-id", required=True, help="SPIFFE ID of the agent running the SVIDStore plugin")
+    p.add_argument("--cas-session", help="the app's CAS session <ns>/<name> (SVID stored into CAS)")
+    p.add_argument("--session-hash", help="hash 'scone session create' printed (needed for JSON/YAML)")
+    p.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="TYPE:VALUE",
+        help="Workload API selector (when the SVID is not stored into CAS)",
+    )
+    p.add_argument("--plugin", choices=SVIDSTORE_PLUGINS, default=_default(SpireEntriesParams, "plugin"))
+    p.add_argument("--ttl", default=_default(SpireEntriesParams, "ttl"), help="X509-SVID TTL (duration)")
+    p.add_argument("--script", action="store_true", help="print the entry create script instead of JSON")
+    _fmt(p, SpireEntriesParams)
+    p.set_defaults(func=_typed(_spire_entries_params, commands.cmd_spire_entries))
+    p = ssub.add_parser("svidstore", help="the agent's SVIDStore HCL block, or one of its session templates")
+    p.add_argument("--cas", required=True, help="https://host:port of CAS")
+    p.add_argument("--client-cert", required=True, help="CAS client certificate file (on the agent's host)")
+    p.add_argument("--client-key", required=True, help="CAS client key file (on the agent's host)")
+    p.add_argument("--trust-anchor", required=True, help="CAS identity certificate file")
+    for name in ("plugin", "templates_dir", "predecessor_dir", "bundle_session", "federated_bundles_session"):
+        choices = SVIDSTORE_PLUGINS if name == "plugin" else None
+        default = _default(SpireSvidstoreParams, name)
+        p.add_argument(f"--{name.replace('_', '-')}", choices=choices, default=default)
+    p.add_argument(
+        "--template",
+        choices=("svid", "bundle", "federated-bundles"),
+        help="print this session template instead of the HCL block",
+    )
+    p.set_defaults(func=_typed(_spire_svidstore_params, commands.cmd_spire_svidstore))
+
+
+def _scone_app(a: argparse.Namespace) -> SconeAppParams:
+    return SconeAppParams(
+        session=a.session,
+        mrenclaves=tuple(a.mrenclave),
+        targets=tuple(a.target),
+        trust_domain=a.trust_domain,
+        cluster_domain=a.cluster_domain,
+        tolerate=tuple(a.tolerate),
+        pwd=a.pwd,
+        bundle_session=a.bundle_session,
+        plugin=a.plugin,
+        output=a.output,
+    )
+
+
+def _network_shield_params(a: argparse.Namespace) -> SconeNetworkShieldParams:
+    return SconeNetworkShieldParams(
+        app=_scone_app(a), service=a.service, command=a.command, server_auth=not a.no_server_auth
+    )
+
+
+def _ghostunnel_params(a: argparse.Namespace) -> SconeGhostunnelParams:
+    return SconeGhostunnelParams(
+        app=_scone_app(a),
+        listen_ports=tuple(a.listen_port),
+        cert_source=a.cert_source,
+        workload_api_addr=a.workload_api_addr,
+        cert_dir=a.cert_dir,
+        timed_reload=a.timed_reload,
+        status_port=a.status_port,
+        binary=a.binary,
+        command_line=a.command_line,
+    )
+
+
+def _register_scone(sub: Sub) -> None:
+    scone = sub.add_parser("scone", help="SCONE CAS sessions without a spec")
+    csub = scone.add_subparsers(dest="scone_command", metavar="WHAT", required=True)
+    for name, helptext in (
+        ("network-shield", "CAS session of an app whose TLS to the mesh is added by the network shield"),
+        ("ghostunnel", "CAS session (or command line) of a confidential Ghostunnel in client mode"),
+    ):
+        p = csub.add_parser(name, help=helptext)
+        p.add_argument("--session", required=True, help="CAS session name <namespace>/<name>")
+        p.add_argument("--mrenclave", action="append", default=[], required=True, help="repeatable")
+        p.add_argument(
+            "--target",
+            action="append",
+            default=[],
+            required=True,
+            metavar="SVC.NS:PORT[=SPIFFE_ID]",
+            help="mesh service (repeatable); SPIFFE ID defaults to Istio's .../ns/NS/sa/SVC",
+        )
+        p.add_argument("--trust-domain", help="for targets without an explicit SPIFFE ID")
+        p.add_argument("--cluster-domain", default=_default(SconeAppParams, "cluster_domain"))
+        p.add_argument("--tolerate", action="append", default=[], choices=TOLERATIONS)
+        p.add_argument("--pwd", default=_default(SconeAppParams, "pwd"))
+        p.add_argument("--bundle-session", default=_default(SconeAppParams, "bundle_session"))
+        p.add_argument("--plugin", choices=SVIDSTORE_PLUGINS, default=_default(SconeAppParams, "plugin"))
+        _fmt(p, SconeAppParams)
+        if name == "network-shield":
+            p.add_argument("--service", required=True, help="SCONE service name")
+            p.add_argument("--command", required=True, help="the app's command inside the enclave")
+            p.add_argument(
+                "--no-server-auth",
+                action="store_true",
+                help="INSECURE: do not authenticate the mesh service (the thesis's setting)",
+            )
+            p.set_defaults(func=_typed(_network_shield_params, commands.cmd_scone_network_shield))
+            continue
+        p.add_argument(
+            "--listen-port",
+            action="append",
+            type=int,
+            default=[],
+            help="local plain port per target, in order (default: the target's port)",
+        )
+        p.add_argument(
+            "--cert-source", choices=CERT_SOURCES, default=_default(SconeGhostunnelParams, "cert_source")
+        )
+        for flag in ("workload_api_addr", "cert_dir", "timed_reload", "status_port", "binary"):
+            default = _default(SconeGhostunnelParams, flag)
+            kind = int if flag == "status_port" else str
+            p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=default)
+        p.add_argument(
+            "--command-line",
+            action="store_true",
+            help="print the plain command line(s) for running Ghostunnel outside CAS",
+        )
+        p.set_defaults(func=_typed(_ghostunnel_params, commands.cmd_scone_ghostunnel))
+
+
+def _register_bridge(sub: Sub) -> None:
+    """Add ``render``, ``check``, ``apply``, ``diff``, ``istio``, ``spire``, ``scone`` to ``meshbridge``."""
+    _register_spec_commands(sub)
+    _register_istio(sub)
+    _register_spire(sub)
+    _register_scone(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshbridge",
@@ -76,14 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=("auto", "console", "json"), default="auto", help="log renderer"
     )
-    parser.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), default="info"
-    )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    registrars: Sequence[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = (
+    registrars: Sequence[Callable[[Sub], None]] = (
         workload_api_command.register,
         sds_command.register,
-        bridge_commands.register,
+        _register_bridge,
         demo_command.register,
     )
     for register in registrars:

@@ -1,13 +1,13 @@
-"""The single-purpose generators behind ``meshbridge istio|spire|scone …``: flags in, documents out.
+"""The single-purpose generators behind ``meshbridge istio|spire|scone …``: parameters in, documents out.
 
-For operators without a bridge spec. Every flag is validated with the same rules as the spec
-(:mod:`bridge.names`, ``sds_server.spiffe_id``); every problem is reported at once as a
-:class:`FlagError` (``--flag: value: rule``); renderer refusals are mapped to it too.
+For operators without a bridge spec. Each generator takes its :mod:`bridge.params` object (built by
+``bridge.cli`` from the flags, or by a test), validates every field with the same rules as the spec
+(:mod:`bridge.names`, ``sds_server.spiffe_id``) and reports every problem at once as a :class:`FlagError`
+(``--flag: 'value': rule``, named by the flag the value came from); renderer refusals are mapped to it too.
 """
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +17,15 @@ import scone
 from bridge import names
 from bridge.errors import SpecError
 from bridge.model import SVIDSTORE_PLUGINS, TOLERATIONS
+from bridge.params import (
+    IstioOverlayParams,
+    IstioPolicyParams,
+    SconeAppParams,
+    SconeGhostunnelParams,
+    SconeNetworkShieldParams,
+    SpireEntriesParams,
+    SpireSvidstoreParams,
+)
 from bridge.spec import DEFAULT_SDS_IMAGE, DEFAULT_WORKLOAD_API_SOCKET
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId, TrustDomain
@@ -87,7 +96,7 @@ def _rendered(call: Callable[[], Output]) -> Output:
         raise FlagError(str(exc).splitlines()) from exc
 
 
-def _labels(f: _Flags, items: list[str], default_name: str) -> tuple[tuple[str, str], ...]:
+def _labels(f: _Flags, items: tuple[str, ...], default_name: str) -> tuple[tuple[str, str], ...]:
     if not items:
         return (("app", default_name),)
     out = []
@@ -102,75 +111,81 @@ def _labels(f: _Flags, items: list[str], default_name: str) -> tuple[tuple[str, 
     return tuple(sorted(out))
 
 
-def istio_overlay(args: argparse.Namespace) -> Output:
+def istio_overlay(params: IstioOverlayParams) -> Output:
     f = _Flags()
-    td = f.trust_domain("--trust-domain", args.trust_domain)
-    f.check("--sds-image", args.sds_image, names.image_reference)
-    f.check("--istio-namespace", args.istio_namespace, names.dns1123_label)
-    if args.revision is not None:
-        f.check("--revision", args.revision, names.dns1123_label)
-    f.check("--workload-api-socket", args.workload_api_socket, names.absolute_path)
+    td = f.trust_domain("--trust-domain", params.trust_domain)
+    f.check("--sds-image", params.sds_image, names.image_reference)
+    f.check("--istio-namespace", params.istio_namespace, names.dns1123_label)
+    if params.revision is not None:
+        f.check("--revision", params.revision, names.dns1123_label)
+    f.check("--workload-api-socket", params.workload_api_socket, names.absolute_path)
     f.done()
-    mount, socket_name = posixpath.split(args.workload_api_socket)
-    params = istio.OverlayParams(
+    mount, socket_name = posixpath.split(params.workload_api_socket)
+    overlay = istio.OverlayParams(
         trust_domain=td,
-        sds_image=args.sds_image,
-        root_namespace=args.istio_namespace,
-        revision=args.revision,
-        gateways=() if args.no_ingress_gateway else (istio.Gateway(),),
+        sds_image=params.sds_image,
+        root_namespace=params.istio_namespace,
+        revision=params.revision,
+        gateways=(istio.Gateway(),) if params.ingress_gateway else (),
         workload_api_mount=mount or "/",
         workload_api_socket_name=socket_name,
     )
-    return _rendered(lambda: Output([istio.render_istio_operator(params)]))
+    return _rendered(lambda: Output([istio.render_istio_operator(overlay)]))
 
 
-def istio_policy(args: argparse.Namespace) -> Output:
+def istio_policy(params: IstioPolicyParams) -> Output:
     f = _Flags()
-    f.check("--service", args.service, names.dns1035_label)
-    f.check("--namespace", args.namespace, names.dns1123_label)
-    f.check("--istio-namespace", args.istio_namespace, names.dns1123_label)
-    labels = _labels(f, args.label, args.service)
-    allowed = tuple(f.spiffe_id("--allow", v) for v in args.allow)
-    principals = tuple(f.spiffe_id("--allow-principal", v) for v in args.allow_principal)
-    namespaces = tuple(f.check("--allow-namespace", v, names.dns1123_label) for v in args.allow_namespace)
+    f.check("--service", params.service, names.dns1035_label)
+    f.check("--namespace", params.namespace, names.dns1123_label)
+    f.check("--istio-namespace", params.istio_namespace, names.dns1123_label)
+    labels = _labels(f, params.labels, params.service)
+    allowed = tuple(f.spiffe_id("--allow", v) for v in params.allow)
+    principals = tuple(f.spiffe_id("--allow-principal", v) for v in params.allow_principals)
+    namespaces = tuple(f.check("--allow-namespace", v, names.dns1123_label) for v in params.allow_namespaces)
     f.done()
     service = istio.MeshService(
-        name=args.service, namespace=args.namespace, service_account=args.service, port=1, pod_labels=labels
+        name=params.service,
+        namespace=params.namespace,
+        service_account=params.service,
+        port=1,
+        pod_labels=labels,
     )
-    params = istio.AuthorizationParams(
+    policy = istio.AuthorizationParams(
         service=service, allowed_spiffe_ids=allowed, mesh_principals=principals, mesh_namespaces=namespaces
     )
 
     def build() -> Output:
-        docs = [] if args.no_peer_authentication else [istio.render_peer_authentication(args.istio_namespace)]
-        return Output([*docs, istio.render_authorization_policy(params)])
+        docs = (
+            [istio.render_peer_authentication(params.istio_namespace)] if params.peer_authentication else []
+        )
+        return Output([*docs, istio.render_authorization_policy(policy)])
 
     return _rendered(build)
 
 
-def spire_entries(args: argparse.Namespace) -> Output:
+def spire_entries(params: SpireEntriesParams) -> Output:
     f = _Flags()
-    spiffe_id = f.spiffe_id("--spiffe-id", args.spiffe_id)
-    parent = f.spiffe_id("--parent-id", args.parent_id)
-    if args.cas_session is not None:
-        f.check("--cas-session", args.cas_session, names.scone_session_name)
-        if args.selector:
+    spiffe_id = f.spiffe_id("--spiffe-id", params.spiffe_id)
+    parent = f.spiffe_id("--parent-id", params.parent_id)
+    if params.cas_session is not None:
+        f.check("--cas-session", params.cas_session, names.scone_session_name)
+        if params.selectors:
             f.problems.append(
                 "--selector: only for entries whose SVID is not stored into CAS (no --cas-session)"
             )
-    elif not args.selector:
+    elif not params.selectors:
         f.problems.append("--cas-session: required (or --selector for a Workload API entry)")
     selectors = []
-    for item in args.selector:
+    for item in params.selectors:
         kind, sep, value = item.partition(":")
         if not sep or not kind or not value or " " in item:
             f.problems.append(f"--selector: {item!r}: must be TYPE:VALUE without spaces (e.g. unix:uid:1000)")
         selectors.append(istio.Selector(kind, value))
     ttl = 0
-    if names.duration(f.check("--ttl", args.ttl, names.duration)) is None:
-        ttl = int(names.duration_seconds(args.ttl))
-    needs_hash = args.cas_session is not None and not args.script
-    if needs_hash and args.session_hash is None:
+    if names.duration(f.check("--ttl", params.ttl, names.duration)) is None:
+        ttl = int(names.duration_seconds(params.ttl))
+    needs_hash = params.cas_session is not None and not params.script
+    if needs_hash and params.session_hash is None:
         f.problems.append(
             "--session-hash: required for JSON/YAML entries with --cas-session: post the app's session with "
             "'scone session create' first (or use --script, which takes the hash when it runs)"
@@ -179,52 +194,54 @@ def spire_entries(args: argparse.Namespace) -> Output:
     entry = istio.ExternalAppEntry(
         spiffe_id=spiffe_id,
         parent_id=parent,
-        cas_session=args.cas_session,
+        cas_session=params.cas_session,
         selectors=tuple(selectors),
         x509_svid_ttl=ttl,
     )
-    params = istio.EntriesParams(entries=(entry,), plugin=args.plugin)
-    if args.script:
-        return _rendered(lambda: Output(istio.render_entries_script(params, prog="register-entries.sh")))
-    hashes = {args.cas_session: args.session_hash} if args.cas_session is not None else {}
-    return _rendered(lambda: Output([istio.render_entries_json(params, hashes)]))
+    entries = istio.EntriesParams(entries=(entry,), plugin=params.plugin)
+    if params.script:
+        return _rendered(lambda: Output(istio.render_entries_script(entries, prog="register-entries.sh")))
+    hashes = {}
+    if params.cas_session is not None and params.session_hash is not None:  # required here: checked above
+        hashes[params.cas_session] = params.session_hash
+    return _rendered(lambda: Output([istio.render_entries_json(entries, hashes)]))
 
 
-def spire_svidstore(args: argparse.Namespace) -> Output:
+def spire_svidstore(params: SpireSvidstoreParams) -> Output:
     f = _Flags()
     for flag, value in (
-        ("--client-cert", args.client_cert),
-        ("--client-key", args.client_key),
-        ("--trust-anchor", args.trust_anchor),
-        ("--templates-dir", args.templates_dir),
-        ("--predecessor-dir", args.predecessor_dir),
+        ("--client-cert", params.client_cert),
+        ("--client-key", params.client_key),
+        ("--trust-anchor", params.trust_anchor),
+        ("--templates-dir", params.templates_dir),
+        ("--predecessor-dir", params.predecessor_dir),
     ):
         f.check(flag, value, names.absolute_path)
-    f.check("--bundle-session", args.bundle_session, names.scone_session_name)
-    f.check("--federated-bundles-session", args.federated_bundles_session, names.scone_session_name)
+    f.check("--bundle-session", params.bundle_session, names.scone_session_name)
+    f.check("--federated-bundles-session", params.federated_bundles_session, names.scone_session_name)
     f.done()
     sessions = scone.SvidStoreSessions(
-        plugin=args.plugin,
-        bundle_session=args.bundle_session,
-        federated_bundles_session=args.federated_bundles_session,
+        plugin=params.plugin,
+        bundle_session=params.bundle_session,
+        federated_bundles_session=params.federated_bundles_session,
     )
 
     def build() -> Output:
-        if args.template == "svid":
+        if params.template == "svid":
             return Output(scone.render_svid_session_template(sessions))
-        if args.template == "bundle":
+        if params.template == "bundle":
             return Output(scone.render_bundle_session_template(sessions))
-        if args.template == "federated-bundles":
+        if params.template == "federated-bundles":
             return Output(scone.render_federated_bundles_session_template(sessions))
         hcl = scone.render_svidstore_hcl(
             scone.SvidStoreConfig(
-                cas_address=args.cas,
-                cas_client_certificate=args.client_cert,
-                cas_client_key=args.client_key,
-                trust_anchor_certificate=args.trust_anchor,
+                cas_address=params.cas,
+                cas_client_certificate=params.client_cert,
+                cas_client_key=params.client_key,
+                trust_anchor_certificate=params.trust_anchor,
                 sessions=sessions,
-                cas_predecessor_dir=args.predecessor_dir,
-                template_dir=args.templates_dir,
+                cas_predecessor_dir=params.predecessor_dir,
+                template_dir=params.templates_dir,
             )
         )
         return Output(hcl.text, tuple(str(w) for w in hcl.warnings))
@@ -232,11 +249,11 @@ def spire_svidstore(args: argparse.Namespace) -> Output:
     return _rendered(build)
 
 
-def _targets(f: _Flags, args: argparse.Namespace) -> tuple[scone.MeshTarget, ...]:
-    f.check("--cluster-domain", args.cluster_domain, names.dns1123_subdomain)
-    td = f.trust_domain("--trust-domain", args.trust_domain) if args.trust_domain else None
+def _targets(f: _Flags, params: SconeAppParams) -> tuple[scone.MeshTarget, ...]:
+    f.check("--cluster-domain", params.cluster_domain, names.dns1123_subdomain)
+    td = f.trust_domain("--trust-domain", params.trust_domain) if params.trust_domain else None
     out = []
-    for item in args.target:
+    for item in params.targets:
         address, _, spiffe_id = item.partition("=")
         host, sep, port_text = address.rpartition(":")
         name, dot, namespace = host.partition(".")
@@ -260,40 +277,40 @@ def _targets(f: _Flags, args: argparse.Namespace) -> tuple[scone.MeshTarget, ...
                 namespace=namespace,
                 port=port,
                 spiffe_id=spiffe_id,
-                cluster_domain=args.cluster_domain,
+                cluster_domain=params.cluster_domain,
             )
         )
     return tuple(out)
 
 
-def _common(f: _Flags, args: argparse.Namespace) -> tuple[scone.Attestation, scone.SvidStoreSessions]:
-    f.check("--session", args.session, names.scone_session_name)
-    for value in args.mrenclave:
+def _common(f: _Flags, params: SconeAppParams) -> tuple[scone.Attestation, scone.SvidStoreSessions]:
+    f.check("--session", params.session, names.scone_session_name)
+    for value in params.mrenclaves:
         f.check("--mrenclave", value, names.mrenclave)
-    f.check("--pwd", args.pwd, names.absolute_path)
-    f.check("--bundle-session", args.bundle_session, names.scone_session_name)
+    f.check("--pwd", params.pwd, names.absolute_path)
+    f.check("--bundle-session", params.bundle_session, names.scone_session_name)
     return (
-        scone.Attestation(tolerate=tuple(dict.fromkeys(args.tolerate))),
-        scone.SvidStoreSessions(plugin=args.plugin, bundle_session=args.bundle_session),
+        scone.Attestation(tolerate=tuple(dict.fromkeys(params.tolerate))),
+        scone.SvidStoreSessions(plugin=params.plugin, bundle_session=params.bundle_session),
     )
 
 
-def scone_network_shield(args: argparse.Namespace) -> Output:
+def scone_network_shield(params: SconeNetworkShieldParams) -> Output:
     f = _Flags()
-    attestation, sessions = _common(f, args)
-    targets = _targets(f, args)
-    f.check("--service", args.service, names.scone_name)
+    attestation, sessions = _common(f, params.app)
+    targets = _targets(f, params.app)
+    f.check("--service", params.service, names.scone_name)
     f.done()
     app = scone.NetworkShieldApp(
-        session_name=args.session,
-        service_name=args.service,
-        command=args.command,
-        mrenclaves=tuple(m.lower() for m in args.mrenclave),
+        session_name=params.app.session,
+        service_name=params.service,
+        command=params.command,
+        mrenclaves=tuple(m.lower() for m in params.app.mrenclaves),
         targets=targets,
-        pwd=args.pwd,
+        pwd=params.app.pwd,
         attestation=attestation,
         svidstore=sessions,
-        server_auth=not args.no_server_auth,
+        server_auth=params.server_auth,
     )
 
     def build() -> Output:
@@ -303,47 +320,47 @@ def scone_network_shield(args: argparse.Namespace) -> Output:
     return _rendered(build)
 
 
-def scone_ghostunnel(args: argparse.Namespace) -> Output:
+def scone_ghostunnel(params: SconeGhostunnelParams) -> Output:
     f = _Flags()
-    attestation, sessions = _common(f, args)
-    targets = _targets(f, args)
-    if args.listen_port and len(args.listen_port) != len(args.target):
+    attestation, sessions = _common(f, params.app)
+    targets = _targets(f, params.app)
+    if params.listen_ports and len(params.listen_ports) != len(params.app.targets):
         f.problems.append("--listen-port: give one per --target, in the same order (or none)")
-    f.check("--timed-reload", args.timed_reload, names.duration)
-    f.check("--cert-dir", args.cert_dir, names.absolute_path)
-    f.check("--binary", args.binary, names.absolute_path)
+    f.check("--timed-reload", params.timed_reload, names.duration)
+    f.check("--cert-dir", params.cert_dir, names.absolute_path)
+    f.check("--binary", params.binary, names.absolute_path)
     f.done()
-    listen = args.listen_port or [t.port for t in targets]
+    listen = params.listen_ports or tuple(t.port for t in targets)
     files = scone.CertFiles(
-        cert=f"{args.cert_dir}/svid.pem",
-        key=f"{args.cert_dir}/svid-key.pem",
-        cacert=f"{args.cert_dir}/bundle.pem",
+        cert=f"{params.cert_dir}/svid.pem",
+        key=f"{params.cert_dir}/svid-key.pem",
+        cacert=f"{params.cert_dir}/bundle.pem",
     )
     tunnels = tuple(
         scone.GhostunnelTunnel(
             target=t,
             listen_port=port,
-            cert_source=args.cert_source,
+            cert_source=params.cert_source,
             files=files,
-            workload_api_addr=args.workload_api_addr,
-            timed_reload=args.timed_reload,
-            status_port=args.status_port + i,
+            workload_api_addr=params.workload_api_addr,
+            timed_reload=params.timed_reload,
+            status_port=params.status_port + i,
         )
         for i, (t, port) in enumerate(zip(targets, listen, strict=True))
     )
     app = scone.GhostunnelApp(
-        session_name=args.session,
-        mrenclaves=tuple(m.lower() for m in args.mrenclave),
+        session_name=params.app.session,
+        mrenclaves=tuple(m.lower() for m in params.app.mrenclaves),
         tunnels=tunnels,
-        binary=args.binary,
-        pwd=args.pwd,
+        binary=params.binary,
+        pwd=params.app.pwd,
         attestation=attestation,
         svidstore=sessions,
     )
 
     def build() -> Output:
-        if args.command_line:
-            lines = [scone.ghostunnel_command_line(t, args.binary) for t in tunnels]
+        if params.command_line:
+            lines = [scone.ghostunnel_command_line(t, params.binary) for t in tunnels]
             warnings = [str(w) for t in tunnels for w in scone.ghostunnel_warnings(t)]
             return Output("\n".join(lines) + "\n", tuple(warnings))
         rendered = scone.render_ghostunnel_session(app)
