@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, Generic, TextIO, TypeVar
 
 import structlog
 
@@ -92,15 +92,16 @@ PACKAGE_ERRORS: tuple[type[Exception], ...] = (
 # --- the bridge's commands: flags declared, then read once into their params object --------------------
 
 
-def _typed(
-    parse: Callable[[argparse.Namespace], P], run: Callable[[P], int]
-) -> Callable[[argparse.Namespace], int]:
-    """``func`` of a bridge command: the namespace becomes the command's params here, and nowhere else."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Typed(Generic[P]):
+    """``func`` of a bridge command: ``parse`` turns the namespace into the command's params (here, and
+    nowhere else), ``run`` is the command function taking them. Tests check ``parse`` against the flags."""
 
-    def func(args: argparse.Namespace) -> int:
-        return run(parse(args))
+    parse: Callable[[argparse.Namespace], P]
+    run: Callable[[P], int]
 
-    return func
+    def __call__(self, args: argparse.Namespace) -> int:
+        return self.run(self.parse(args))
 
 
 def _default(cls: type[DataclassInstance], name: str) -> object:
@@ -175,10 +176,10 @@ def _register_spec_commands(sub: Sub) -> None:
         metavar="SESSION=HASH",
         help="CAS session hash from 'scone session create' (repeatable): adds spire/entries.json",
     )
-    p.set_defaults(func=_typed(_render_params, commands.cmd_render))
+    p.set_defaults(func=_Typed(_render_params, commands.cmd_render))
     p = sub.add_parser("check", help="validate a bridge spec and cross-check its artifacts")
     _file(p)
-    p.set_defaults(func=_typed(lambda a: CheckParams(file=a.file), commands.cmd_check))
+    p.set_defaults(func=_Typed(lambda a: CheckParams(file=a.file), commands.cmd_check))
     apply = sub.add_parser(
         "apply",
         help="server-side apply the spec's Kubernetes objects (not the IstioOperator: istioctl install -f)",
@@ -214,8 +215,8 @@ def _register_spec_commands(sub: Sub) -> None:
     apply.add_argument(
         "--force-conflicts", action="store_true", help="take over fields another field manager owns"
     )
-    apply.set_defaults(func=_typed(_apply_params, commands.cmd_apply))
-    diff.set_defaults(func=_typed(_diff_params, commands.cmd_diff))
+    apply.set_defaults(func=_Typed(_apply_params, commands.cmd_apply))
+    diff.set_defaults(func=_Typed(_diff_params, commands.cmd_diff))
 
 
 def _istio_overlay_params(a: argparse.Namespace) -> IstioOverlayParams:
@@ -265,7 +266,7 @@ def _register_istio(sub: Sub) -> None:
     )
     p.add_argument("--no-ingress-gateway", action="store_true", help="render no gateway component")
     _fmt(p, IstioOverlayParams)
-    p.set_defaults(func=_typed(_istio_overlay_params, commands.cmd_istio_overlay))
+    p.set_defaults(func=_Typed(_istio_overlay_params, commands.cmd_istio_overlay))
     p = isub.add_parser(
         "policy", help="STRICT PeerAuthentication + ALLOW AuthorizationPolicy for one service"
     )
@@ -307,7 +308,7 @@ def _register_istio(sub: Sub) -> None:
     )
     p.add_argument("--no-peer-authentication", action="store_true", help="only the AuthorizationPolicy")
     _fmt(p, IstioPolicyParams)
-    p.set_defaults(func=_typed(_istio_policy_params, commands.cmd_istio_policy))
+    p.set_defaults(func=_Typed(_istio_policy_params, commands.cmd_istio_policy))
 
 
 def _spire_entries_params(a: argparse.Namespace) -> SpireEntriesParams:
@@ -358,7 +359,7 @@ def _register_spire(sub: Sub) -> None:
     p.add_argument("--ttl", default=_default(SpireEntriesParams, "ttl"), help="X509-SVID TTL (duration)")
     p.add_argument("--script", action="store_true", help="print the entry create script instead of JSON")
     _fmt(p, SpireEntriesParams)
-    p.set_defaults(func=_typed(_spire_entries_params, commands.cmd_spire_entries))
+    p.set_defaults(func=_Typed(_spire_entries_params, commands.cmd_spire_entries))
     p = ssub.add_parser("svidstore", help="the agent's SVIDStore HCL block, or one of its session templates")
     p.add_argument("--cas", required=True, help="https://host:port of CAS")
     p.add_argument("--client-cert", required=True, help="CAS client certificate file (on the agent's host)")
@@ -373,7 +374,7 @@ def _register_spire(sub: Sub) -> None:
         choices=("svid", "bundle", "federated-bundles"),
         help="print this session template instead of the HCL block",
     )
-    p.set_defaults(func=_typed(_spire_svidstore_params, commands.cmd_spire_svidstore))
+    p.set_defaults(func=_Typed(_spire_svidstore_params, commands.cmd_spire_svidstore))
 
 
 def _scone_app(a: argparse.Namespace) -> SconeAppParams:
@@ -444,7 +445,7 @@ def _register_scone(sub: Sub) -> None:
                 action="store_true",
                 help="INSECURE: do not authenticate the mesh service (the thesis's setting)",
             )
-            p.set_defaults(func=_typed(_network_shield_params, commands.cmd_scone_network_shield))
+            p.set_defaults(func=_Typed(_network_shield_params, commands.cmd_scone_network_shield))
             continue
         p.add_argument(
             "--listen-port",
@@ -465,7 +466,7 @@ def _register_scone(sub: Sub) -> None:
             action="store_true",
             help="print the plain command line(s) for running Ghostunnel outside CAS",
         )
-        p.set_defaults(func=_typed(_ghostunnel_params, commands.cmd_scone_ghostunnel))
+        p.set_defaults(func=_Typed(_ghostunnel_params, commands.cmd_scone_ghostunnel))
 
 
 def _register_bridge(sub: Sub) -> None:

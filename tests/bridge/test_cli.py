@@ -1,8 +1,8 @@
-"""``meshbridge render|check|istio|spire|scone`` through real subprocesses: output, exit codes, no debris."""
+"""The ``meshbridge`` entry point through a real subprocess: subcommands, exit codes, one ``error:`` line per
+problem, no traceback, no debris. What the commands print is tested in-process (``test_cli_inprocess.py``)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +13,6 @@ import yaml
 
 from tests.bridge.strategies import EXAMPLE
 from tests.support.kube import free_ports
-from tests.support.schemas import problems, scone_problems
 
 MESHBRIDGE = [sys.executable, "-m", "bridge.cli"]
 HEX = "ab" * 32
@@ -39,47 +38,6 @@ def _error_lines(stderr: str) -> list[str]:
     assert all(ln.startswith("error: ") for ln in lines), stderr
     assert "Traceback" not in stderr
     return lines
-
-
-def test_render_writes_the_tree(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = run("render", "-f", str(EXAMPLE), "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert "README.md" in files
-    assert "spire/register-entries.sh" in files
-    assert ".meshbridge-render" in files
-    assert os.stat(out / "spire/register-entries.sh").st_mode & 0o777 == 0o755
-    assert os.stat(out / "istio/istio-operator.yaml").st_mode & 0o777 == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dirs left next to it
-    # rendering again replaces the directory whole
-    (out / "stale.txt").write_text("old")
-    assert run("render", "-f", str(EXAMPLE), "-o", str(out)).returncode == 0
-    assert not (out / "stale.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
-def test_render_from_stdin_with_session_hashes(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = run(
-        "render",
-        "-f",
-        "-",
-        "-o",
-        str(out),
-        "--session-hash",
-        f"meshbridge/shielded-client={HEX}",
-        "--session-hash",
-        f"meshbridge/tunnel-client={HEX}",
-        stdin=EXAMPLE.read_text(),
-    )
-    assert result.returncode == 0, result.stderr
-    entries = json.loads((out / "spire/entries.json").read_text())
-    assert [e["spiffe_id"] for e in entries["entries"]] == [
-        "spiffe://example.org/external/shielded-client",
-        "spiffe://example.org/external/tunnel-client",
-    ]
 
 
 @pytest.mark.parametrize(
@@ -123,184 +81,59 @@ def test_invalid_spec_keeps_the_previous_output(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["istio", "policy", "--service", "Http_bin", "--allow", "spiffe://x//y"],
+            [
+                "error: --service: 'Http_bin': must be a DNS-1035 label (Kubernetes Service name): lowercase "
+                "letters, digits and '-', starting with a letter and ending with a letter or digit",
+                "error: --allow: 'spiffe://x//y': path cannot contain empty segments ('//')",
+            ],
+        ),
+        (
+            ["scone", "ghostunnel", "--session", "ns/a b", "--mrenclave", "xyz", "--target", "foo"],
+            [
+                "error: --session: 'ns/a b': SCONE session names are '/'-separated segments of letters, "
+                "digits, '_' and '-'",
+                "error: --mrenclave: 'xyz': MRENCLAVE must be 64 hexadecimal digits (SHA-256 of the enclave)",
+                "error: --target: 'foo': must be SVC.NAMESPACE:PORT[=SPIFFE_ID]",
+            ],
+        ),
+        (
+            ["render", "-f", str(EXAMPLE), "-o", "never-written", "--session-hash", "ns/a"],
+            ["error: --session-hash: 'ns/a': must be SESSION=HASH (e.g. ns/app=<64 hex digits>)"],
+        ),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_per_problem(
+    tmp_path: Path, argv: list[str], expected: list[str]
+) -> None:
+    result = run(*argv, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert _error_lines(result.stderr) == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_problems_exit_2() -> None:
+    spec = EXAMPLE.read_text().replace(
+        "    labels: {app: httpbin}\n", "    labels: {app: httpbin}\n    svidDnsNames: false\n"
+    )
+    result = run("check", "-f", "-", stdin=spec)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert len([ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]) == 2
+
+
 def test_render_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("precious")
     result = run("render", "-f", str(EXAMPLE), "-o", str(tmp_path))
     assert result.returncode == 2
     assert _error_lines(result.stderr)[0].endswith("refusing to replace it: choose another directory")
     assert (tmp_path / "keep.txt").read_text() == "precious"
-
-
-def test_check_ok_and_warnings() -> None:
-    result = run("check", "-f", str(EXAMPLE))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "ok: 1 mesh service(s), 2 external app(s), 13 documents consistent\n"
-    insecure = EXAMPLE.read_text().replace(
-        "    targets: [httpbin]\n", "    targets: [httpbin]\n    serverAuth: false\n"
-    )
-    result = run("check", "-f", "-", stdin=insecure)
-    assert result.returncode == 0
-    assert "warning: externalApps[0] (shielded-client): server_auth: 'false': " in result.stderr
-
-
-def test_istio_commands() -> None:
-    overlay = run("istio", "overlay", "--trust-domain", "example.org")
-    assert overlay.returncode == 0, overlay.stderr
-    doc = yaml.safe_load(overlay.stdout)
-    assert problems(doc) == []
-    assert doc["spec"]["meshConfig"]["trustDomain"] == "example.org"
-    policy = run(
-        "istio", "policy", "--service", "httpbin", "--allow", "spiffe://example.org/external/a", "-o", "json"
-    )
-    assert policy.returncode == 0, policy.stderr
-    listed = json.loads(policy.stdout)
-    assert listed["kind"] == "List"
-    for item in listed["items"]:
-        assert problems(item) == []
-    assert listed["items"][1]["spec"]["rules"][0]["from"][0]["source"]["principals"] == [
-        "example.org/external/a"
-    ]
-    bad = run("istio", "policy", "--service", "Http_bin", "--allow", "spiffe://x//y")
-    assert bad.returncode == 2
-    assert _error_lines(bad.stderr) == [
-        "error: --service: 'Http_bin': must be a DNS-1035 label (Kubernetes Service name): lowercase "
-        "letters, "
-        "digits and '-', starting with a letter and ending with a letter or digit",
-        "error: --allow: 'spiffe://x//y': path cannot contain empty segments ('//')",
-    ]
-
-
-def test_spire_commands() -> None:
-    base = [
-        "spire",
-        "entries",
-        "--spiffe-id",
-        "spiffe://example.org/external/a",
-        "--parent-id",
-        "spiffe://example.org/agent",
-        "--cas-session",
-        "ns/a",
-    ]
-    missing = run(*base)
-    assert missing.returncode == 2
-    assert _error_lines(missing.stderr)[0].startswith("error: --session-hash: required for JSON/YAML entries")
-    ok = run(*base, "--session-hash", HEX)
-    entry = json.loads(ok.stdout)["entries"][0]
-    assert {"type": "sconecas_sessionmanager", "value": f"session_hash:{HEX}"} in entry["selectors"]
-    script = run(*base, "--script")
-    assert script.returncode == 0
-    assert script.stdout.startswith("#!/usr/bin/env bash")
-    hcl = run(
-        "spire",
-        "svidstore",
-        "--cas",
-        "https://cas:8081",
-        "--client-cert",
-        "/c",
-        "--client-key",
-        "/k",
-        "--trust-anchor",
-        "/t",
-    )
-    assert hcl.returncode == 0
-    assert hcl.stdout.startswith('SVIDStore "sconecas_sessionmanager" {')
-    template = run(
-        "spire",
-        "svidstore",
-        "--cas",
-        "https://cas:8081",
-        "--client-cert",
-        "/c",
-        "--client-key",
-        "/k",
-        "--trust-anchor",
-        "/t",
-        "--template",
-        "bundle",
-        "--bundle-session",
-        "ns/bundle",
-    )
-    assert template.stdout.startswith("name: ns/bundle\n")
-
-
-def test_scone_commands(ghostunnel_bin: Path) -> None:
-    common = [
-        "--session",
-        "ns/app",
-        "--mrenclave",
-        HEX,
-        "--target",
-        "httpbin.default:8000",
-        "--trust-domain",
-        "example.org",
-    ]
-    shield = run("scone", "network-shield", *common, "--service", "app", "--command", "python3 app.py")
-    assert shield.returncode == 0
-    assert shield.stderr == ""
-    session = yaml.safe_load(shield.stdout)
-    assert scone_problems(session) == []
-    env = session["services"][0]["environment"]
-    assert env["SCONE_NETWORK_SHIELD_CLIENT_1_DESTINATION"] == "TCP:httpbin.default.svc.cluster.local:8000"
-    insecure = run(
-        "scone", "network-shield", *common, "--service", "app", "--command", "x", "--no-server-auth"
-    )
-    assert insecure.returncode == 0
-    assert insecure.stderr.startswith("warning: server_auth: 'false'")
-    gt = run("scone", "ghostunnel", *common, "--listen-port", "9000", "--command-line")
-    assert gt.returncode == 0, gt.stderr
-    argv = gt.stdout.split()
-    assert "--verify-uri=spiffe://example.org/ns/default/sa/httpbin" in argv
-    assert "--listen=127.0.0.1:9000" in argv
-    helped = subprocess.run(
-        [str(ghostunnel_bin), *argv[1:], "--help"], capture_output=True, timeout=30, check=False
-    )
-    assert helped.returncode == 0
-    gsession = yaml.safe_load(run("scone", "ghostunnel", *common).stdout)
-    assert scone_problems(gsession) == []
-    bad = run(
-        "scone",
-        "ghostunnel",
-        "--session",
-        "ns/a b",
-        "--mrenclave",
-        "xyz",
-        "--target",
-        "foo",
-        "--command-line",
-    )
-    assert bad.returncode == 2
-    assert _error_lines(bad.stderr) == [
-        "error: --session: 'ns/a b': SCONE session names are '/'-separated segments of letters, digits, "
-        "'_' and '-'",
-        "error: --mrenclave: 'xyz': MRENCLAVE must be 64 hexadecimal digits (SHA-256 of the enclave)",
-        "error: --target: 'foo': must be SVC.NAMESPACE:PORT[=SPIFFE_ID]",
-    ]
-
-
-def test_check_reports_dns_name_missing_from_the_svid(tmp_path: Path) -> None:
-    spec = EXAMPLE.read_text().replace(
-        "    labels: {app: httpbin}\n", "    labels: {app: httpbin}\n    svidDnsNames: false\n"
-    )
-    result = run("check", "-f", "-", stdin=spec)
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
-    warnings = [ln for ln in lines if ln.startswith("warning: ")]
-    prefix = "warning: meshServices[0] (default/httpbin): svidDnsNames: false, but "
-    assert any(w.startswith(prefix) for w in warnings)
-    assert [ln for ln in lines if ln not in warnings] == [
-        "error: externalApps[0] (shielded-client): 'httpbin.default.svc.cluster.local': authenticated by "
-        "DNS name "
-        "but no ClusterSPIFFEID of default/httpbin puts it in the SVID (dnsNameTemplates): the handshake "
-        "would fail",
-        "error: externalApps[1] (tunnel-client): 'httpbin.default.svc.cluster.local': authenticated by DNS "
-        "name "
-        "but no ClusterSPIFFEID of default/httpbin puts it in the SVID (dnsNameTemplates): the handshake "
-        "would fail",
-    ]
-    # render still writes (the operator opted out explicitly) but says so
-    rendered = run("render", "-f", "-", "-o", str(tmp_path / "out"), stdin=spec)
-    assert rendered.returncode == 0
-    assert "warning: meshServices[0] (default/httpbin): svidDnsNames: false" in rendered.stderr
 
 
 def test_apply_and_diff_without_a_reachable_cluster_exit_2(tmp_path: Path) -> None:
@@ -335,15 +168,54 @@ def test_apply_and_diff_without_a_reachable_cluster_exit_2(tmp_path: Path) -> No
     assert line.startswith(f"error: kubeconfig {tmp_path / 'missing'}: no usable cluster: ")
 
 
-def test_apply_says_the_istio_operator_is_for_istioctl(tmp_path: Path) -> None:
-    result = run("apply", "-f", str(EXAMPLE), "--kubeconfig", str(tmp_path / "missing"))
-    assert result.stdout.splitlines() == [
-        "istio/istio-operator.yaml: IstioOperator meshbridge-spire is not applied: it is for "
-        "'istioctl install -f istio/istio-operator.yaml' (no API server object behind it)"
-    ]
-
-
 def test_apply_reports_spec_errors_before_contacting_a_cluster(tmp_path: Path) -> None:
     result = run("apply", "-f", "-", "--kubeconfig", str(tmp_path / "missing"), stdin="kind: Bridge\n")
     assert result.returncode == 2
     assert all("kubeconfig" not in line for line in _error_lines(result.stderr))
+
+
+def test_help_lists_every_subcommand() -> None:
+    done = run("--help")
+    assert done.returncode == 0
+    for command in (
+        "workload-api",
+        "sds",
+        "render",
+        "check",
+        "apply",
+        "diff",
+        "istio",
+        "spire",
+        "scone",
+        "demo",
+    ):
+        assert command in done.stdout
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    done = run("no-such-command")
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr
+
+
+def test_package_error_prints_one_error_line_per_problem_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "wl.yaml"
+    config.write_text(
+        "trust_domain: Example.org\n"
+        "entries:\n"
+        "  - spiffe_id: spiffe://example.org//a\n"
+        "    selectors: ['unix:uid:0']\n"
+    )
+    done = run("workload-api", "serve", "--config", str(config), "--socket", str(tmp_path / "s.sock"))
+    assert done.returncode == 2, done.stderr
+    lines = _error_lines(done.stderr)
+    assert len(lines) >= 2, done.stderr
+    assert any("trust_domain" in line and "'Example.org'" in line for line in lines)
+    assert any("entries[0].spiffe_id" in line and "empty segments" in line for line in lines)
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = run("--debug", "istio", "policy", "--service", "Http_bin", "--allow", "spiffe://example.org/a")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("bridge.flags.FlagError: --service: 'Http_bin'")
