@@ -6,8 +6,10 @@ back (not the model) and checks that they agree with each other, the way the con
 * every DNS name an external app authenticates (network shield ``_DESTINATION`` with server auth on,
   Ghostunnel ``--target`` host when fed from files) is in the ``dnsNameTemplates`` of the
   ``ClusterSPIFFEID`` selecting that service's pods — otherwise the TLS handshake fails on the name;
-* every external app is admitted by an ``AuthorizationPolicy`` selecting each service it calls
-  (principal = its SPIFFE ID without ``spiffe://``), and has a SPIRE entry with that SPIFFE ID;
+* every external app is admitted by the ``AuthorizationPolicy``s selecting each service it calls,
+  evaluated as Istio does (DENY before ALLOW; ``principals`` exact or with a prefix/suffix ``*``, AND NOT
+  ``notPrincipals``; ``namespaces`` as ``/ns/<ns>/`` in the principal), and has a SPIRE entry with that
+  SPIFFE ID; services without ``meshCallers`` still admit in-mesh callers;
 * Ghostunnel ``--verify-uri`` is the target service's Istio SPIFFE ID;
 * the SVID/bundle sessions the app sessions import are the ones the SVIDStore templates name;
 * no SPIFFE ID is registered twice; Ghostunnel listen/status ports of one app do not clash;
@@ -16,7 +18,9 @@ back (not the model) and checks that they agree with each other, the way the con
   the targets' ``ROOTCA`` only), a ``ClusterFederatedTrustDomain`` fetches it, the overlay admits it to
   Istio's SAN check (``meshConfig.caCertificates[].trustDomains``) and runs the SDS server with
   ``--rootca-all-bundles``, and each app's entry federates with the mesh's trust domain so its session
-  gets the mesh's CA from the federated-bundles session;
+  gets the mesh's CA from the federated-bundles session; every service's policies refuse identities
+  of the apps' trust domain that the spec does not declare for it (an undeclared app path, a
+  ``/ns/<ns>/sa/..``-shaped one, and the declared apps that target other services);
 * warnings: an ALLOW policy whose selector also selects another service's pods (over-admission), mesh
   services sharing a service account (Ghostunnel cannot tell them apart by SPIFFE ID), and the exposure
   an app in the mesh's own trust domain leaves (every mesh workload trusts its SVID; only policies keep
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 
 import yaml
 
+import istio
 from bridge import render as layout
 from bridge.model import Bridge, ExternalApp, MeshService
 from bridge.render import render
@@ -90,43 +95,65 @@ def _cluster_spiffe_ids_for(rendering: Rendering, service: MeshService) -> list[
     return out
 
 
-def _policy_refuses(rendering: Rendering, service: MeshService, principal: str) -> bool:
-    """Whether the rendered policies selecting ``service`` refuse ``principal``: a DENY naming it, or
-    ALLOW policies none of which admits it."""
-    allow_seen = False
-    for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
-        if _dict(doc.get("metadata")).get("namespace") != service.namespace:
+def _selecting_policies(rendering: Rendering, service: MeshService) -> list[Mapping[str, object]]:
+    return [
+        _dict(doc.get("spec"))
+        for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES)
+        if _dict(doc.get("metadata")).get("namespace") == service.namespace
+        and _selects(_labels_of(doc, "spec", "selector", "matchLabels"), service.label_map)
+    ]
+
+
+def _rule_matches(rule: Mapping[str, object], principal: str, *, action: str) -> bool:
+    """Whether one policy rule matches a request from ``principal`` (any path, method, port).
+
+    ``from`` entries are OR-ed, ``to``/``when`` would narrow the rule. Fields this check does not model
+    count against the policy's purpose: a DENY rule is then taken not to match (it may not refuse), an
+    ALLOW rule to match only through what is modelled."""
+    if action == "DENY" and (rule.get("to") or rule.get("when")):
+        return False
+    sources = _list(rule.get("from"))
+    if not sources:
+        return True
+    for entry in sources:
+        source = _dict(_dict(entry).get("source"))
+        namespaces = [str(n) for n in _list(source.get("namespaces"))]
+        principals_only = {k: v for k, v in source.items() if k != "namespaces"}
+        verdict = istio.source_matches(principals_only, principal)
+        if verdict is None:
             continue
-        if not _selects(_labels_of(doc, "spec", "selector", "matchLabels"), service.label_map):
-            continue
-        spec = _dict(doc.get("spec"))
-        named = {
-            str(p)
-            for rule in _list(spec.get("rules"))
-            for src in _list(_dict(rule).get("from"))
-            for p in _list(_dict(_dict(src).get("source")).get("principals"))
-        }
-        if spec.get("action") == "DENY" and principal in named:
+        # Istio matches source.namespaces as the regex '.*/ns/<ns>/.*' on the principal, whatever its
+        # trust domain (pilot/pkg/security/authz/model/generator.go, srcNamespaceGenerator)
+        in_namespace = not namespaces or any(f"/ns/{ns}/" in principal for ns in namespaces)
+        if verdict and in_namespace:
             return True
-        if spec.get("action", "ALLOW") == "ALLOW":
+    return False
+
+
+def _allow_admits(rendering: Rendering, service: MeshService, principal: str) -> bool:
+    """Whether an ALLOW policy selecting ``service`` has a rule matching ``principal``."""
+    return any(
+        _rule_matches(_dict(r), principal, action="ALLOW")
+        for spec in _selecting_policies(rendering, service)
+        if spec.get("action", "ALLOW") == "ALLOW"
+        for r in _list(spec.get("rules"))
+    )
+
+
+def _policy_refuses(rendering: Rendering, service: MeshService, principal: str) -> bool:
+    """Whether the rendered policies selecting ``service`` refuse ``principal`` (no ``spiffe://``), with
+    Istio's semantics: a matching DENY rule refuses (DENY before ALLOW); otherwise, once an ALLOW policy
+    selects the pods, only a matching ALLOW rule admits."""
+    allow_seen = allowed = False
+    for spec in _selecting_policies(rendering, service):
+        action = str(spec.get("action", "ALLOW"))
+        rules = [_dict(r) for r in _list(spec.get("rules"))]
+        if action == "DENY" and any(_rule_matches(r, principal, action=action) for r in rules):
+            return True
+        if action == "ALLOW":
             allow_seen = True
-    return allow_seen and principal not in _admitting_principals(rendering, service)
-
-
-def _admitting_principals(rendering: Rendering, service: MeshService) -> set[str]:
-    principals: set[str] = set()
-    for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES):
-        if _dict(doc.get("metadata")).get("namespace") != service.namespace:
-            continue
-        spec = _dict(doc.get("spec"))
-        if spec.get("action", "ALLOW") != "ALLOW":
-            continue
-        if not _selects(_labels_of(doc, "spec", "selector", "matchLabels"), service.label_map):
-            continue
-        for rule in _list(spec.get("rules")):
-            for src in _list(_dict(rule).get("from")):
-                principals.update(str(p) for p in _list(_dict(_dict(src).get("source")).get("principals")))
-    return principals
+            allowed = allowed or any(_rule_matches(r, principal, action=action) for r in rules)
+    return allow_seen and not allowed
 
 
 def _authenticated_names(rendering: Rendering, app: ExternalApp) -> list[str]:
@@ -169,11 +196,9 @@ def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
             problems.append(f"{where}: {layout.ENTRIES_SCRIPT} registers no entry for {app.spiffe_id!r}")
         for t in app.targets:
             svc = t.service
-            restricted = bool(svc.mesh_principals or svc.mesh_namespaces)  # the ALLOW shape
-            if (
-                principal not in _admitting_principals(rendering, svc)
-                if restricted
-                else _policy_refuses(rendering, svc, principal)
+            restricted = bool(svc.mesh_principals or svc.mesh_namespaces)  # the ALLOW shape: one must name it
+            if _policy_refuses(rendering, svc, principal) or (
+                restricted and not _allow_admits(rendering, svc, principal)
             ):
                 problems.append(
                     f"{where}: {principal!r}: no AuthorizationPolicy selecting {svc.key} admits it "
@@ -192,7 +217,27 @@ def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
                 )
         problems += _session_problems(bridge, rendering, app, where)
     problems += _duplicate_ids(bridge)
+    problems += _mesh_traffic_problems(bridge, rendering)
     problems += _federation_problems(bridge, rendering)
+    return problems
+
+
+_PROBE_SA = "meshbridge-check-undeclared"
+"""Service account of the identities ``check`` tries against the rendered policies (no spec names it)."""
+
+
+def _mesh_traffic_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
+    """A service whose spec lists no in-mesh callers must keep admitting in-mesh callers after apply."""
+    problems = []
+    for i, svc in enumerate(bridge.services):
+        if svc.mesh_principals or svc.mesh_namespaces:
+            continue
+        caller = f"{bridge.trust_domain}/ns/{svc.namespace}/sa/{_PROBE_SA}"
+        if _policy_refuses(rendering, svc, caller):
+            problems.append(
+                f"meshServices[{i}] ({svc.key}): its AuthorizationPolicies refuse in-mesh callers such as "
+                f"{caller!r} although the spec lists no meshCallers: applying them would cut the mesh off"
+            )
     return problems
 
 
@@ -256,6 +301,24 @@ def _federation_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
             problems.append(
                 f"meshServices[{i}] ({svc.key}): its ClusterSPIFFEID federates with {td!r} although no app "
                 "in that trust domain targets it: its sidecar would trust every SVID the apps' SPIRE issues"
+            )
+    for i, svc in enumerate(bridge.services):
+        callers = {a.spiffe_id for a in bridge.callers_of(svc)}
+        # any SVID the apps' SPIRE issues, path-shaped like an app's or like a mesh workload's (an ALLOW
+        # policy's namespaces rule matches '/ns/<ns>/' in any trust domain), and declared apps elsewhere
+        probes = [f"{td}/external/{_PROBE_SA}", f"{td}/ns/{svc.namespace}/sa/{_PROBE_SA}"]
+        probes += [
+            a.spiffe_id.removeprefix(_SCHEME)
+            for a in bridge.apps
+            if bridge.in_federation(a) and a.spiffe_id not in callers
+        ]
+        admitted = [p for p in probes if not _policy_refuses(rendering, svc, p)]
+        if admitted:
+            problems.append(
+                f"meshServices[{i}] ({svc.key}): its AuthorizationPolicies admit "
+                f"{', '.join(map(repr, admitted))}: identities of {td!r} that no app declares for it; "
+                "every mesh service must refuse the apps' trust domain except its declared callers (a DENY "
+                f"policy with principals ['{td}/*'] and notPrincipals = those callers)"
             )
     if not any(
         _dict(d.get("spec")).get("trustDomain") == td
@@ -382,14 +445,27 @@ def _model_warnings(bridge: Bridge) -> list[str]:
                     f"AuthorizationPolicy admits {a.key}'s callers to {b.key} too"
                 )
     mesh_td_apps = [(i, a) for i, a in enumerate(bridge.apps) if not bridge.in_federation(a)]
+    open_services = [
+        f"meshServices[{i}] ({s.key})"
+        for i, s in enumerate(bridge.services)
+        if not (s.mesh_principals or s.mesh_namespaces)
+    ]
     if mesh_td_apps:
         names = ", ".join(f"externalApps[{i}] ({a.name})" for i, a in mesh_td_apps)
         warnings.append(
             f"{names}: SPIFFE ID(s) in the mesh's trust domain {bridge.trust_domain!r}: every mesh workload "
             "trusts these SVIDs at the TLS handshake (STRICT mTLS checks the CA, not who it is); only "
             "AuthorizationPolicies keep them out, and meshbridge renders those for the meshServices of this "
-            "spec alone: any other workload in the mesh without a policy naming them accepts their requests. "
-            "Declare 'federation:' to give the apps their own trust domain, trusted only by their targets"
+            "spec alone: any other workload in the mesh without a policy naming them accepts their requests"
+            + (
+                f"; and {', '.join(open_services)} (no meshCallers: DENY policies, which can name only the "
+                "declared apps, not a whole trust domain the mesh itself uses) admit every other SVID issued "
+                f"in {bridge.trust_domain!r}, e.g. an undeclared external app's"
+                if open_services
+                else ""
+            )
+            + ". Declare 'federation:' to give the apps their own trust domain, trusted only by their "
+            "targets and refused by every other mesh service's DENY policy"
         )
     for i, app in enumerate(bridge.apps):
         if "outdated-tcb" in app.scone.tolerations and not app.scone.ignore_advisories:

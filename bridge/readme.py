@@ -3,7 +3,7 @@
 The order matters (istio.io "ops/integrations/spire", spire-controller-manager docs, SCONE CAS docs):
 
 1. ``ClusterSPIFFEID``s before any SPIRE-backed pod starts (pods without an entry never become Ready);
-2. Istio with the overlay, then STRICT mTLS and the ALLOW policies;
+2. Istio with the overlay, then STRICT mTLS and the AuthorizationPolicies (ALLOW and DENY);
 3. the mesh workloads opt in to the ``spire`` injection template and are restarted;
 4. the SPIRE agent next to CAS gets the SVIDStore plugin and its three session templates;
 5. each app's CAS session is posted — CAS answers with the session hash;
@@ -103,8 +103,11 @@ def _federation_notes(bridge: Bridge) -> list[str]:
         return [
             f"The external apps' SPIFFE IDs are in the mesh's trust domain `{bridge.trust_domain}`: every "
             "mesh workload trusts their SVIDs at the TLS handshake, and only the AuthorizationPolicies keep "
-            "them out (`meshbridge check` explains this exposure). Declare `federation:` in the spec to give "
-            "them their own trust domain, trusted only by their targets.",
+            "them out (`meshbridge check` explains this exposure). A service without `meshCallers` gets a "
+            "DENY policy naming the declared apps that do not call it (a whole-trust-domain DENY would cut "
+            "off the mesh itself), so any other SVID of this trust domain, e.g. an undeclared app's, is "
+            "admitted there. Declare `federation:` in the spec to give the apps their own trust domain, "
+            "trusted only by their targets and refused by every other mesh service.",
             "",
         ]
     targets = sorted({t.service.key for a in bridge.apps if bridge.in_federation(a) for t in a.targets})
@@ -116,6 +119,11 @@ def _federation_notes(bridge: Bridge) -> list[str]:
         "apps' certificates at the handshake. The overlay admits the trust domain to Istio's own SAN check "
         "(`meshConfig.caCertificates[].trustDomains`, Istio >= 1.16), not as a `trustDomainAlias` (an alias "
         "would also let the apps' trust domain match mesh principals in AuthorizationPolicies).",
+        "",
+        f"Every mesh service's DENY `AuthorizationPolicy` (`<service>-meshbridge-deny`) refuses "
+        f"`{fed.trust_domain}/*` except the apps the spec admits to that service (`notPrincipals`): any "
+        "other SVID the apps' SPIRE issues gets 403 even where its certificate is trusted (Istio evaluates "
+        "DENY before ALLOW). The mesh's own identities do not match, so in-mesh traffic is untouched.",
         "",
         f"The other direction: the SPIRE server of `{fed.trust_domain}` (the one the SGX host's agent "
         f"belongs to) must federate with `{bridge.trust_domain}`: expose the mesh SPIRE server's bundle "

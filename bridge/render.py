@@ -8,8 +8,10 @@ documents under these relative paths (the layout ``meshbridge render -o DIR`` wr
 * ``istio/istio-operator.yaml`` - ``IstioOperator`` overlay for ``istioctl install -f``;
 * ``istio/peer-authentication.yaml`` - mesh-wide STRICT ``PeerAuthentication``;
 * ``istio/authorization-policies.yaml`` - per mesh service, an ALLOW ``AuthorizationPolicy`` (when the
-  spec lists its in-mesh callers) or a DENY one naming the declared apps that do not target it (in-mesh
-  traffic untouched); a list: multi-document YAML;
+  spec lists its in-mesh callers) and/or a DENY one (in-mesh traffic untouched): with ``federation:``
+  it refuses every identity of the apps' trust domain (``<td>/*``) except the service's declared
+  callers (``notPrincipals``); it also names the declared apps of the mesh's trust domain that do not
+  target the service (when no ALLOW policy already refuses them); a list: multi-document YAML;
 * ``spire/cluster-spiffeids.yaml`` - one ``ClusterSPIFFEID`` per mesh service, then one per gateway
   the overlay puts on SPIRE (a list);
 * ``spire/cluster-federated-trust-domains.yaml`` - with ``federation:``, the ``ClusterFederatedTrustDomain``
@@ -134,6 +136,12 @@ def authorization_params(bridge: Bridge, service: MeshService) -> istio.Authoriz
         mesh_principals=service.mesh_principals,
         mesh_namespaces=service.mesh_namespaces,
     )
+
+
+def foreign_trust_domains(bridge: Bridge) -> tuple[str, ...]:
+    """Trust domains of external apps besides the mesh's: refused by every mesh service's DENY policy
+    except for the apps the spec admits to it."""
+    return (bridge.federation.trust_domain,) if bridge.federation is not None else ()
 
 
 def cluster_spiffe_id_params(bridge: Bridge, service: MeshService) -> istio.ClusterSpiffeIdParams:
@@ -282,20 +290,28 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
     crds: list[dict[str, object]] = []
     for index, service in enumerate(bridge.services):
         try:
+            params = authorization_params(bridge, service)
             if bridge.callers_of(service) and (service.mesh_principals or service.mesh_namespaces):
                 # the spec lists the in-mesh callers: one ALLOW policy admits them and the apps
-                policies.append(istio.render_authorization_policy(authorization_params(bridge, service)))
+                policies.append(istio.render_authorization_policy(params))
+                mesh_td_others: tuple[str, ...] = ()  # the ALLOW policy already refuses them
             else:
                 # no in-mesh callers declared (or no app calls it): an ALLOW policy would deny every
-                # in-mesh caller the moment it is applied; a DENY policy refuses the declared apps that
-                # do not target the service and leaves the mesh alone
-                params = authorization_params(bridge, service)
-                others = tuple(
-                    a.spiffe_id for a in bridge.apps if a.spiffe_id not in params.allowed_spiffe_ids
+                # in-mesh caller the moment it is applied; the DENY policy below refuses the declared
+                # apps of the mesh's trust domain that do not target the service, and leaves the mesh alone
+                mesh_td_others = tuple(
+                    a.spiffe_id
+                    for a in bridge.apps
+                    if a.spiffe_id not in params.allowed_spiffe_ids and not bridge.in_federation(a)
                 )
-                deny = istio.render_external_deny_policy(params, others)
-                if deny is not None:
-                    policies.append(deny)
+            # With federation, every identity of the apps' trust domain except this service's declared
+            # callers is refused here - also next to an ALLOW policy, whose source.namespaces rule Istio
+            # matches as '.*/ns/<ns>/.*' in any trust domain
+            deny = istio.render_external_deny_policy(
+                params, mesh_td_others, foreign_trust_domains=foreign_trust_domains(bridge)
+            )
+            if deny is not None:
+                policies.append(deny)
             crds.append(istio.render_cluster_spiffe_id(cluster_spiffe_id_params(bridge, service)))
         except istio.IstioError as exc:
             raise _renderer_failed(_where_service(index, service), exc) from exc

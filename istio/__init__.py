@@ -28,9 +28,11 @@ from istio.model import (
 )
 from istio.policy import (
     principal,
+    principal_matches,
     render_authorization_policy,
     render_external_deny_policy,
     render_peer_authentication,
+    source_matches,
 )
 from istio.spire import (
     cluster_spiffe_id_name,
@@ -64,6 +66,7 @@ __all__ = [
     "labels",
     "mesh_spiffe_id",
     "principal",
+    "principal_matches",
     "render_authorization_policy",
     "render_cluster_federated_trust_domain",
     "render_cluster_spiffe_id",
@@ -75,4 +78,5 @@ __all__ = [
     "render_peer_authentication",
     "sds_container",
     "service_dns_names",
+    "source_matches",
 ]

@@ -1,4 +1,4 @@
-"""Who may talk to the mesh: mesh-wide STRICT mTLS and per-service ALLOW policies.
+"""Who may talk to the mesh: mesh-wide STRICT mTLS and per-service ALLOW and DENY policies.
 
 Sources: istio.io reference "security/peer_authentication" and "security/authorization-policy"
 (``security.istio.io/v1``; the schemas in ``shared/schemas`` pin istio/api 1.30.3). Istio principals
@@ -8,6 +8,7 @@ are SPIFFE IDs without the ``spiffe://`` scheme (``<td>/ns/<ns>/sa/<sa>``).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from istio._checks import DNS1123_SUBDOMAIN, check_service
 from istio.errors import IstioError
@@ -17,14 +18,18 @@ __all__ = [
     "SECURITY_API_VERSION",
     "authorization_policy_name",
     "principal",
+    "principal_matches",
     "render_authorization_policy",
     "render_external_deny_policy",
     "render_peer_authentication",
+    "source_matches",
 ]
 
 SECURITY_API_VERSION = "security.istio.io/v1"
 _SCHEME = "spiffe://"
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# SPIFFE trust domain names: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID spec, 2.1)
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 
 
 def principal(spiffe_id: str, *, field: str = "spiffe_id") -> str:
@@ -98,14 +103,30 @@ def render_authorization_policy(params: AuthorizationParams) -> dict[str, object
 
 
 def render_external_deny_policy(
-    params: AuthorizationParams, denied_spiffe_ids: tuple[str, ...]
+    params: AuthorizationParams,
+    denied_spiffe_ids: tuple[str, ...],
+    *,
+    foreign_trust_domains: tuple[str, ...] = (),
 ) -> dict[str, object] | None:
-    """A DENY policy on the service's pods refusing ``denied_spiffe_ids`` (declared external apps that
-    do not target it), for services whose spec declares no in-mesh callers.
+    """A DENY policy on the service's pods refusing external identities it must not admit.
+
+    Two kinds of source, OR-ed (``from`` entries of one rule):
+
+    * per trust domain in ``foreign_trust_domains`` (the external apps' own, federated ones): every
+      identity of it - ``principals: ["<td>/*"]`` - except the ``params.allowed_spiffe_ids`` in it
+      (``notPrincipals``). Istio compiles ``<td>/*`` to the Envoy matcher ``prefix: spiffe://<td>/``
+      and a source's ``notPrincipals`` to ``not_id`` of their ``or_ids``, AND-ed with the principals
+      (``pilot/pkg/security/authz/model``: ``srcPrincipalGenerator``, ``rule.principal``); trust
+      domain aliasing leaves such principals alone (``trustdomain.Bundle.ReplaceTrustDomainAliases``
+      rewrites only ``<td>/ns/<ns>/sa/<sa>``-shaped ones). So any SVID the apps' SPIRE issues is
+      refused here unless the spec admits it to this service;
+    * ``denied_spiffe_ids``: exact principals (declared apps in the mesh's own trust domain that do not
+      target the service - the mesh's other identities must keep working, so no wildcard there).
 
     Unlike an ALLOW policy it leaves every other caller alone: in-mesh traffic keeps working (an ALLOW
-    policy would deny every caller it does not list, Istio "Authorization Policy" semantics). ``None``
-    when there is nothing to deny. ``params.allowed_spiffe_ids`` must not be among the denied.
+    policy would deny every caller it does not list, Istio "Authorization Policy" semantics; DENY
+    policies are evaluated before ALLOW ones). ``None`` when there is nothing to deny.
+    ``params.allowed_spiffe_ids`` must not be among ``denied_spiffe_ids``.
     """
     svc = params.service
     problems: list[str] = []
@@ -122,9 +143,33 @@ def render_external_deny_policy(
             continue
         if p not in principals:
             principals.append(p)
+    sources: list[dict[str, object]] = []
+    for i, td in enumerate(dict.fromkeys(foreign_trust_domains)):
+        if not _TRUST_DOMAIN.match(td):
+            problems.append(
+                f"foreign_trust_domains[{i}]: {td!r}: a trust domain name (no scheme, path or '*')"
+            )
+            continue
+        source: dict[str, object] = {"principals": [f"{td}/*"]}
+        admitted: list[str] = []
+        for j, spiffe_id in enumerate(params.allowed_spiffe_ids):
+            if not spiffe_id.startswith(f"{_SCHEME}{td}/"):
+                continue
+            try:
+                p = principal(spiffe_id, field=f"allowed_spiffe_ids[{j}]")
+            except IstioError as exc:
+                problems.append(str(exc))
+                continue
+            if p not in admitted:
+                admitted.append(p)
+        if admitted:
+            source["notPrincipals"] = admitted
+        sources.append({"source": source})
     if problems:
         raise IstioError("\n".join(problems))
-    if not principals:
+    if principals:
+        sources.append({"source": {"principals": principals}})
+    if not sources:
         return None
     return {
         "apiVersion": SECURITY_API_VERSION,
@@ -133,6 +178,42 @@ def render_external_deny_policy(
         "spec": {
             "action": "DENY",
             "selector": {"matchLabels": dict(svc.pod_labels)},
-            "rules": [{"from": [{"source": {"principals": principals}}]}],
+            "rules": [{"from": sources}],
         },
     }
+
+
+def principal_matches(pattern: str, peer: str) -> bool:
+    """Istio's match of one ``principals`` value against a peer's principal (SPIFFE ID without scheme).
+
+    ``matcher.StringMatcherWithPrefix`` (``pilot/pkg/security/authz/matcher/string.go``): ``*`` alone
+    matches any non-empty principal, ``*x`` a suffix, ``x*`` a prefix, anything else exactly.
+    """
+    if pattern == "*":
+        return bool(peer)
+    if pattern.startswith("*"):
+        return peer.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return peer.startswith(pattern[:-1])
+    return peer == pattern
+
+
+def source_matches(source: Mapping[str, object], peer: str) -> bool | None:
+    """Whether an AuthorizationPolicy ``source`` (principal fields only) matches ``peer``.
+
+    ``principals`` (any) AND NOT ``notPrincipals`` (any), as Istio's ``rule.principal`` builds it;
+    ``None`` when the source uses fields this evaluator does not model (namespaces, IP blocks, request
+    principals), so callers can refuse to guess.
+    """
+    modelled = {"principals", "notPrincipals"}
+    if set(source) - modelled:
+        return None
+    principals = _strings(source.get("principals"))
+    not_principals = _strings(source.get("notPrincipals"))
+    if principals and not any(principal_matches(p, peer) for p in principals):
+        return False
+    return not any(principal_matches(p, peer) for p in not_principals)
+
+
+def _strings(value: object) -> Sequence[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []

@@ -8,7 +8,8 @@ consumer in a cluster would read them:
   select the httpbin pods of ``examples/httpbin/httpbin.yaml``, its ``spiffeIDTemplate`` and
   ``dnsNameTemplates`` evaluated for those pods (as spire-controller-manager does);
 - STRICT: the mesh-wide ``PeerAuthentication``; admitted callers: the ``AuthorizationPolicy`` ALLOW
-  principals selecting those pods;
+  principals selecting those pods; refused ones: their DENY sources (exact principals, or Istio's
+  ``td/*`` wildcard with ``notPrincipals``, enforced as Envoy RBAC the way istiod compiles them);
 - each external app's SPIFFE ID: the SPIRE registration entry carrying its CAS session selector;
 - each app's session (``scone/<app>/session.yaml``) and the SVIDStore templates (text, filled later
   like the plugin does).
@@ -27,6 +28,7 @@ from typing import Literal
 import yaml
 
 from bridge.demo.errors import DemoError
+from bridge.envoy.bootstrap import SourceRule
 
 AppMode = Literal["network-shield", "ghostunnel"]
 Doc = Mapping[str, object]
@@ -65,10 +67,14 @@ class MeshSide:
     namespace_sources: tuple[str, ...] = ()
     """``source.namespaces`` of the ALLOW policies: in-mesh callers (no such caller runs in the demo)."""
     denied: tuple[str, ...] = ()
-    """Callers DENY policies refuse, as SPIFFE IDs (checked before ALLOW, as Istio does)."""
+    """Callers DENY policies refuse by exact principal, as SPIFFE IDs (checked before ALLOW, as Istio
+    does)."""
     federates_with: tuple[str, ...] = ()
     """The ClusterSPIFFEID's ``federatesWith``: foreign trust domains whose bundles the pods receive."""
     pod: Pod | None = None
+    deny_rules: tuple[SourceRule, ...] = ()
+    """DENY sources with a ``*`` wildcard or ``notPrincipals`` (e.g. every identity of the apps' trust
+    domain but the service's declared callers), in Istio's syntax: RBAC ``and_ids``/``not_id``."""
 
     @property
     def name(self) -> str:
@@ -282,6 +288,7 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
     federates = tuple(str(t).removeprefix("spiffe://") for t in _list(_get(doc, "spec", "federatesWith")))
     principals: list[str] = []
     denied: list[str] = []
+    deny_rules: list[SourceRule] = []
     namespaces: list[str] = []
     policy_paths: list[str] = []
     allow = False
@@ -303,9 +310,20 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
                     principals += ids
                     namespaces += [str(n) for n in _list(_get(src, "source", "namespaces"))]
                 else:
-                    if _get(src, "source", "namespaces") or _get(src, "source", "notPrincipals"):
-                        raise DemoError(f"{ppath}: a DENY rule the demo cannot enforce (principals only)")
-                    denied += ids
+                    source = _get(src, "source")
+                    unknown = (
+                        set(source) - {"principals", "notPrincipals"} if isinstance(source, dict) else set()
+                    )
+                    if unknown or _get(rule, "to") or _get(rule, "when"):
+                        raise DemoError(
+                            f"{ppath}: a DENY rule the demo cannot enforce (only principals, notPrincipals)"
+                        )
+                    raw = [str(p) for p in _list(_get(src, "source", "principals"))]
+                    nots = [str(p) for p in _list(_get(src, "source", "notPrincipals"))]
+                    if nots or any("*" in p for p in raw):
+                        deny_rules.append(SourceRule(tuple(raw), tuple(nots)))
+                    else:
+                        denied += ids
     return MeshSide(
         spiffe_id,
         dns,
@@ -317,6 +335,7 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
         tuple(denied),
         federates,
         pod,
+        tuple(deny_rules),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bridge.envoy.bootstrap import (
     DEFAULT_NODE_ID,
     SDS_CLUSTER,
+    SourceRule,
     egress_bootstrap,
     sds_cluster,
     sds_config,
@@ -18,6 +19,7 @@ __all__ = [
     "SDS_CLUSTER",
     "EnvoyError",
     "EnvoyProcess",
+    "SourceRule",
     "egress_bootstrap",
     "running_envoy",
     "sds_cluster",

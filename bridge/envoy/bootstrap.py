@@ -16,9 +16,12 @@ So a client whose CA ``ROOTCA`` trusts is still refused at the handshake when it
 that list (``trust_domains``); and a trust domain in the list is admitted only where ``ROOTCA`` carries
 its bundle.
 
-RBAC, as Istio compiles ``AuthorizationPolicy``: ``source.principals`` become
-``authenticated.principal_name.exact = "spiffe://<principal>"``; DENY policies become an RBAC filter
-with action ``DENY`` placed *before* the ALLOW filter (Istio's order: CUSTOM, DENY, ALLOW), so a denied
+RBAC, as Istio compiles ``AuthorizationPolicy`` (``pilot/pkg/security/authz/model``):
+``source.principals`` become ``authenticated.principal_name`` string matchers with the ``spiffe://``
+prefix (``exact``; ``td/*`` → ``prefix: spiffe://td/``; ``*x`` → regex); a source with
+``notPrincipals`` becomes ``and_ids`` of the principals' ``or_ids`` and a ``not_id`` of the
+notPrincipals' ``or_ids`` (:class:`SourceRule`); DENY policies become an RBAC filter with action
+``DENY`` placed *before* the ALLOW filter (Istio's order: CUSTOM, DENY, ALLOW), so a denied
 principal gets 403 (``rbac="http"``) even when no ALLOW policy exists, and every other caller passes
 unless an ALLOW policy exists and does not name it. The HTTP connection manager sets
 ``x-forwarded-client-cert`` (``SANITIZE_SET``, URI) for the plain-HTTP backend.
@@ -34,6 +37,7 @@ discovers the real ports from the admin API.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -141,18 +145,84 @@ def _common_tls_context(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class SourceRule:
+    """One ``AuthorizationPolicy`` ``rules[].from[].source`` on principals: any of ``principals`` AND
+    none of ``not_principals``. Values in Istio's syntax (``td/path``, or with ``spiffe://``; a
+    leading or trailing ``*`` wildcard, or ``*`` alone)."""
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = " | ".join(self.principals) or "*"
+        return text + (f" except {' | '.join(self.not_principals)}" if self.not_principals else "")
+
+
+def _principal_matcher(arg: str, value: str) -> JsonDict:
+    """Istio's ``matcher.StringMatcherWithPrefix(value, "spiffe://")`` for one principal value
+    (``pilot/pkg/security/authz/matcher/string.go``): ``*`` → regex ``.+``, ``*x`` → regex
+    ``spiffe://.*x``, ``x*`` → prefix ``spiffe://x``, else exact ``spiffe://x``."""
+    bare = value.removeprefix("spiffe://")
+    if bare == "*":
+        return {"safe_regex": {"regex": ".+"}}
+    if "*" in bare.strip("*") or bare.startswith("**") or bare.endswith("**") or bare.count("*") > 1:
+        raise EnvoyError(f"{arg}: {value!r}: '*' only as a whole prefix or suffix (Istio's rule)")
+    if any(c.isspace() for c in bare):
+        raise EnvoyError(f"{arg}: {value!r}: not a principal (whitespace)")
+    if bare.startswith("*"):
+        return {"safe_regex": {"regex": "spiffe://.*" + bare[1:]}}
+    if bare.endswith("*"):
+        if "/" in bare:  # 'td/...*': the trust domain part is whole, check it
+            _trust_domain(bare.split("/", 1)[0], arg)
+        return {"prefix": "spiffe://" + bare[:-1]}
+    return {"exact": _spiffe_id(arg, value)}
+
+
+def _authenticated(matcher: JsonDict) -> JsonDict:
+    return {"authenticated": {"principal_name": matcher}}
+
+
 def _principals_of(arg: str, ids: Sequence[str]) -> list[JsonDict]:
-    return [
-        {"authenticated": {"principal_name": {"exact": _spiffe_id(f"{arg}[{i}]", p)}}}
-        for i, p in enumerate(ids)
-    ]
+    return [_authenticated({"exact": _spiffe_id(f"{arg}[{i}]", p)}) for i, p in enumerate(ids)]
 
 
-def _rbac_rules(action: Literal["ALLOW", "DENY"], arg: str, ids: Sequence[str]) -> JsonDict:
+def _source_principal(arg: str, rule: SourceRule) -> JsonDict:
+    """Istio's ``rule.principal`` for ``source.principals``/``notPrincipals``: ``and_ids`` of the
+    ``or_ids`` of the principals and a ``not_id`` of the ``or_ids`` of the notPrincipals."""
+    if not isinstance(rule, SourceRule):
+        raise EnvoyError(f"{arg}: {rule!r}: a SourceRule")
+    if not rule.principals and not rule.not_principals:
+        raise EnvoyError(f"{arg}: an empty source would match every caller")
+    ids: list[JsonDict] = []
+    if rule.principals:
+        ors = [
+            _authenticated(_principal_matcher(f"{arg}.principals[{i}]", p))
+            for i, p in enumerate(rule.principals)
+        ]
+        ids.append({"or_ids": {"ids": ors}})
+    if rule.not_principals:
+        nots = [
+            _authenticated(_principal_matcher(f"{arg}.not_principals[{i}]", p))
+            for i, p in enumerate(rule.not_principals)
+        ]
+        ids.append({"not_id": {"or_ids": {"ids": nots}}})
+    return {"and_ids": {"ids": ids}}
+
+
+def _rbac_rules(
+    action: Literal["ALLOW", "DENY"], arg: str, ids: Sequence[str], sources: Sequence[SourceRule] = ()
+) -> JsonDict:
     name = "allowed-spiffe-ids" if action == "ALLOW" else "denied-spiffe-ids"
     policies: JsonDict = {}
-    if ids or action == "ALLOW":  # an ALLOW with no principals admits nobody; a DENY with none denies nobody
+    if ids or (action == "ALLOW" and not sources):
+        # an ALLOW with no principals admits nobody; a DENY with none denies nobody
         policies[name] = {"permissions": [{"any": True}], "principals": _principals_of(arg, ids)}
+    if sources:
+        policies[f"{action.lower()}-sources"] = {
+            "permissions": [{"any": True}],
+            "principals": [_source_principal(f"{arg}_sources[{i}]", r) for i, r in enumerate(sources)],
+        }
     return {"action": action, "policies": policies}
 
 
@@ -190,6 +260,7 @@ def sidecar_bootstrap(
     node_cluster: str = "httpbin.default",
     allowed_principals: Sequence[str] | None = None,
     denied_principals: Sequence[str] | None = None,
+    denied_sources: Sequence[SourceRule] | None = None,
     rbac: Literal["http", "network"] = "http",
     validation: Literal["rootca", "spiffe"] = "rootca",
     trust_domains: Sequence[str] | None = None,
@@ -209,8 +280,9 @@ def sidecar_bootstrap(
     ``trust_domains``). ``"spiffe"`` uses the SPIFFE validator from SDS ``all_name`` (every trust domain
     with its own bundle; no SAN prefix unless given). ``allowed_principals`` (``spiffe://…`` or Istio's
     ``td/path``; an ALLOW AuthorizationPolicy) admits only those; ``denied_principals`` (a DENY policy)
-    refuses those, checked first. Refused callers get HTTP 403 (``rbac="http"``) or a closed connection
-    (``"network"``).
+    refuses those, checked first; ``denied_sources`` adds DENY sources with Istio's wildcards and
+    ``notPrincipals`` (e.g. every identity of the apps' trust domain but the admitted apps). Refused
+    callers get HTTP 403 (``rbac="http"``) or a closed connection (``"network"``).
     """
     td = _trust_domain(trust_domain)
     _port("backend_port", backend_port)
@@ -244,13 +316,14 @@ def sidecar_bootstrap(
     http_filters: list[JsonDict] = []
     network_filters: list[JsonDict] = []
     # Istio's order: DENY filter before ALLOW filter (a denied principal never reaches the ALLOW check)
-    steps: list[tuple[Literal["ALLOW", "DENY"], str, Sequence[str] | None]] = [
-        ("DENY", "denied_principals", denied_principals),
-        ("ALLOW", "allowed_principals", allowed_principals),
+    steps: list[tuple[Literal["ALLOW", "DENY"], str, Sequence[str] | None, Sequence[SourceRule]]] = [
+        ("DENY", "denied_principals", denied_principals, denied_sources or ()),
+        ("ALLOW", "allowed_principals", allowed_principals, ()),
     ]
-    for action, arg, ids in steps:
-        if ids is not None:
-            rbac_filter = _rbac_filter(rbac, action, _rbac_rules(action, arg, ids))
+    for action, arg, ids, sources in steps:
+        if ids is not None or sources:
+            rules = _rbac_rules(action, arg, ids or (), sources)
+            rbac_filter = _rbac_filter(rbac, action, rules)
             (http_filters if rbac == "http" else network_filters).append(rbac_filter)
     http_filters.append(
         {

@@ -1,6 +1,7 @@
 """What ``render`` produces for the httpbin example: golden files, real schemas, the real Ghostunnel.
 
-Golden files live in ``tests/bridge/golden/httpbin/`` (the same layout ``meshbridge render -o`` writes).
+Golden files live in ``tests/bridge/golden/httpbin/`` and, for ``bridge-federated.yaml``,
+``tests/bridge/golden/httpbin-federated/`` (the same layout ``meshbridge render -o`` writes).
 They are reviewed by reading, not regenerated blindly: after an intended change run
 
     MESHBRIDGE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/bridge/test_artifacts.py
@@ -41,20 +42,25 @@ def rendering() -> Rendering:
     return render(load_spec(EXAMPLE))
 
 
-def test_golden_files(rendering: Rendering) -> None:
-    texts = {path: serialize(path, doc) for path, doc in rendering.items()}
+@pytest.mark.parametrize(
+    ("golden", "spec"),
+    [(GOLDEN, EXAMPLE), (GOLDEN.with_name("httpbin-federated"), EXAMPLE.with_name("bridge-federated.yaml"))],
+    ids=["httpbin", "httpbin-federated"],
+)
+def test_golden_files(golden: Path, spec: Path) -> None:
+    texts = {path: serialize(path, doc) for path, doc in render(load_spec(spec)).items()}
     if UPDATE:
-        for old in GOLDEN.rglob("*"):
-            if old.is_file() and str(old.relative_to(GOLDEN)) not in texts:
+        for old in golden.rglob("*"):
+            if old.is_file() and str(old.relative_to(golden)) not in texts:
                 old.unlink()
         for path, text in texts.items():
-            (GOLDEN / path).parent.mkdir(parents=True, exist_ok=True)
-            (GOLDEN / path).write_text(text)
+            (golden / path).parent.mkdir(parents=True, exist_ok=True)
+            (golden / path).write_text(text)
         pytest.skip("golden files regenerated: review `git diff tests/bridge/golden` before committing")
-    on_disk = sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*") if p.is_file())
+    on_disk = sorted(str(p.relative_to(golden)) for p in golden.rglob("*") if p.is_file())
     assert on_disk == sorted(texts)
     for path, text in texts.items():
-        assert (GOLDEN / path).read_text() == text, f"{path} differs from its golden file"
+        assert (golden / path).read_text() == text, f"{path} differs from its golden file"
 
 
 def test_layout(rendering: Rendering) -> None:
@@ -94,7 +100,11 @@ def test_kubernetes_documents_validate_strictly(rendering: Rendering) -> None:
             kinds.append(doc["kind"])
     # two ClusterSPIFFEIDs: httpbin's and the ingress gateway's (the overlay puts the gateway on SPIRE)
     assert kinds == [
-        "IstioOperator", "PeerAuthentication", "AuthorizationPolicy", "ClusterSPIFFEID", "ClusterSPIFFEID"
+        "IstioOperator",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "ClusterSPIFFEID",
+        "ClusterSPIFFEID",
     ]
 
 

@@ -160,7 +160,7 @@ def test_one_trust_domain_explains_the_exposure() -> None:
         "mTLS checks the CA, not who it is); only AuthorizationPolicies keep them out, and meshbridge "
         "renders those for the meshServices of this spec alone: any other workload in the mesh without a "
         "policy naming them accepts their requests. Declare 'federation:' to give the apps their own trust "
-        "domain, trusted only by their targets",
+        "domain, trusted only by their targets and refused by every other mesh service's DENY policy",
     )
 
 
@@ -209,6 +209,41 @@ def _own_ca_import(docs: dict[str, Document]) -> None:
     secret["import"]["session"] = "meshbridge/spire-bundle"
 
 
+def _policy(docs: dict[str, Document], name: str) -> dict[str, object]:
+    return next(p for p in docs[layout.AUTHORIZATION_POLICIES] if p["metadata"]["name"] == name)  # type: ignore[index, union-attr]
+
+
+def _source(docs: dict[str, Document], name: str) -> dict[str, object]:
+    return _policy(docs, name)["spec"]["rules"][0]["from"][0]["source"]  # type: ignore[index, no-any-return]
+
+
+def _no_deny_at_target(docs: dict[str, Document]) -> None:
+    """The shape before issue 14's fix: a target no DENY policy selects."""
+    docs[layout.AUTHORIZATION_POLICIES].remove(_policy(docs, "httpbin-meshbridge-deny"))  # type: ignore[union-attr]
+
+
+def _deny_names_declared_apps_only(docs: dict[str, Document]) -> None:
+    """The shape before issue 14's fix: a DENY naming only the declared apps."""
+    _source(docs, "inventory-meshbridge-deny")["principals"] = [
+        "apps.example.org/external/shielded-client",
+        "apps.example.org/external/tunnel-client",
+    ]
+
+
+def _deny_without_exceptions(docs: dict[str, Document]) -> None:
+    del _source(docs, "httpbin-meshbridge-deny")["notPrincipals"]
+
+
+def _deny_everyone_but_the_apps(docs: dict[str, Document]) -> None:
+    _source(docs, "httpbin-meshbridge-deny")["principals"] = ["*"]
+
+
+_UNDECLARED = (
+    "'apps.example.org/external/meshbridge-check-undeclared', "
+    "'apps.example.org/ns/default/sa/meshbridge-check-undeclared': identities of 'apps.example.org' that no "
+    "app declares for it; every mesh service must refuse the apps' trust domain except its declared "
+    "callers (a DENY policy with principals ['apps.example.org/*'] and notPrincipals = those callers)"
+)
 _FED = "federation (apps.example.org)"
 
 
@@ -270,6 +305,30 @@ _FED = "federation (apps.example.org)"
                 "externalApps[0] (shielded-client): authenticates mesh services with its own trust domain's "
                 "CA ('meshbridge/spire-bundle', spire-ca); the mesh's CA reaches it in the federated-bundles "
                 "session"
+            ],
+        ),
+        (
+            _no_deny_at_target,
+            [f"meshServices[0] (default/httpbin): its AuthorizationPolicies admit {_UNDECLARED}"],
+        ),
+        (
+            _deny_names_declared_apps_only,
+            [f"meshServices[1] (default/inventory): its AuthorizationPolicies admit {_UNDECLARED}"],
+        ),
+        (
+            _deny_without_exceptions,
+            [
+                f"externalApps[{i}] ({name}): 'apps.example.org/external/{name}': no AuthorizationPolicy "
+                "selecting default/httpbin admits it (STRICT mTLS would pass, the request would get 403)"
+                for i, name in enumerate(("shielded-client", "tunnel-client"))
+            ],
+        ),
+        (
+            _deny_everyone_but_the_apps,
+            [
+                "meshServices[0] (default/httpbin): its AuthorizationPolicies refuse in-mesh callers such as "
+                "'example.org/ns/default/sa/meshbridge-check-undeclared' although the spec lists no "
+                "meshCallers: applying them would cut the mesh off"
             ],
         ),
     ],
@@ -336,3 +395,46 @@ def test_security_warnings_come_through() -> None:
         "externalApps[0] (shielded-client): attestation.tolerate: 'debug-mode': "
     )
     assert report.warnings[1].startswith("externalApps[0] (shielded-client): server_auth: 'false': ")
+
+
+def test_federation_denies_the_apps_trust_domain_next_to_an_allow_policy() -> None:
+    """With meshCallers (an ALLOW policy with source.namespaces, which Istio matches as '/ns/<ns>/' in any
+    trust domain) the DENY of the apps' trust domain still closes the door to undeclared identities."""
+
+    def mesh_callers(raw: dict[str, object]) -> None:
+        raw["meshServices"][0]["meshCallers"] = {"namespaces": ["default"]}  # type: ignore[index]
+
+    fed = _bridge(mesh_callers)
+    rendering = render(fed)
+    assert [
+        (p["metadata"]["name"], p["spec"]["action"])
+        for p in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES)
+    ] == [  # type: ignore[index]
+        ("httpbin-meshbridge", "ALLOW"),
+        ("httpbin-meshbridge-deny", "DENY"),
+        ("inventory-meshbridge-deny", "DENY"),
+    ]
+    assert consistency_problems(fed, rendering) == []
+    docs = {p: copy.deepcopy(d) for p, d in rendering.items()}
+    _no_deny_at_target(docs)
+    # the ALLOW policy alone admits 'apps.example.org/ns/default/sa/…' through its namespaces rule
+    assert consistency_problems(fed, Rendering(docs)) == [
+        "meshServices[0] (default/httpbin): its AuthorizationPolicies admit "
+        "'apps.example.org/ns/default/sa/meshbridge-check-undeclared': identities of 'apps.example.org' that "
+        "no app declares for it; every mesh service must refuse the apps' trust domain except its declared "
+        "callers (a DENY policy with principals ['apps.example.org/*'] and notPrincipals = those callers)"
+    ]
+
+
+def test_one_trust_domain_names_the_services_open_to_undeclared_identities() -> None:
+    def no_mesh_callers(raw: dict[str, object]) -> None:
+        raw["meshServices"][0].pop("meshCallers")  # type: ignore[index]
+
+    report = check(_bridge(no_mesh_callers, EXAMPLE))
+    assert report.problems == ()
+    (warning,) = report.warnings
+    assert (
+        "; and meshServices[0] (default/httpbin) (no meshCallers: DENY policies, which can name only the "
+        "declared apps, not a whole trust domain the mesh itself uses) admit every other SVID issued in "
+        "'example.org', e.g. an undeclared external app's. Declare 'federation:'"
+    ) in warning

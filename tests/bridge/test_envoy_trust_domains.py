@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from bridge.envoy import EnvoyError, EnvoyProcess, sidecar_bootstrap
-from sds_server.server import ServerConfig, run_in_thread
+from bridge.envoy import EnvoyError, EnvoyProcess, SourceRule, sidecar_bootstrap
+from sds_server.server import ServerConfig
 from sds_server.snapshot import ResourceNames
+from sds_server.testing import run_in_thread
 from tests.sds.wl import Identity, fetch_identity, mesh_config
 from tests.support.envoy import echo_backend, https_get, mtls_context
 from tests.support.workload_api import running_workload_api
@@ -110,6 +111,23 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
                 assert get(port, in_mesh) == 200  # a DENY policy leaves in-mesh callers alone
                 assert get(port, other) == 403
 
+            # the rendered DENY of the apps' trust domain: '<td>/*' except the declared caller (Istio's
+            # and_ids [prefix spiffe://<td>/, not_id(or_ids exact)]): every other identity of it gets 403
+            trust_domain_deny = sidecar_bootstrap(
+                sds_socket=short_dir / "sds.sock",
+                trust_domain="example.org",
+                trust_domains=["example.org", APPS_TD],
+                backend_port=backend.port,
+                denied_sources=[SourceRule((f"{APPS_TD}/*",), (f"{APPS_TD}/external/app",))],
+            )
+            with EnvoyProcess(trust_domain_deny, short_dir / "d") as envoy:
+                port = envoy.listener_port("inbound")
+                before = sum(envoy.stats("rbac.denied").values())
+                assert get(port, app) == 200
+                assert get(port, in_mesh) == 200  # the mesh's trust domain is not matched
+                assert get(port, other) == 403
+                assert sum(envoy.stats("rbac.denied").values()) == before + 1
+
             # DENY before ALLOW: a principal in both is denied; ALLOW alone still turns others away
             both = sidecar_bootstrap(
                 sds_socket=short_dir / "sds.sock",
@@ -167,4 +185,71 @@ def test_trust_domain_list_errors() -> None:
     with pytest.raises(EnvoyError, match=r"denied_principals\[0\]: 'x y'"):
         sidecar_bootstrap(
             sds_socket="/s", trust_domain="example.org", backend_port=1, denied_principals=["x y"]
+        )
+
+
+def test_deny_sources_compile_as_istio_does() -> None:
+    """``pilot/pkg/security/authz/model``: a source's principals OR-ed, AND NOT its notPrincipals OR-ed;
+    ``matcher.StringMatcherWithPrefix(v, "spiffe://")`` for each value."""
+    b = sidecar_bootstrap(
+        sds_socket="/s",
+        trust_domain="example.org",
+        backend_port=1,
+        denied_sources=[
+            SourceRule((f"{APPS_TD}/*",), (f"{APPS_TD}/external/a", f"spiffe://{APPS_TD}/external/b")),
+            SourceRule(("*/sa/sleep", "*")),
+        ],
+    )
+    listener = b["static_resources"]["listeners"][0]  # type: ignore[index]
+    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    assert [f["typed_config"]["rules"]["action"] for f in filters[:-1]] == ["DENY"]
+
+    def authn(matcher: dict[str, object]) -> dict[str, object]:
+        return {"authenticated": {"principal_name": matcher}}
+
+    assert filters[0]["typed_config"]["rules"]["policies"] == {
+        "deny-sources": {
+            "permissions": [{"any": True}],
+            "principals": [
+                {
+                    "and_ids": {
+                        "ids": [
+                            {"or_ids": {"ids": [authn({"prefix": f"spiffe://{APPS_TD}/"})]}},
+                            {
+                                "not_id": {
+                                    "or_ids": {
+                                        "ids": [
+                                            authn({"exact": f"spiffe://{APPS_TD}/external/a"}),
+                                            authn({"exact": f"spiffe://{APPS_TD}/external/b"}),
+                                        ]
+                                    }
+                                }
+                            },
+                        ]
+                    }
+                },
+                {
+                    "and_ids": {
+                        "ids": [
+                            {
+                                "or_ids": {
+                                    "ids": [
+                                        authn({"safe_regex": {"regex": "spiffe://.*/sa/sleep"}}),
+                                        authn({"safe_regex": {"regex": ".+"}}),
+                                    ]
+                                }
+                            }
+                        ]
+                    }
+                },
+            ],
+        }
+    }
+
+
+@pytest.mark.parametrize("bad", ["a*b/x", "**", "apps.example.org/x/*/y", "Bad TD/*"])
+def test_deny_source_values_follow_istio_wildcard_rules(bad: str) -> None:
+    with pytest.raises(EnvoyError, match=r"denied_principals_sources\[0\]\.principals\[0\]"):
+        sidecar_bootstrap(
+            sds_socket="/s", trust_domain="example.org", backend_port=1, denied_sources=[SourceRule((bad,))]
         )

@@ -162,7 +162,27 @@ def test_federated_example_renders_least_privilege() -> None:
     )  # type: ignore[index]
     policies = rendering.yaml_documents(layout.AUTHORIZATION_POLICIES)
     assert [(p["metadata"]["name"], p["spec"]["action"]) for p in policies] == [  # type: ignore[index]
-        ("inventory-meshbridge-deny", "DENY")
+        ("httpbin-meshbridge-deny", "DENY"),
+        ("inventory-meshbridge-deny", "DENY"),
+    ]
+    # every identity of the apps' trust domain is refused except a service's declared callers
+    assert [p["spec"]["rules"] for p in policies] == [  # type: ignore[index]
+        [
+            {
+                "from": [
+                    {
+                        "source": {
+                            "principals": ["apps.example.org/*"],
+                            "notPrincipals": [
+                                "apps.example.org/external/shielded-client",
+                                "apps.example.org/external/tunnel-client",
+                            ],
+                        }
+                    }
+                ]
+            }
+        ],
+        [{"from": [{"source": {"principals": ["apps.example.org/*"]}}]}],
     ]
     script = rendering.text(layout.ENTRIES_SCRIPT)
     assert script.count("-federatesWith spiffe://example.org") == 2

@@ -2,9 +2,10 @@
 
 The demo runs as a subprocess exactly as ``make demo`` runs it; its stdout is the evidence. It runs the
 federated spec (apps in their own trust domain). Runs with a broken rendering prove the checks can fail:
-the mesh SVID without the DNS names its ClusterSPIFFEID should declare (one-trust-domain spec), inventory
-trusting the apps' trust domain (the refusal moves to its DENY policy, then to nothing), the overlay
-without the apps' trust domain in Istio's SAN check.
+the mesh SVID without the DNS names its ClusterSPIFFEID should declare (one-trust-domain spec), policies
+naming the declared apps only (an undeclared identity of the apps' trust domain then gets 200), the
+overlay without the apps' trust domain in Istio's SAN check; inventory trusting the apps' trust domain
+moves the refusal to its DENY policy (the demo still passes).
 """
 
 from __future__ import annotations
@@ -27,16 +28,24 @@ pytestmark = pytest.mark.slow
 
 APPS = "spiffe://apps.example.org/external"
 INVENTORY_REFUSED = "external identities → inventory (no app targets it) refused at the TLS handshake"
+INVENTORY_DENY = "external identities → inventory (no app targets it) refused at the AuthorizationPolicy"
+UNDECLARED = f"undeclared {APPS}/not-admitted (the apps' trust domain and CA) → httpbin refused"
+WORKLOAD_API = "Workload API: each side gets only its own identity"
+WRONG_SERVER = (
+    "tunnel-client (ghostunnel, wrong-server-id) expecting "
+    "spiffe://example.org/ns/default/sa/not-httpbin → refused"
+)
+MESH_CALLER = "in-mesh caller spiffe://example.org/ns/default/sa/sleep (no meshCallers entry) → httpbin"
 EXPECTED_CHECKS = (
-    "Workload API: each side gets only its own identity",
+    WORKLOAD_API,
     "shielded-client (network shield) → httpbin",
     "tunnel-client (ghostunnel, files) → httpbin",
     "tunnel-client (ghostunnel, workload-api) → httpbin",
     "no client certificate → sidecar refuses",
+    UNDECLARED,
     f"foreign CA claiming {APPS}/shielded-client → refused",
-    "tunnel-client (ghostunnel, wrong-server-id) expecting "
-    "spiffe://example.org/ns/default/sa/not-httpbin → refused",
-    "in-mesh caller spiffe://example.org/ns/default/sa/sleep (no meshCallers entry) → httpbin",
+    WRONG_SERVER,
+    MESH_CALLER,
     INVENTORY_REFUSED,
     "rotation: sidecar serves the new SVID over SDS",
     "rotation: tunnel-client (ghostunnel, files) presents a new client certificate",
@@ -81,19 +90,21 @@ def test_demo_passes_every_check(tmp_path: Path, envoy_bin: Path, ghostunnel_bin
             in ev[f"tunnel-client (ghostunnel, {variant}) → httpbin"]
         )
     assert "control: same probe, real SVID" in ev[f"foreign CA claiming {APPS}/shielded-client → refused"]
-    assert "principal not allowed" in ev[EXPECTED_CHECKS[6]]
-    assert "+DNS httpbin.default.svc.cluster.local,httpbin.default.svc" in ev[EXPECTED_CHECKS[0]]
+    assert "principal not allowed" in ev[WRONG_SERVER]
+    assert "+DNS httpbin.default.svc.cluster.local,httpbin.default.svc" in ev[WORKLOAD_API]
     # two federated trust domains: each side gets the other's bundle only where its entry federates
-    assert "mesh.sock→spiffe://example.org/ns/default/sa/httpbin" in ev[EXPECTED_CHECKS[0]]
+    assert "mesh.sock→spiffe://example.org/ns/default/sa/httpbin" in ev[WORKLOAD_API]
     assert (
         "+bundle apps.example.org; mesh-inventory.sock→spiffe://example.org/ns/default/sa/inventory;"
-        in (ev[EXPECTED_CHECKS[0]])
+        in (ev[WORKLOAD_API])
     )
-    assert f"app-tunnel-client.sock→{APPS}/tunnel-client +bundle example.org" in ev[EXPECTED_CHECKS[0]]
-    assert (
-        "HTTP 200, X-Forwarded-Client-Cert URI=spiffe://example.org/ns/default/sa/sleep"
-        in ev[EXPECTED_CHECKS[7]]
-    )
+    assert f"app-tunnel-client.sock→{APPS}/tunnel-client +bundle example.org" in ev[WORKLOAD_API]
+    assert "HTTP 200, X-Forwarded-Client-Cert URI=spiffe://example.org/ns/default/sa/sleep" in ev[MESH_CALLER]
+    # issue 14 §1: an identity the apps' SPIRE issues but the spec never declares: TLS passes (httpbin
+    # trusts the apps' CA), the DENY of the apps' trust domain answers 403; a declared app gets 200
+    assert "HTTP 403 (RBAC: access denied), Envoy rbac.denied +1 (TLS accepted;" in ev[UNDECLARED]
+    assert "DENY apps.example.org/* except apps.example.org/external/shielded-client" in ev[UNDECLARED]
+    assert f"control: declared {APPS}/shielded-client → HTTP 200" in ev[UNDECLARED]
     refused = ev[INVENTORY_REFUSED]
     for who in ("shielded-client", "tunnel-client", "not-admitted"):
         assert f"{who}: no HTTP response" in refused, refused
@@ -197,27 +208,69 @@ def _run_federated(
     return code, check_lines(buf.getvalue()), buf.getvalue()
 
 
-def test_inventory_trusting_the_apps_fails_the_demo_and_its_deny_policy_stops_declared_apps_only(
+def test_inventory_trusting_the_apps_still_refuses_every_one_of_them_by_its_deny_policy(
     tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
 ) -> None:
     """The reason is checked, not just the refusal. Once inventory's ROOTCA carries the apps' bundle the
-    handshake passes: its DENY policy answers 403 to the declared apps (Envoy counts rbac.denied), but an
-    undeclared identity of the apps' trust domain gets 200 — the handshake is the barrier, the DENY
-    policy only a second line for the apps the spec names — and the demo fails."""
+    handshake passes, and its DENY of the apps' whole trust domain answers 403 to every one of them —
+    the undeclared identity included (Envoy counts rbac.denied +3): defence in depth, the demo passes."""
 
     def federates(r: Rendering) -> Rendering:
         return _edit_docs(r, "spire/cluster-spiffeids.yaml", _inventory_federates)
 
     code, checks, out = _run_federated(tmp_path, federates)
-    deny = "external identities → inventory (no app targets it) refused at the AuthorizationPolicy"
-    assert code == 1, out
+    assert code == 0, out
     assert INVENTORY_REFUSED not in checks
-    mark, evidence = checks[deny]
+    mark, evidence = checks[INVENTORY_DENY]
+    assert mark == OK, out
+    for who in ("shielded-client", "tunnel-client", "not-admitted"):
+        assert f"{who}: HTTP 403 (RBAC: access denied)" in evidence, evidence
+    assert "ssl.fail_verify_error +0, ssl.fail_verify_san +0, rbac.denied +3" in evidence
+
+
+def _declared_apps_only(docs: list[dict[str, object]]) -> None:
+    """The policies before issue 14's fix: no DENY at the target, DENYs naming the declared apps only."""
+    docs[:] = [d for d in docs if d["metadata"]["name"] != "httpbin-meshbridge-deny"]  # type: ignore[index]
+    for doc in docs:
+        doc["spec"]["rules"] = [  # type: ignore[index]
+            {
+                "from": [
+                    {
+                        "source": {
+                            "principals": [
+                                f"apps.example.org/external/{a}" for a in ("shielded-client", "tunnel-client")
+                            ]
+                        }
+                    }
+                ]
+            }
+        ]
+
+
+def test_policies_naming_the_declared_apps_only_admit_an_undeclared_identity_and_fail_the_demo(
+    tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
+) -> None:
+    """The gap issue 14 §1 names, rendered the old way: an undeclared identity of the apps' trust domain
+    gets 200 from httpbin (no DENY selects it) and from inventory once it trusts the apps — the new
+    checks fail, whatever the rendered policies claim."""
+
+    def old_shape(r: Rendering) -> Rendering:
+        r = _edit_docs(r, "spire/cluster-spiffeids.yaml", _inventory_federates)
+        return _edit_docs(r, "istio/authorization-policies.yaml", _declared_apps_only)
+
+    code, checks, out = _run_federated(tmp_path, old_shape)
+    assert code == 1, out
+    mark, evidence = checks[UNDECLARED]
+    assert mark == FAIL, out
+    assert evidence.startswith("HTTP 200"), evidence
+    assert "rbac.denied +0" in evidence, evidence
+    mark, evidence = checks[INVENTORY_DENY]
     assert mark == FAIL, out
     assert "shielded-client: HTTP 403 (RBAC: access denied)" in evidence
     assert "tunnel-client: HTTP 403 (RBAC: access denied)" in evidence
     assert "not-admitted: HTTP 200" in evidence
     assert "ssl.fail_verify_error +0, ssl.fail_verify_san +0, rbac.denied +2" in evidence
+    assert checks[MESH_CALLER][0] == OK, out  # in-mesh callers unaffected either way
 
 
 def test_apps_refused_at_httpbin_when_the_overlay_omits_their_trust_domain(
@@ -236,5 +289,5 @@ def test_apps_refused_at_httpbin_when_the_overlay_omits_their_trust_domain(
     assert code == 1, out
     for tunnel in ("shielded-client (network shield)", "tunnel-client (ghostunnel, files)"):
         assert checks[f"{tunnel} → httpbin"][0] == FAIL, out
-    assert checks[EXPECTED_CHECKS[7]][0] == OK, out  # in-mesh callers unaffected
+    assert checks[MESH_CALLER][0] == OK, out  # in-mesh callers unaffected
     assert checks[INVENTORY_REFUSED][0] == OK, out

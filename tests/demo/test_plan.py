@@ -10,6 +10,7 @@ import bridge.demo
 from bridge.demo.errors import DemoError
 from bridge.demo.plan import build_plan, describe, load_pod
 from bridge.demo.run import EXAMPLE_DIR
+from bridge.envoy import SourceRule
 from bridge.render import render
 from bridge.rendering import Rendering
 from bridge.spec import load_spec
@@ -105,10 +106,16 @@ def test_plan_from_the_federated_example() -> None:
     assert inventory.spiffe_id == "spiffe://example.org/ns/default/sa/inventory"
     assert inventory.federates_with == ()
     assert inventory.principals is None
-    assert inventory.denied == (
-        "spiffe://apps.example.org/external/shielded-client",
-        "spiffe://apps.example.org/external/tunnel-client",
+    # DENY: the apps' whole trust domain, except httpbin's declared callers (enforced as RBAC and_ids)
+    assert plan.mesh.denied == ()
+    assert plan.mesh.deny_rules == (
+        SourceRule(
+            ("apps.example.org/*",),
+            ("apps.example.org/external/shielded-client", "apps.example.org/external/tunnel-client"),
+        ),
     )
+    assert inventory.denied == ()
+    assert inventory.deny_rules == (SourceRule(("apps.example.org/*",)),)
     # the one-trust-domain spec registers no inventory: its pods are left out
     one_td = build_plan(
         render(load_spec(EXAMPLE_DIR / "bridge.yaml")),

@@ -27,6 +27,7 @@ def test_public_api_is_pinned_and_sorted() -> None:
         "labels",
         "mesh_spiffe_id",
         "principal",
+        "principal_matches",
         "render_authorization_policy",
         "render_cluster_federated_trust_domain",
         "render_cluster_spiffe_id",
@@ -38,6 +39,7 @@ def test_public_api_is_pinned_and_sorted() -> None:
         "render_peer_authentication",
         "sds_container",
         "service_dns_names",
+        "source_matches",
     }
     for name in istio.__all__:
         assert hasattr(istio, name), name

@@ -10,8 +10,11 @@ from istio import (
     MeshService,
     labels,
     principal,
+    principal_matches,
     render_authorization_policy,
+    render_external_deny_policy,
     render_peer_authentication,
+    source_matches,
 )
 from tests.support.schemas import problems
 
@@ -138,3 +141,74 @@ def test_strict_validator_rejects_what_the_api_server_would() -> None:
     assert problems(doc, strict_mode=False) == []  # plain JSON Schema would let the typo through
     doc["spec"] = {"mtls": {"mode": "STRICTEST"}}
     assert problems(doc, strict_mode=False) != []
+
+
+APPS = "spiffe://apps.example.org/external"
+
+
+def test_external_deny_policy_refuses_the_apps_trust_domain_except_the_admitted() -> None:
+    """Issue 14 §1: every identity of the apps' trust domain but the service's declared callers."""
+    params = AuthorizationParams(HTTPBIN, (f"{APPS}/a", f"{APPS}/b", "spiffe://example.org/external/m"))
+    doc = render_external_deny_policy(
+        params, ("spiffe://example.org/external/other",), foreign_trust_domains=("apps.example.org",)
+    )
+    assert doc is not None
+    assert problems(doc) == []
+    assert doc["metadata"] == {"name": "httpbin-meshbridge-deny", "namespace": "default"}
+    assert doc["spec"] == {
+        "action": "DENY",
+        "selector": {"matchLabels": {"app": "httpbin", "version": "v1"}},
+        "rules": [
+            {
+                "from": [
+                    {
+                        "source": {
+                            "principals": ["apps.example.org/*"],
+                            # the mesh-td app is not an exception: the wildcard does not cover it
+                            "notPrincipals": ["apps.example.org/external/a", "apps.example.org/external/b"],
+                        }
+                    },
+                    {"source": {"principals": ["example.org/external/other"]}},
+                ]
+            }
+        ],
+    }
+    # a service no app targets: the whole trust domain, no notPrincipals
+    bare = render_external_deny_policy(
+        AuthorizationParams(HTTPBIN, ()), (), foreign_trust_domains=("apps.example.org",)
+    )
+    assert bare is not None
+    assert bare["spec"]["rules"] == [{"from": [{"source": {"principals": ["apps.example.org/*"]}}]}]  # type: ignore[index]
+    assert render_external_deny_policy(AuthorizationParams(HTTPBIN, (f"{APPS}/a",)), ()) is None
+
+
+@pytest.mark.parametrize("td", ["spiffe://apps.example.org", "apps.example.org/x", "*", "Apps.example.org"])
+def test_external_deny_policy_rejects_a_bad_trust_domain(td: str) -> None:
+    with pytest.raises(IstioError, match=r"foreign_trust_domains\[0\]"):
+        render_external_deny_policy(AuthorizationParams(HTTPBIN, ()), (), foreign_trust_domains=(td,))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "peer", "expected"),
+    [
+        ("apps.example.org/*", "apps.example.org/external/x", True),
+        ("apps.example.org/*", "apps.example.org.evil/external/x", False),  # the '/' is part of the prefix
+        ("apps.example.org/*", "example.org/ns/default/sa/sleep", False),
+        ("*/sa/sleep", "example.org/ns/default/sa/sleep", True),
+        ("*", "example.org/ns/default/sa/sleep", True),
+        ("*", "", False),  # Istio: regex '.+'
+        ("example.org/external/a", "example.org/external/a", True),
+        ("example.org/external/a", "example.org/external/ab", False),
+    ],
+)
+def test_principal_matches_as_istio_compiles_it(pattern: str, peer: str, expected: bool) -> None:
+    assert principal_matches(pattern, peer) is expected
+
+
+def test_source_matches_principals_and_not_principals() -> None:
+    source = {"principals": ["apps.example.org/*"], "notPrincipals": ["apps.example.org/external/a"]}
+    assert source_matches(source, "apps.example.org/external/b") is True
+    assert source_matches(source, "apps.example.org/external/a") is False
+    assert source_matches(source, "example.org/ns/default/sa/sleep") is False
+    assert source_matches({"notPrincipals": ["x.org/a"]}, "y.org/b") is True  # notPrincipals alone
+    assert source_matches({"namespaces": ["default"]}, "example.org/ns/default/sa/x") is None  # not modelled
