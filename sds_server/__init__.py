@@ -2,42 +2,38 @@
 
 Library use::
 
-    from sds_server import ServerConfig, run_in_thread
+    from sds_server import ServerConfig, serve
     cfg = ServerConfig(listen=Path("/tmp/x/sds.sock"), workload_api="unix:///tmp/x/api.sock")
-    with run_in_thread(cfg) as s:
-        s.wait_first_secret()
+    await serve(cfg, ready=ready, stop=stop)
 
-or ``await serve(cfg, ready=..., stop=...)``; the CLI is ``meshbridge sds serve``.
+the CLI is ``meshbridge sds serve``. Tests and benches run a server in a background thread, or feed it
+by hand, with :mod:`sds_server.testing` (not re-exported here).
 """
 
 from __future__ import annotations
 
 from sds_server.errors import SdsConfigError, SdsError
 from sds_server.metrics import Metrics
-from sds_server.server import RunningServer, SdsServer, ServerConfig, build_server, run, run_in_thread, serve
+from sds_server.server import SdsServer, ServerConfig, build_server, run, serve
 from sds_server.servicer import SecretDiscoveryServicer
 from sds_server.snapshot import Bundle, Resource, ResourceNames, SecretSnapshot, Svid
-from sds_server.source import Fault, RetryPolicy, StaticSource, WorkloadApiSource
+from sds_server.source import RetryPolicy, WorkloadApiSource
 
 __all__ = [
     "Bundle",
-    "Fault",
     "Metrics",
     "Resource",
     "ResourceNames",
     "RetryPolicy",
-    "RunningServer",
     "SdsConfigError",
     "SdsError",
     "SdsServer",
     "SecretDiscoveryServicer",
     "SecretSnapshot",
     "ServerConfig",
-    "StaticSource",
     "Svid",
     "WorkloadApiSource",
     "build_server",
     "run",
-    "run_in_thread",
     "serve",
 ]

@@ -5,14 +5,19 @@ Tree::
     SdsError                      base: anything this package raises on purpose
     ├── SpiffeIdError             a SPIFFE ID or trust domain breaks the SPIFFE ID standard
     ├── SvidError                 an X.509 document breaks the X509-SVID standard
-    ├── SdsConfigError            bad ``sds serve`` options
+    ├── SdsConfigError            bad ``sds serve`` options; ``problems`` lists each one
     ├── WorkloadApiCallError      a Workload API call failed (``code``: gRPC status name)
-    └── WorkloadApiResponseError  a Workload API response breaks the X509-SVID profile
+    ├── WorkloadApiResponseError  a Workload API response breaks the X509-SVID profile
+    └── WorkloadApiError          (sds_server.workload_api.errors) the embedded Workload API's own tree
 
 Every message reads ``<what>: <value!r>: <rule>`` so the user sees the field, the value and the rule.
+Configuration errors carry ``problems: list[str]`` (one ``<what>: <value!r>: <rule>`` line each), as
+``bridge.errors.SpecError`` does.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class SdsError(Exception):
@@ -28,7 +33,12 @@ class SvidError(SdsError):
 
 
 class SdsConfigError(SdsError):
-    """Options given to the SDS server are invalid."""
+    """Options given to the SDS server are invalid. ``problems`` lists every ``what: value: rule`` line;
+    the message is those lines joined (one problem: that line)."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class WorkloadApiCallError(SdsError):

@@ -4,7 +4,8 @@
 (created with the configured mode/owner *before* it listens), starts the source and the metrics
 endpoint; ``await server.stop()`` drains: health ``NOT_SERVING`` → close the listener and the
 streams → stop the source → remove the socket. :func:`serve` wires that to ``ready`` / ``stop``
-events and :func:`run` to SIGTERM/SIGINT (first signal drains, a second exits at once).
+events and :func:`run` to SIGTERM/SIGINT through :mod:`sds_server.lifecycle` (first signal drains, a
+second exits at once, still removing the socket).
 
 Caller checks: the socket's mode and owner are the kernel's gate (``--socket-owner 1337`` + 0600:
 only istio-proxy and root connect). ``allowed_uids`` adds a per-request ``SO_PEERCRED`` check
@@ -30,15 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-import threading
 import time
-from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import structlog
 from grpclib import GRPCError
@@ -51,22 +48,23 @@ from sds_server.codec import PassThroughProtoCodec
 from sds_server.errors import SdsConfigError
 from sds_server.file_credentials import FileCredentials
 from sds_server.grpc_server import Server, UnixSocketError, bind_unix_socket, peer_socket, peer_uid
+from sds_server.lifecycle import run_until_signalled
 from sds_server.limits import SdsLimits
 from sds_server.metrics import Metrics
 from sds_server.servicer import SecretDiscoveryServicer
 from sds_server.snapshot import ResourceNames, SecretSnapshot
-from sds_server.source import RetryPolicy, StaticSource, WorkloadApiSource
+from sds_server.source import RetryPolicy, SecretSource, WorkloadApiSource
 from sds_server.status import ROTATION_HEALTH_SERVICE, AdminService
 
 log = structlog.get_logger(__name__)
 
-_T = TypeVar("_T")
 _UNIX_PATH_MAX = 107
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Everything ``meshbridge sds serve`` takes. ``workload_api=None`` means a :class:`StaticSource`."""
+    """Everything ``meshbridge sds serve`` takes. ``workload_api=None``: the source is handed to
+    :func:`build_server` (tests: :mod:`sds_server.testing`)."""
 
     listen: Path
     workload_api: str | None = None
@@ -108,13 +106,11 @@ def _workload_api_address_ok(address: str) -> bool:
 
 
 __all__ = [
-    "RunningServer",
     "SdsServer",
     "ServerConfig",
     "build_server",
     "peer_uid",
     "run",
-    "run_in_thread",
     "serve",
 ]
 
@@ -122,16 +118,15 @@ __all__ = [
 class SdsServer:
     """One SDS server instance. Not started until :meth:`start`."""
 
-    def __init__(self, config: ServerConfig, source: WorkloadApiSource | StaticSource | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, source: SecretSource | None = None, *, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         if source is None:
-            if config.workload_api is not None:
-                source = WorkloadApiSource(
-                    config.workload_api, config.names, self.metrics, retry=config.retry
-                )
-            else:
-                source = StaticSource(config.names, self.metrics)
+            if config.workload_api is None:
+                raise SdsConfigError("workload_api: None: a Workload API address (or a source) is required")
+            source = WorkloadApiSource(config.workload_api, config.names, self.metrics, retry=config.retry)
         self.source = source
         self.files = FileCredentials(
             config.file_credentials_dirs,
@@ -330,27 +325,31 @@ class SdsServer:
         self._started = False
         self.health.set(False)
         self._grpc.close()
-        try:
-            await asyncio.wait_for(self._grpc.wait_closed(), self.config.drain_seconds)
-        except TimeoutError:
-            log.warning("sds.drain.timeout", seconds=self.config.drain_seconds)
-        await self.servicer.close()
-        for timer in (self._pending_timer, self._overdue_timer):
-            if timer is not None:
-                timer.cancel()
-        if self._files_task is not None:
-            self._files_task.cancel()
-            await asyncio.gather(self._files_task, return_exceptions=True)
-        await self.source.aclose()
-        await self.metrics.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.config.listen.unlink()
+        try:  # a second signal cancels the drain (sds_server.lifecycle): the socket is removed regardless
+            try:
+                await asyncio.wait_for(self._grpc.wait_closed(), self.config.drain_seconds)
+            except TimeoutError:
+                log.warning("sds.drain.timeout", seconds=self.config.drain_seconds)
+            await self.servicer.close()
+            for timer in (self._pending_timer, self._overdue_timer):
+                if timer is not None:
+                    timer.cancel()
+            if self._files_task is not None:
+                self._files_task.cancel()
+                await asyncio.gather(self._files_task, return_exceptions=True)
+            await self.source.aclose()
+            await self.metrics.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.listen.unlink()
         log.info("sds.stopped", socket=str(self.config.listen))
 
 
-def build_server(config: ServerConfig, source: WorkloadApiSource | StaticSource | None = None) -> SdsServer:
+def build_server(
+    config: ServerConfig, source: SecretSource | None = None, *, metrics: Metrics | None = None
+) -> SdsServer:
     """An unstarted server for ``config`` (its source built from ``config`` unless given)."""
-    return SdsServer(config, source)
+    return SdsServer(config, source, metrics=metrics)
 
 
 async def serve(
@@ -373,88 +372,8 @@ async def serve(
 
 
 def run(config: ServerConfig) -> int:
-    """Blocking entry point for the CLI: SIGTERM/SIGINT drain and return 0; a second signal exits 1."""
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-
-        def on_signal(signum: int) -> None:
-            if stop.is_set():
-                log.warning("sds.signal.again", signal=signal.Signals(signum).name)
-                os._exit(1)
-            log.info("sds.signal", signal=signal.Signals(signum).name)
-            stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-        await serve(config, stop=stop)
-
-    asyncio.run(main())
-    return 0
-
-
-class RunningServer:
-    """A server running on its own loop in a background thread (tests, demo, benches)."""
-
-    def __init__(self, server: SdsServer, loop: asyncio.AbstractEventLoop) -> None:
-        self.server = server
-        self.loop = loop
-
-    def call(self, coro: Coroutine[Any, Any, _T], timeout: float = 30) -> _T:
-        """Run ``coro`` on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def wait_first_secret(self, timeout: float = 30) -> None:
-        self.call(asyncio.wait_for(self.server.wait_first_secret(), timeout), timeout + 1)
-
-
-@contextlib.contextmanager
-def run_in_thread(
-    config: ServerConfig, source: WorkloadApiSource | StaticSource | None = None
-) -> Iterator[RunningServer]:
-    """Start a server in a background thread; stop it (and the thread) on exit."""
-    server = build_server(config, source)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stop: asyncio.Event | None = None
-    failure: list[BaseException] = []
-
-    async def main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        ready = asyncio.Event()
-        task = asyncio.ensure_future(serve(config, ready=ready, stop=stop, server=server))
-        waiter = asyncio.ensure_future(ready.wait())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():  # start failed: its exception must be recorded before the caller is released
-            waiter.cancel()
-            await task
-            started.set()
-            return
-        started.set()
-        await task
-
-    def target() -> None:
-        try:
-            loop.run_until_complete(main())
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-        finally:
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
-
-    thread = threading.Thread(target=target, name="sds-server", daemon=True)
-    thread.start()
-    started.wait(30)
-    if failure:
-        thread.join(5)
-        raise failure[0]
-    try:
-        yield RunningServer(server, loop)
-    finally:
-        if stop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(15)
+    """Blocking entry point for the CLI: SIGTERM/SIGINT drain and return 0; a second signal cuts the drain
+    short, still removes the socket and returns 1 (:mod:`sds_server.lifecycle`)."""
+    return run_until_signalled(
+        lambda stop: serve(config, stop=stop), event="sds.signal", again_event="sds.signal.again"
+    )

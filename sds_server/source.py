@@ -15,34 +15,27 @@ Threading / asyncio model (read this before touching anything here):
   :class:`~sds_server.snapshot.Bundle`) by the client, then a new immutable
   :class:`~sds_server.snapshot.SecretSnapshot` is built and the reference swapped under a
   ``threading.Lock`` (uncontended on the loop; it is there because :meth:`SnapshotPublisher.publish`
-  and :meth:`SnapshotPublisher.inject_fault` may be called from other threads — tests, the in-thread
-  runner). Subscribers are called **on the loop** (``call_soon_threadsafe``), never under the lock.
+  may be called from other threads — tests, the in-thread runner of :mod:`sds_server.testing`).
+  Subscribers are called **on the loop** (``call_soon_threadsafe``), never under the lock.
 * While the stream is down the last snapshot keeps being served. A loop timer fires when the earliest
   SVID reaches ``NotAfter`` and rebuilds the snapshot without it: an expired SVID is never served
   (loud ``svid.expired.withheld`` error + metric).
-
-Test hook: :meth:`inject_fault` swaps the default SVID's key for one that does not match its
-certificate, so a test can prove Envoy NACKs it and keeps its previous secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from sds_server.snapshot import Bundle, ResourceNames, SecretSnapshot, Svid
 from sds_server.workload_client import (
@@ -84,10 +77,14 @@ class RetryPolicy:
         return base * (1.0 - self.jitter * rand)
 
 
-class Fault(enum.Enum):
-    """Faults a test may inject into served secrets."""
+class SecretSource(Protocol):
+    """What the server needs of a source: start on its loop, deliver snapshots, stop."""
 
-    MISMATCHED_KEY = "mismatched-key"
+    def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+    def subscribe(self, callback: Subscriber) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _utcnow() -> datetime:
@@ -96,12 +93,6 @@ def _utcnow() -> datetime:
 
 def _zulu(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _pkcs8_pem(key: PrivateKeyTypes) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 class SnapshotPublisher:
@@ -117,8 +108,6 @@ class SnapshotPublisher:
         self._svids: tuple[Svid, ...] = ()
         self._bundles: tuple[Bundle, ...] = ()
         self._current: SecretSnapshot | None = None
-        self._fault: Fault | None = None
-        self._fault_key = b""
         self._reported_expired: set[tuple[str, int]] = set()
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,15 +127,6 @@ class SnapshotPublisher:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def inject_fault(self, fault: Fault | None) -> None:
-        """Test hook: serve a broken default SVID (``Fault.MISMATCHED_KEY``) until called with ``None``."""
-        with self._lock:
-            self._fault = fault
-            if fault is Fault.MISMATCHED_KEY:
-                self._fault_key = _pkcs8_pem(ec.generate_private_key(ec.SECP256R1()))
-        log.warning("source.fault", fault=None if fault is None else fault.value)
-        self.rebuild()
-
     def publish(self, svids: Sequence[Svid], bundles: Sequence[Bundle]) -> None:
         """New material (from the Workload API or a test): rebuild and notify."""
         with self._lock:
@@ -158,8 +138,8 @@ class SnapshotPublisher:
         """The earliest ``NotAfter`` still in the future (the supervisor rebuilds the snapshot then).
 
         Decided by the clock, not by the last snapshot: an SVID that expired without changing the
-        snapshot (a second SVID with the same SPIFFE ID, or one replaced by a fault) must not be
-        returned again, or the supervisor would wake every few milliseconds until the next update.
+        snapshot (a second SVID with the same SPIFFE ID) must not be returned again, or the supervisor
+        would wake every few milliseconds until the next update.
         """
         now = self._clock()
         live = [s.not_after for s in self._svids if s.not_after > now]
@@ -168,9 +148,7 @@ class SnapshotPublisher:
     def rebuild(self) -> None:
         """Build a snapshot from the held material; swap and notify if its content changed."""
         with self._lock:
-            svids = list(self._svids)
-            if self._fault is Fault.MISMATCHED_KEY and svids:
-                svids[0] = replace(svids[0], key_pem=self._fault_key)
+            svids = self._svids
             if not svids and not self._bundles:
                 return
             snap = SecretSnapshot.build(svids, self._bundles, self._names, self._clock())
@@ -211,19 +189,6 @@ class SnapshotPublisher:
             return  # a newer one is already queued
         for callback in list(self._subscribers):
             callback(snap)
-
-
-class StaticSource(SnapshotPublisher):
-    """Secrets handed in by the caller (:meth:`publish`); for benches and protocol tests."""
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.attach(loop)
-
-    def close(self) -> None:
-        """Nothing to stop."""
-
-    async def aclose(self) -> None:
-        """Nothing to stop."""
 
 
 class WorkloadApiSource(SnapshotPublisher):
@@ -324,7 +289,7 @@ class WorkloadApiSource(SnapshotPublisher):
     def _on_update(self, update: X509Update) -> None:
         if not self.connected:
             self._set_connected(True)
-            log.info("workload_api.connected", address=self.address)
+            log.info("sds.source.connected", address=self.address)
         self._attempt = 0
         self._denied_logged = None
         if update.svids:
@@ -369,7 +334,7 @@ class WorkloadApiSource(SnapshotPublisher):
             self._report_denied(error.detail if isinstance(error, WorkloadApiCallError) else "")
         elif isinstance(error, WorkloadApiResponseError):
             log.error(
-                "workload_api.response.invalid",
+                "sds.source.response.invalid",
                 address=self.address,
                 error=str(error),
                 hint="the Workload API sent an SVID or bundle that breaks the X509-SVID profile; the "
@@ -379,7 +344,7 @@ class WorkloadApiSource(SnapshotPublisher):
             )
         elif was_up or self._attempt == 0:
             log.warning(
-                "workload_api.stream.lost" if was_up else "workload_api.unavailable",
+                "sds.source.stream.lost" if was_up else "sds.source.unavailable",
                 address=self.address,
                 code=code or None,
                 error=error.detail if isinstance(error, WorkloadApiCallError) else None,
@@ -387,7 +352,7 @@ class WorkloadApiSource(SnapshotPublisher):
                 attempt=self._attempt,
             )
         else:
-            log.debug("workload_api.retry", address=self.address, code=code or None, attempt=self._attempt)
+            log.debug("sds.source.retry", address=self.address, code=code or None, attempt=self._attempt)
 
     def _serving(self) -> tuple[str, object]:
         """What is still served while the Workload API denies us: a sentence, and its state key."""
@@ -409,7 +374,7 @@ class WorkloadApiSource(SnapshotPublisher):
         return "no SVID: none was ever received", ("none",)
 
     def _report_denied(self, detail: str) -> None:
-        """One ``workload_api.permission_denied`` line per state change (or per reminder interval)."""
+        """One ``sds.source.permission_denied`` line per state change (or per reminder interval)."""
         uid, gid = os.getuid(), os.getgid()
         serving, serving_key = self._serving()
         state = (detail, self._had_identity, serving_key)
@@ -417,7 +382,7 @@ class WorkloadApiSource(SnapshotPublisher):
         now = time.monotonic()
         if state == self._denied_logged and now - self._denied_logged_at < DENIED_REMINDER_SECONDS:
             log.debug(
-                "workload_api.retry", address=self.address, code="PERMISSION_DENIED", attempt=self._attempt
+                "sds.source.retry", address=self.address, code="PERMISSION_DENIED", attempt=self._attempt
             )
             return
         reminder = state == self._denied_logged
@@ -431,7 +396,7 @@ class WorkloadApiSource(SnapshotPublisher):
         else:
             why = "no registration entry for this workload: no SVID was ever issued to this process"
         log.error(
-            "workload_api.permission_denied",
+            "sds.source.permission_denied",
             address=self.address,
             detail=detail,
             uid=uid,

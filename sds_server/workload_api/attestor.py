@@ -24,8 +24,8 @@ socket's file permissions (``mode``; directory permissions work too): whoever ca
 not attestation; production uses SPIRE's agent with real workload attestors.
 
 ``/proc/PID/exe`` of another user's process is unreadable without privileges; then the path and sha256
-selectors are omitted (an entry needing them simply does not match) and ``attest.exe_unreadable`` is
-logged.
+selectors are omitted (an entry needing them simply does not match) and
+``workload_api.attest.exe_unreadable`` is logged.
 
 **PID reuse.** SO_PEERCRED's pid is the process that *connected*; attestation runs later (per call, on a
 long-lived connection). If that process has exited — e.g. after handing the connection to another
@@ -33,9 +33,10 @@ process — its PID may already belong to someone else, and ``/proc/PID`` would 
 process (its executable, its groups). Like SPIRE's agent (``peertracker``: "the workload exited"),
 :meth:`UnixAttestor.attest_connection` holds a pidfd of the connecting process (``SO_PEERPIDFD``, Linux
 ≥ 6.5) and, *after* reading ``/proc``, checks that the process is still alive; if it is not,
-``attest.caller_exited`` is logged and :class:`CallerChangedError` raised: the call is refused and the
-connection dropped, as SPIRE does ("caller exit suspected"), rather than attested from what the kernel
-recorded at ``connect()``. On kernels without ``SO_PEERPIDFD`` this check is not possible and is skipped.
+``workload_api.attest.caller_exited`` is logged and :class:`CallerChangedError` raised: the call is
+refused and the connection dropped, as SPIRE does ("caller exit suspected"), rather than attested from
+what the kernel recorded at ``connect()``. On kernels without ``SO_PEERPIDFD`` this check is not
+possible and is skipped.
 
 **Changed credentials.** SO_PEERCRED's uid/gid are those of ``connect()``; a process may change them
 later (a daemon that connects as root, then drops to ``nobody``, keeps its connection). Like SPIRE's agent
@@ -91,7 +92,7 @@ def _supplementary_gids(pid: int) -> list[int]:
                 if line.startswith("Groups:"):
                     return [int(g) for g in line.split()[1:]]
     except OSError:
-        log.warning("attest.status_unreadable", pid=pid)
+        log.warning("workload_api.attest.status_unreadable", pid=pid)
     return []
 
 
@@ -104,12 +105,16 @@ def _check_same_owner(creds: PeerCredentials) -> None:
     except OSError:
         return
     if st.st_uid != creds.uid:
-        log.warning("attest.caller_changed", pid=creds.pid, expect_uid=creds.uid, received_uid=st.st_uid)
+        log.warning(
+            "workload_api.attest.caller_changed", pid=creds.pid, expect_uid=creds.uid, received_uid=st.st_uid
+        )
         raise CallerChangedError(
             f"new process detected: process uid {st.st_uid} does not match original caller {creds.uid}"
         )
     if st.st_gid != creds.gid:
-        log.warning("attest.caller_changed", pid=creds.pid, expect_gid=creds.gid, received_gid=st.st_gid)
+        log.warning(
+            "workload_api.attest.caller_changed", pid=creds.pid, expect_gid=creds.gid, received_gid=st.st_gid
+        )
         raise CallerChangedError(
             f"new process detected: process gid {st.st_gid} does not match original caller {creds.gid}"
         )
@@ -161,14 +166,14 @@ class UnixAttestor:
                 selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
                 _check_same_owner(creds)
                 return creds, selectors
-            log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
+            log.warning("workload_api.attest.caller_exited", pid=creds.pid, uid=creds.uid)
             raise CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone") from exc
         try:
             selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
             try:
                 signal.pidfd_send_signal(pidfd, 0)  # signal 0: existence check only
             except ProcessLookupError as exc:
-                log.warning("attest.caller_exited", pid=creds.pid, uid=creds.uid)
+                log.warning("workload_api.attest.caller_exited", pid=creds.pid, uid=creds.uid)
                 raise CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone") from exc
             except PermissionError:
                 pass  # it exists (we may just not signal it)
@@ -197,7 +202,7 @@ class UnixAttestor:
         try:
             exe = os.readlink(f"/proc/{creds.pid}/exe")
         except OSError:
-            log.info("attest.exe_unreadable", pid=creds.pid, uid=creds.uid)
+            log.info("workload_api.attest.exe_unreadable", pid=creds.pid, uid=creds.uid)
         else:
             selectors.add(f"unix:path:{exe}")
             sha = self._exe_sha256(creds.pid, exe) if with_sha256 else None

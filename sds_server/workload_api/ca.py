@@ -335,11 +335,11 @@ class LocalCa:
             if state.get("version") != _STATE_VERSION:
                 raise CaError(f"data_dir: {str(path)!r}: unknown CA state version {state.get('version')!r}")
             if state.get("trust_domain") != self.trust_domain.name:
-                log.warning("ca.state.discarded", reason="trust domain changed", path=str(path),
+                log.warning("workload_api.ca.state.discarded", reason="trust domain changed", path=str(path),
                             was=state.get("trust_domain"), now=self.trust_domain.name)
                 return ()
             if state.get("upstream") != (self.upstream is not None):
-                log.warning("ca.state.discarded", reason="upstream mode changed", path=str(path))
+                log.warning("workload_api.ca.state.discarded", reason="upstream mode changed", path=str(path))
                 return ()
             gens = []
             for g in state["generations"]:
@@ -358,7 +358,7 @@ class LocalCa:
                 f"data_dir: {str(path)!r}: CA state is corrupt ({type(exc).__name__}); "
                 "move it away to start a new CA"
             ) from exc
-        log.info("ca.loaded", path=str(path), generations=len(gens))
+        log.info("workload_api.ca.loaded", path=str(path), generations=len(gens))
         return tuple(gens)
 
     def _save(self) -> None:
@@ -457,7 +457,7 @@ class LocalCa:
         gen = CaGeneration(cert, key, JwtKey(kid, jwt_private, not_after), issued_at=now)
         self._generations = (*self._generations, gen)
         self._save()
-        log.info("ca.rotated", trust_domain=self.trust_domain.name, serial=f"{serial:x}",
+        log.info("workload_api.ca.rotated", trust_domain=self.trust_domain.name, serial=f"{serial:x}",
                  not_after=not_after.isoformat(), kid=kid, generations=len(self._generations))
         return gen
 
@@ -471,7 +471,7 @@ class LocalCa:
         self._generations = alive
         if alive:
             self._save()
-        log.info("ca.pruned", dropped=dropped, generations=len(alive))
+        log.info("workload_api.ca.pruned", dropped=dropped, generations=len(alive))
         return True
 
     def next_event_at(self) -> datetime:

@@ -9,10 +9,10 @@ raise :class:`ConfigError` (the CLI prints ``error: …`` and exits 2).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 from pathlib import Path
 
+from sds_server.lifecycle import run_until_signalled
 from sds_server.workload_api.config import (
     DEFAULT_SOCKET_MODE,
     Config,
@@ -50,10 +50,7 @@ def effective_config(args: argparse.Namespace) -> Config:
     """The config file with the command line's socket options applied."""
     mode = DEFAULT_SOCKET_MODE
     if args.socket_mode is not None:
-        try:
-            mode = parse_socket_mode(args.socket_mode)
-        except ValueError as exc:
-            raise ConfigError([f"--socket-mode: {args.socket_mode!r}: {exc}"], "command line") from exc
+        mode = parse_socket_mode(args.socket_mode, path="--socket-mode", source="command line")
     cli_sockets = parse_socket_args(args.socket, mode) if args.socket else None
     config = load_config(args.config, sockets=cli_sockets)
     if cli_sockets is None and args.socket_mode is not None:
@@ -93,8 +90,11 @@ def _serve(args: argparse.Namespace) -> int:
     limits = WorkloadApiLimits(
         max_streams_per_uid=args.max_streams_per_uid, idle_connection_seconds=args.idle_connection_seconds
     )
-    asyncio.run(serve(config, loader=loader, limits=limits))
-    return 0
+    return run_until_signalled(
+        lambda stop: serve(config, stop=stop, loader=loader, limits=limits),
+        event="workload_api.stopping",
+        again_event="workload_api.exit_now",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

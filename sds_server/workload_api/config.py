@@ -133,8 +133,11 @@ class Config:
         return next((f for f in self.federation if f.trust_domain == trust_domain), None)
 
 
-def parse_duration(value: object) -> timedelta:
-    """``"90s"``, ``"10m"``, ``"1h"``, ``"2d"``, ``"1h30m"`` or integer seconds; must be positive."""
+class _Rule(Exception):  # private: caught in this module and turned into a problem line
+    """The rule a value breaks, in the config's words."""
+
+
+def _duration(value: object) -> timedelta:
     if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
     elif isinstance(value, str) and value.strip().isdigit():
@@ -143,23 +146,44 @@ def parse_duration(value: object) -> timedelta:
         d, h, mi, s = (int(g) if g else 0 for g in m.groups())
         seconds = ((d * 24 + h) * 60 + mi) * 60 + s
     else:
-        raise ValueError("must be a duration like '90s', '10m', '1h' or integer seconds")
+        raise _Rule("must be a duration like '90s', '10m', '1h' or integer seconds")
     if seconds <= 0:
-        raise ValueError("must be positive")
+        raise _Rule("must be positive")
     return timedelta(seconds=seconds)
 
 
-def parse_socket_mode(value: object) -> int:
-    """A file mode: octal string (``"0777"``, ``"660"``) or an int (YAML reads ``0777`` as octal)."""
+def _socket_mode(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         mode = value
     elif isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{1,4}", value.strip()):
         mode = int(value.strip().replace("o", ""), 8)
     else:
-        raise ValueError("must be an octal file mode like '0777'")
+        raise _Rule("must be an octal file mode like '0777'")
     if not 0 <= mode <= 0o777:
-        raise ValueError("must be an octal file mode between 0000 and 0777")
+        raise _Rule("must be an octal file mode between 0000 and 0777")
     return mode
+
+
+def parse_duration(value: object, *, path: str = "duration", source: str = "config") -> timedelta:
+    """``"90s"``, ``"10m"``, ``"1h"``, ``"2d"``, ``"1h30m"`` or integer seconds; must be positive.
+
+    Raises :class:`ConfigError` with the problem ``<path>: <value!r>: <rule>``.
+    """
+    try:
+        return _duration(value)
+    except _Rule as exc:
+        raise ConfigError([f"{path}: {value!r}: {exc}"], source) from None
+
+
+def parse_socket_mode(value: object, *, path: str = "mode", source: str = "config") -> int:
+    """A file mode: octal string (``"0777"``, ``"660"``) or an int (YAML reads ``0777`` as octal).
+
+    Raises :class:`ConfigError` with the problem ``<path>: <value!r>: <rule>``.
+    """
+    try:
+        return _socket_mode(value)
+    except _Rule as exc:
+        raise ConfigError([f"{path}: {value!r}: {exc}"], source) from None
 
 
 class _Collector:
@@ -191,8 +215,8 @@ class _Collector:
         if value is None:
             return default
         try:
-            return parse_duration(value)
-        except ValueError as exc:
+            return _duration(value)
+        except _Rule as exc:
             self.add(path, value, str(exc))
             return default
 
@@ -394,8 +418,8 @@ def _sockets(c: _Collector, raw: object, base: Path) -> tuple[SocketConfig, ...]
         mode = DEFAULT_SOCKET_MODE
         if data.get("mode") is not None:
             try:
-                mode = parse_socket_mode(data["mode"])
-            except ValueError as exc:
+                mode = _socket_mode(data["mode"])
+            except _Rule as exc:
                 c.add(f"{where}.mode", data["mode"], str(exc))
         if name and raw_path:
             path = _resolve(base, raw_path)

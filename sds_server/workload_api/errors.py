@@ -2,12 +2,13 @@
 
 Tree::
 
-    WorkloadApiError              base
-    ├── ConfigError               the YAML config is invalid (every problem with its path, at once)
-    ├── CaError                   the local CA cannot load, mint or rotate
-    ├── CallerChangedError        the caller is no longer the process (uid/gid) that connected
-    ├── JwtSvidError              a JWT-SVID is malformed, badly signed, expired or for another audience
-    └── SocketError               a Workload API socket cannot be served (in use by a live server, …)
+    SdsError                      (sds_server.errors) base of the whole sds_server package
+    └── WorkloadApiError          base of the embedded Workload API
+        ├── ConfigError           the config (YAML, command line, limits) is invalid; ``problems`` lists each
+        ├── CaError               the local CA cannot load, mint or rotate
+        ├── CallerChangedError    the caller is no longer the process (uid/gid) that connected
+        ├── JwtSvidError          a JWT-SVID is malformed, badly signed, expired or for another audience
+        └── SocketError           a Workload API socket cannot be served (in use by a live server, …)
 
 Messages read ``<what>: <value!r>: <rule>``. The CLI prints ``error: <message>`` and exits 2.
 """
@@ -16,20 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sds_server.errors import SdsError
 
-class WorkloadApiError(Exception):
+
+class WorkloadApiError(SdsError):
     """Base of every error raised on purpose by the embedded Workload API."""
 
 
 class ConfigError(WorkloadApiError):
     """The Workload API config is invalid.
 
-    ``problems`` holds every problem found (``<path>: <value!r>: <rule>``), so a user fixes them all in
-    one go; ``source`` names the file.
+    ``problems: list[str]`` holds every problem found (``<path>: <value!r>: <rule>``), as
+    ``SdsConfigError`` and ``bridge.errors.SpecError`` do, so a user fixes them all in one go;
+    ``source`` names the file (or ``command line``) and prefixes the message.
     """
 
     def __init__(self, problems: Sequence[str], source: str = "config") -> None:
-        self.problems = tuple(problems)
+        self.problems = list(problems)
         self.source = source
         if len(self.problems) == 1:
             message = f"{source}: {self.problems[0]}"

@@ -42,11 +42,20 @@ config and pushes what changed; :meth:`rotate_svids` re-mints everything at once
 signals: SIGTERM/SIGINT stop gracefully (a second one exits at once), SIGHUP reloads the config file,
 SIGUSR1 forces a re-mint.
 
-**Log events** (structlog): ``workload_api.listening`` / ``.started`` / ``.stopping`` / ``.stopped``,
-``svids.issued`` (info, one per batch: count, reason, spiffe_ids), ``svid.minted`` / ``svid.rotated``
+**Log events** (structlog; all under ``workload_api.``, a test keeps this list whole):
+``workload_api.listening`` / ``workload_api.started`` / ``workload_api.stopping`` /
+``workload_api.stopped`` / ``workload_api.exit_now`` (lifecycle), ``workload_api.svids.issued`` (info,
+one per batch: count, reason, spiffe_ids), ``workload_api.svid.minted`` / ``workload_api.svid.rotated``
 (debug, one per SVID: spiffe_id, serial, expires, reason), ``workload_api.rotated`` (after SIGUSR1),
-``ca.rotated`` / ``ca.pruned``, ``config.reloaded`` / ``config.reload_failed``, ``socket.stale_replaced``,
-``workload_api.denied`` (rpc, reason, socket), ``jwt_svid.issued`` / ``jwt_svid.invalid``.
+``workload_api.maintain_failed`` / ``workload_api.maintain_crashed``, ``workload_api.ca.loaded`` /
+``workload_api.ca.rotated`` / ``workload_api.ca.pruned`` / ``workload_api.ca.state.discarded``,
+``workload_api.config.reloaded`` / ``workload_api.config.reload_failed`` /
+``workload_api.config.reload_skipped`` / ``workload_api.config.sockets_unchanged``, ``workload_api.call``
+/ ``workload_api.push`` (debug), ``workload_api.denied`` (rpc, reason, socket),
+``workload_api.attest.caller_changed`` / ``workload_api.attest.caller_exited`` /
+``workload_api.attest.exe_unreadable`` / ``workload_api.attest.status_unreadable``,
+``workload_api.jwt_svid.issued`` / ``workload_api.jwt_svid.invalid``. The socket module shared with the
+SDS server logs ``socket.stale_replaced``.
 
 **Concurrency.** Everything runs on one asyncio loop. The served state is one immutable
 :class:`_Snapshot`, swapped whole; each swap sets the previous ``asyncio.Event`` so open streams wake,
@@ -85,6 +94,7 @@ from sds_server.grpc_server import (
     peer_socket,
     peer_transport,
 )
+from sds_server.lifecycle import until_signalled
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.attestor import UnixAttestor
 from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
@@ -92,6 +102,7 @@ from sds_server.workload_api.config import Config, Entry, SocketConfig, check_so
 from sds_server.workload_api.errors import (
     CaError,
     CallerChangedError,
+    ConfigError,
     JwtSvidError,
     SocketError,
     WorkloadApiError,
@@ -149,7 +160,7 @@ class WorkloadApiLimits:
     def __post_init__(self) -> None:
         for label in ("max_message_bytes", "max_streams_per_uid", "idle_connection_seconds", "backlog"):
             if getattr(self, label) <= 0:
-                raise ValueError(f"{label}: {getattr(self, label)!r}: must be positive")
+                raise ConfigError([f"{label}: {getattr(self, label)!r}: must be positive"], "limits")
 
     def transport(self) -> Limits:
         """The transport part, for :class:`sds_server.grpc_server.Server`."""
@@ -377,7 +388,9 @@ class _Servicer:
             hints.add(entry.hint)
             token = self._server.ca.mint_jwt_svid(entry.spiffe_id, audience, snap.config.jwt_svid_ttl)
             resp.svids.add(spiffe_id=str(entry.spiffe_id), svid=token, hint=entry.hint)
-        log.info("jwt_svid.issued", spiffe_ids=[s.spiffe_id for s in resp.svids], audience=audience)
+        log.info(
+            "workload_api.jwt_svid.issued", spiffe_ids=[s.spiffe_id for s in resp.svids], audience=audience
+        )
         await stream.send_message(resp)
 
     async def validate_jwt_svid(
@@ -400,7 +413,7 @@ class _Servicer:
         try:
             spiffe_id, claims = validate_jwt_svid(request.svid, request.audience, keys, now=_utcnow())
         except JwtSvidError as exc:
-            log.info("jwt_svid.invalid", reason=str(exc))
+            log.info("workload_api.jwt_svid.invalid", reason=str(exc))
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
         resp = pb.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id))
         resp.claims.update(claims)
@@ -502,13 +515,17 @@ class WorkloadApiServer:
                 out[entry] = svid
                 minted.append(str(entry.spiffe_id))
                 if per_svid:
-                    batch_log.debug("svid.minted" if old is None else "svid.rotated", spiffe_id=minted[-1],
-                                    serial=f"{svid.serial:x}", expires=svid.expires_at.isoformat(),
-                                    reason="new" if old is None else reason)
+                    batch_log.debug(
+                        "workload_api.svid.minted" if old is None else "workload_api.svid.rotated",
+                        spiffe_id=minted[-1],
+                        serial=f"{svid.serial:x}",
+                        expires=svid.expires_at.isoformat(),
+                        reason="new" if old is None else reason,
+                    )
             else:
                 out[entry] = old
         if minted:
-            batch_log.info("svids.issued", count=len(minted), reason=reason, spiffe_ids=minted)
+            batch_log.info("workload_api.svids.issued", count=len(minted), reason=reason, spiffe_ids=minted)
         return out
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -549,16 +566,19 @@ class WorkloadApiServer:
             self._maintainer = None
         for _, _, server, _ in self._listeners:
             server.close()
-        for sock_cfg, sock, server, inode in self._listeners:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), grace)
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(sock_cfg.path).st_ino == inode:  # never remove a successor's socket
-                    sock_cfg.path.unlink()
-        if self._listeners:
-            log.info("workload_api.stopped", sockets=[s.name for s, *_ in self._listeners])
-        self._listeners = []
+        try:  # a second signal cancels the drain (sds_server.lifecycle): the sockets are removed regardless
+            for _, _, server, _ in self._listeners:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), grace)
+        finally:
+            for sock_cfg, sock, _, inode in self._listeners:
+                sock.close()
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(sock_cfg.path).st_ino == inode:  # never remove a successor's socket
+                        sock_cfg.path.unlink()
+            if self._listeners:
+                log.info("workload_api.stopped", sockets=[s.name for s, *_ in self._listeners])
+            self._listeners = []
 
     async def _maintain(self) -> None:
         """Rotate SVIDs at half their lifetime and the CA at half its own; push what changed."""
@@ -610,7 +630,10 @@ class WorkloadApiServer:
                 "while running; restart the server"
             )
         if config.sockets and set(config.sockets) != set(old.sockets):
-            log.warning("config.sockets_unchanged", reason="sockets are bound at start; restart to change")
+            log.warning(
+                "workload_api.config.sockets_unchanged",
+                reason="sockets are bound at start; restart to change",
+            )
         config = dataclasses.replace(config, sockets=old.sockets)
         check_sockets(config)
         if (config.ca, config.data_dir) != (old.ca, old.data_dir):
@@ -619,7 +642,7 @@ class WorkloadApiServer:
         else:
             svids = self._svids_for(config, force=config.svid_ttl != old.svid_ttl, reason="reload")
         self._publish(config, svids)
-        log.info("config.reloaded", entries=len(config.entries),
+        log.info("workload_api.config.reloaded", entries=len(config.entries),
                  federation=[f.trust_domain.name for f in config.federation])
 
 
@@ -639,10 +662,17 @@ async def serve(
     """Run the server until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given).
 
     Signals (main thread only): SIGHUP reloads through ``loader`` (default: re-read ``config.source``),
-    SIGUSR1 re-mints every SVID. A second SIGTERM/SIGINT exits at once.
+    SIGUSR1 re-mints every SVID. Without ``stop``, SIGTERM/SIGINT stop it through
+    :mod:`sds_server.lifecycle` (a second one exits at once, still removing the sockets).
     """
+    if stop is None and threading.current_thread() is threading.main_thread():
+        await until_signalled(
+            lambda stop: serve(config, ready=ready, stop=stop, loader=loader, limits=limits),
+            event="workload_api.stopping",
+            again_event="workload_api.exit_now",
+        )
+        return
     loop = asyncio.get_running_loop()
-    own_signals = stop is None and threading.current_thread() is threading.main_thread()
     stop_event = stop if stop is not None else asyncio.Event()
     if loader is None and config.source is not None:
         source = config.source
@@ -655,34 +685,23 @@ async def serve(
 
     async def do_reload() -> None:
         if loader is None:
-            log.warning("config.reload_skipped", reason="no config file to reload")
+            log.warning("workload_api.config.reload_skipped", reason="no config file to reload")
             return
         try:
             await server.reload(loader())
         except WorkloadApiError as exc:
-            log.error("config.reload_failed", error=str(exc), keeping="running config")  # noqa: TRY400
+            log.error("workload_api.config.reload_failed", error=str(exc), keeping="running config")  # noqa: TRY400
 
     def spawn(coro: Callable[[], Any]) -> None:
         task = loop.create_task(coro())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def on_stop(signame: str) -> None:
-        if stop_event.is_set():
-            log.warning("workload_api.exit_now", signal=signame)
-            os._exit(1)
-        log.info("workload_api.stopping", signal=signame)
-        stop_event.set()
-
     installed: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():
         loop.add_signal_handler(signal.SIGHUP, spawn, do_reload)
         loop.add_signal_handler(signal.SIGUSR1, spawn, server.rotate_svids)
         installed += [signal.SIGHUP, signal.SIGUSR1]
-        if own_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_stop, sig.name)
-                installed.append(sig)
     try:
         await server.start()
         _set_event(ready)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sds_server.server import RunningServer, ServerConfig, run_in_thread
+from sds_server.server import ServerConfig
+from sds_server.testing import RunningServer, run_in_thread
 from tests.sds.pki import MiniCa
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from sds_server.server import RunningServer
+from sds_server.testing import RunningServer
 from tests.sds.client import channel, sotw
 from tests.sds.pki import MiniCa
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bridge.envoy import EnvoyProcess, egress_bootstrap, sidecar_bootstrap
-from sds_server.server import ServerConfig, run_in_thread
+from sds_server.server import ServerConfig
+from sds_server.testing import run_in_thread
 from tests.sds.wl import CLIENT_ID, MESH_ID, fetch_identity, mesh_config
 from tests.support.envoy import echo_backend, http_get, https_get, mtls_context
 from tests.support.workload_api import running_workload_api

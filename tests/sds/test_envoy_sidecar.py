@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from bridge.envoy import EnvoyProcess, sidecar_bootstrap
-from sds_server.server import RunningServer, ServerConfig, run_in_thread
-from sds_server.source import Fault
+from sds_server.server import ServerConfig
+from sds_server.source import SnapshotPublisher
+from sds_server.testing import RunningServer, publish_mismatched_key, run_in_thread
 from tests.sds.pki import MiniCa
 from tests.sds.wl import CLIENT_ID, MESH_ID, Identity, fetch_identity, mesh_config
 from tests.support.envoy import echo_backend, https_get, mtls_context
@@ -109,7 +110,9 @@ def test_rotation_reaches_envoy_without_restart(mesh: Mesh) -> None:
 def test_nack_recorded_and_previous_secret_keeps_serving(mesh: Mesh) -> None:
     metrics = mesh.sds.server.metrics
     serials = mesh.envoy.cert_serials()
-    mesh.sds.server.source.inject_fault(Fault.MISMATCHED_KEY)
+    source = mesh.sds.server.source
+    assert isinstance(source, SnapshotPublisher)
+    good = publish_mismatched_key(source)
     try:
         mesh.envoy.wait_for("NACK", lambda: metrics.nacks.labels("sotw")._value.get() >= 1, timeout=20)
         assert mesh.envoy.stats("sds")["sds.default.update_rejected"] >= 1
@@ -118,7 +121,7 @@ def test_nack_recorded_and_previous_secret_keeps_serving(mesh: Mesh) -> None:
         assert mesh.envoy.cert_serials() == serials
         assert mesh.get() == 200
     finally:
-        mesh.sds.server.source.inject_fault(None)
+        source.publish(good.svids, good.bundles)
     assert mesh.get() == 200
 
 

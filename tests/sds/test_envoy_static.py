@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.envoy import EnvoyError, EnvoyProcess, sidecar_bootstrap
-from sds_server.server import RunningServer
+from sds_server.testing import RunningServer
 from tests.sds.pki import MiniCa
 from tests.support.envoy import echo_backend, https_get, mtls_context
 

@@ -16,8 +16,8 @@ from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 
-from sds_server.server import RunningServer
 from sds_server.snapshot import SecretSnapshot
+from sds_server.testing import RunningServer
 from tests.sds.client import SERVICE, channel, delta, fetch, secrets_of, sotw
 from tests.sds.pki import MiniCa
 

@@ -23,9 +23,10 @@ from grpclib.exceptions import StreamTerminatedError
 
 from sds_server.limits import SdsLimits
 from sds_server.secrets import SECRET_TYPE_URL
-from sds_server.server import RunningServer, ServerConfig, run_in_thread
+from sds_server.server import ServerConfig
 from sds_server.snapshot import Bundle, ResourceNames
 from sds_server.status import fetch_status, probe
+from sds_server.testing import RunningServer, run_in_thread
 from tests.sds.client import NODE, SERVICE, channel, delta, fetch, secrets_of, sotw
 from tests.sds.pki import MiniCa
 

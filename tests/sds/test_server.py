@@ -26,8 +26,8 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from sds_server.errors import SdsConfigError
-from sds_server.server import ServerConfig, run_in_thread
-from sds_server.source import Fault
+from sds_server.server import ServerConfig
+from sds_server.testing import publish_mismatched_key, run_in_thread
 from tests.sds.client import channel, secrets_of, sotw
 from tests.sds.pki import MiniCa
 from tests.sds.wl import mesh_config
@@ -192,7 +192,7 @@ def test_down_at_start_then_permission_denied_then_served(tmp_path: Path, short_
                     assert set(secrets_of(resp)) == {"default", "ROOTCA"}
 
         asyncio.run(scenario())
-    denied = [e for e in logs if e["event"] == "workload_api.permission_denied"]
+    denied = [e for e in logs if e["event"] == "sds.source.permission_denied"]
     assert denied
     assert "no registration entry for this workload" in denied[0]["hint"]
 
@@ -214,7 +214,7 @@ def test_logs_never_contain_key_material(tmp_path: Path, short_dir: Path) -> Non
                 await s.ack(["default", "ROOTCA"], await s.recv())
                 await loop.run_in_executor(None, api.rotate)
                 await s.ack(["default", "ROOTCA"], await s.recv())
-                await loop.run_in_executor(None, running.server.source.inject_fault, Fault.MISMATCHED_KEY)
+                await loop.run_in_executor(None, publish_mismatched_key, running.server.source)
                 bad = await s.recv()
                 await s.request(["default", "ROOTCA"], nonce=bad.nonce, error="KEY_VALUES_MISMATCH")
                 await s.nothing(0.3)

@@ -26,11 +26,11 @@ def _now() -> dt.datetime:
 def test_public_surface_is_pinned() -> None:
     assert sds_server.__all__ == sorted(sds_server.__all__)
     assert set(sds_server.__all__) == {
-        "Bundle", "Fault", "Metrics", "Resource", "ResourceNames", "RetryPolicy", "RunningServer",
-        "SdsConfigError", "SdsError", "SdsServer", "SecretDiscoveryServicer", "SecretSnapshot",
-        "ServerConfig", "StaticSource", "Svid", "WorkloadApiSource", "build_server", "run",
-        "run_in_thread", "serve",
+        "Bundle", "Metrics", "Resource", "ResourceNames", "RetryPolicy", "SdsConfigError", "SdsError",
+        "SdsServer", "SecretDiscoveryServicer", "SecretSnapshot", "ServerConfig", "Svid",
+        "WorkloadApiSource", "build_server", "run", "serve",
     }  # fmt: skip
+    assert not {"RunningServer", "StaticSource", "run_in_thread"} & set(dir(sds_server))  # sds_server.testing
 
 
 def test_names_resolve_like_spire_agent_sds(ca: MiniCa) -> None:

@@ -285,12 +285,12 @@ def test_source_keeps_serving_through_an_invalid_update_and_a_permission_denied(
     with structlog.testing.capture_logs() as logs:
         asyncio.run(scenario())
     events = [e["event"] for e in logs]
-    assert events.count("workload_api.response.invalid") == 1
-    invalid = next(e for e in logs if e["event"] == "workload_api.response.invalid")
+    assert events.count("sds.source.response.invalid") == 1
+    invalid = next(e for e in logs if e["event"] == "sds.source.response.invalid")
     assert invalid["log_level"] == "error"
     assert invalid["serving_cached"] is True
     assert "a workload SPIFFE ID needs a path" in invalid["error"]
-    assert events.count("workload_api.permission_denied") == 1
+    assert events.count("sds.source.permission_denied") == 1
     assert metrics.workload_api_permission_denied._value.get() == 1
     assert metrics.workload_api_reconnects._value.get() == 2
     assert metrics.workload_api_updates._value.get() == 2
@@ -320,8 +320,8 @@ def test_source_reconnects_after_the_workload_api_restarts(tmp_path: Path) -> No
         with structlog.testing.capture_logs() as logs:
             asyncio.run(scenario())
     events = [e["event"] for e in logs]
-    assert events.count("workload_api.stream.lost") == 1, events
-    assert events.count("workload_api.connected") == 2, events
+    assert events.count("sds.source.stream.lost") == 1, events
+    assert events.count("sds.source.connected") == 2, events
 
 
 SOURCE_ALONE = r"""

@@ -201,14 +201,14 @@ def test_agent_killed_and_restarted_under_load_no_failed_request_no_expired_cert
             worker.start()
             try:
                 wait_for("some requests", lambda: len(results) >= 20, 20)
-                connected = len(mesh.sds.events("workload_api.connected"))
+                connected = len(mesh.sds.events("sds.source.connected"))
                 mesh.spire.agent.kill()
-                wait_for("SDS saw the agent go", lambda: mesh.sds.events("workload_api.stream.lost"), 20)
+                wait_for("SDS saw the agent go", lambda: mesh.sds.events("sds.source.stream.lost"), 20)
                 time.sleep(1.0)
                 mesh.spire.agent.start()
                 wait_for(
                     "SDS reconnected",
-                    lambda: len(mesh.sds.events("workload_api.connected")) > connected,
+                    lambda: len(mesh.sds.events("sds.source.connected")) > connected,
                     60,
                 )
                 n = len(results)
@@ -229,7 +229,7 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
         (entry,) = mesh.spire.server.entry_show(spiffe_id=MESH_ID)
         mesh.spire.server.entry_delete(entry.id)
         denied = wait_for(
-            "sds logs PermissionDenied", lambda: mesh.sds.events("workload_api.permission_denied"), 30
+            "sds logs PermissionDenied", lambda: mesh.sds.events("sds.source.permission_denied"), 30
         )
         first = denied[0]
         assert "registration entry" in first["hint"]
@@ -266,7 +266,7 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
 
         # Logged again once, when what is served changed (the SVID withheld); not once per retry.
         def denied_withheld() -> list[dict[str, Any]]:
-            events = mesh.sds.events("workload_api.permission_denied")
+            events = mesh.sds.events("sds.source.permission_denied")
             return [e for e in events if "withheld" in e["serving"]]
 
         later = wait_for("PermissionDenied logged again once the SVID is withheld", denied_withheld, 40)
@@ -274,7 +274,7 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
             f"no SVID: {MESH_ID} serial {served.group(1)} expired at {served.group(2)} and is withheld"
         )
         assert later[0]["denials"] >= 1
-        events = mesh.sds.events("workload_api.permission_denied")
+        events = mesh.sds.events("sds.source.permission_denied")
         assert [e["serving"] for e in events].count(first["serving"]) == 1  # once while serving
         assert mesh.sds.metrics()["workload_api_permission_denied_total"] > len(events)  # retried meanwhile
         # The withheld SVID was never renewed: rotation stays overdue, nothing says it cleared.

@@ -17,7 +17,7 @@ Usage::
         api.reload(new_config)   # rewrite the YAML + SIGHUP; waits until the server applied it
         api.restart()            # stop + start with the same arguments (data_dir keeps the CA)
         api.bundle_pem()         # the trust bundle (PEM) from the server's data_dir (needs data_dir)
-        api.events("svids.issued")  # the server's JSON log events since the last start
+        api.events("workload_api.svids.issued")  # the server's JSON log events since the last start
         api.stop(); api.start()  # e.g. to show clients riding out a Workload API outage
         api.process              # the subprocess.Popen
 
@@ -196,9 +196,9 @@ class WorkloadApiHandle:
         self._write_config(new_config)
         self.config = new_config
         event = self._signal_and_wait(
-            signal.SIGHUP, ["config.reloaded", "config.reload_failed"], timeout
+            signal.SIGHUP, ["workload_api.config.reloaded", "workload_api.config.reload_failed"], timeout
         )
-        if event == "config.reload_failed":
+        if event == "workload_api.config.reload_failed":
             raise RuntimeError(f"the server rejected the new config:\n{self.logs()}")
 
     # ---- logs -------------------------------------------------------------------------------------

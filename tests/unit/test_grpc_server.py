@@ -4,16 +4,20 @@ the grpclib internals it touches are where it expects them."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import grpclib
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
+import pytest
 
+import sds_server
 from sds_server.grpc_server import Limits, Server
 
 # RFC 9113 §3.4: the client connection preface, then an empty SETTINGS frame.
@@ -102,13 +106,75 @@ def test_connection_that_opens_no_stream_is_closed(short_dir: Path) -> None:
     assert asyncio.run(_idle_connection_closed(short_dir / "idle.sock"))
 
 
-def test_grpclib_internals_we_touch_are_where_we_expect() -> None:
-    """``sds_server/grpc_server.py`` relies on these grpclib 0.4.x internals; fail loudly if they move."""
-    assert grpclib.__version__.startswith("0.4."), grpclib.__version__
-    assert inspect.signature(grpclib.server.Server.start).parameters["backlog"].default == 100
-    assert "recv_data(message_len)" in inspect.getsource(grpclib.stream.recv_message)
-    assert "def accept" in inspect.getsource(grpclib.server.Handler)
-    assert "self.handler = handler" in inspect.getsource(grpclib.protocol.H2Protocol)
-    assert "self._transport = transport" in inspect.getsource(grpclib.protocol.Peer)
-    assert "write_ready" in inspect.getsource(grpclib.protocol.Connection)
-    assert "_cancel_done" in inspect.getsource(grpclib.server.Stream)
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+# (the internal, what in sds_server/grpc_server.py relies on it, a check that it is still there)
+_INTERNALS: list[tuple[str, str, Callable[[], bool]]] = [
+    ("grpclib.server.Server._protocol_factory", "Server._protocol_factory (connection tracking, caps)",
+     lambda: callable(getattr(grpclib.server.Server, "_protocol_factory", None))),
+    ("grpclib.server.Server.start(backlog=100)", "Server.start passes Limits.backlog",
+     lambda: inspect.signature(grpclib.server.Server.start).parameters["backlog"].default == 100),
+    ("grpclib.protocol.H2Protocol.handler", "Server._protocol_factory wraps handler.accept",
+     lambda: "self.handler = handler" in _source(grpclib.protocol.H2Protocol)),
+    ("grpclib.server.Handler.accept", "Server._protocol_factory counts streams and caps messages",
+     lambda: "def accept" in _source(grpclib.server.Handler)),
+    ("grpclib.stream.recv_message -> recv_data(message_len)", "_capped (message cap before the body)",
+     lambda: "recv_data(message_len)" in _source(grpclib.stream.recv_message)),
+    ("grpclib.protocol.Peer._transport", "peer_transport / peer_socket (SO_PEERCRED)",
+     lambda: "self._transport = transport" in _source(grpclib.protocol.Peer)),
+    ("grpclib.protocol.Connection.write_ready", "cut_off (abort when the peer stopped reading)",
+     lambda: "write_ready" in _source(grpclib.protocol.Connection)),
+    ("grpclib.protocol.Stream.reset_nowait", "cut_off (RST_STREAM CANCEL)",
+     lambda: callable(getattr(grpclib.protocol.Stream, "reset_nowait", None))),
+    ("grpclib.server.Stream._cancel_done / ._stream", "cut_off (no trailers after a cut)",
+     lambda: "_cancel_done" in _source(grpclib.server.Stream)
+     and "self._stream = stream" in _source(grpclib.server.Stream)),
+]  # fmt: skip
+
+
+def test_grpclib_is_in_the_tested_range() -> None:
+    version = tuple(int(p) for p in grpclib.__version__.split(".")[:3])
+    assert (0, 4, 7) <= version < (0, 5), (
+        f"grpclib {grpclib.__version__} is outside the tested range >=0.4.7,<0.5 (pyproject.toml); "
+        "sds_server/grpc_server.py reaches into its internals: re-check them before widening the pin"
+    )
+
+
+@pytest.mark.parametrize(("internal", "user", "present"), _INTERNALS, ids=[i[0] for i in _INTERNALS])
+def test_grpclib_internals_we_touch_are_where_we_expect(
+    internal: str, user: str, present: Callable[[], bool]
+) -> None:
+    """``sds_server/grpc_server.py`` — and only it — relies on these grpclib 0.4.x internals."""
+    assert present(), (
+        f"grpclib {grpclib.__version__} moved an internal: {internal} (used by {user} in "
+        "sds_server/grpc_server.py); adapt that module and this table, or pin grpclib back"
+    )
+
+
+def _private_names_reached(source: str) -> set[str]:
+    """Attribute names reached in code (``x._name``, ``getattr(x, "_name")``), not in docstrings."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr":
+            arg = node.args[1] if len(node.args) > 1 else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                names.add(arg.value)
+    return names
+
+
+def test_grpclib_internals_are_reached_only_in_grpc_server() -> None:
+    internals = {"_protocol_factory", "_transport", "_cancel_done", "_stream", "write_ready", "reset_nowait"}
+    package = Path(sds_server.__file__).parent
+    reaching = {
+        str(f.relative_to(package))
+        for f in package.rglob("*.py")
+        if _private_names_reached(f.read_text()) & internals
+    }
+    assert reaching == {"grpc_server.py"}

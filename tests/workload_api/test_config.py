@@ -87,8 +87,9 @@ def test_durations(text: object, seconds: int) -> None:
 
 @pytest.mark.parametrize("bad", ["", "1x", "h", "-5s", 0, -1, True, 1.5, None, "1 h"])
 def test_bad_durations(bad: object) -> None:
-    with pytest.raises(ValueError, match="must be"):
-        parse_duration(bad)
+    with pytest.raises(ConfigError, match="must be") as info:
+        parse_duration(bad, path="svid_ttl")
+    assert info.value.problems[0].startswith(f"svid_ttl: {bad!r}: must be")
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,7 @@ def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None
     })
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.problems == (
+    assert info.value.problems == [
         "colour: 'colour': unknown key (allowed: ca, data_dir, entries, federation, jwt_svid_ttl, sockets, "
         "svid_ttl, trust_domain)",
         "svid_ttl: 'soon': must be a duration like '90s', '10m', '1h' or integer seconds",
@@ -134,7 +135,7 @@ def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None
         "entries[3].selectors: []: must be a non-empty list of selectors",
         "entries[3].federates_with[0]: 'partner.org': not a trust domain listed under 'federation'",
         "entries[4]: 'spiffe://example.org/ok': duplicates entries[0] (same SPIFFE ID and selectors)",
-    )
+    ]
     assert str(info.value).startswith(f"{path}: 14 problems:\n  colour: ")
 
 
@@ -168,7 +169,7 @@ def test_socket_checks(tmp_path: Path) -> None:
     }
     with pytest.raises(ConfigError) as info:
         parse_config(doc, base=tmp_path)
-    assert info.value.problems == ("entries[0].selectors: 'socket:b': no socket named 'b' (sockets: a)",)
+    assert info.value.problems == ["entries[0].selectors: 'socket:b': no socket named 'b' (sockets: a)"]
     # sockets from the command line replace the file's, and are what selectors are checked against
     config = parse_config(doc, base=tmp_path, sockets=[SocketConfig("b", Path("/tmp/b.sock"))])
     assert [s.name for s in config.sockets] == ["b"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,6 +18,7 @@ from spiffe import TrustDomain, WorkloadApiClient
 from spiffe.workloadapi.x509_context import X509Context
 
 import sds_server.workload_api as workload_api
+import sds_server.workload_api.server as server_module
 from sds_server.workload_api import SocketConfig, WorkloadApiServer, parse_config, serve
 from tests.support.tmp import short_dir
 from tests.workload_api.helpers import UID, entry, wait_for
@@ -113,7 +115,8 @@ def test_ca_rotation_is_pushed_with_overlapping_bundle_and_no_key_material_in_lo
         assert len(jwt_keys.jwt_authorities) == 2
     assert not sock.exists()  # removed on stop
     events = {e["event"] for e in logs}
-    assert {"ca.rotated", "svid.rotated", "workload_api.started", "workload_api.stopped"} <= events
+    expected = {"ca.rotated", "svid.rotated", "started", "stopped"}
+    assert {f"workload_api.{e}" for e in expected} <= events
     secrets = []
     for key in keys:
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
@@ -154,3 +157,15 @@ def test_reload_cannot_change_the_trust_domain() -> None:
                                  sockets=[SocketConfig("default", sock)])
             with pytest.raises(workload_api.CaError, match=r"^trust_domain: 'other.org': cannot change"):
                 running.call(lambda: running.server.reload(other))
+
+
+def test_log_event_catalogue_is_whole() -> None:
+    """Every event the embedded Workload API logs is in the catalogue of its server module, and only those."""
+    package = Path(server_module.__file__).parent
+    logged = {
+        m for f in package.glob("*.py") for m in re.findall(r'"(workload_api\.[a-z_.]+)"', f.read_text())
+    }
+    doc = server_module.__doc__ or ""
+    catalogue = doc.split("**Log events**", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"``(workload_api\.[a-z_.]+)``", catalogue))
+    assert logged == listed

@@ -84,7 +84,7 @@ def test_sigusr1_re_mints_every_svid_and_pushes_on_all_sockets(tmp_path: Path) -
         finally:
             for s in sources.values():
                 s.close()
-        rotated = api.events("svid.rotated")
+        rotated = api.events("workload_api.svid.rotated")
         assert {e["spiffe_id"] for e in rotated if e["reason"] == "forced"} == {A, B}
 
 
@@ -131,7 +131,7 @@ def test_reload_with_a_bad_config_keeps_serving(tmp_path: Path) -> None:
         bad = {**config, "entries": [entry("spiffe://example.org//x", UID)]}
         with pytest.raises(RuntimeError, match="rejected"):
             api.reload(bad)
-        failed = api.events("config.reload_failed")
+        failed = api.events("workload_api.config.reload_failed")
         assert "entries[0].spiffe_id: 'spiffe://example.org//x': path cannot contain empty segments" in \
             failed[-1]["error"]
         with WorkloadApiClient(api.address()) as client:
@@ -180,4 +180,4 @@ def test_ca_rotates_at_half_life_with_overlap_and_the_old_ca_leaves_after_expiry
         finally:
             handler.cancel()
     assert not rec.errors
-    assert any(e.get("event") == "ca.pruned" for e in api.events())
+    assert any(e.get("event") == "workload_api.ca.pruned" for e in api.events())
