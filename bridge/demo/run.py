@@ -119,7 +119,7 @@ def _render(rep: Reporter, opts: DemoOptions) -> tuple[DemoPlan, list[tuple[str,
         rep.detail(
             f"mesh: {svc.spiffe_id} DNS {', '.join(svc.dns_names) or '-'} "
             f"(from {svc.cluster_spiffe_id_path}), STRICT, admitted: {admitted}"
-            + (f"; denied: {', '.join(svc.denied)}" if svc.denied else "")
+            + (f"; denied: {'; '.join(deny)}" if (deny := [*svc.denied, *map(str, svc.deny_rules)]) else "")
             + (f"; federates with {', '.join(svc.federates_with)}" if svc.federates_with else "")
         )
     if plan.apps_trust_domain != plan.trust_domain:

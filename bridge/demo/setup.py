@@ -237,6 +237,7 @@ def start_sidecar(
         backend_port=backend_port,
         allowed_principals=None if service.principals is None else list(service.principals),
         denied_principals=list(service.denied) if service.denied else None,
+        denied_sources=list(service.deny_rules) or None,
         node_id=f"sidecar~127.0.0.1~{pod.name}.{pod.namespace}~{pod.namespace}.svc.cluster.local",
         node_cluster=f"{pod.service_name}.{pod.namespace}",
     )

@@ -62,7 +62,11 @@ while True:
 """
 
 
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent around the fork
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -204,7 +208,12 @@ class Supervisor:
         if env:
             full_env.update(env)
         preexec = _die_with_parent if gid is None else _as_group_then_die_with_parent(gid)
+        # Ctrl-C / SIGTERM are held back while forking: with a preexec_fn, CPython runs its at-fork
+        # hooks (logging's lock release) in the parent, and a KeyboardInterrupt raised inside one is
+        # printed as "Exception ignored" and lost — the demo then ran on to the end after a Ctrl-C.
+        # Unblocked right after, the pending signal is delivered here, where it unwinds as it should.
         with log_path.open("ab") as out:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 popen = subprocess.Popen(
                     list(argv),
@@ -218,6 +227,8 @@ class Supervisor:
                 )
             except OSError as exc:
                 raise DemoError(f"{name}: {argv[0]!r}: cannot start: {exc.strerror}") from exc
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child = Child(name=name, argv=tuple(argv), popen=popen, log_path=log_path)
         self._children.append(child)
         log.debug("demo.child.started", name=name, pid=popen.pid)
