@@ -1,6 +1,6 @@
 """Our grpclib ``Server``: the one place grpclib's internals are touched, for both of our servers.
 
-grpclib 0.4.x (pinned by the test ``tests/unit/test_grpc_server.py``, which fails if these internals move)
+grpclib 0.4.x (pinned by ``tests/sds_server/test_grpc_server.py``, which fails if these internals move)
 leaves several gaps a server facing untrusted local clients must close:
 
 * **Closing closes.** ``Server.close()`` stops listening and cancels handlers, but accepted connections

@@ -12,8 +12,8 @@ Source: spiffe/spiffe ``standards/SPIFFE-ID.md``:
 
 py-spiffe's ``SpiffeId`` implements the same grammar; we keep our own parser because our errors must
 name the rule *and* the offending value (py-spiffe's do not carry the value) and because we enforce the
-length limit. ``tests/workload_api/test_spiffe_id_fuzz.py`` checks both parsers agree on generated
-inputs (py-spiffe lowercases an upper-case scheme/trust domain; we refuse it, as go-spiffe does).
+length limit. ``tests/sds_server/workload_api/test_spiffe_id_fuzz.py`` checks both parsers agree on
+generated inputs (py-spiffe lowercases an upper-case scheme/trust domain; we refuse it, as go-spiffe does).
 """
 
 from __future__ import annotations

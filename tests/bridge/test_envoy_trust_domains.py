@@ -20,7 +20,7 @@ from bridge.envoy import EnvoyError, EnvoyProcess, SourceRule, sidecar_bootstrap
 from sds_server.server import ServerConfig
 from sds_server.snapshot import ResourceNames
 from sds_server.testing import run_in_thread
-from tests.sds.wl import Identity, fetch_identity, mesh_config
+from tests.sds_server.wl import Identity, fetch_identity, mesh_config
 from tests.support.envoy import echo_backend, https_get, mtls_context
 from tests.support.workload_api import running_workload_api
 

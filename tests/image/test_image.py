@@ -26,7 +26,7 @@ from bridge.envoy import EnvoyProcess, sidecar_bootstrap
 from istio.mesh import WORKLOAD_API_VOLUME, WORKLOAD_SOCKET_VOLUME, sds_container
 from istio.model import OverlayParams
 from tests.image.crun import ARCHIVE, Bundle, Container, ToolsUnavailable, build_image, unpack
-from tests.sds.wl import CLIENT_ID, MESH_ID, Identity, fetch_identity
+from tests.sds_server.wl import CLIENT_ID, MESH_ID, Identity, fetch_identity
 from tests.support.envoy import echo_backend, https_get, mtls_context
 from tests.support.tmp import short_dir
 from tests.support.workload_api import WorkloadApiHandle, running_workload_api

@@ -29,8 +29,8 @@ from spiffe.errors import PySpiffeError
 
 from bridge.spire_local import LocalSpire, ServerSettings, local_spire
 from tests.spire.support import STRANGER, ghostunnel_client
-from tests.support.workload_api import WorkloadApiHandle, running_workload_api
-from tests.workload_api.helpers import HEADER, pem, raw_stub, rpc_calls, self_signed_ca
+from tests.support.pki import pem, self_signed_ca
+from tests.support.workload_api import HEADER, WorkloadApiHandle, raw_stub, rpc_calls, running_workload_api
 
 pytestmark = [
     pytest.mark.usefixtures("spire_server_bin", "spire_agent_bin"),

@@ -43,14 +43,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import yaml
+from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-__all__ = ["WorkloadApiHandle", "running_workload_api"]
+__all__ = [
+    "HEADER",
+    "UID",
+    "WorkloadApiHandle",
+    "entry",
+    "raw_stub",
+    "rpc_calls",
+    "running_workload_api",
+    "status_of",
+    "wait_for",
+]
+
+UID = f"unix:uid:{os.getuid()}"
+HEADER = (("workload.spiffe.io", "true"),)  # the metadata every Workload API call must carry
+T = TypeVar("T")
 
 CONFIG_NAME = "workload-api.yaml"
 LOG_NAME = "workload-api.log"
@@ -258,3 +274,56 @@ def running_workload_api(
             handle.stop()
     finally:
         shutil.rmtree(short_dir, ignore_errors=True)
+
+
+# ---- clients' side: raw calls and waiting ------------------------------------------------------------
+
+
+def entry(spiffe_id: str, *selectors: str, **extra: Any) -> dict[str, Any]:
+    return {"spiffe_id": spiffe_id, "selectors": list(selectors), **extra}
+
+
+@contextmanager
+def raw_stub(socket_path: Path) -> Iterator[Any]:
+    """A plain grpcio stub of SpiffeWorkloadAPI (py-spiffe's generated code), for status-code checks."""
+    channel = grpc.insecure_channel(f"unix:{socket_path}")
+    try:
+        yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
+    finally:
+        channel.close()
+
+
+def rpc_calls(stub: Any, metadata: Sequence[tuple[str, str]] | None) -> dict[str, Callable[[], object]]:
+    """One call of each of the five RPCs (streams: their first message)."""
+    md = tuple(metadata) if metadata is not None else None
+    return {
+        "FetchX509SVID": lambda: next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=md,
+                                                         timeout=10)),
+        "FetchX509Bundles": lambda: next(stub.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=md,
+                                                               timeout=10)),
+        "FetchJWTSVID": lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=md,
+                                                  timeout=10),
+        "FetchJWTBundles": lambda: next(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=md,
+                                                             timeout=10)),
+        "ValidateJWTSVID": lambda: stub.ValidateJWTSVID(
+            workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid="a.b.c"), metadata=md, timeout=10),
+    }
+
+
+def status_of(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -12,8 +12,8 @@ import pytest
 
 from bridge.envoy import EnvoyError, EnvoyProcess, sidecar_bootstrap
 from sds_server.testing import RunningServer
-from tests.sds.pki import MiniCa
 from tests.support.envoy import echo_backend, https_get, mtls_context
+from tests.support.pki import MiniCa
 
 pytestmark = pytest.mark.usefixtures("envoy_bin")
 

@@ -22,7 +22,7 @@ from grpclib.client import Channel
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from tests.sds.wl import mesh_config
+from tests.sds_server.wl import mesh_config
 from tests.support.workload_api import running_workload_api
 
 

@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import WorkloadApiClient
 
-from tests.support.workload_api import WorkloadApiHandle, running_workload_api
-from tests.workload_api.certs import key_usage
-from tests.workload_api.helpers import entry, pem, self_signed_ca
+from tests.support.pki import key_usage, pem, self_signed_ca
+from tests.support.workload_api import WorkloadApiHandle, entry, running_workload_api
 
 A = "spiffe://example.org/ns/default/sa/a"
 B = "spiffe://example.org/ns/default/sa/b"

@@ -21,7 +21,7 @@ from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.ca import LocalCa, Upstream
 from sds_server.workload_api.errors import CaError
 from sds_server.x509svid import validate_signing_certificate, validate_x509_svid
-from tests.workload_api.certs import key_usage, make_upstream
+from tests.support.pki import key_usage, make_upstream
 
 TD = TrustDomain.parse("example.org")
 SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", min_size=1,

@@ -16,7 +16,7 @@ from sds_server.errors import SdsConfigError
 from sds_server.metrics import Metrics
 from sds_server.snapshot import ResourceNames, SecretSnapshot
 from sds_server.source import RetryPolicy, SnapshotPublisher
-from tests.sds.pki import MiniCa
+from tests.support.pki import MiniCa
 
 
 def _now() -> dt.datetime:

@@ -18,7 +18,7 @@ from sds_server.workload_api.config import (
     parse_socket_mode,
 )
 from sds_server.workload_api.errors import ConfigError
-from tests.workload_api.certs import make_upstream
+from tests.support.pki import make_upstream
 
 
 def _write(tmp_path: Path, data: object) -> Path:

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.workload_api import WorkloadApiHandle, running_workload_api
-from tests.workload_api.helpers import entry
+from tests.support.workload_api import WorkloadApiHandle, entry, running_workload_api
 
 SERVER_ID = "spiffe://example.org/ns/default/sa/httpbin"
 CLIENT_ID = "spiffe://example.org/external/scone-app"

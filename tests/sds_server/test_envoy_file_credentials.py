@@ -14,8 +14,8 @@ import pytest
 from bridge.envoy import EnvoyProcess, egress_bootstrap, sidecar_bootstrap
 from sds_server.server import ServerConfig
 from sds_server.testing import RunningServer, run_in_thread
-from tests.sds.pki import Issued, MiniCa
 from tests.support.envoy import echo_backend, http_get
+from tests.support.pki import Issued, MiniCa
 
 pytestmark = pytest.mark.usefixtures("envoy_bin")
 

@@ -21,7 +21,7 @@ import sds_server.workload_api as workload_api
 import sds_server.workload_api.server as server_module
 from sds_server.workload_api import SocketConfig, WorkloadApiServer, parse_config, serve
 from tests.support.tmp import short_dir
-from tests.workload_api.helpers import UID, entry, wait_for
+from tests.support.workload_api import UID, entry, wait_for
 
 A = "spiffe://example.org/a"
 

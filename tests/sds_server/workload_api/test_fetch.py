@@ -21,8 +21,17 @@ from spiffe import JwtBundle, JwtSource, JwtSvid, SpiffeId, TrustDomain, Workloa
 from spiffe._proto import workload_pb2
 
 from sds_server.x509svid import validate_x509_svid
-from tests.support.workload_api import WorkloadApiHandle, running_workload_api
-from tests.workload_api.helpers import HEADER, UID, entry, pem, raw_stub, rpc_calls, self_signed_ca, status_of
+from tests.support.pki import pem, self_signed_ca
+from tests.support.workload_api import (
+    HEADER,
+    UID,
+    WorkloadApiHandle,
+    entry,
+    raw_stub,
+    rpc_calls,
+    running_workload_api,
+    status_of,
+)
 
 A = "spiffe://example.org/ns/default/sa/a"
 A_EXT = "spiffe://example.org/ns/default/sa/a-external"

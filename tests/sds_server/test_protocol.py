@@ -18,8 +18,8 @@ from grpclib.const import Cardinality, Status
 
 from sds_server.snapshot import SecretSnapshot
 from sds_server.testing import RunningServer
-from tests.sds.client import SERVICE, channel, delta, fetch, secrets_of, sotw
-from tests.sds.pki import MiniCa
+from tests.sds_server.client import SERVICE, channel, delta, fetch, secrets_of, sotw
+from tests.support.pki import MiniCa
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from spiffe import WorkloadApiClient
 
 from sds_server.x509svid import validate_x509_svid
-from tests.support.workload_api import running_workload_api
-from tests.workload_api.certs import make_upstream
-from tests.workload_api.helpers import UID, entry
+from tests.support.pki import make_upstream
+from tests.support.workload_api import UID, entry, running_workload_api
 
 A = "spiffe://example.org/a"
 CONFIG = {"trust_domain": "example.org", "entries": [entry(A, UID)]}

@@ -36,8 +36,8 @@ from sds_server.workload_client import (
     x509_update_from_response,
 )
 from sds_server.workload_proto import X509SVID, X509SVIDRequest, X509SVIDResponse
-from tests.sds.pki import Issued, MiniCa
-from tests.sds.wl import MESH_ID, fetch_identity, mesh_config
+from tests.sds_server.wl import MESH_ID, fetch_identity, mesh_config
+from tests.support.pki import Issued, MiniCa
 from tests.support.workload_api import running_workload_api
 
 FAST_RETRY = RetryPolicy(initial=0.05, multiplier=2.0, cap=0.5, jitter=0.0)

@@ -15,9 +15,9 @@ from bridge.envoy import EnvoyProcess, sidecar_bootstrap
 from sds_server.server import ServerConfig
 from sds_server.source import SnapshotPublisher
 from sds_server.testing import RunningServer, publish_mismatched_key, run_in_thread
-from tests.sds.pki import MiniCa
-from tests.sds.wl import CLIENT_ID, MESH_ID, Identity, fetch_identity, mesh_config
+from tests.sds_server.wl import CLIENT_ID, MESH_ID, Identity, fetch_identity, mesh_config
 from tests.support.envoy import echo_backend, https_get, mtls_context
+from tests.support.pki import MiniCa
 from tests.support.workload_api import WorkloadApiHandle, running_workload_api
 
 pytestmark = pytest.mark.usefixtures("envoy_bin")

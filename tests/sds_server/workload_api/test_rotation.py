@@ -14,8 +14,8 @@ from spiffe import TrustDomain, WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2
 from spiffe.workloadapi.x509_context import X509Context
 
-from tests.support.workload_api import running_workload_api
-from tests.workload_api.helpers import HEADER, UID, entry, pem, raw_stub, self_signed_ca, wait_for
+from tests.support.pki import pem, self_signed_ca
+from tests.support.workload_api import HEADER, UID, entry, raw_stub, running_workload_api, wait_for
 
 A = "spiffe://example.org/a"
 A2 = "spiffe://example.org/a2"

@@ -8,7 +8,7 @@ from cryptography import x509
 from sds_server.errors import SvidError
 from sds_server.spiffe_id import SpiffeId
 from sds_server.x509svid import leaf_spiffe_id, validate_signing_certificate, validate_x509_svid
-from tests.workload_api.certs import key_usage, leaf, signing
+from tests.support.pki import key_usage, leaf, signing
 
 
 def test_valid_chain_returns_the_leaf_id() -> None:

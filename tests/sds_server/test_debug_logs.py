@@ -17,8 +17,8 @@ import pytest
 import structlog
 
 from sds_server.testing import RunningServer
-from tests.sds.client import channel, sotw
-from tests.sds.pki import MiniCa
+from tests.sds_server.client import channel, sotw
+from tests.support.pki import MiniCa
 
 
 @pytest.fixture

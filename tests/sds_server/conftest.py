@@ -9,7 +9,7 @@ import pytest
 
 from sds_server.server import ServerConfig
 from sds_server.testing import RunningServer, run_in_thread
-from tests.sds.pki import MiniCa
+from tests.support.pki import MiniCa
 
 
 @pytest.fixture(scope="session")

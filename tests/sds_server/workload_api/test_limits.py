@@ -18,8 +18,7 @@ import grpc
 import pytest
 from spiffe._proto import workload_pb2
 
-from tests.support.workload_api import running_workload_api
-from tests.workload_api.helpers import HEADER, UID, entry, raw_stub, status_of
+from tests.support.workload_api import HEADER, UID, entry, raw_stub, running_workload_api, status_of
 
 A = "spiffe://example.org/a"
 CONFIG = {"trust_domain": "example.org", "entries": [entry(A, UID)]}

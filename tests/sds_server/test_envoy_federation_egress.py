@@ -14,7 +14,7 @@ import pytest
 from bridge.envoy import EnvoyProcess, egress_bootstrap, sidecar_bootstrap
 from sds_server.server import ServerConfig
 from sds_server.testing import run_in_thread
-from tests.sds.wl import CLIENT_ID, MESH_ID, fetch_identity, mesh_config
+from tests.sds_server.wl import CLIENT_ID, MESH_ID, fetch_identity, mesh_config
 from tests.support.envoy import echo_backend, http_get, https_get, mtls_context
 from tests.support.workload_api import running_workload_api
 

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 from sds_server.lifecycle import EXIT_FORCED
-from tests.sds.wl import mesh_config
-from tests.support.workload_api import running_workload_api
-from tests.workload_api.helpers import wait_for
+from tests.sds_server.wl import mesh_config
+from tests.support.workload_api import running_workload_api, wait_for
 
 
 def _events(log: Path) -> list[str]:

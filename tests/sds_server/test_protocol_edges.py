@@ -27,8 +27,8 @@ from sds_server.server import ServerConfig
 from sds_server.snapshot import Bundle, ResourceNames
 from sds_server.status import fetch_status, probe
 from sds_server.testing import RunningServer, run_in_thread
-from tests.sds.client import NODE, SERVICE, channel, delta, fetch, secrets_of, sotw
-from tests.sds.pki import MiniCa
+from tests.sds_server.client import NODE, SERVICE, channel, delta, fetch, secrets_of, sotw
+from tests.support.pki import MiniCa
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from sds_server.errors import SdsConfigError
 from sds_server.server import ServerConfig
 from sds_server.testing import publish_mismatched_key, run_in_thread
-from tests.sds.client import channel, secrets_of, sotw
-from tests.sds.pki import MiniCa
-from tests.sds.wl import mesh_config
+from tests.sds_server.client import channel, secrets_of, sotw
+from tests.sds_server.wl import mesh_config
+from tests.support.pki import MiniCa
 from tests.support.workload_api import running_workload_api
 
 
