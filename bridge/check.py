@@ -1,7 +1,8 @@
 """``meshbridge check``: validate a spec, render it in memory, and cross-check the artifacts.
 
 The spec loader guarantees each field is valid on its own; this module reads the *rendered documents*
-back (not the model) and checks that they agree with each other, the way the consumers will meet them:
+back (not the model; through :mod:`bridge.artifacts`, the reader the demo uses too) and checks that they
+agree with each other, the way the consumers will meet them:
 
 * every DNS name an external app authenticates (network shield ``_DESTINATION`` with server auth on,
   Ghostunnel ``--target`` host when fed from files) is in the ``dnsNameTemplates`` of the
@@ -35,14 +36,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import yaml
-
 import istio
+from bridge import artifacts
 from bridge import render as layout
 from bridge.model import Bridge, ExternalApp, MeshService
 from bridge.render import render
 from bridge.rendering import Rendering
-from istio.mesh import SDS_CONTAINER_NAME
 
 _NAME_LINE = re.compile(r"^name:\s*(\S+)\s*$", re.MULTILINE)
 _SCHEME = "spiffe://"
@@ -65,66 +64,48 @@ def check(bridge: Bridge) -> CheckReport:
     return CheckReport(tuple(problems), tuple(dict.fromkeys(warnings)), len(rendering))
 
 
-def _list(value: object) -> list[object]:
-    return value if isinstance(value, list) else []
+_list = artifacts.as_list
 
 
 def _dict(value: object) -> Mapping[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-def _labels_of(doc: Mapping[str, object], *keys: str) -> dict[str, str]:
-    node: object = doc
-    for key in keys:
-        node = _dict(node).get(key)
-    return {str(k): str(v) for k, v in _dict(node).items()}
-
-
 def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def _cluster_spiffe_ids_for(rendering: Rendering, service: MeshService) -> list[dict[str, object]]:
-    out = []
-    for doc in rendering.yaml_documents(layout.CLUSTER_SPIFFEIDS):
-        ns = _labels_of(doc, "spec", "namespaceSelector", "matchLabels").get("kubernetes.io/metadata.name")
-        if ns == service.namespace and _selects(
-            _labels_of(doc, "spec", "podSelector", "matchLabels"), service.label_map
-        ):
-            out.append(doc)
-    return out
-
-
-def _selecting_policies(rendering: Rendering, service: MeshService) -> list[Mapping[str, object]]:
+def _cluster_spiffe_ids_for(rendering: Rendering, service: MeshService) -> list[artifacts.ClusterSpiffeId]:
     return [
-        _dict(doc.get("spec"))
-        for doc in rendering.yaml_documents(layout.AUTHORIZATION_POLICIES)
-        if _dict(doc.get("metadata")).get("namespace") == service.namespace
-        and _selects(_labels_of(doc, "spec", "selector", "matchLabels"), service.label_map)
+        c for c in artifacts.cluster_spiffe_ids(rendering) if c.selects(service.namespace, service.label_map)
     ]
 
 
-def _rule_matches(rule: Mapping[str, object], principal: str, *, action: str) -> bool:
+def _selecting_policies(rendering: Rendering, service: MeshService) -> list[artifacts.AuthorizationPolicy]:
+    return [
+        p
+        for p in artifacts.authorization_policies(rendering)
+        if p.selects(service.namespace, service.label_map)
+    ]
+
+
+def _rule_matches(rule: artifacts.PolicyRule, principal: str, *, action: str) -> bool:
     """Whether one policy rule matches a request from ``principal`` (any path, method, port).
 
     ``from`` entries are OR-ed, ``to``/``when`` would narrow the rule. Fields this check does not model
     count against the policy's purpose: a DENY rule is then taken not to match (it may not refuse), an
     ALLOW rule to match only through what is modelled."""
-    if action == "DENY" and (rule.get("to") or rule.get("when")):
+    if action == "DENY" and rule.narrowed:
         return False
-    sources = _list(rule.get("from"))
-    if not sources:
+    if not rule.sources:
         return True
-    for entry in sources:
-        source = _dict(_dict(entry).get("source"))
-        namespaces = [str(n) for n in _list(source.get("namespaces"))]
-        principals_only = {k: v for k, v in source.items() if k != "namespaces"}
-        verdict = istio.source_matches(principals_only, principal)
+    for source in rule.sources:
+        verdict = istio.source_matches(source.principal_fields(), principal)
         if verdict is None:
             continue
         # Istio matches source.namespaces as the regex '.*/ns/<ns>/.*' on the principal, whatever its
         # trust domain (pilot/pkg/security/authz/model/generator.go, srcNamespaceGenerator)
-        in_namespace = not namespaces or any(f"/ns/{ns}/" in principal for ns in namespaces)
+        in_namespace = not source.namespaces or any(f"/ns/{ns}/" in principal for ns in source.namespaces)
         if verdict and in_namespace:
             return True
     return False
@@ -133,10 +114,10 @@ def _rule_matches(rule: Mapping[str, object], principal: str, *, action: str) ->
 def _allow_admits(rendering: Rendering, service: MeshService, principal: str) -> bool:
     """Whether an ALLOW policy selecting ``service`` has a rule matching ``principal``."""
     return any(
-        _rule_matches(_dict(r), principal, action="ALLOW")
-        for spec in _selecting_policies(rendering, service)
-        if spec.get("action", "ALLOW") == "ALLOW"
-        for r in _list(spec.get("rules"))
+        _rule_matches(r, principal, action="ALLOW")
+        for policy in _selecting_policies(rendering, service)
+        if policy.action == "ALLOW"
+        for r in policy.rules
     )
 
 
@@ -145,14 +126,13 @@ def _policy_refuses(rendering: Rendering, service: MeshService, principal: str) 
     Istio's semantics: a matching DENY rule refuses (DENY before ALLOW); otherwise, once an ALLOW policy
     selects the pods, only a matching ALLOW rule admits."""
     allow_seen = allowed = False
-    for spec in _selecting_policies(rendering, service):
-        action = str(spec.get("action", "ALLOW"))
-        rules = [_dict(r) for r in _list(spec.get("rules"))]
-        if action == "DENY" and any(_rule_matches(r, principal, action=action) for r in rules):
+    for policy in _selecting_policies(rendering, service):
+        action = policy.action
+        if action == "DENY" and any(_rule_matches(r, principal, action=action) for r in policy.rules):
             return True
         if action == "ALLOW":
             allow_seen = True
-            allowed = allowed or any(_rule_matches(r, principal, action=action) for r in rules)
+            allowed = allowed or any(_rule_matches(r, principal, action=action) for r in policy.rules)
     return allow_seen and not allowed
 
 
@@ -188,11 +168,11 @@ def _flag(line: str, name: str) -> str:
 def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
     """Every disagreement between the rendered documents (empty list = consistent)."""
     problems: list[str] = []
-    entries_script = rendering.text(layout.ENTRIES_SCRIPT)
+    registered = {e.spiffe_id for e in artifacts.register_entries(rendering)}
     for i, app in enumerate(bridge.apps):
         where = f"externalApps[{i}] ({app.name})"
         principal = app.spiffe_id.removeprefix(_SCHEME)
-        if f"-spiffeID {app.spiffe_id}" not in entries_script:
+        if app.spiffe_id not in registered:
             problems.append(f"{where}: {layout.ENTRIES_SCRIPT} registers no entry for {app.spiffe_id!r}")
         for t in app.targets:
             svc = t.service
@@ -210,7 +190,7 @@ def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
                 problems.append(f"{where}: {name!r}: authenticates a DNS name of no target service")
                 continue
             crds = _cluster_spiffe_ids_for(rendering, svc_match[0])
-            if not any(name in _list(_dict(c.get("spec")).get("dnsNameTemplates")) for c in crds):
+            if not any(name in _list(c.dns_name_templates) for c in crds):
                 problems.append(
                     f"{where}: {name!r}: authenticated by DNS name but no ClusterSPIFFEID of "
                     f"{svc_match[0].key} puts it in the SVID (dnsNameTemplates): the handshake would fail"
@@ -241,46 +221,6 @@ def _mesh_traffic_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
     return problems
 
 
-def _docs_of_kind(rendering: Rendering, path: str, kind: str) -> list[dict[str, object]]:
-    if path not in rendering:
-        return []
-    return [d for d in rendering.yaml_documents(path) if d.get("kind") == kind]
-
-
-def _overlay_trust_domains(rendering: Rendering) -> set[str]:
-    """Trust domains Istio's inbound SAN check admits besides the mesh's, from the overlay."""
-    out: set[str] = set()
-    for doc in _docs_of_kind(rendering, layout.ISTIO_OPERATOR, "IstioOperator"):
-        mesh_config = _dict(_dict(doc.get("spec")).get("meshConfig"))
-        out.update(str(td) for td in _list(mesh_config.get("trustDomainAliases")))
-        for cert in _list(mesh_config.get("caCertificates")):
-            out.update(str(td) for td in _list(_dict(cert).get("trustDomains")))
-    return out
-
-
-def _sds_container_commands(rendering: Rendering) -> list[list[str]]:
-    """The ``meshbridge-sds`` command lines the overlay injects: in the sidecar template(s) and the
-    gateways' Deployment patches."""
-    out: list[list[str]] = []
-    for doc in _docs_of_kind(rendering, layout.ISTIO_OPERATOR, "IstioOperator"):
-        spec = _dict(doc.get("spec"))
-        templates = _dict(_dict(_dict(spec.get("values")).get("sidecarInjectorWebhook")).get("templates"))
-        for text in templates.values():
-            pod = yaml.safe_load(str(text)) if isinstance(text, str) else None
-            for c in _list(_dict(_dict(pod).get("spec")).get("initContainers")):
-                if _dict(c).get("name") == SDS_CONTAINER_NAME:
-                    out.append([str(w) for w in _list(_dict(c).get("command"))])
-        components = _dict(spec.get("components"))
-        for kind in ("ingressGateways", "egressGateways"):
-            for gw in _list(components.get(kind)):
-                for overlay in _list(_dict(_dict(gw).get("k8s")).get("overlays")):
-                    for patch in _list(_dict(overlay).get("patches")):
-                        for c in _list(_dict(patch).get("value")):
-                            if _dict(c).get("name") == SDS_CONTAINER_NAME:
-                                out.append([str(w) for w in _list(_dict(c).get("command"))])
-    return out
-
-
 def _federation_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
     fed = bridge.federation
     if fed is None:
@@ -291,7 +231,7 @@ def _federation_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
     targets = {t.service.key for a in bridge.apps if bridge.in_federation(a) for t in a.targets}
     for i, svc in enumerate(bridge.services):
         crds = _cluster_spiffe_ids_for(rendering, svc)
-        federates = any(td in _list(_dict(c.get("spec")).get("federatesWith")) for c in crds)
+        federates = any(td in c.federates_with for c in crds)
         if svc.key in targets and not federates:
             problems.append(
                 f"meshServices[{i}] ({svc.key}): no ClusterSPIFFEID selecting it federates with {td!r}: its "
@@ -320,34 +260,30 @@ def _federation_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
                 "every mesh service must refuse the apps' trust domain except its declared callers (a DENY "
                 f"policy with principals ['{td}/*'] and notPrincipals = those callers)"
             )
-    if not any(
-        _dict(d.get("spec")).get("trustDomain") == td
-        for d in _docs_of_kind(
-            rendering, layout.CLUSTER_FEDERATED_TRUST_DOMAINS, "ClusterFederatedTrustDomain"
-        )
-    ):
+    if td not in artifacts.federated_trust_domains(rendering):
         problems.append(
             f"{where}: no ClusterFederatedTrustDomain for {td!r} in "
             f"{layout.CLUSTER_FEDERATED_TRUST_DOMAINS}: the mesh's SPIRE would never fetch the apps' bundle"
         )
-    if td not in _overlay_trust_domains(rendering):
+    overlays = artifacts.overlays(rendering)
+    if not any(td in (*o.trust_domain_aliases, *o.ca_trust_domains) for o in overlays):
         problems.append(
             f"{where}: {layout.ISTIO_OPERATOR}: meshConfig.caCertificates names no trustDomains {td!r}: "
             "Istio's inbound SAN check admits only spiffe://<mesh td>/ and would refuse every app"
         )
-    commands = _sds_container_commands(rendering)
+    commands = [c for o in overlays for c in o.sds_commands]
     if not commands or any("--rootca-all-bundles" not in c for c in commands):
         problems.append(
             f"{where}: {layout.ISTIO_OPERATOR}: a meshbridge-sds container runs without "
             "--rootca-all-bundles: its ROOTCA would carry the mesh's bundle only, so no target trusts "
             "the apps"
         )
-    entries = rendering.text(layout.ENTRIES_SCRIPT)
+    entries = artifacts.register_entries(rendering)
     for i, app in enumerate(bridge.apps):
         if not bridge.in_federation(app):
             continue
-        block = entries.split(f"-spiffeID {app.spiffe_id}", 1)[-1].split("ensure_entry", 1)[0]
-        if f"-federatesWith spiffe://{bridge.trust_domain}" not in block:
+        own = [e for e in entries if e.spiffe_id == app.spiffe_id]
+        if not own or any(bridge.trust_domain not in e.federates_with for e in own):
             problems.append(
                 f"externalApps[{i}] ({app.name}): its SPIRE entry does not federate with "
                 f"{bridge.trust_domain!r}: the SVIDStore plugin would post no mesh CA for its session"

@@ -27,6 +27,7 @@ from typing import Literal
 
 import yaml
 
+from bridge import artifacts
 from bridge.demo.errors import DemoError
 from bridge.envoy.bootstrap import SourceRule
 
@@ -34,7 +35,6 @@ AppMode = Literal["network-shield", "ghostunnel"]
 Doc = Mapping[str, object]
 
 _TEMPLATE_VAR = re.compile(r"\{\{\s*\.([A-Za-z.]+)\s*\}\}")
-_SESSION_SELECTOR = re.compile(r"(?:sconecas_sessionmanager:session_name|cas_session_name):(\S+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,37 +186,8 @@ def load_pod(manifests: Path) -> Pod:
     )
 
 
-def _docs(rendering: Mapping[str, object]) -> list[tuple[str, Doc]]:
-    out: list[tuple[str, Doc]] = []
-    for path, doc in rendering.items():
-        items = doc if isinstance(doc, list) else [doc]
-        out += [(path, d) for d in items if isinstance(d, dict)]
-    return out
-
-
-def _of_kind(rendering: Mapping[str, object], kind: str) -> list[tuple[str, Doc]]:
-    return [(p, d) for p, d in _docs(rendering) if d.get("kind") == kind]
-
-
-def _get(doc: object, *keys: str) -> object:
-    for key in keys:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
-
-
-def _list(value: object) -> list[object]:
-    return value if isinstance(value, list) else []
-
-
-def _selects(selector: object, labels: Mapping[str, str]) -> bool:
-    match = _get(selector, "matchLabels")
-    return (
-        isinstance(match, dict)
-        and bool(match)
-        and all(labels.get(str(k)) == str(v) for k, v in match.items())
-    )
+_get = artifacts.get
+_list = artifacts.as_list
 
 
 def evaluate_template(template: str, *, trust_domain: str, pod: Pod, where: str) -> str:
@@ -236,33 +207,33 @@ def evaluate_template(template: str, *, trust_domain: str, pod: Pod, where: str)
     return _TEMPLATE_VAR.sub(sub, template)
 
 
-def _trust_domain(rendering: Mapping[str, object]) -> str:
-    overlays = _of_kind(rendering, "IstioOperator")
+def _overlay(rendering: Mapping[str, object]) -> artifacts.Overlay:
+    overlays = artifacts.overlays(rendering)
     if not overlays:
         raise DemoError("rendering: no IstioOperator overlay")
-    td = _get(overlays[0][1], "spec", "meshConfig", "trustDomain")
+    return overlays[0]
+
+
+def _trust_domain(rendering: Mapping[str, object]) -> str:
+    overlay = _overlay(rendering)
+    td = overlay.trust_domain
     if not isinstance(td, str) or not td:
-        raise DemoError(f"{overlays[0][0]}: spec.meshConfig.trustDomain: {td!r}: must be the trust domain")
+        raise DemoError(f"{overlay.path}: spec.meshConfig.trustDomain: {td!r}: must be the trust domain")
     return td
 
 
 def _strict(rendering: Mapping[str, object]) -> None:
     strict = [
-        p for p, d in _of_kind(rendering, "PeerAuthentication") if _get(d, "spec", "mtls", "mode") == "STRICT"
+        p
+        for p, d in artifacts.documents(rendering, "PeerAuthentication")
+        if _get(d, "spec", "mtls", "mode") == "STRICT"
     ]
     if not strict:
         raise DemoError("rendering: no PeerAuthentication with spec.mtls.mode STRICT")
 
 
-def _cluster_spiffe_ids(rendering: Mapping[str, object], pod: Pod) -> list[tuple[str, Doc]]:
-    matching = []
-    for path, doc in _of_kind(rendering, "ClusterSPIFFEID"):
-        spec = _get(doc, "spec")
-        ns_sel = _get(spec, "namespaceSelector")
-        ns_ok = ns_sel is None or _selects(ns_sel, {"kubernetes.io/metadata.name": pod.namespace})
-        if _selects(_get(spec, "podSelector"), pod.labels) and ns_ok:
-            matching.append((path, doc))
-    return matching
+def _cluster_spiffe_ids(rendering: Mapping[str, object], pod: Pod) -> list[artifacts.ClusterSpiffeId]:
+    return [c for c in artifacts.cluster_spiffe_ids(rendering) if c.selects(pod.namespace, pod.labels)]
 
 
 def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> MeshSide:
@@ -273,57 +244,48 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
             f"(labels {dict(pod.labels)}, "
             f"namespace {pod.namespace!r}); exactly one must, or its pods get no SVID"
         )
-    path, doc = matching[0]
-    tpl = _get(doc, "spec", "spiffeIDTemplate")
+    crd = matching[0]
+    path, tpl = crd.path, crd.spiffe_id_template
     if not isinstance(tpl, str):
         raise DemoError(f"{path}: spec.spiffeIDTemplate: {tpl!r}: missing")
     spiffe_id = evaluate_template(tpl, trust_domain=trust_domain, pod=pod, where=f"{path}: spiffeIDTemplate")
-    raw_dns = _get(doc, "spec", "dnsNameTemplates") or []
+    raw_dns = crd.dns_name_templates or []
     if not isinstance(raw_dns, list):
         raise DemoError(f"{path}: spec.dnsNameTemplates: {raw_dns!r}: must be a list")
     dns = tuple(
         evaluate_template(str(t), trust_domain=trust_domain, pod=pod, where=f"{path}: dnsNameTemplates")
         for t in raw_dns
     )
-    federates = tuple(str(t).removeprefix("spiffe://") for t in _list(_get(doc, "spec", "federatesWith")))
     principals: list[str] = []
     denied: list[str] = []
     deny_rules: list[SourceRule] = []
     namespaces: list[str] = []
     policy_paths: list[str] = []
     allow = False
-    for ppath, policy in _of_kind(rendering, "AuthorizationPolicy"):
-        ns = _get(policy, "metadata", "namespace")
-        if ns != pod.namespace or not _selects(_get(policy, "spec", "selector"), pod.labels):
+    for policy in artifacts.authorization_policies(rendering):
+        if not policy.selects(pod.namespace, pod.labels):
             continue
-        action = _get(policy, "spec", "action") or "ALLOW"
+        ppath, action = policy.path, policy.action
         if action not in ("ALLOW", "DENY"):
             raise DemoError(
                 f"{ppath}: spec.action: {action!r}: the demo enforces ALLOW and DENY policies only"
             )
         policy_paths.append(ppath)
         allow = allow or action == "ALLOW"
-        for rule in _list(_get(policy, "spec", "rules")):
-            for src in _list(_get(rule, "from")):
-                ids = [f"spiffe://{p}" for p in _list(_get(src, "source", "principals"))]
+        for rule in policy.rules:
+            for src in rule.sources:
+                ids = [f"spiffe://{p}" for p in src.principals]
                 if action == "ALLOW":
                     principals += ids
-                    namespaces += [str(n) for n in _list(_get(src, "source", "namespaces"))]
-                else:
-                    source = _get(src, "source")
-                    unknown = (
-                        set(source) - {"principals", "notPrincipals"} if isinstance(source, dict) else set()
+                    namespaces += src.namespaces
+                elif src.namespaces or src.other_fields or rule.narrowed:
+                    raise DemoError(
+                        f"{ppath}: a DENY rule the demo cannot enforce (only principals, notPrincipals)"
                     )
-                    if unknown or _get(rule, "to") or _get(rule, "when"):
-                        raise DemoError(
-                            f"{ppath}: a DENY rule the demo cannot enforce (only principals, notPrincipals)"
-                        )
-                    raw = [str(p) for p in _list(_get(src, "source", "principals"))]
-                    nots = [str(p) for p in _list(_get(src, "source", "notPrincipals"))]
-                    if nots or any("*" in p for p in raw):
-                        deny_rules.append(SourceRule(tuple(raw), tuple(nots)))
-                    else:
-                        denied += ids
+                elif src.not_principals or any("*" in p for p in src.principals):
+                    deny_rules.append(SourceRule(src.principals, src.not_principals))
+                else:
+                    denied += ids
     return MeshSide(
         spiffe_id,
         dns,
@@ -333,7 +295,7 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
         path,
         tuple(namespaces),
         tuple(denied),
-        federates,
+        crd.federates_with,
         pod,
         tuple(deny_rules),
     )
@@ -342,22 +304,9 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
 def _entry_ids(rendering: Mapping[str, object]) -> dict[str, str]:
     """CAS session name → SPIFFE ID, from the SPIRE entries (JSON ``entries`` or the create script)."""
     out: dict[str, str] = {}
-    for _, doc in _docs(rendering):
-        entries = doc.get("entries")
-        for e in entries if isinstance(entries, list) else []:
-            if not isinstance(e, dict):
-                continue
-            for sel in e.get("selectors", []) or []:
-                text = f"{_get(sel, 'type')}:{_get(sel, 'value')}" if isinstance(sel, dict) else str(sel)
-                if m := _SESSION_SELECTOR.search(text):
-                    out[m.group(1)] = str(e.get("spiffe_id"))
-    for text_doc in rendering.values():
-        if isinstance(text_doc, str) and "entry create" in text_doc:
-            for cmd in re.split(r"(?<!\\)\n", text_doc):
-                m_id = re.search(r"-spiffeID[= ]+\"?([^\s\"]+)", cmd)
-                m_sel = _SESSION_SELECTOR.search(cmd.replace('"', " ").replace("'", " "))
-                if m_id and m_sel:
-                    out.setdefault(m_sel.group(1), m_id.group(1))
+    for entry in artifacts.register_entries(rendering):
+        if entry.session_name is not None:
+            out.setdefault(entry.session_name, entry.spiffe_id)
     return out
 
 
@@ -418,26 +367,17 @@ def _template(rendering: Mapping[str, object], marker: str, what: str) -> str:
 
 def _overlay_trust(rendering: Mapping[str, object]) -> tuple[tuple[str, ...], bool]:
     """Istio's SAN-check trust domains and whether the injected SDS container serves every bundle."""
-    path, overlay = _of_kind(rendering, "IstioOperator")[0]
-    mesh = _get(overlay, "spec", "meshConfig")
-    tds = [str(_get(mesh, "trustDomain"))]
-    tds += [str(t) for t in _list(_get(mesh, "trustDomainAliases"))]
-    for ca in _list(_get(mesh, "caCertificates")):
-        tds += [str(t) for t in _list(_get(ca, "trustDomains"))]
-    template = _get(overlay, "spec", "values", "sidecarInjectorWebhook", "templates", "spire")
-    if not isinstance(template, str) or "meshbridge-sds" not in template:
+    overlay = _overlay(rendering)
+    commands = overlay.sidecar_sds_commands.get("spire")
+    if not commands:
         raise DemoError(
-            f"{path}: spec.values.sidecarInjectorWebhook.templates.spire: no meshbridge-sds container"
+            f"{overlay.path}: spec.values.sidecarInjectorWebhook.templates.spire: no meshbridge-sds container"
         )
-    return tuple(dict.fromkeys(tds)), "--rootca-all-bundles" in template
+    return overlay.san_trust_domains, any("--rootca-all-bundles" in c for c in commands)
 
 
 def _apps_federate_with(rendering: Mapping[str, object]) -> tuple[str, ...]:
-    out: list[str] = []
-    for text in rendering.values():
-        if isinstance(text, str) and "entry create" in text:
-            out += re.findall(r"-federatesWith[= ]+\"?spiffe://([^\s\"]+)", text)
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(td for e in artifacts.register_entries(rendering) for td in e.federates_with))
 
 
 def build_plan(rendering: Mapping[str, object], pod: Pod, others: Sequence[Pod] = ()) -> DemoPlan:
