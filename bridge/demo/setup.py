@@ -15,6 +15,7 @@ import json
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,6 @@ from bridge.demo.cas import (
     post_svid_session,
     resolve_imports,
 )
-from bridge.demo.envoy_runner import RunningEnvoy, start_envoy
 from bridge.demo.errors import DemoError
 from bridge.demo.identities import (
     Identity,
@@ -55,6 +55,7 @@ from bridge.demo.tunnel import (
     with_verify_uri,
     write_injected_files,
 )
+from bridge.envoy import EnvoyError, EnvoyProcess
 from bridge.envoy.bootstrap import sidecar_bootstrap
 
 MESH_SOCKET = "mesh"
@@ -198,6 +199,40 @@ def _read_json_line(child: Child, timeout: float) -> dict[str, object]:
 def start_httpbin(sup: Supervisor) -> int:
     child = sup.start("httpbin", [sys.executable, "-m", "bridge.demo.httpbin_server"], stdout_pipe=True)
     return int(str(_read_json_line(child, 20.0)["port"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RunningEnvoy:
+    """An Envoy run by :class:`bridge.envoy.EnvoyProcess` as a child of the demo's supervisor."""
+
+    process: EnvoyProcess
+    child: Child
+    listeners: dict[str, int]
+    """Static listener name → bound loopback port."""
+
+    def get(self, path: str, timeout: float = 2.0) -> str:
+        """Admin API ``path`` (e.g. ``/stats?filter=…``) as text."""
+        return self.process.admin(path, timeout=timeout).decode()
+
+
+def start_envoy(
+    sup: Supervisor, envoy_bin: Path, name: str, bootstrap: dict[str, object], *, timeout: float = 15.0
+) -> RunningEnvoy:
+    """Start Envoy under ``sup`` and wait until it is LIVE (every SDS secret arrived) with ports bound."""
+    children: list[Child] = []
+
+    def launch(argv: Sequence[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        children.append(sup.start(f"envoy-{name}", argv))
+        return children[-1].popen, children[-1].log_path
+
+    proc = EnvoyProcess(bootstrap, sup.subdir(f"envoy-{name}"), name=name, binary=envoy_bin, launch=launch)
+    deadline = time.monotonic() + timeout
+    try:
+        proc.start(timeout)
+        ports = proc.listener_ports(max(deadline - time.monotonic(), 0.1))
+    except EnvoyError as exc:
+        raise DemoError(str(exc)) from exc
+    return RunningEnvoy(proc, children[0], ports)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.demo.envoy_runner import start_envoy
 from bridge.demo.errors import DemoError
 from bridge.demo.plan import AppPlan
-from bridge.demo.setup import Tunnel
+from bridge.demo.setup import Tunnel, start_envoy
 from bridge.demo.supervisor import Supervisor
 from bridge.demo.tunnel import GhostunnelCommand, LocalTunnel, free_port, localize, split_host_port
 

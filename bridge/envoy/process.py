@@ -7,6 +7,10 @@ Static listeners are
 listed (and bound) before their SDS secrets arrive, but Envoy accepts connections only once its init
 manager is done — ``/ready`` answers ``LIVE`` — which waits for every secret a static listener needs
 (the SDS ``initial_fetch_timeout`` aside). So :meth:`wait_listeners` waits for ``LIVE`` too.
+
+This is the one place Envoy is started: tests and benches use :class:`EnvoyProcess` as is; the demo
+passes a ``launch`` function so that Envoy runs as a child of its supervisor (process group, death
+signal, output in the supervisor's logs), with the same command line.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from typing import IO, Any
 from bridge.binaries import find_envoy
 from bridge.envoy.errors import EnvoyError
 
+Launcher = Callable[[Sequence[str]], "tuple[subprocess.Popen[bytes], Path]"]
+"""Starts Envoy's command line; returns the process and the file its output goes to."""
+
 
 class EnvoyProcess:
     """One Envoy process. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
@@ -40,6 +47,7 @@ class EnvoyProcess:
         log_level: str = "warning",
         concurrency: int = 1,
         extra_args: Sequence[str] = (),
+        launch: Launcher | None = None,
     ) -> None:
         self.bootstrap = dict(bootstrap)
         self.bootstrap.setdefault(
@@ -56,6 +64,7 @@ class EnvoyProcess:
         self.log_level = log_level
         self.concurrency = concurrency
         self.extra_args = tuple(extra_args)
+        self.launch = launch
         self.config_path = self.workdir / f"{name}.json"
         self.admin_path = self.workdir / f"{name}.admin"
         self.log_path = self.workdir / f"{name}.log"
@@ -70,7 +79,6 @@ class EnvoyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.bootstrap, indent=1))
         self.admin_path.unlink(missing_ok=True)
-        self._log_file = self.log_path.open("ab")
         cmd = [
             str(self.binary),
             "-c",
@@ -86,7 +94,11 @@ class EnvoyProcess:
         ]
         self.started_at = time.monotonic()
         try:
-            self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+            if self.launch is not None:
+                self._proc, self.log_path = self.launch(cmd)
+            else:
+                self._log_file = self.log_path.open("ab")
+                self._proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
         except OSError as exc:
             self.stop()  # closes the log file
             raise EnvoyError(f"envoy: {str(self.binary)!r}: cannot run it ({exc.strerror or exc})") from exc
@@ -244,6 +256,10 @@ class EnvoyProcess:
 
         result: dict[str, tuple[str, int]] = self.wait_for(f"listeners {wanted} active", ready, timeout)
         return result
+
+    def listener_ports(self, timeout: float = 30.0) -> dict[str, int]:
+        """Wait until every static listener is active; return ``{name: port}``."""
+        return {name: port for name, (_, port) in self.wait_listeners(timeout=timeout).items()}
 
     def listener_port(self, name: str, timeout: float = 30.0) -> int:
         return self.wait_listeners([name], timeout)[name][1]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.demo.envoy_runner import start_envoy
 from bridge.demo.errors import DemoError
+from bridge.demo.setup import start_envoy
 from bridge.demo.shield import SHIELD_ALPN, parse_shield_env, shield_bootstrap
 from bridge.demo.supervisor import Supervisor
 from tests.demo.tls_echo import TlsEcho
