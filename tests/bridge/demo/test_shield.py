@@ -11,7 +11,7 @@ from bridge.demo.errors import DemoError
 from bridge.demo.setup import start_envoy
 from bridge.demo.shield import SHIELD_ALPN, parse_shield_env, shield_bootstrap
 from bridge.demo.supervisor import Supervisor
-from tests.demo.tls_echo import TlsEcho
+from tests.bridge.demo.tls_echo import TlsEcho
 from tests.support.pki import TestCA
 
 HOST = "httpbin.default.svc.cluster.local"

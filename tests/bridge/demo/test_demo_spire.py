@@ -22,7 +22,7 @@ import pytest
 
 from bridge.demo.report import OK
 from bridge.demo.spire_mode import GID_BASE, NEEDS_ROOT
-from tests.demo.test_demo_e2e import EXPECTED_CHECKS, check_lines
+from tests.bridge.demo.test_demo_e2e import EXPECTED_CHECKS, check_lines
 
 pytestmark = [
     pytest.mark.slow,
