@@ -8,7 +8,7 @@ are SPIFFE IDs without the ``spiffe://`` scheme (``<td>/ns/<ns>/sa/<sa>``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from istio._checks import DNS1123_SUBDOMAIN, check_service
 from istio.errors import IstioError
@@ -43,6 +43,20 @@ def principal(spiffe_id: str, *, field: str = "spiffe_id") -> str:
     return rest
 
 
+def _principals(spiffe_ids: Iterable[tuple[int, str]], field: str, problems: list[str]) -> list[str]:
+    """:func:`principal` of each ``(index, SPIFFE ID)``, without repeats; errors go to ``problems``."""
+    out: list[str] = []
+    for i, spiffe_id in spiffe_ids:
+        try:
+            p = principal(spiffe_id, field=f"{field}[{i}]")
+        except IstioError as exc:
+            problems.append(str(exc))
+            continue
+        if p not in out:
+            out.append(p)
+    return out
+
+
 def render_peer_authentication(root_namespace: str = "istio-system") -> dict[str, object]:
     """Mesh-wide STRICT mTLS: ``PeerAuthentication`` ``default`` in the Istio root namespace."""
     if not _DNS1123_LABEL.match(root_namespace) or len(root_namespace) > 63:
@@ -73,15 +87,8 @@ def render_authorization_policy(params: AuthorizationParams) -> dict[str, object
         problems.append(f"name: {params.name!r}: a DNS-1123 subdomain")
     if not params.allowed_spiffe_ids:
         problems.append(f"allowed_spiffe_ids: {params.allowed_spiffe_ids!r}: at least one external SPIFFE ID")
-    principals: list[str] = []
-    for i, spiffe_id in enumerate((*params.allowed_spiffe_ids, *params.mesh_principals)):
-        try:
-            p = principal(spiffe_id, field=f"allowed_spiffe_ids[{i}]")
-        except IstioError as exc:
-            problems.append(str(exc))
-            continue
-        if p not in principals:
-            principals.append(p)
+    ids = (*params.allowed_spiffe_ids, *params.mesh_principals)
+    principals = _principals(enumerate(ids), "allowed_spiffe_ids", problems)
     for i, ns in enumerate(params.mesh_namespaces):
         if not _DNS1123_LABEL.match(ns):
             problems.append(f"mesh_namespaces[{i}]: {ns!r}: a DNS-1123 label")
@@ -131,18 +138,13 @@ def render_external_deny_policy(
     svc = params.service
     problems: list[str] = []
     check_service(problems, svc)
-    principals: list[str] = []
-    for i, spiffe_id in enumerate(denied_spiffe_ids):
-        if spiffe_id in params.allowed_spiffe_ids:
-            problems.append(f"denied_spiffe_ids[{i}]: {spiffe_id!r}: also admitted")
-            continue
-        try:
-            p = principal(spiffe_id, field=f"denied_spiffe_ids[{i}]")
-        except IstioError as exc:
-            problems.append(str(exc))
-            continue
-        if p not in principals:
-            principals.append(p)
+    denied = [(i, s) for i, s in enumerate(denied_spiffe_ids) if s not in params.allowed_spiffe_ids]
+    problems += [
+        f"denied_spiffe_ids[{i}]: {s!r}: also admitted"
+        for i, s in enumerate(denied_spiffe_ids)
+        if s in params.allowed_spiffe_ids
+    ]
+    principals = _principals(denied, "denied_spiffe_ids", problems)
     sources: list[dict[str, object]] = []
     for i, td in enumerate(dict.fromkeys(foreign_trust_domains)):
         if not _TRUST_DOMAIN.match(td):
@@ -151,17 +153,8 @@ def render_external_deny_policy(
             )
             continue
         source: dict[str, object] = {"principals": [f"{td}/*"]}
-        admitted: list[str] = []
-        for j, spiffe_id in enumerate(params.allowed_spiffe_ids):
-            if not spiffe_id.startswith(f"{_SCHEME}{td}/"):
-                continue
-            try:
-                p = principal(spiffe_id, field=f"allowed_spiffe_ids[{j}]")
-            except IstioError as exc:
-                problems.append(str(exc))
-                continue
-            if p not in admitted:
-                admitted.append(p)
+        in_td = [(j, s) for j, s in enumerate(params.allowed_spiffe_ids) if s.startswith(f"{_SCHEME}{td}/")]
+        admitted = _principals(in_td, "allowed_spiffe_ids", problems)
         if admitted:
             source["notPrincipals"] = admitted
         sources.append({"source": source})
