@@ -340,13 +340,7 @@ def _labels(r: Reader, raw: object, path: str, name: str) -> tuple[tuple[str, st
 def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str) -> tuple[MeshService, ...]:
     out: list[MeshService] = []
     seen: dict[str, str] = {}
-    for i, raw in enumerate(r.seq(top, "meshServices", "", required=True)):
-        path = f"meshServices[{i}]"
-        m = r.mapping(raw, path, _SERVICE_KEYS)
-        if not m:
-            if raw is None or raw == {}:
-                r.note(path, "must be a mapping with at least 'name' and 'port'")
-            continue
+    for path, m in r.mappings(top, "meshServices", _SERVICE_KEYS, "'name' and 'port'"):
         name = r.string(m, "name", path, check=names.dns1035_label)
         namespace = r.string(m, "namespace", path, default="default", check=names.dns1123_label)
         sa = r.string(m, "serviceAccount", path, default=name or "default", check=names.dns1123_subdomain)
@@ -462,13 +456,7 @@ def _apps(
     allowed_tds = {t for t in (td, apps_td) if t is not None}
     out: list[ExternalApp] = []
     seen: dict[str, str] = {}
-    for i, raw in enumerate(r.seq(top, "externalApps", "", required=True)):
-        path = f"externalApps[{i}]"
-        m = r.mapping(raw, path, _APP_KEYS)
-        if not m:
-            if raw is None or raw == {}:
-                r.note(path, "must be a mapping with at least 'name', 'targets' and 'scone'")
-            continue
+    for path, m in r.mappings(top, "externalApps", _APP_KEYS, "'name', 'targets' and 'scone'"):
         name = r.string(m, "name", path, check=names.dns1123_label)
         mode: AppMode = r.choice(m, "mode", path, APP_MODES, "network-shield")  # type: ignore[assignment]
         if "mode" not in m:

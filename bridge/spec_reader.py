@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import os
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -18,6 +19,8 @@ from bridge.errors import SpecError
 from bridge.model import MeshService
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId
+
+_T = TypeVar("_T")
 
 Check = Callable[[str], "str | None"]
 
@@ -116,6 +119,21 @@ class Reader:
                 out[key] = value
         return out
 
+    def mappings(
+        self, top: Mapping[str, object], key: str, allowed: tuple[str, ...], needs: str
+    ) -> Iterator[tuple[str, dict[str, object]]]:
+        """``(path, item)`` for each item of the required top-level list ``key``, as a mapping with
+        only ``allowed`` keys; an item that is none (or empty) is reported (``needs``: the keys it must
+        have, in words) and skipped."""
+        for i, raw in enumerate(self.seq(top, key, "", required=True)):
+            path = f"{key}[{i}]"
+            item = self.mapping(raw, path, allowed)
+            if not item:
+                if raw is None or raw == {}:
+                    self.note(path, f"must be a mapping with at least {needs}")
+                continue
+            yield path, item
+
     def seq(self, m: Mapping[str, object], key: str, path: str, *, required: bool = False) -> list[object]:
         p = join(path, key)
         raw = m.get(key)
@@ -140,13 +158,24 @@ class Reader:
         check: Check | None = None,
     ) -> str | None:
         """The string at ``key``: ``default`` when absent (``None`` default = required)."""
+        return self._field(m, key, path, default, lambda raw, p: self.value_string(raw, p, check))
+
+    def _field(
+        self,
+        m: Mapping[str, object],
+        key: str,
+        path: str,
+        default: _T | None,
+        convert: Callable[[object, str], _T | None],
+    ) -> _T | None:
+        """``convert(value, path)`` of the value at ``key``; ``default`` when absent (``None`` = required)."""
         p = join(path, key)
         raw = m.get(key)
         if raw is None:
             if default is None:
                 self.note(p, "required")
             return default
-        return self.value_string(raw, p, check)
+        return convert(raw, p)
 
     def optional_string(
         self, m: Mapping[str, object], key: str, path: str, check: Check | None
@@ -188,13 +217,7 @@ class Reader:
         default: int | None = None,
         check: Callable[[int], str | None] | None = None,
     ) -> int | None:
-        p = join(path, key)
-        raw = m.get(key)
-        if raw is None:
-            if default is None:
-                self.note(p, "required")
-            return default
-        return self.value_int(raw, p, check)
+        return self._field(m, key, path, default, lambda raw, p: self.value_int(raw, p, check))
 
     def value_int(self, raw: object, p: str, check: Callable[[int], str | None] | None) -> int | None:
         if isinstance(raw, bool) or not isinstance(raw, int):
