@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def _ca_serials(envoy: EnvoyProcess) -> set[str]:
         for entry in envoy.certs().get("certificates", [])
         for ca in entry.get("ca_cert", [])
     }
+
+
+def _wait_ca_serials(envoy: EnvoyProcess, want: set[str], timeout: float = 15.0) -> set[str]:
+    """``/certs`` can lag the listener going live by a moment: poll (bounded) until ``want`` shows."""
+    deadline = time.monotonic() + timeout
+    while not (seen := _ca_serials(envoy)) >= want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return seen
 
 
 def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_gives_403(
@@ -88,7 +97,8 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
                 sds_socket=short_dir / "sds.sock", trust_domain="example.org", backend_port=backend.port
             )
             with EnvoyProcess(only_mesh, short_dir / "a") as envoy:
-                assert _ca_serials(envoy) >= {_serial(app.bundle_pem), _serial(mesh_bundle)}  # ROOTCA: both
+                want = {_serial(app.bundle_pem), _serial(mesh_bundle)}
+                assert _wait_ca_serials(envoy, want) >= want  # ROOTCA: both
                 port = envoy.listener_port("inbound")
                 assert get(port, in_mesh) == 200
                 before = envoy.stats("ssl.fail_verify_san")
