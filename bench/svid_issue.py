@@ -45,9 +45,17 @@ from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.ca import LocalCa
 
 TIME_BUDGET = 120.0  # seconds, whole run
-KEY_USAGE = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False)
+KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=True,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
@@ -71,16 +79,22 @@ def raw_issue(n: int) -> Cost:
         (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshbridge")]))
-            .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(seconds=10)).not_valid_after(now + timedelta(hours=1))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(seconds=10))
+            .not_valid_after(now + timedelta(hours=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(KEY_USAGE, critical=True)
             .add_extension(EKU, critical=False)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"spiffe://example.org/w/{i}")]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://example.org/w/{i}")]),
+                critical=False,
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
             .sign(ca_key, hashes.SHA256())
         )
     return Cost((time.perf_counter() - start) / n, (time.process_time() - cpu) / n)
@@ -114,7 +128,7 @@ def _first_der(blob: bytes) -> bytes:
     length = blob[1]
     if length & 0x80:
         nbytes = length & 0x7F
-        length = int.from_bytes(blob[2:2 + nbytes], "big")
+        length = int.from_bytes(blob[2 : 2 + nbytes], "big")
         return blob[: 2 + nbytes + length]
     return blob[: 2 + length]
 
@@ -128,13 +142,29 @@ def server_issue(entries: int, rounds: int, deadline: float) -> tuple[Cost, list
     """Through the real server process: wall = fastest round, CPU = the server's CPU over all rounds."""
     d = Path(tempfile.mkdtemp(prefix="mb-bench-", dir="/tmp"))
     sock = d / "api.sock"
-    config = {"trust_domain": "example.org", "svid_ttl": "1h",
-              "entries": [{"spiffe_id": f"spiffe://example.org/w/{i}", "selectors": ["socket:bench"]}
-                          for i in range(entries)]}
+    config = {
+        "trust_domain": "example.org",
+        "svid_ttl": "1h",
+        "entries": [
+            {"spiffe_id": f"spiffe://example.org/w/{i}", "selectors": ["socket:bench"]}
+            for i in range(entries)
+        ],
+    }
     (d / "c.yaml").write_text(yaml.safe_dump(config))
     log = open(d / "log", "wb")  # noqa: SIM115 - closed in finally
-    cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "workload-api", "serve",
-           "--config", str(d / "c.yaml"), "--socket", f"bench={sock}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        "--log-format",
+        "json",
+        "workload-api",
+        "serve",
+        "--config",
+        str(d / "c.yaml"),
+        "--socket",
+        f"bench={sock}",
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     channel = None
     try:
@@ -144,9 +174,11 @@ def server_issue(entries: int, rounds: int, deadline: float) -> tuple[Cost, list
             time.sleep(0.05)
         channel = grpc.insecure_channel(f"unix:{sock}")
         stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
-        stream = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(),
-                                    metadata=(("workload.spiffe.io", "true"),),
-                                    timeout=max(10.0, deadline - time.monotonic()))
+        stream = stub.FetchX509SVID(
+            workload_pb2.X509SVIDRequest(),
+            metadata=(("workload.spiffe.io", "true"),),
+            timeout=max(10.0, deadline - time.monotonic()),
+        )
         previous = _serials(next(stream))
         assert len(previous) == entries
         server = psutil.Process(proc.pid)
@@ -181,8 +213,10 @@ def server_issue(entries: int, rounds: int, deadline: float) -> tuple[Cost, list
 
 
 def _line(label: str, cost: Cost, base: Cost | None) -> str:
-    text = (f"  {label:<32}: {1 / cost.wall:7.0f} SVIDs/s  wall {cost.wall * 1e6:6.0f} us  "
-            f"cpu {cost.cpu * 1e6:6.0f} us")
+    text = (
+        f"  {label:<32}: {1 / cost.wall:7.0f} SVIDs/s  wall {cost.wall * 1e6:6.0f} us  "
+        f"cpu {cost.cpu * 1e6:6.0f} us"
+    )
     if base is None:
         return text + "   (baseline)"
     return text + f"   wall {cost.wall / base.wall:4.2f}x  cpu {cost.cpu / base.cpu:4.2f}x"
@@ -201,16 +235,20 @@ def main() -> int:
     server, rounds = server_issue(args.entries, args.rounds, deadline)
     raws += [raw_issue(n) for _ in range(2)]  # before and after: noise cannot flatter the ratio
     raw = best(raws)
-    print(f"SVID issuance, EC P-256: {args.entries} SVIDs per forced rotation, {len(rounds)} rounds "
-          f"(fastest {rounds[0] * 1e3:.1f} ms, median {rounds[len(rounds) // 2] * 1e3:.1f} ms)")
+    print(
+        f"SVID issuance, EC P-256: {args.entries} SVIDs per forced rotation, {len(rounds)} rounds "
+        f"(fastest {rounds[0] * 1e3:.1f} ms, median {rounds[len(rounds) // 2] * 1e3:.1f} ms)"
+    )
     print(_line("raw keygen+sign (cryptography)", raw, None))
     print(_line("LocalCa.mint_x509_svid", ca, raw))
     print(_line("through the server (pushed)", server, raw))
     cpu_ratio, wall_ratio = server.cpu / raw.cpu, server.wall / raw.wall
     goal = 1.3
     verdict = "met" if cpu_ratio <= goal else "NOT met"
-    print(f"goal <= {goal}x (server CPU per SVID vs raw CPU per SVID): {verdict} ({cpu_ratio:.2f}x; "
-          f"wall clock {wall_ratio:.2f}x, which on a shared machine also carries other jobs' load)")
+    print(
+        f"goal <= {goal}x (server CPU per SVID vs raw CPU per SVID): {verdict} ({cpu_ratio:.2f}x; "
+        f"wall clock {wall_ratio:.2f}x, which on a shared machine also carries other jobs' load)"
+    )
     if cpu_ratio > goal:
         print("  why: per SVID the server adds to keygen+sign the DER/PKCS#8 encodings (LocalCa line),")
         print("  bookkeeping, then protobuf + HTTP/2 (~25 us/SVID profiled for a 200-SVID push). Its CPU")

@@ -181,7 +181,9 @@ def render_svidstore_hcl(config: SvidStoreConfig) -> RenderedText:
     plugin = config.sessions.plugin
     warnings: list[RenderWarning] = []
     if not config.cas_address.startswith("https://"):
-        raise SconeError(f"cas_address: {config.cas_address!r}: an https:// URL of the CAS (e.g. https://cas:8081)")
+        raise SconeError(
+            f"cas_address: {config.cas_address!r}: an https:// URL of the CAS (e.g. https://cas:8081)"
+        )
     tdir = config.template_dir.rstrip("/")
     if not tdir.startswith("/"):
         raise SconeError(f"template_dir: {config.template_dir!r}: an absolute directory path")
@@ -201,7 +203,8 @@ def render_svidstore_hcl(config: SvidStoreConfig) -> RenderedText:
             data.append(("insecure_skip_verify_tls", True))
             warnings.append(
                 RenderWarning(
-                    "insecure_skip_verify_tls", "true",
+                    "insecure_skip_verify_tls",
+                    "true",
                     "the agent posts SVID keys to any server claiming to be CAS; never in production",
                 )
             )
@@ -220,7 +223,8 @@ def render_svidstore_hcl(config: SvidStoreConfig) -> RenderedText:
         # anchor pool commented out: it does not authenticate CAS whatever the configuration says.
         warnings.append(
             RenderWarning(
-                "sessions.plugin", plugin,
+                "sessions.plugin",
+                plugin,
                 "the tutorial plugin does not verify CAS's TLS certificate (InsecureSkipVerify is "
                 "hard-coded); use sconecas_sessionmanager in production",
             )

@@ -147,8 +147,14 @@ class Metrics:
                 status, ctype = b"200 OK", CONTENT_TYPE_LATEST.encode()
                 body = self.render() if method == b"GET" else b""
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
-                + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + ctype
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
             )
             async with asyncio.timeout(_REQUEST_TIMEOUT):
                 await writer.drain()

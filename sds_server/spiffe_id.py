@@ -119,9 +119,7 @@ class SpiffeId:
         if not value:
             raise _fail(value, "SPIFFE ID cannot be empty")
         if len(value.encode("utf-8")) > MAX_SPIFFE_ID_BYTES:
-            raise _fail(
-                value[:64] + "...", f"SPIFFE ID is longer than {MAX_SPIFFE_ID_BYTES} bytes"
-            )
+            raise _fail(value[:64] + "...", f"SPIFFE ID is longer than {MAX_SPIFFE_ID_BYTES} bytes")
         if not value.startswith(SCHEME_PREFIX):
             raise _fail(value, "scheme must be 'spiffe' (IDs start with 'spiffe://')")
         rest = value[len(SCHEME_PREFIX) :]

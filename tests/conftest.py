@@ -52,7 +52,8 @@ def _no_leaked_processes_or_threads() -> Iterator[None]:
     before_threads = {t.ident for t in threading.enumerate()}
     yield
     leaked = [
-        p for p in me.children(recursive=True)
+        p
+        for p in me.children(recursive=True)
         if p.pid not in before_children and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     ]
     if leaked:
@@ -65,8 +66,7 @@ def _no_leaked_processes_or_threads() -> Iterator[None]:
         if alive:
             pytest.fail(f"test leaked child processes: {[p.cmdline() for p in alive]}")
     threads = [
-        t for t in threading.enumerate()
-        if t.ident not in before_threads and t.is_alive() and not t.daemon
+        t for t in threading.enumerate() if t.ident not in before_threads and t.is_alive() and not t.daemon
     ]
     if threads:
         for t in threads:

@@ -221,7 +221,10 @@ class X509Svid:
 
     @classmethod
     def create(
-        cls, spiffe_id: SpiffeId, chain: tuple[x509.Certificate, ...], private_key: PrivateKey,
+        cls,
+        spiffe_id: SpiffeId,
+        chain: tuple[x509.Certificate, ...],
+        private_key: PrivateKey,
         issued_at: datetime,
     ) -> X509Svid:
         chain_der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in chain)
@@ -273,18 +276,28 @@ def _leaf_key_usage(key_type: KeyType) -> x509.KeyUsage:
 
 
 _LEAF_KEY_USAGE: dict[KeyType, x509.KeyUsage] = {
-    kt: x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=kt == "rsa-2048",
-                      data_encipherment=False, key_agreement=kt == "ec-p256", key_cert_sign=False,
-                      crl_sign=False, encipher_only=False, decipher_only=False)
+    kt: x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=kt == "rsa-2048",
+        data_encipherment=False,
+        key_agreement=kt == "ec-p256",
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
     for kt in KEY_TYPES
 }
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshbridge"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshbridge"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 class LocalCa:
@@ -335,8 +348,13 @@ class LocalCa:
             if state.get("version") != _STATE_VERSION:
                 raise CaError(f"data_dir: {str(path)!r}: unknown CA state version {state.get('version')!r}")
             if state.get("trust_domain") != self.trust_domain.name:
-                log.warning("workload_api.ca.state.discarded", reason="trust domain changed", path=str(path),
-                            was=state.get("trust_domain"), now=self.trust_domain.name)
+                log.warning(
+                    "workload_api.ca.state.discarded",
+                    reason="trust domain changed",
+                    path=str(path),
+                    was=state.get("trust_domain"),
+                    now=self.trust_domain.name,
+                )
                 return ()
             if state.get("upstream") != (self.upstream is not None):
                 log.warning("workload_api.ca.state.discarded", reason="upstream mode changed", path=str(path))
@@ -347,12 +365,14 @@ class LocalCa:
                 jwt_key = _load_key(g["jwt_key"].encode(), f"data_dir: {str(path)!r}")
                 if not isinstance(jwt_key, ec.EllipticCurvePrivateKey):
                     raise CaError(f"data_dir: {str(path)!r}: JWT keys must be EC")
-                gens.append(CaGeneration(
-                    certificate=cert,
-                    key=_load_key(g["key"].encode(), f"data_dir: {str(path)!r}"),
-                    jwt_key=JwtKey(g["jwt_kid"], jwt_key, cert.not_valid_after_utc),
-                    issued_at=datetime.fromisoformat(g["issued_at"]),
-                ))
+                gens.append(
+                    CaGeneration(
+                        certificate=cert,
+                        key=_load_key(g["key"].encode(), f"data_dir: {str(path)!r}"),
+                        jwt_key=JwtKey(g["jwt_kid"], jwt_key, cert.not_valid_after_utc),
+                        issued_at=datetime.fromisoformat(g["issued_at"]),
+                    )
+                )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CaError(
                 f"data_dir: {str(path)!r}: CA state is corrupt ({type(exc).__name__}); "
@@ -434,9 +454,17 @@ class LocalCa:
             # ever signs leaves.
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                              data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                              crl_sign=True, encipher_only=False, decipher_only=False),
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
                 critical=True,
             )
             # X509-SVID §3: a signing certificate MAY carry the trust domain's ID (no path).
@@ -457,8 +485,14 @@ class LocalCa:
         gen = CaGeneration(cert, key, JwtKey(kid, jwt_private, not_after), issued_at=now)
         self._generations = (*self._generations, gen)
         self._save()
-        log.info("workload_api.ca.rotated", trust_domain=self.trust_domain.name, serial=f"{serial:x}",
-                 not_after=not_after.isoformat(), kid=kid, generations=len(self._generations))
+        log.info(
+            "workload_api.ca.rotated",
+            trust_domain=self.trust_domain.name,
+            serial=f"{serial:x}",
+            not_after=not_after.isoformat(),
+            kid=kid,
+            generations=len(self._generations),
+        )
         return gen
 
     def prune(self) -> bool:

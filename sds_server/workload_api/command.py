@@ -100,33 +100,46 @@ def _serve(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``workload-api serve`` to ``meshbridge``."""
     parser = subparsers.add_parser(
-        "workload-api", help="embedded SPIFFE Workload API (local CA) for one machine",
+        "workload-api",
+        help="embedded SPIFFE Workload API (local CA) for one machine",
         description="An embedded SPIFFE Workload API with a local CA, for demos, development and CI. "
         "In production point the SDS server at a SPIRE agent instead.",
     )
     sub = parser.add_subparsers(dest="workload_api_command", metavar="ACTION", required=True)
     serve_p = sub.add_parser(
-        "serve", help="serve the Workload API on Unix sockets",
+        "serve",
+        help="serve the Workload API on Unix sockets",
         description="Serve SpiffeWorkloadAPI on Unix sockets. SIGHUP reloads the config, SIGUSR1 re-mints "
         "every SVID, SIGTERM/SIGINT stop gracefully.",
     )
     serve_p.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     serve_p.add_argument(
-        "--socket", action="append", default=[], metavar="[NAME=]PATH",
+        "--socket",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
         help="Unix socket to serve (repeatable; replaces the config's sockets; bare PATH is named "
         f"{DEFAULT_SOCKET_NAME!r}; entries may select 'socket:NAME')",
     )
     serve_p.add_argument(
-        "--socket-mode", default=None, metavar="MODE",
+        "--socket-mode",
+        default=None,
+        metavar="MODE",
         help="octal file mode of the sockets (default 0777: attestation, not permissions, decides)",
     )
     serve_p.add_argument(
-        "--max-streams-per-uid", type=_positive_int, default=2048, metavar="N",
+        "--max-streams-per-uid",
+        type=_positive_int,
+        default=2048,
+        metavar="N",
         help="open calls (streams and unary) per caller UID; more are refused with ResourceExhausted "
         "(default 2048)",
     )
     serve_p.add_argument(
-        "--idle-connection-seconds", type=_seconds, default=10.0, metavar="SECONDS",
+        "--idle-connection-seconds",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
         help="close a connection that opens no stream within SECONDS (default 10)",
     )
     serve_p.set_defaults(func=_serve)

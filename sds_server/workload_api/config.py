@@ -245,8 +245,10 @@ def _selector_problem(selector: str) -> str | None:
     if kind == "socket":
         return None if _SOCKET_NAME_RE.match(rest) else "socket names are letters, digits, '.', '-', '_'"
     if kind != "unix":
-        return (f"unknown selector type {kind!r}: this server attests 'unix:*' (SPIRE's unix workload "
-                "attestor) and 'socket:<name>'")
+        return (
+            f"unknown selector type {kind!r}: this server attests 'unix:*' (SPIRE's unix workload "
+            "attestor) and 'socket:<name>'"
+        )
     sub, sep, value = rest.partition(":")
     if sub not in UNIX_SELECTORS:
         return f"unknown unix selector {sub!r} (allowed: {', '.join(sorted(UNIX_SELECTORS))})"
@@ -261,8 +263,9 @@ def _selector_problem(selector: str) -> str | None:
     return None
 
 
-def _entry(c: _Collector, path: str, raw: object, td: TrustDomain | None,
-           federation: frozenset[TrustDomain]) -> Entry | None:
+def _entry(
+    c: _Collector, path: str, raw: object, td: TrustDomain | None, federation: frozenset[TrustDomain]
+) -> Entry | None:
     data = c.mapping(path, raw)
     if data is None:
         if raw is None:
@@ -486,8 +489,11 @@ def parse_config(
                 continue
             key = (entry.spiffe_id, entry.selectors)
             if key in seen:
-                c.add(f"entries[{i}]", str(entry.spiffe_id),
-                      f"duplicates entries[{seen[key]}] (same SPIFFE ID and selectors)")
+                c.add(
+                    f"entries[{i}]",
+                    str(entry.spiffe_id),
+                    f"duplicates entries[{seen[key]}] (same SPIFFE ID and selectors)",
+                )
                 continue
             seen[key] = i
             entries.append(entry)
@@ -519,18 +525,25 @@ def load_config(path: Path | str, *, sockets: Sequence[SocketConfig] | None = No
         raise ConfigError([f"{where}: invalid YAML: {problem}"], str(p)) from exc
     config = parse_config(data, base=p.resolve().parent, source=str(p), sockets=sockets)
     return Config(
-        config.trust_domain, config.data_dir, config.svid_ttl, config.jwt_svid_ttl, config.ca,
-        config.entries, config.federation, config.sockets, source=p.resolve(),
+        config.trust_domain,
+        config.data_dir,
+        config.svid_ttl,
+        config.jwt_svid_ttl,
+        config.ca,
+        config.entries,
+        config.federation,
+        config.sockets,
+        source=p.resolve(),
     )
 
 
 def _socket_selector_problems(index: int, entry: Entry, sockets: Sequence[SocketConfig]) -> list[str]:
     names = {s.name for s in sockets}
     return [
-        f"entries[{index}].selectors: {sel!r}: no socket named {sel[len('socket:'):]!r} "
+        f"entries[{index}].selectors: {sel!r}: no socket named {sel[len('socket:') :]!r} "
         f"(sockets: {', '.join(sorted(names)) or 'none'})"
         for sel in sorted(entry.selectors)
-        if sel.startswith("socket:") and sel[len("socket:"):] not in names
+        if sel.startswith("socket:") and sel[len("socket:") :] not in names
     ]
 
 

@@ -45,12 +45,20 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 #: JWT-SVID.md §2.1: the only algorithms a JWT-SVID may use.
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "ES256": hashes.SHA256, "ES384": hashes.SHA384, "ES512": hashes.SHA512,
-    "RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512,
-    "PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512,
+    "ES256": hashes.SHA256,
+    "ES384": hashes.SHA384,
+    "ES512": hashes.SHA512,
+    "RS256": hashes.SHA256,
+    "RS384": hashes.SHA384,
+    "RS512": hashes.SHA512,
+    "PS256": hashes.SHA256,
+    "PS384": hashes.SHA384,
+    "PS512": hashes.SHA512,
 }
 _CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
-    "P-256": (ec.SECP256R1(), 32), "P-384": (ec.SECP384R1(), 48), "P-521": (ec.SECP521R1(), 66),
+    "P-256": (ec.SECP256R1(), 32),
+    "P-384": (ec.SECP384R1(), 48),
+    "P-521": (ec.SECP521R1(), 66),
 }
 _EC_ALG_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 MAX_TOKEN_BYTES = 64 * 1024
@@ -90,8 +98,14 @@ def public_jwk(kid: str, key: PublicKey) -> dict[str, str]:
         crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
         size = _CURVES[crv][1]
         nums = key.public_numbers()
-        return {"kty": "EC", "kid": kid, "use": "jwt-svid", "crv": crv,
-                "x": _int_b64(nums.x, size), "y": _int_b64(nums.y, size)}
+        return {
+            "kty": "EC",
+            "kid": kid,
+            "use": "jwt-svid",
+            "crv": crv,
+            "x": _int_b64(nums.x, size),
+            "y": _int_b64(nums.y, size),
+        }
     rnums = key.public_numbers()
     return {"kty": "RSA", "kid": kid, "use": "jwt-svid", "n": _int_b64(rnums.n), "e": _int_b64(rnums.e)}
 
@@ -132,10 +146,15 @@ def sign_jwt_svid(
     if not audience:
         raise JwtSvidError("audience: []: a JWT-SVID needs at least one audience (JWT-SVID §3.2)")
     header = {"alg": "ES256", "kid": key.kid, "typ": "JWT"}
-    claims = {"sub": str(spiffe_id), "aud": list(audience),
-              "exp": int(expires_at.timestamp()), "iat": int(issued_at.timestamp())}
+    claims = {
+        "sub": str(spiffe_id),
+        "aud": list(audience),
+        "exp": int(expires_at.timestamp()),
+        "iat": int(issued_at.timestamp()),
+    }
     signing_input = (
-        _b64(json.dumps(header, separators=(",", ":")).encode()) + "."
+        _b64(json.dumps(header, separators=(",", ":")).encode())
+        + "."
         + _b64(json.dumps(claims, separators=(",", ":")).encode())
     )
     der = key.private_key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
@@ -160,7 +179,8 @@ def _verify(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) ->
             if not isinstance(key, rsa.RSAPublicKey):
                 raise JwtSvidError(f"token header alg: {alg!r}: does not match the bundle key type (EC)")
             pad: padding.AsymmetricPadding = (
-                padding.PKCS1v15() if alg.startswith("RS")
+                padding.PKCS1v15()
+                if alg.startswith("RS")
                 else padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
             )
             key.verify(signature, signing_input, pad, hash_alg)

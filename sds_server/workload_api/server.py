@@ -184,8 +184,12 @@ def _build_ca(config: Config, clock: Clock) -> LocalCa:
     if config.ca.upstream is not None:
         upstream = Upstream.load(config.ca.upstream.cert, config.ca.upstream.key)
     return LocalCa(
-        config.trust_domain, key_type=config.ca.key_type, ttl=config.ca.ttl, upstream=upstream,
-        data_dir=config.data_dir, clock=clock,
+        config.trust_domain,
+        key_type=config.ca.key_type,
+        ttl=config.ca.ttl,
+        upstream=upstream,
+        data_dir=config.data_dir,
+        clock=clock,
     )
 
 
@@ -202,7 +206,9 @@ class _Servicer:
                 self.fetch_x509_svid, Cardinality.UNARY_STREAM, pb.X509SVIDRequest, pb.X509SVIDResponse
             ),
             SERVICE + "FetchX509Bundles": Handler(
-                self.fetch_x509_bundles, Cardinality.UNARY_STREAM, pb.X509BundlesRequest,
+                self.fetch_x509_bundles,
+                Cardinality.UNARY_STREAM,
+                pb.X509BundlesRequest,
                 pb.X509BundlesResponse,
             ),
             SERVICE + "FetchJWTSVID": Handler(
@@ -212,7 +218,9 @@ class _Servicer:
                 self.fetch_jwt_bundles, Cardinality.UNARY_STREAM, pb.JWTBundlesRequest, pb.JWTBundlesResponse
             ),
             SERVICE + "ValidateJWTSVID": Handler(
-                self.validate_jwt_svid, Cardinality.UNARY_UNARY, pb.ValidateJWTSVIDRequest,
+                self.validate_jwt_svid,
+                Cardinality.UNARY_UNARY,
+                pb.ValidateJWTSVIDRequest,
                 pb.ValidateJWTSVIDResponse,
             ),
         }
@@ -232,8 +240,9 @@ class _Servicer:
         """Check the security header, then attest the caller from the kernel."""
         header = stream.metadata.get(SECURITY_HEADER) if stream.metadata is not None else None
         if header != "true":
-            log.info("workload_api.denied", rpc=rpc, reason="missing security header",
-                     socket=self._socket_name)
+            log.info(
+                "workload_api.denied", rpc=rpc, reason="missing security header", socket=self._socket_name
+            )
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         try:
             creds, selectors = self._server.attestor.attest_connection(
@@ -289,8 +298,11 @@ class _Servicer:
 
     def _x509_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
         entries = self._entries(snap, selectors, "FetchX509SVID")
-        return (tuple((e, snap.svids[e].serial) for e in entries), snap.bundle_der,
-                tuple(self._federated(snap, entries).items()))
+        return (
+            tuple((e, snap.svids[e].serial) for e in entries),
+            snap.bundle_der,
+            tuple(self._federated(snap, entries).items()),
+        )
 
     def _bundles_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
         entries = self._entries(snap, selectors, "FetchX509Bundles")
@@ -309,8 +321,13 @@ class _Servicer:
                 continue  # API §5.2.1: hints are unique within a response; the first one wins
             hints.add(entry.hint)
             svid = snap.svids[entry]
-            resp.svids.add(spiffe_id=str(entry.spiffe_id), x509_svid=svid.chain_der(),
-                           x509_svid_key=svid.key_der(), bundle=snap.bundle_der, hint=entry.hint)
+            resp.svids.add(
+                spiffe_id=str(entry.spiffe_id),
+                x509_svid=svid.chain_der(),
+                x509_svid_key=svid.key_der(),
+                bundle=snap.bundle_der,
+                hint=entry.hint,
+            )
         for td, der in self._federated(snap, entries).items():
             resp.federated_bundles[td.id] = der
         return resp
@@ -334,13 +351,9 @@ class _Servicer:
         return resp
 
     async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:
-        await self._stream_updates(
-            stream, "FetchX509SVID", self._x509_response, self._x509_fingerprint
-        )
+        await self._stream_updates(stream, "FetchX509SVID", self._x509_response, self._x509_fingerprint)
 
-    async def fetch_x509_bundles(
-        self, stream: Stream[Any, Any]
-    ) -> None:
+    async def fetch_x509_bundles(self, stream: Stream[Any, Any]) -> None:
         await self._stream_updates(
             stream, "FetchX509Bundles", self._bundles_response, self._bundles_fingerprint
         )
@@ -375,8 +388,13 @@ class _Servicer:
         if wanted is not None:
             entries = [e for e in entries if e.spiffe_id == wanted]
             if not entries:
-                log.info("workload_api.denied", rpc="FetchJWTSVID", reason="identity not entitled",
-                         spiffe_id=str(wanted), socket=self._socket_name)
+                log.info(
+                    "workload_api.denied",
+                    rpc="FetchJWTSVID",
+                    reason="identity not entitled",
+                    spiffe_id=str(wanted),
+                    socket=self._socket_name,
+                )
                 raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")  # as SPIRE says it
         resp = pb.JWTSVIDResponse()
         hints: set[str] = set()
@@ -393,9 +411,7 @@ class _Servicer:
         )
         await stream.send_message(resp)
 
-    async def validate_jwt_svid(
-        self, stream: Stream[Any, Any]
-    ) -> None:
+    async def validate_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         # No entry is needed to validate: only the trust bundle is used, and SPIRE's agent validates for
         # any caller (handler.go ValidateJWTSVID attests but never asks for an identity).
         async with self._call(stream, "ValidateJWTSVID"):
@@ -463,8 +479,14 @@ class WorkloadApiServer:
         count = self._per_uid.get(uid, 0)
         cap = self.limits.max_streams_per_uid
         if count >= cap:
-            log.warning("workload_api.denied", rpc=rpc, reason="streams per UID", uid=uid, streams=count,
-                        socket=socket_name)
+            log.warning(
+                "workload_api.denied",
+                rpc=rpc,
+                reason="streams per UID",
+                uid=uid,
+                streams=count,
+                socket=socket_name,
+            )
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED, f"uid {uid}: {count} Workload API calls open: at most {cap}"
             )
@@ -486,10 +508,18 @@ class WorkloadApiServer:
         return entry.ttl if entry.ttl is not None else config.svid_ttl
 
     def _publish(self, config: Config, svids: Mapping[Entry, X509Svid]) -> None:
-        federated = {f.trust_domain: b"".join(c.public_bytes(serialization.Encoding.DER)
-                                              for c in f.certificates) for f in config.federation}
-        snap = _Snapshot(self._snapshot.version + 1, config, dict(svids), self.ca.bundle_der(),
-                         jwks_document(self.ca.jwt_authorities()), federated)
+        federated = {
+            f.trust_domain: b"".join(c.public_bytes(serialization.Encoding.DER) for c in f.certificates)
+            for f in config.federation
+        }
+        snap = _Snapshot(
+            self._snapshot.version + 1,
+            config,
+            dict(svids),
+            self.ca.bundle_der(),
+            jwks_document(self.ca.jwt_authorities()),
+            federated,
+        )
         self._snapshot = snap
         if self._changed is not None:
             old, self._changed = self._changed, asyncio.Event()
@@ -548,14 +578,22 @@ class WorkloadApiServer:
                     sock.close()
                     raise
                 self._listeners.append((sock_cfg, sock, server, os.stat(sock_cfg.path).st_ino))
-                log.info("workload_api.listening", socket=sock_cfg.name, path=str(sock_cfg.path),
-                         mode=f"{sock_cfg.mode:04o}")
+                log.info(
+                    "workload_api.listening",
+                    socket=sock_cfg.name,
+                    path=str(sock_cfg.path),
+                    mode=f"{sock_cfg.mode:04o}",
+                )
         except BaseException:
             await self.stop()
             raise
         self._maintainer = asyncio.create_task(self._maintain(), name="workload-api-maintain")
-        log.info("workload_api.started", trust_domain=config.trust_domain.name,
-                 entries=len(config.entries), sockets=[s.name for s in config.sockets])
+        log.info(
+            "workload_api.started",
+            trust_domain=config.trust_domain.name,
+            entries=len(config.entries),
+            sockets=[s.name for s in config.sockets],
+        )
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, end open streams, remove our socket files."""
@@ -642,8 +680,11 @@ class WorkloadApiServer:
         else:
             svids = self._svids_for(config, force=config.svid_ttl != old.svid_ttl, reason="reload")
         self._publish(config, svids)
-        log.info("workload_api.config.reloaded", entries=len(config.entries),
-                 federation=[f.trust_domain.name for f in config.federation])
+        log.info(
+            "workload_api.config.reloaded",
+            entries=len(config.entries),
+            federation=[f.trust_domain.name for f in config.federation],
+        )
 
 
 def _set_event(event: asyncio.Event | threading.Event | None) -> None:

@@ -74,7 +74,11 @@ def test_injection_template_runs_the_sds_server_before_istio_proxy() -> None:
     assert sds["securityContext"]["runAsUser"] == 1337
     assert sds["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert sds["startupProbe"]["exec"]["command"] == [
-        "meshbridge", "sds", "probe", "--listen", "/run/secrets/workload-spiffe-uds/socket"
+        "meshbridge",
+        "sds",
+        "probe",
+        "--listen",
+        "/run/secrets/workload-spiffe-uds/socket",
     ]
     mounts = {m["name"]: m for m in sds["volumeMounts"]}
     assert mounts["workload-socket"]["mountPath"] == "/run/secrets/workload-spiffe-uds"

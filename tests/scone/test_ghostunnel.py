@@ -340,7 +340,6 @@ def _exchange(port: int, deadline: float) -> bytes:
     raise AssertionError(f"no answer through the tunnel: {last!r}")
 
 
-
 def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
     ca = TestCA()
     server = ca.issue(MESH_ID, server_dns)

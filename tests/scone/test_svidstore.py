@@ -42,6 +42,7 @@ def hcl() -> ModuleType:
     """pyhcl: an HCL1 parser, as the plugins decode their config with hashicorp/hcl v1."""
     return pytest.importorskip("hcl", reason="pyhcl (test dependency) is not installed")
 
+
 # The Go structs' `hcl:"…"` tags (ufcg-lsd/spire pkg/agent/plugin/svidstore/{sconecas,scone}/scone.go)
 SESSIONMANAGER_KEYS = {
     "cas_connection_string",

@@ -33,25 +33,37 @@ def test_valid_ids_round_trip(value: str) -> None:
         ("http://example.org/a", "'http://example.org/a': " + _SCHEME_RULE),
         ("SPIFFE://example.org/a", "'SPIFFE://example.org/a': " + _SCHEME_RULE),
         ("spiffe:///a", "'spiffe:///a': trust domain is missing"),
-        ("spiffe://Example.org/a",
-         "'spiffe://Example.org/a': trust domain characters are limited to lowercase letters, "
-         "digits, '.', '-' and '_' (found 'E')"),
-        ("spiffe://example.org:8080/a",
-         "'spiffe://example.org:8080/a': trust domain cannot contain a port (':')"),
-        ("spiffe://u@example.org/a",
-         "'spiffe://u@example.org/a': trust domain cannot contain user info ('@')"),
+        (
+            "spiffe://Example.org/a",
+            "'spiffe://Example.org/a': trust domain characters are limited to lowercase letters, "
+            "digits, '.', '-' and '_' (found 'E')",
+        ),
+        (
+            "spiffe://example.org:8080/a",
+            "'spiffe://example.org:8080/a': trust domain cannot contain a port (':')",
+        ),
+        (
+            "spiffe://u@example.org/a",
+            "'spiffe://u@example.org/a': trust domain cannot contain user info ('@')",
+        ),
         ("spiffe://example.org//a", "'spiffe://example.org//a': path cannot contain empty segments ('//')"),
         ("spiffe://example.org/a/", "'spiffe://example.org/a/': path cannot have a trailing '/'"),
         ("spiffe://example.org/./a", "'spiffe://example.org/./a': path cannot contain dot segments ('.')"),
         ("spiffe://example.org/a/..", "'spiffe://example.org/a/..': path cannot contain dot segments ('..')"),
-        ("spiffe://example.org/a%20b", "'spiffe://example.org/a%20b': path segment characters are limited to "
-         "letters, digits, '.', '-' and '_' (found '%')"),
-        ("spiffe://example.org/a?x=1",
-         "'spiffe://example.org/a?x=1': SPIFFE ID cannot contain a query ('?')"),
-        ("spiffe://example.org/a#f",
-         "'spiffe://example.org/a#f': SPIFFE ID cannot contain a fragment ('#')"),
-        ("spiffe://example.org", "'spiffe://example.org': a workload SPIFFE ID needs a path "
-         "(e.g. 'spiffe://td/ns/x/sa/y')"),
+        (
+            "spiffe://example.org/a%20b",
+            "'spiffe://example.org/a%20b': path segment characters are limited to "
+            "letters, digits, '.', '-' and '_' (found '%')",
+        ),
+        (
+            "spiffe://example.org/a?x=1",
+            "'spiffe://example.org/a?x=1': SPIFFE ID cannot contain a query ('?')",
+        ),
+        ("spiffe://example.org/a#f", "'spiffe://example.org/a#f': SPIFFE ID cannot contain a fragment ('#')"),
+        (
+            "spiffe://example.org",
+            "'spiffe://example.org': a workload SPIFFE ID needs a path (e.g. 'spiffe://td/ns/x/sa/y')",
+        ),
     ],
 )
 def test_invalid_ids_name_rule_and_value(value: str, message: str) -> None:
@@ -83,8 +95,11 @@ def test_trust_domain_parse(value: str, name: str) -> None:
         ("spiffe://example.org/a", "'spiffe://example.org/a': a trust domain ID has no path"),
         ("https://example.org", "'https://example.org': scheme must be 'spiffe'"),
         ("", "'': trust domain is missing"),
-        ("EXAMPLE", "'EXAMPLE': trust domain characters are limited to lowercase letters, digits, '.', '-' "
-         "and '_' (found 'AELMPX')"),
+        (
+            "EXAMPLE",
+            "'EXAMPLE': trust domain characters are limited to lowercase letters, digits, '.', '-' "
+            "and '_' (found 'AELMPX')",
+        ),
     ],
 )
 def test_trust_domain_errors(value: str, message: str) -> None:

@@ -41,8 +41,13 @@ def _render(spec: dict[str, object], tmp_path: Path) -> Path:
     spec_file = tmp_path / "bridge.yaml"
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "out"
-    subprocess.run([sys.executable, "-m", "bridge.cli", "render", "-f", str(spec_file), "-o", str(out)],
-                   check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "render", "-f", str(spec_file), "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     script = out / "spire" / "register-entries.sh"
     assert script.is_file()
     return script
@@ -61,8 +66,9 @@ def _runner(server: SpireServer, tmp_path: Path) -> dict[str, str]:
 
 
 def _run(script: Path, env: dict[str, str], *sessions: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(script), *sessions], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        ["bash", str(script), *sessions], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def _by_id(server: SpireServer) -> dict[str, Entry]:
@@ -71,8 +77,9 @@ def _by_id(server: SpireServer) -> dict[str, Entry]:
 
 def _expect(entry: Entry, session: str, session_hash: str) -> None:
     assert entry.parent_id == PARENT
-    assert entry.selectors == tuple(sorted((f"{PLUGIN}:session_hash:{session_hash}",
-                                            f"{PLUGIN}:session_name:{session}")))
+    assert entry.selectors == tuple(
+        sorted((f"{PLUGIN}:session_hash:{session_hash}", f"{PLUGIN}:session_name:{session}"))
+    )
     assert entry.x509_svid_ttl == 3600
     assert entry.store_svid is True
 
@@ -83,8 +90,10 @@ def test_httpbin_example_entries_created_rerun_unchanged_new_hash_replaces(
     script = _render(yaml.safe_load(EXAMPLE.read_text()), tmp_path)
     env = _runner(server, tmp_path)
     shield, tunnel = "meshbridge/shielded-client", "meshbridge/tunnel-client"
-    shield_id, tunnel_id = ("spiffe://example.org/external/shielded-client",
-                            "spiffe://example.org/external/tunnel-client")
+    shield_id, tunnel_id = (
+        "spiffe://example.org/external/shielded-client",
+        "spiffe://example.org/external/tunnel-client",
+    )
 
     first = _run(script, env, f"{shield}={_hash(1)}", f"{tunnel}={_hash(2)}")
     assert first.returncode == 0, first.stderr
@@ -128,8 +137,9 @@ def test_several_apps_one_entry_each_and_a_duplicate_is_cleaned_up(
         spec["externalApps"].append(extra)
     script = _render(spec, tmp_path)
     env = _runner(server, tmp_path)
-    sessions = {f"meshbridge/{a['scone']['sessionName']}": _hash(10 + i)
-                for i, a in enumerate(spec["externalApps"])}
+    sessions = {
+        f"meshbridge/{a['scone']['sessionName']}": _hash(10 + i) for i, a in enumerate(spec["externalApps"])
+    }
     args = [f"{s}={h}" for s, h in sessions.items()]
 
     assert (r := _run(script, env, *args)).returncode == 0, r.stderr
@@ -141,9 +151,13 @@ def test_several_apps_one_entry_each_and_a_duplicate_is_cleaned_up(
 
     # Someone registered batch-0 a second time by hand (an older hash): the script keeps one entry.
     batch0 = next(e for e in entries if e.spiffe_id.endswith("/batch-0"))
-    server.entry_create(batch0.spiffe_id,
-                        [f"{PLUGIN}:session_name:meshbridge/batch-0", f"{PLUGIN}:session_hash:{_hash(99)}"],
-                        parent_id=PARENT, x509_svid_ttl=3600, store_svid=True)
+    server.entry_create(
+        batch0.spiffe_id,
+        [f"{PLUGIN}:session_name:meshbridge/batch-0", f"{PLUGIN}:session_hash:{_hash(99)}"],
+        parent_id=PARENT,
+        x509_svid_ttl=3600,
+        store_svid=True,
+    )
     assert len(server.entry_show()) == 6
     assert (r := _run(script, env, *args)).returncode == 0, r.stderr
     assert "deleted duplicate" in r.stdout

@@ -134,8 +134,19 @@ class WorkloadApiHandle:
 
     # ---- process control --------------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "--log-level", self._log_level,
-               "workload-api", "serve", "--config", str(self.config_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "--log-format",
+            "json",
+            "--log-level",
+            self._log_level,
+            "workload-api",
+            "serve",
+            "--config",
+            str(self.config_path),
+        ]
         if self._cli_sockets:
             for name, path in self._sockets.items():
                 cmd += ["--socket", f"{name}={path}"]
@@ -150,7 +161,10 @@ class WorkloadApiHandle:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
             )
         deadline = time.monotonic() + timeout
@@ -297,16 +311,21 @@ def rpc_calls(stub: Any, metadata: Sequence[tuple[str, str]] | None) -> dict[str
     """One call of each of the five RPCs (streams: their first message)."""
     md = tuple(metadata) if metadata is not None else None
     return {
-        "FetchX509SVID": lambda: next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=md,
-                                                         timeout=10)),
-        "FetchX509Bundles": lambda: next(stub.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=md,
-                                                               timeout=10)),
-        "FetchJWTSVID": lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=md,
-                                                  timeout=10),
-        "FetchJWTBundles": lambda: next(stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=md,
-                                                             timeout=10)),
+        "FetchX509SVID": lambda: next(
+            stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=md, timeout=10)
+        ),
+        "FetchX509Bundles": lambda: next(
+            stub.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=md, timeout=10)
+        ),
+        "FetchJWTSVID": lambda: stub.FetchJWTSVID(
+            workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=md, timeout=10
+        ),
+        "FetchJWTBundles": lambda: next(
+            stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=md, timeout=10)
+        ),
         "ValidateJWTSVID": lambda: stub.ValidateJWTSVID(
-            workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid="a.b.c"), metadata=md, timeout=10),
+            workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid="a.b.c"), metadata=md, timeout=10
+        ),
     }
 
 

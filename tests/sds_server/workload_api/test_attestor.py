@@ -32,9 +32,14 @@ def test_selectors_of_another_process() -> None:
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(1)
-    child = subprocess.Popen([sys.executable, "-c",
-                              f"import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); "
-                              "sys.stdin.read()"], stdin=subprocess.PIPE)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+    )
     try:
         conn, _ = srv.accept()
         with conn:
@@ -53,8 +58,13 @@ def test_selectors_of_another_process() -> None:
         digest = hashlib.sha256(fh.read()).hexdigest()
     uid, gid = os.geteuid(), os.getegid()
     expected = {
-        f"unix:uid:{uid}", f"unix:gid:{gid}", f"unix:user:{pwd.getpwuid(uid).pw_name}",
-        f"unix:group:{grp.getgrgid(gid).gr_name}", f"unix:path:{exe}", f"unix:sha256:{digest}", "socket:mesh",
+        f"unix:uid:{uid}",
+        f"unix:gid:{gid}",
+        f"unix:user:{pwd.getpwuid(uid).pw_name}",
+        f"unix:group:{grp.getgrgid(gid).gr_name}",
+        f"unix:path:{exe}",
+        f"unix:sha256:{digest}",
+        "socket:mesh",
     }
     assert expected <= selectors
     supplementary = {s for s in selectors if s.startswith("unix:supplementary_gid:")}
@@ -94,8 +104,14 @@ def test_a_reused_pid_is_not_attested_as_the_caller() -> None:
     srv.listen(2)
     squatter: subprocess.Popen[bytes] | None = None
     try:
-        live = subprocess.Popen([sys.executable, "-c", f"import socket,sys; s=socket.socket(socket.AF_UNIX); "
-                                 f"s.connect({path!r}); sys.stdin.read()"], stdin=subprocess.PIPE)
+        live = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); sys.stdin.read()",
+            ],
+            stdin=subprocess.PIPE,
+        )
         conn_live, _ = srv.accept()
         with conn_live:
             creds, selectors = UnixAttestor().attest_connection(conn_live, "mesh")
@@ -105,8 +121,9 @@ def test_a_reused_pid_is_not_attested_as_the_caller() -> None:
         live.stdin.close()
         live.wait(10)
 
-        gone = subprocess.Popen([sys.executable, "-c",
-                                 f"import socket; socket.socket(socket.AF_UNIX).connect({path!r})"])
+        gone = subprocess.Popen(
+            [sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({path!r})"]
+        )
         conn, _ = srv.accept()
         gone.wait(10)
         with conn:

@@ -24,8 +24,9 @@ from sds_server.x509svid import validate_signing_certificate, validate_x509_svid
 from tests.support.pki import key_usage, make_upstream
 
 TD = TrustDomain.parse("example.org")
-SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", min_size=1,
-                  max_size=20).filter(lambda s: s not in (".", ".."))
+SEGMENT = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", min_size=1, max_size=20
+).filter(lambda s: s not in (".", ".."))
 DNS = st.from_regex(r"\A[a-z][a-z0-9-]{0,10}[a-z0-9](\.[a-z][a-z0-9]{0,10}){0,3}\Z")
 
 
@@ -40,8 +41,9 @@ class FakeClock:
         self.now += delta
 
 
-def _verify_chain(chain: tuple[x509.Certificate, ...], roots: tuple[x509.Certificate, ...],
-                  at: datetime | None = None) -> None:
+def _verify_chain(
+    chain: tuple[x509.Certificate, ...], roots: tuple[x509.Certificate, ...], at: datetime | None = None
+) -> None:
     """Path validation with cryptography's RFC 5280 verifier, as a TLS peer would do it."""
     builder = PolicyBuilder().store(Store(list(roots)))
     if at is not None:
@@ -118,8 +120,9 @@ def test_changed_trust_domain_starts_a_new_ca(tmp_path: Path) -> None:
 
 
 def test_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "ca.json").write_text('{"version": 1, "trust_domain": "example.org", "upstream": false, '
-                                      '"generations": [{"cert": "nope"}]}')
+    (tmp_path / "ca.json").write_text(
+        '{"version": 1, "trust_domain": "example.org", "upstream": false, "generations": [{"cert": "nope"}]}'
+    )
     with pytest.raises(CaError, match=r"CA state is corrupt .*move it away"):
         LocalCa(TD, data_dir=tmp_path)
 
@@ -185,8 +188,9 @@ def test_mint_refuses_foreign_trust_domain() -> None:
 
 def test_repr_never_shows_key_material() -> None:
     svid = _EC_CA.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"))
-    pem = svid.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()).decode()
+    pem = svid.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     body = "".join(pem.splitlines()[1:-1])
     for text in (repr(svid), repr(_EC_CA), repr(_EC_CA.current), repr(_EC_CA.current.jwt_key)):
         assert "PRIVATE" not in text
@@ -229,19 +233,26 @@ def test_upstream_file_with_its_own_chain(tmp_path: Path) -> None:
     inter = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream int")]))
-        .issuer_name(root.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=10))
+        .issuer_name(root.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=10))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
+        )
         .sign(root_key, hashes.SHA256())
     )
     chain_file, key_file = tmp_path / "int.pem", tmp_path / "int.key"
     chain_file.write_bytes(inter.public_bytes(serialization.Encoding.PEM) + root_cert_path.read_bytes())
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     upstream = Upstream.load(chain_file, key_file)
     assert upstream.roots == (root,)
     assert upstream.intermediates == (inter,)

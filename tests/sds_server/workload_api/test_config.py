@@ -30,21 +30,28 @@ def _write(tmp_path: Path, data: object) -> Path:
 def test_full_contract_loads(tmp_path: Path) -> None:
     cert, _key = make_upstream(tmp_path)
     (tmp_path / "partner.pem").write_bytes(cert.read_bytes())
-    path = _write(tmp_path, {
-        "trust_domain": "example.org",
-        "data_dir": "state",
-        "svid_ttl": "10m",
-        "jwt_svid_ttl": 120,
-        "ca": {"key_type": "rsa-2048", "ttl": "48h", "upstream": {"cert": "up.pem", "key": "up.key"}},
-        "sockets": [{"name": "mesh", "path": "/tmp/mesh.sock", "mode": "0660"}],
-        "entries": [{
-            "spiffe_id": "spiffe://example.org/ns/default/sa/httpbin",
-            "selectors": ["unix:uid:1000", "socket:mesh"],
-            "ttl": "90s", "dns_names": ["httpbin.default.svc.cluster.local"], "hint": "internal",
-            "federates_with": ["partner.org"],
-        }],
-        "federation": {"partner.org": "partner.pem"},
-    })
+    path = _write(
+        tmp_path,
+        {
+            "trust_domain": "example.org",
+            "data_dir": "state",
+            "svid_ttl": "10m",
+            "jwt_svid_ttl": 120,
+            "ca": {"key_type": "rsa-2048", "ttl": "48h", "upstream": {"cert": "up.pem", "key": "up.key"}},
+            "sockets": [{"name": "mesh", "path": "/tmp/mesh.sock", "mode": "0660"}],
+            "entries": [
+                {
+                    "spiffe_id": "spiffe://example.org/ns/default/sa/httpbin",
+                    "selectors": ["unix:uid:1000", "socket:mesh"],
+                    "ttl": "90s",
+                    "dns_names": ["httpbin.default.svc.cluster.local"],
+                    "hint": "internal",
+                    "federates_with": ["partner.org"],
+                }
+            ],
+            "federation": {"partner.org": "partner.pem"},
+        },
+    )
     config = load_config(path)
     assert config.trust_domain == TrustDomain.parse("example.org")
     assert config.data_dir == tmp_path / "state"
@@ -100,20 +107,23 @@ def test_socket_modes(mode: object, value: int) -> None:
 
 
 def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None:
-    path = _write(tmp_path, {
-        "trust_domain": "example.org",
-        "svid_ttl": "soon",
-        "colour": "blue",
-        "ca": {"key_type": "dsa", "upstream": {"cert": "missing.pem", "key": "missing.key"}},
-        "entries": [
-            {"spiffe_id": "spiffe://example.org/ok", "selectors": ["unix:uid:1000"]},
-            {"spiffe_id": "spiffe://example.org/x", "selectors": ["k8s:ns:default", "unix:uid:root"]},
-            {"spiffe_id": "spiffe://example.org//a", "selectors": ["unix:uid:1"], "tll": "1h"},
-            {"spiffe_id": "spiffe://other.org/a", "selectors": [], "federates_with": ["partner.org"]},
-            {"spiffe_id": "spiffe://example.org/ok", "selectors": ["unix:uid:1000"]},
-        ],
-        "federation": {"Bad.Org": "x.pem"},
-    })
+    path = _write(
+        tmp_path,
+        {
+            "trust_domain": "example.org",
+            "svid_ttl": "soon",
+            "colour": "blue",
+            "ca": {"key_type": "dsa", "upstream": {"cert": "missing.pem", "key": "missing.key"}},
+            "entries": [
+                {"spiffe_id": "spiffe://example.org/ok", "selectors": ["unix:uid:1000"]},
+                {"spiffe_id": "spiffe://example.org/x", "selectors": ["k8s:ns:default", "unix:uid:root"]},
+                {"spiffe_id": "spiffe://example.org//a", "selectors": ["unix:uid:1"], "tll": "1h"},
+                {"spiffe_id": "spiffe://other.org/a", "selectors": [], "federates_with": ["partner.org"]},
+                {"spiffe_id": "spiffe://example.org/ok", "selectors": ["unix:uid:1000"]},
+            ],
+            "federation": {"Bad.Org": "x.pem"},
+        },
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == [
@@ -142,12 +152,16 @@ def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("trust_domain: [",
-         "line 1, column 16: invalid YAML: expected the node content, but found '<stream end>'"),
+        (
+            "trust_domain: [",
+            "line 1, column 16: invalid YAML: expected the node content, but found '<stream end>'",
+        ),
         ("- a\n- b\n", "<top>: 'list': the config must be a YAML mapping"),
         ("svid_ttl: 1h\n", "trust_domain: None: required"),
-        ("trust_domain: spiffe://example.org/x\n",
-         "trust_domain: 'spiffe://example.org/x': a trust domain ID has no path"),
+        (
+            "trust_domain: spiffe://example.org/x\n",
+            "trust_domain: 'spiffe://example.org/x': a trust domain ID has no path",
+        ),
     ],
 )
 def test_file_level_problems(tmp_path: Path, text: str, problem: str) -> None:
@@ -177,5 +191,7 @@ def test_socket_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no socket to serve"):
         check_sockets(parse_config({"trust_domain": "example.org"}, base=tmp_path))
     with pytest.raises(ConfigError, match=r"sockets\[0\].path: .*limited to 107 bytes"):
-        parse_config({"trust_domain": "example.org", "sockets": [{"name": "a", "path": "/" + "x" * 120}]},
-                     base=tmp_path)
+        parse_config(
+            {"trust_domain": "example.org", "sockets": [{"name": "a", "path": "/" + "x" * 120}]},
+            base=tmp_path,
+        )

@@ -108,15 +108,21 @@ def _http_get(unix_path: Path) -> bytes:
     return b"".join(chunks)
 
 
-
 @contextmanager
 def tunnel_server(gt: Path, api: WorkloadApiHandle, backend: Path, log: Path) -> Iterator[int]:
     """``ghostunnel server`` with the server identity, on a free 127.0.0.1 port (retried on a lost race)."""
     for attempt in range(3):
         port = _free_port()
-        cmd = [str(gt), "server", f"--listen=127.0.0.1:{port}", f"--target=unix:{backend}",
-               f"--use-workload-api-addr={api.address('server')}", "--use-workload-api-timeout=30s",
-               f"--allow-uri={CLIENT_ID}", "--quiet=handshake-errs"]
+        cmd = [
+            str(gt),
+            "server",
+            f"--listen=127.0.0.1:{port}",
+            f"--target=unix:{backend}",
+            f"--use-workload-api-addr={api.address('server')}",
+            "--use-workload-api-timeout=30s",
+            f"--allow-uri={CLIENT_ID}",
+            "--quiet=handshake-errs",
+        ]
         try:
             with ghostunnel(cmd, log, (socket.AF_INET, ("127.0.0.1", port))):
                 yield port
@@ -131,19 +137,30 @@ def test_request_passes_end_to_end_through_ghostunnel(
 ) -> None:
     config = {
         "trust_domain": "example.org",
-        "entries": [entry(SERVER_ID, "socket:server"), entry(CLIENT_ID, "socket:client"),
-                    entry(ROGUE_ID, "socket:rogue")],
+        "entries": [
+            entry(SERVER_ID, "socket:server"),
+            entry(CLIENT_ID, "socket:client"),
+            entry(ROGUE_ID, "socket:rogue"),
+        ],
     }
     backend = short_dir / "backend.sock"
-    with running_workload_api(config, tmp_path, sockets=("server", "client", "rogue")) as api, \
-            http_backend(backend), \
-            tunnel_server(ghostunnel_bin, api, backend, tmp_path / "gt-server.log") as port:
+    with (
+        running_workload_api(config, tmp_path, sockets=("server", "client", "rogue")) as api,
+        http_backend(backend),
+        tunnel_server(ghostunnel_bin, api, backend, tmp_path / "gt-server.log") as port,
+    ):
         results = {}
         for name in ("client", "rogue"):
             listen = short_dir / f"{name}.sock"
-            cmd = [str(ghostunnel_bin), "client", f"--listen=unix:{listen}", f"--target=127.0.0.1:{port}",
-                   f"--use-workload-api-addr={api.address(name)}", "--use-workload-api-timeout=30s",
-                   f"--verify-uri={SERVER_ID}"]
+            cmd = [
+                str(ghostunnel_bin),
+                "client",
+                f"--listen=unix:{listen}",
+                f"--target=127.0.0.1:{port}",
+                f"--use-workload-api-addr={api.address(name)}",
+                "--use-workload-api-timeout=30s",
+                f"--verify-uri={SERVER_ID}",
+            ]
             with ghostunnel(cmd, tmp_path / f"gt-{name}.log", (socket.AF_UNIX, str(listen))):
                 try:
                     results[name] = _http_get(listen)

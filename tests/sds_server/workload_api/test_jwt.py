@@ -46,8 +46,12 @@ def _forge(header: dict[str, object], claims: dict[str, object], sign: bool = Tr
 
 
 def _claims(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {"sub": str(SID), "aud": ["svc"], "exp": int(_now().timestamp()) + 300,
-                               "iat": int(_now().timestamp())}
+    base: dict[str, object] = {
+        "sub": str(SID),
+        "aud": ["svc"],
+        "exp": int(_now().timestamp()) + 300,
+        "iat": int(_now().timestamp()),
+    }
     base.update(over)
     return base
 
@@ -82,26 +86,50 @@ def test_jwks_keys_have_kid_and_jwt_svid_use() -> None:
 @pytest.mark.parametrize(
     ("token_factory", "message"),
     [
-        (lambda: _forge({"alg": "none", "kid": CA.current.jwt_key.kid}, _claims(), sign=False),
-         r"^token header alg: 'none': must be one of .* \(JWT-SVID §2.1\)$"),
-        (lambda: _forge({"alg": "HS256", "kid": CA.current.jwt_key.kid}, _claims()),
-         r"^token header alg: 'HS256': must be one of"),
-        (lambda: _forge({"alg": "ES256", "kid": "nope"}, _claims()),
-         r"^token header kid: 'nope': no such key in the trust domain's JWT bundle$"),
-        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(aud=["x"])),
-         r"^token claim aud: \['x'\]: does not contain the audience 'svc'$"),
-        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(exp=1000)),
-         r"^token claim exp: 1000: token has expired \(JWT-SVID §3.3\)$"),
-        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(sub="spiffe://other.org/a")),
-         r"^token claim sub: 'spiffe://other.org/a': no JWT bundle for trust domain 'other.org'$"),
-        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(sub="spiffe://example.org")),
-         r"^token claim sub: 'spiffe://example.org': a workload SPIFFE ID needs a path"),
-        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(aud=[])),
-         r"^token claim aud: \[\]: required, one or more strings"),
-        (lambda: CA.mint_jwt_svid(SID, ["svc"], timedelta(minutes=5))[:-4] + "AAAA",
-         r"^token signature: <redacted>: does not verify with the bundle key$"),
-        (lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid, "typ": "at+jwt"}, _claims()),
-         r"^token header typ: 'at\+jwt': if set, must be 'JWT' or 'JOSE' \(JWT-SVID §2.3\)$"),
+        (
+            lambda: _forge({"alg": "none", "kid": CA.current.jwt_key.kid}, _claims(), sign=False),
+            r"^token header alg: 'none': must be one of .* \(JWT-SVID §2.1\)$",
+        ),
+        (
+            lambda: _forge({"alg": "HS256", "kid": CA.current.jwt_key.kid}, _claims()),
+            r"^token header alg: 'HS256': must be one of",
+        ),
+        (
+            lambda: _forge({"alg": "ES256", "kid": "nope"}, _claims()),
+            r"^token header kid: 'nope': no such key in the trust domain's JWT bundle$",
+        ),
+        (
+            lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(aud=["x"])),
+            r"^token claim aud: \['x'\]: does not contain the audience 'svc'$",
+        ),
+        (
+            lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(exp=1000)),
+            r"^token claim exp: 1000: token has expired \(JWT-SVID §3.3\)$",
+        ),
+        (
+            lambda: _forge(
+                {"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(sub="spiffe://other.org/a")
+            ),
+            r"^token claim sub: 'spiffe://other.org/a': no JWT bundle for trust domain 'other.org'$",
+        ),
+        (
+            lambda: _forge(
+                {"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(sub="spiffe://example.org")
+            ),
+            r"^token claim sub: 'spiffe://example.org': a workload SPIFFE ID needs a path",
+        ),
+        (
+            lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid}, _claims(aud=[])),
+            r"^token claim aud: \[\]: required, one or more strings",
+        ),
+        (
+            lambda: CA.mint_jwt_svid(SID, ["svc"], timedelta(minutes=5))[:-4] + "AAAA",
+            r"^token signature: <redacted>: does not verify with the bundle key$",
+        ),
+        (
+            lambda: _forge({"alg": "ES256", "kid": CA.current.jwt_key.kid, "typ": "at+jwt"}, _claims()),
+            r"^token header typ: 'at\+jwt': if set, must be 'JWT' or 'JOSE' \(JWT-SVID §2.3\)$",
+        ),
         (lambda: "a.b", r"^svid: 'a.b': not a JWS compact serialization"),
         (lambda: "", r"^svid: '': a JWT-SVID is required$"),
     ],
@@ -115,8 +143,10 @@ def test_invalid_tokens_are_refused(token_factory: object, message: str) -> None
 def test_rsa_and_pss_tokens_from_other_issuers_validate() -> None:
     key = rsa.generate_private_key(65537, 2048)
     keys: dict[TrustDomain, dict[str, PublicKey]] = {TD: {"r1": key.public_key()}}
-    for alg, pad in (("RS256", padding.PKCS1v15()),
-                     ("PS256", padding.PSS(padding.MGF1(hashes.SHA256()), hashes.SHA256.digest_size))):
+    for alg, pad in (
+        ("RS256", padding.PKCS1v15()),
+        ("PS256", padding.PSS(padding.MGF1(hashes.SHA256()), hashes.SHA256.digest_size)),
+    ):
         head = _b64(json.dumps({"alg": alg, "kid": "r1"}).encode()) + "."
         head += _b64(json.dumps(_claims()).encode())
         token = head + "." + _b64(key.sign(head.encode(), pad, hashes.SHA256()))

@@ -69,26 +69,42 @@ class InThread:
             raise self._error
 
 
-
 def _config(sock: Path) -> workload_api.Config:
-    return parse_config({"trust_domain": "example.org", "entries": [entry(A, UID)]}, base=sock.parent,
-                        sockets=[SocketConfig("default", sock)])
+    return parse_config(
+        {"trust_domain": "example.org", "entries": [entry(A, UID)]},
+        base=sock.parent,
+        sockets=[SocketConfig("default", sock)],
+    )
 
 
 def test_public_names_are_pinned() -> None:
     assert workload_api.__all__ == sorted(workload_api.__all__)
     assert set(workload_api.__all__) == {
-        "CaError", "Config", "ConfigError", "Entry", "JwtSvidError", "LocalCa", "SocketConfig",
-        "SocketError", "Upstream", "WorkloadApiError", "WorkloadApiServer", "X509Svid", "load_config",
-        "parse_config", "serve",
+        "CaError",
+        "Config",
+        "ConfigError",
+        "Entry",
+        "JwtSvidError",
+        "LocalCa",
+        "SocketConfig",
+        "SocketError",
+        "Upstream",
+        "WorkloadApiError",
+        "WorkloadApiServer",
+        "X509Svid",
+        "load_config",
+        "parse_config",
+        "serve",
     }
 
 
 def test_ca_rotation_is_pushed_with_overlapping_bundle_and_no_key_material_in_logs() -> None:
     with short_dir() as d, structlog.testing.capture_logs() as logs:
         sock = d / "api.sock"
-        with InThread(WorkloadApiServer(_config(sock))) as running, \
-                WorkloadApiClient("unix://" + str(sock)) as client:
+        with (
+            InThread(WorkloadApiServer(_config(sock))) as running,
+            WorkloadApiClient("unix://" + str(sock)) as client,
+        ):
             updates: list[X509Context] = []
             handler = client.stream_x509_contexts(updates.append, lambda exc: None)
             try:
@@ -119,8 +135,9 @@ def test_ca_rotation_is_pushed_with_overlapping_bundle_and_no_key_material_in_lo
     assert {f"workload_api.{e}" for e in expected} <= events
     secrets = []
     for key in keys:
-        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         secrets += [base64.b64encode(der).decode()[:48], der.hex()[:48]]
     text = repr(logs)
     assert "PRIVATE KEY" not in text
@@ -135,7 +152,8 @@ def test_serve_with_ready_and_stop_events() -> None:
         ready = threading.Event()
         stop = asyncio.Event()
         thread = threading.Thread(
-            target=lambda: loop.run_until_complete(serve(config, ready=ready, stop=stop)))
+            target=lambda: loop.run_until_complete(serve(config, ready=ready, stop=stop))
+        )
         thread.start()
         try:
             assert ready.wait(30)
@@ -153,8 +171,9 @@ def test_reload_cannot_change_the_trust_domain() -> None:
     with short_dir() as d:
         sock = d / "api.sock"
         with InThread(WorkloadApiServer(_config(sock))) as running:
-            other = parse_config({"trust_domain": "other.org"}, base=d,
-                                 sockets=[SocketConfig("default", sock)])
+            other = parse_config(
+                {"trust_domain": "other.org"}, base=d, sockets=[SocketConfig("default", sock)]
+            )
             with pytest.raises(workload_api.CaError, match=r"^trust_domain: 'other.org': cannot change"):
                 running.call(lambda: running.server.reload(other))
 

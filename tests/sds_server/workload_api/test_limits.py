@@ -97,8 +97,9 @@ def test_open_calls_per_uid_are_capped(tmp_path: Path) -> None:
         running_workload_api(CONFIG, tmp_path, extra_args=["--max-streams-per-uid", "2"]) as api,
         raw_stub(api.socket()) as stub,
     ):
-        streams = [stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30)
-                   for _ in range(2)]
+        streams = [
+            stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30) for _ in range(2)
+        ]
         for s in streams:
             assert next(s).svids[0].spiffe_id == A
         third = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30)
@@ -160,5 +161,9 @@ def test_listen_backlog_applies(tmp_path: Path) -> None:
                 c.close()
         assert queued == 600
         with raw_stub(api.socket()) as stub:  # and it serves afterwards
-            assert next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER,
-                                           timeout=30)).svids[0].spiffe_id == A
+            assert (
+                next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=30))
+                .svids[0]
+                .spiffe_id
+                == A
+            )

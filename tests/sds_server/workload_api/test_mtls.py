@@ -48,10 +48,16 @@ def _fetch_identity(api: WorkloadApiHandle, socket_name: str, d: Path) -> Identi
     svid = ctx.default_svid
     bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
     assert bundle is not None
-    key_pem = svid.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption())
-    return _write_identity(d, socket_name, b"".join(pem(c) for c in svid.cert_chain), key_pem,
-                           b"".join(pem(c) for c in bundle.x509_authorities))
+    key_pem = svid.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return _write_identity(
+        d,
+        socket_name,
+        b"".join(pem(c) for c in svid.cert_chain),
+        key_pem,
+        b"".join(pem(c) for c in bundle.x509_authorities),
+    )
 
 
 def _foreign_identity(d: Path, real_bundle: Path) -> Identity:
@@ -60,16 +66,21 @@ def _foreign_identity(d: Path, real_bundle: Path) -> Identity:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(MALLORY)]), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(digital_signature=True), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return _write_identity(d, "mallory", pem(leaf), key_pem, real_bundle.read_bytes())
 
 
@@ -110,8 +121,10 @@ def _mtls(server: Identity, client: Identity) -> tuple[str | Exception, str | Ex
     thread = threading.Thread(target=serve, name="mtls-server")
     thread.start()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                _context(client, ssl.PROTOCOL_TLS_CLIENT).wrap_socket(raw) as conn:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            _context(client, ssl.PROTOCOL_TLS_CLIENT).wrap_socket(raw) as conn,
+        ):
             peer = _peer_spiffe_id(conn)
             data = conn.recv(1024)  # TLS 1.3: a refused client certificate surfaces here
             assert data.startswith(b"hello ")

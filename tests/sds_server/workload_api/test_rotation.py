@@ -68,14 +68,18 @@ def test_svids_rotate_within_half_their_ttl_and_are_pushed(tmp_path: Path) -> No
 
 
 def test_sigusr1_re_mints_every_svid_and_pushes_on_all_sockets(tmp_path: Path) -> None:
-    config = {"trust_domain": "example.org", "svid_ttl": "1h",
-              "entries": [entry(A, UID, "socket:a"), entry(B, "socket:b")]}
+    config = {
+        "trust_domain": "example.org",
+        "svid_ttl": "1h",
+        "entries": [entry(A, UID, "socket:a"), entry(B, "socket:b")],
+    }
     with running_workload_api(config, tmp_path, sockets=("a", "b")) as api:
         sources = {n: X509Source(socket_path=api.address(n), timeout_in_seconds=10) for n in ("a", "b")}
         try:
             before = {n: s.get_x509_context().default_svid.leaf.serial_number for n, s in sources.items()}
             api.rotate()
             for name, source in sources.items():
+
                 def renewed(s: X509Source = source, n: str = name) -> bool:
                     return bool(s.get_x509_context().default_svid.leaf.serial_number != before[n])
 
@@ -92,8 +96,10 @@ def test_sighup_reload_pushes_new_entries_and_federation(tmp_path: Path) -> None
     partner, _ = self_signed_ca("partner")
     (tmp_path / "partner.pem").write_bytes(pem(partner))
     config = {"trust_domain": "example.org", "svid_ttl": "1h", "entries": [entry(A, UID, "socket:a")]}
-    with running_workload_api(config, tmp_path, sockets=("a", "b")) as api, \
-            WorkloadApiClient(api.address("a")) as client:
+    with (
+        running_workload_api(config, tmp_path, sockets=("a", "b")) as api,
+        WorkloadApiClient(api.address("a")) as client,
+    ):
         rec = Recorder()
         handler = client.stream_x509_contexts(rec.on_update, rec.on_error)
         try:
@@ -101,8 +107,11 @@ def test_sighup_reload_pushes_new_entries_and_federation(tmp_path: Path) -> None
             assert [str(s.spiffe_id) for s in first.x509_svids] == [A]
             new_config = {
                 **config,
-                "entries": [entry(A, UID, "socket:a", federates_with=["partner.org"]),
-                            entry(A2, "socket:a"), entry(B, "socket:b")],
+                "entries": [
+                    entry(A, UID, "socket:a", federates_with=["partner.org"]),
+                    entry(A2, "socket:a"),
+                    entry(B, "socket:b"),
+                ],
                 "federation": {"partner.org": "partner.pem"},
             }
             api.reload(new_config)
@@ -116,8 +125,13 @@ def test_sighup_reload_pushes_new_entries_and_federation(tmp_path: Path) -> None
             with WorkloadApiClient(api.address("b")) as client_b:
                 assert str(client_b.fetch_x509_svid().spiffe_id) == B
             # removing the federation again pushes a context without the partner bundle
-            api.reload({**new_config, "entries": [entry(A, UID, "socket:a"), entry(A2, "socket:a")],
-                        "federation": {}})
+            api.reload(
+                {
+                    **new_config,
+                    "entries": [entry(A, UID, "socket:a"), entry(A2, "socket:a")],
+                    "federation": {},
+                }
+            )
             last = wait_for(lambda: rec.updates[2:3], 10, "the federation removal")[0][1]
             assert last.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain("partner.org")) is None
         finally:
@@ -132,8 +146,10 @@ def test_reload_with_a_bad_config_keeps_serving(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="rejected"):
             api.reload(bad)
         failed = api.events("workload_api.config.reload_failed")
-        assert "entries[0].spiffe_id: 'spiffe://example.org//x': path cannot contain empty segments" in \
-            failed[-1]["error"]
+        assert (
+            "entries[0].spiffe_id: 'spiffe://example.org//x': path cannot contain empty segments"
+            in failed[-1]["error"]
+        )
         with WorkloadApiClient(api.address()) as client:
             assert str(client.fetch_x509_svid().spiffe_id) == A
 

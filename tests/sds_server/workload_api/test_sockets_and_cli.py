@@ -24,10 +24,14 @@ A = "spiffe://example.org/a"
 CONFIG = {"trust_domain": "example.org", "entries": [entry(A, UID)]}
 
 
-
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", "--log-format", "json", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _write(path: Path, data: object) -> Path:
@@ -36,20 +40,24 @@ def _write(path: Path, data: object) -> Path:
 
 
 def test_config_errors_exit_2_with_every_path(tmp_path: Path, short_dir: Path) -> None:
-    bad = _write(tmp_path / "bad.yaml", {
-        "trust_domain": "example.org",
-        "svid_ttl": "fortnight",
-        "entries": [
-            {"spiffe_id": "spiffe://example.org/ok", "selectors": ["unix:uid:0"]},
-            {"spiffe_id": "spiffe://example.org/a", "selectors": ["socket:nope"]},
-            {"spiffe_id": "spiffe://x//a", "selectors": ["unix:uid:0"]},
-        ],
-    })
+    bad = _write(
+        tmp_path / "bad.yaml",
+        {
+            "trust_domain": "example.org",
+            "svid_ttl": "fortnight",
+            "entries": [
+                {"spiffe_id": "spiffe://example.org/ok", "selectors": ["unix:uid:0"]},
+                {"spiffe_id": "spiffe://example.org/a", "selectors": ["socket:nope"]},
+                {"spiffe_id": "spiffe://x//a", "selectors": ["unix:uid:0"]},
+            ],
+        },
+    )
     out = _cli("workload-api", "serve", "--config", str(bad), "--socket", str(short_dir / "s.sock"))
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"error: {bad}: 3 problems:\n"), out.stderr
-    assert "  svid_ttl: 'fortnight': must be a duration like '90s', '10m', '1h' or integer seconds" \
-        in out.stderr
+    assert (
+        "  svid_ttl: 'fortnight': must be a duration like '90s', '10m', '1h' or integer seconds" in out.stderr
+    )
     assert "  entries[2].spiffe_id: 'spiffe://x//a': path cannot contain empty segments ('//')" in out.stderr
     assert "  entries[1].selectors: 'socket:nope': no socket named 'nope' (sockets: default)" in out.stderr
     assert "  entries[2].spiffe_id: 'spiffe://x//a': must be in the trust domain" not in out.stderr

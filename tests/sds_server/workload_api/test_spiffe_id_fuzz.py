@@ -18,7 +18,8 @@ trust_domains = st.text(TD_CHARS, min_size=1, max_size=40)
 segments = st.text(PATH_CHARS, min_size=1, max_size=30).filter(lambda s: s not in (".", ".."))
 valid_ids = st.builds(
     lambda td, segs: "spiffe://" + td + "".join("/" + s for s in segs),
-    trust_domains, st.lists(segments, min_size=1, max_size=8),
+    trust_domains,
+    st.lists(segments, min_size=1, max_size=8),
 )
 # Mutations of valid IDs hit the interesting boundaries far more often than random text.
 noise = st.sampled_from([*list("/.:@?#%A Z\x00é\u200b"), "//", "/./", "/../", "spiffe://", "SPIFFE"])

@@ -26,40 +26,69 @@ def test_leaf_without_basic_constraints_is_not_a_ca() -> None:
     ("chain", "message"),
     [
         ([], "chain: []: an X509-SVID chain needs at least the leaf certificate"),
-        ([leaf([])], "chain[0] URI SANs: []: an X509-SVID must have exactly one URI SAN, its SPIFFE ID "
-                     "(X509-SVID §2)"),
-        ([leaf(["spiffe://example.org/a", "spiffe://example.org/b"])],
-         "chain[0] URI SANs: ['spiffe://example.org/a', 'spiffe://example.org/b']: an X509-SVID must have "
-         "exactly one URI SAN, its SPIFFE ID (X509-SVID §2)"),
-        ([leaf(["spiffe://example.org//a"])],
-         "chain[0] URI SAN: 'spiffe://example.org//a': path cannot contain empty segments ('//')"),
-        ([leaf(["https://example.org/a"])],
-         "chain[0] URI SAN: 'https://example.org/a': scheme must be 'spiffe' (IDs start with 'spiffe://')"),
-        ([leaf(["spiffe://example.org"])],
-         "chain[0] URI SAN: 'spiffe://example.org': a workload SPIFFE ID needs a path "
-         "(e.g. 'spiffe://td/ns/x/sa/y')"),
-        ([leaf(ca=True)],
-         "chain[0] basicConstraints: 'cA=true': a leaf X509-SVID must not be a CA (X509-SVID §4.1)"),
-        ([leaf(usage=None)],
-         "chain[0] keyUsage: 'absent': an X509-SVID or signing certificate must carry the keyUsage "
-         "extension (X509-SVID §4.3)"),
-        ([leaf(usage=key_usage(key_encipherment=True))],
-         "chain[0] keyUsage: 'digitalSignature not set': a leaf X509-SVID must set digitalSignature "
-         "(X509-SVID §4.3)"),
-        ([leaf(usage=key_usage(digital_signature=True, key_cert_sign=True))],
-         "chain[0] keyUsage: 'keyCertSign set': a leaf X509-SVID must not set keyCertSign (X509-SVID §4.3)"),
-        ([leaf(usage=key_usage(digital_signature=True, crl_sign=True))],
-         "chain[0] keyUsage: 'cRLSign set': a leaf X509-SVID must not set cRLSign (X509-SVID §4.3)"),
-        ([leaf(), signing(ca=False)],
-         "chain[1] basicConstraints: 'cA=false': a signing certificate must be a CA (X509-SVID §4.1)"),
-        ([leaf(), signing(ca=None)],
-         "chain[1] basicConstraints: 'absent': a signing certificate must be a CA (X509-SVID §4.1)"),
-        ([leaf(), signing(usage=key_usage(digital_signature=True, crl_sign=True))],
-         "chain[1] keyUsage: 'keyCertSign not set': a signing certificate must set keyCertSign "
-         "(X509-SVID §4.3)"),
-        ([leaf(), signing(["spiffe://example.org/intermediate"])],
-         "chain[1] URI SAN: 'spiffe://example.org/intermediate': a signing certificate must not carry a "
-         "SPIFFE ID with a path (X509-SVID §3)"),
+        (
+            [leaf([])],
+            "chain[0] URI SANs: []: an X509-SVID must have exactly one URI SAN, its SPIFFE ID (X509-SVID §2)",
+        ),
+        (
+            [leaf(["spiffe://example.org/a", "spiffe://example.org/b"])],
+            "chain[0] URI SANs: ['spiffe://example.org/a', 'spiffe://example.org/b']: an X509-SVID must have "
+            "exactly one URI SAN, its SPIFFE ID (X509-SVID §2)",
+        ),
+        (
+            [leaf(["spiffe://example.org//a"])],
+            "chain[0] URI SAN: 'spiffe://example.org//a': path cannot contain empty segments ('//')",
+        ),
+        (
+            [leaf(["https://example.org/a"])],
+            "chain[0] URI SAN: 'https://example.org/a': scheme must be 'spiffe' (IDs start with 'spiffe://')",
+        ),
+        (
+            [leaf(["spiffe://example.org"])],
+            "chain[0] URI SAN: 'spiffe://example.org': a workload SPIFFE ID needs a path "
+            "(e.g. 'spiffe://td/ns/x/sa/y')",
+        ),
+        (
+            [leaf(ca=True)],
+            "chain[0] basicConstraints: 'cA=true': a leaf X509-SVID must not be a CA (X509-SVID §4.1)",
+        ),
+        (
+            [leaf(usage=None)],
+            "chain[0] keyUsage: 'absent': an X509-SVID or signing certificate must carry the keyUsage "
+            "extension (X509-SVID §4.3)",
+        ),
+        (
+            [leaf(usage=key_usage(key_encipherment=True))],
+            "chain[0] keyUsage: 'digitalSignature not set': a leaf X509-SVID must set digitalSignature "
+            "(X509-SVID §4.3)",
+        ),
+        (
+            [leaf(usage=key_usage(digital_signature=True, key_cert_sign=True))],
+            "chain[0] keyUsage: 'keyCertSign set': a leaf X509-SVID must not set keyCertSign "
+            "(X509-SVID §4.3)",
+        ),
+        (
+            [leaf(usage=key_usage(digital_signature=True, crl_sign=True))],
+            "chain[0] keyUsage: 'cRLSign set': a leaf X509-SVID must not set cRLSign (X509-SVID §4.3)",
+        ),
+        (
+            [leaf(), signing(ca=False)],
+            "chain[1] basicConstraints: 'cA=false': a signing certificate must be a CA (X509-SVID §4.1)",
+        ),
+        (
+            [leaf(), signing(ca=None)],
+            "chain[1] basicConstraints: 'absent': a signing certificate must be a CA (X509-SVID §4.1)",
+        ),
+        (
+            [leaf(), signing(usage=key_usage(digital_signature=True, crl_sign=True))],
+            "chain[1] keyUsage: 'keyCertSign not set': a signing certificate must set keyCertSign "
+            "(X509-SVID §4.3)",
+        ),
+        (
+            [leaf(), signing(["spiffe://example.org/intermediate"])],
+            "chain[1] URI SAN: 'spiffe://example.org/intermediate': a signing certificate must not carry a "
+            "SPIFFE ID with a path (X509-SVID §3)",
+        ),
     ],
 )
 def test_profile_violations(chain: list[x509.Certificate], message: str) -> None:
