@@ -64,9 +64,11 @@ __all__ = [
     "SpireError",
     "SpireServer",
     "agent_alias",
+    "connectable",
     "local_spire",
     "render_agent_hcl",
     "render_server_hcl",
+    "stop_process",
 ]
 
 START_TIMEOUT = 60.0
@@ -203,7 +205,8 @@ def _free_port() -> int:
         return port
 
 
-def _connectable(path: Path) -> bool:
+def connectable(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket ``path`` (a readiness probe)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
         try:
@@ -211,6 +214,19 @@ def _connectable(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
+    """Stop ``proc`` as a shutdown, not an outage: SIGTERM, then SIGKILL after ``timeout`` seconds;
+    reap it and return its exit code (a process that already exited is only reaped)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
 
 
 class _Process:
@@ -255,15 +271,9 @@ class _Process:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        code = stop_process(proc, timeout)
         self.proc = None
-        return proc.returncode
+        return code
 
     def kill(self) -> None:
         """SIGKILL (an outage, not a shutdown) and reap."""
@@ -362,7 +372,7 @@ class SpireServer:
         while time.monotonic() < deadline:
             if not self._process.running():
                 return False
-            if _connectable(self.socket_path):
+            if connectable(self.socket_path):
                 probe = self._run(["healthcheck"], check=False, timeout=10)
                 if probe.returncode == 0:
                     return True
@@ -548,7 +558,7 @@ class SpireAgent:
         while time.monotonic() < deadline:
             if not self._process.running():
                 break
-            if _connectable(self.socket_path) and self._healthy():
+            if connectable(self.socket_path) and self._healthy():
                 return self
             time.sleep(0.1)
         log = self._process.logs()

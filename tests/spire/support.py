@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,13 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.spire_local import SpireServer
+import pytest
+
+from bridge.spire_local import SpireServer, connectable, stop_process
 
 NOBODY = 65534
 STRANGER = 65533  # a uid no entry selects
 MESH_ID = "spiffe://example.org/ns/default/sa/httpbin"
 CLIENT_ID = "spiffe://example.org/external/scone-app"
 T = TypeVar("T")
+
+# The marks of a suite that runs a whole mesh: Envoy, SPIRE, and Ghostunnel clients under other uids.
+WHOLE_MESH = [
+    pytest.mark.usefixtures("envoy_bin", "spire_server_bin", "spire_agent_bin", "ghostunnel_bin"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients under uids the entries select"),
+    pytest.mark.slow,
+]
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
@@ -35,16 +43,6 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def connectable(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 class SdsProcess:
@@ -87,13 +85,8 @@ class SdsProcess:
         return bool(self.events("sds.listening"))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 15)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -206,13 +199,7 @@ def ghostunnel_client(
             wait_for(f"ghostunnel {name} listening", up, 30)
         yield proc, listen
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 10)
 
 
 def http_get_unix(

@@ -6,7 +6,7 @@ refused while a local client still gets in."""
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,14 @@ from tests.spire.support import (
     CLIENT_ID,
     MESH_ID,
     NOBODY,
+    WHOLE_MESH,
     ghostunnel_client,
     http_get_unix,
     sds_serve,
 )
 from tests.support.envoy import echo_backend
 
-pytestmark = [
-    pytest.mark.usefixtures("envoy_bin", "spire_server_bin", "spire_agent_bin", "ghostunnel_bin"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients under uids the entries select"),
-    pytest.mark.slow,
-]
+pytestmark = WHOLE_MESH
 
 PARTNER_ID = "spiffe://partner.org/external/app"
 
@@ -74,25 +71,17 @@ def test_federated_bundle_reaches_envoy_partner_admitted_then_refused_after_bund
                 envoy.wait_secret(
                     secret_name, lambda s: _trust_domains(s) == {"example.org", "partner.org"}, timeout=30
                 )
+                client = partial(
+                    ghostunnel_client,
+                    ghostunnel_bin,
+                    uid=NOBODY,
+                    target_port=port,
+                    verify_uri=MESH_ID,
+                    directory=short_dir,
+                )
                 with (
-                    ghostunnel_client(
-                        ghostunnel_bin,
-                        uid=NOBODY,
-                        workload_api=partner.agent.address,
-                        target_port=port,
-                        verify_uri=MESH_ID,
-                        directory=short_dir,
-                        name="partner",
-                    ) as (_, partner_listen),
-                    ghostunnel_client(
-                        ghostunnel_bin,
-                        uid=NOBODY,
-                        workload_api=mesh.agent.address,
-                        target_port=port,
-                        verify_uri=MESH_ID,
-                        directory=short_dir,
-                        name="local",
-                    ) as (_, local_listen),
+                    client(workload_api=partner.agent.address, name="partner") as (_, partner_listen),
+                    client(workload_api=mesh.agent.address, name="local") as (_, local_listen),
                 ):
                     status, body = http_get_unix(partner_listen)
                     assert status == 200, body

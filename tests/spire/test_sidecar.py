@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bridge.envoy import EnvoyProcess, sidecar_bootstrap
 from bridge.spire_local import LocalSpire, ServerSettings, local_spire
@@ -24,6 +23,7 @@ from tests.spire.support import (
     MESH_ID,
     NOBODY,
     STRANGER,
+    WHOLE_MESH,
     SdsProcess,
     create_mesh_entries,
     ghostunnel_client,
@@ -33,11 +33,7 @@ from tests.spire.support import (
 )
 from tests.support.envoy import echo_backend
 
-pytestmark = [
-    pytest.mark.usefixtures("envoy_bin", "spire_server_bin", "spire_agent_bin", "ghostunnel_bin"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients under uids the entries select"),
-    pytest.mark.slow,
-]
+pytestmark = WHOLE_MESH
 
 
 @dataclass
@@ -50,6 +46,20 @@ class Mesh:
 
     def serials(self) -> set[str]:
         return self.envoy.cert_serials()
+
+    def client(
+        self, ghostunnel: Path, *, uid: int = NOBODY, **options: Any
+    ) -> AbstractContextManager[tuple[subprocess.Popen[bytes], Path]]:
+        """A Ghostunnel client as ``uid`` with its SVID from this mesh's agent, to the sidecar's listener."""
+        return ghostunnel_client(
+            ghostunnel,
+            uid=uid,
+            workload_api=self.spire.agent.address,
+            target_port=self.port,
+            verify_uri=MESH_ID,
+            directory=self.directory,
+            **options,
+        )
 
 
 @contextmanager
@@ -98,14 +108,7 @@ def test_spire_svids_reach_envoy_and_the_registered_client_gets_200(
         secrets = mesh.envoy.active_secrets()
         assert secrets.keys() >= {"default", "ROOTCA"}
         assert MESH_ID in _default_san(mesh.envoy)
-        with ghostunnel_client(
-            ghostunnel_bin,
-            uid=NOBODY,
-            workload_api=mesh.spire.agent.address,
-            target_port=mesh.port,
-            verify_uri=MESH_ID,
-            directory=short_dir,
-        ) as (_, listen):
+        with mesh.client(ghostunnel_bin) as (_, listen):
             status, body = http_get_unix(listen)
         assert status == 200, body
         xfcc = body["headers"]["x-forwarded-client-cert"]
@@ -115,17 +118,10 @@ def test_spire_svids_reach_envoy_and_the_registered_client_gets_200(
         # A uid no entry selects gets no SVID from the agent: its Ghostunnel never listens, and Envoy
         # sees no connection from it.
         before = _handshakes(mesh.envoy)
-        with ghostunnel_client(
-            ghostunnel_bin,
-            uid=STRANGER,
-            workload_api=mesh.spire.agent.address,
-            target_port=mesh.port,
-            verify_uri=MESH_ID,
-            directory=short_dir,
-            name="stranger",
-            wait=False,
-            api_timeout="3s",
-        ) as (proc, listen):
+        with mesh.client(ghostunnel_bin, uid=STRANGER, name="stranger", wait=False, api_timeout="3s") as (
+            proc,
+            listen,
+        ):
             code = proc.wait(60)
         assert code != 0
         assert not listen.exists()
@@ -142,14 +138,7 @@ def test_short_ttl_rotation_reaches_envoy_without_restart_while_requests_succeed
         first = mesh.serials()
         failures = 0
         requests = 0
-        with ghostunnel_client(
-            ghostunnel_bin,
-            uid=NOBODY,
-            workload_api=mesh.spire.agent.address,
-            target_port=mesh.port,
-            verify_uri=MESH_ID,
-            directory=short_dir,
-        ) as (_, listen):
+        with mesh.client(ghostunnel_bin) as (_, listen):
             deadline = time.monotonic() + 45
             while time.monotonic() < deadline and requests < 2000:
                 status, _ = http_get_unix(listen)
@@ -173,14 +162,7 @@ def test_agent_killed_and_restarted_under_load_no_failed_request_no_expired_cert
     short_dir: Path, ghostunnel_bin: Path
 ) -> None:
     with mesh_with_spire(short_dir, mesh_ttl=30) as mesh:
-        with ghostunnel_client(
-            ghostunnel_bin,
-            uid=NOBODY,
-            workload_api=mesh.spire.agent.address,
-            target_port=mesh.port,
-            verify_uri=MESH_ID,
-            directory=short_dir,
-        ) as (_, listen):
+        with mesh.client(ghostunnel_bin) as (_, listen):
             stop = threading.Event()
             results: list[int] = []
             expired_seen: list[str] = []
@@ -244,14 +226,7 @@ def test_entry_deleted_sds_says_permission_denied_keeps_svid_until_expiry_then_w
         )
         assert served, first["serving"]
         # still serving the last SVID: the registered client still gets in
-        with ghostunnel_client(
-            ghostunnel_bin,
-            uid=NOBODY,
-            workload_api=mesh.spire.agent.address,
-            target_port=mesh.port,
-            verify_uri=MESH_ID,
-            directory=short_dir,
-        ) as (_, listen):
+        with mesh.client(ghostunnel_bin) as (_, listen):
             withheld = mesh.sds.events("svid.expired.withheld")
             if not withheld:  # the SVID may have expired already on a slow machine
                 status, _ = http_get_unix(listen)

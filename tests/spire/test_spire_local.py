@@ -32,9 +32,11 @@ def test_public_surface() -> None:
         "SpireError",
         "SpireServer",
         "agent_alias",
+        "connectable",
         "local_spire",
         "render_agent_hcl",
         "render_server_hcl",
+        "stop_process",
     }
 
 

@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,8 @@ from typing import Any, TypeVar
 import grpc
 import yaml
 from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from bridge.spire_local import connectable, stop_process
 
 __all__ = [
     "HEADER",
@@ -72,18 +73,6 @@ CONFIG_NAME = "workload-api.yaml"
 LOG_NAME = "workload-api.log"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
-
-
-def _connectable(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
 
 
 class WorkloadApiHandle:
@@ -174,7 +163,7 @@ class WorkloadApiHandle:
                     f"workload-api serve exited with {self.process.returncode} during start:\n{self.logs()}"
                 )
             if self._count("workload_api.started") >= 1 and all(
-                _connectable(p) for p in self._sockets.values()
+                connectable(p) for p in self._sockets.values()
             ):
                 return
             if time.monotonic() > deadline:
@@ -184,17 +173,7 @@ class WorkloadApiHandle:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM and wait (SIGKILL after ``timeout``); return the exit code."""
-        proc = self.process
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        return proc.returncode
+        return None if self.process is None else stop_process(self.process, timeout)
 
     def restart(self) -> None:
         """Stop, then start with the same arguments."""
