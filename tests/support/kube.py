@@ -26,7 +26,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bridge import spire_local
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
@@ -172,18 +174,41 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+    spire_local.stop_process(proc, STOP_TIMEOUT)
 
 
 def _port_taken(log: Path) -> bool:
     text = log.read_text(errors="replace") if log.exists() else ""
     return "address already in use" in text
+
+
+@contextlib.contextmanager
+def _started(
+    launch: Callable[[], tuple[list[str], str]],
+    health: str,
+    log_stem: Path,
+    ssl_context: ssl.SSLContext | None,
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, str]]:
+    """Run ``launch()``'s command (fresh ports each attempt; it returns the command and the base URL),
+    logging to ``<log_stem>.<attempt>.log``, until ``<url><health>`` answers 200; start again with new
+    ports while the last start lost a port to another process; stopped on exit."""
+    for attempt in range(ATTEMPTS):
+        cmd, url = launch()
+        log = log_stem.with_name(f"{log_stem.name}.{attempt}.log")
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_http(f"{url}{health}", proc, log, ssl_context=ssl_context)
+        except KubeStartError:
+            stop_process(proc)
+            if _port_taken(log) and attempt + 1 < ATTEMPTS:
+                continue
+            raise
+        try:
+            yield proc, log, url
+        finally:
+            stop_process(proc)
+        return
 
 
 @dataclass
@@ -196,47 +221,36 @@ class Etcd:
 @contextlib.contextmanager
 def run_etcd(etcd: Path, workdir: Path) -> Iterator[Etcd]:
     """etcd on 127.0.0.1 (data in ``workdir/etcd``), stopped on exit."""
-    for attempt in range(ATTEMPTS):
+
+    def launch() -> tuple[list[str], str]:
         client_port, peer_port = free_ports(2)
         client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-        log = workdir / f"etcd.{attempt}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    str(etcd),
-                    "--name",
-                    "meshbridge-test",
-                    "--data-dir",
-                    str(workdir / "etcd"),
-                    "--listen-client-urls",
-                    client,
-                    "--advertise-client-urls",
-                    client,
-                    "--listen-peer-urls",
-                    peer,
-                    "--initial-advertise-peer-urls",
-                    peer,
-                    "--initial-cluster",
-                    f"meshbridge-test={peer}",
-                    "--unsafe-no-fsync",
-                    "--log-level",
-                    "warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_http(f"{client}/health", proc, log, ssl_context=None)
-        except KubeStartError:
-            stop_process(proc)
-            if _port_taken(log) and attempt + 1 < ATTEMPTS:
-                continue
-            raise
-        try:
-            yield Etcd(client, proc, log)
-        finally:
-            stop_process(proc)
-        return
+        return (
+            [
+                str(etcd),
+                "--name",
+                "meshbridge-test",
+                "--data-dir",
+                str(workdir / "etcd"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"meshbridge-test={peer}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+            client,
+        )
+
+    with _started(launch, "/health", workdir / "etcd", ssl_context=None) as (proc, log, url):
+        yield Etcd(url, proc, log)
 
 
 def _wait_http(
@@ -287,60 +301,48 @@ def run_apiserver(kube_apiserver: Path, etcd: Etcd, workdir: Path, prefix: str) 
     pki = KubePki.create(workdir / "pki")
     ctx = ssl.create_default_context(cafile=str(pki.ca))
     ctx.load_cert_chain(str(pki.dir / "admin.crt"), str(pki.dir / "admin.key"))
-    for attempt in range(ATTEMPTS):
+
+    def launch() -> tuple[list[str], str]:
         (port,) = free_ports(1)
-        url = f"https://127.0.0.1:{port}"
-        log = workdir / f"kube-apiserver.{attempt}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    str(kube_apiserver),
-                    "--etcd-servers",
-                    etcd.url,
-                    "--etcd-prefix",
-                    f"/{prefix}",
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--advertise-address",
-                    "127.0.0.1",
-                    "--secure-port",
-                    str(port),
-                    "--cert-dir",
-                    str(workdir / "generated"),
-                    "--tls-cert-file",
-                    str(pki.dir / "apiserver.crt"),
-                    "--tls-private-key-file",
-                    str(pki.dir / "apiserver.key"),
-                    "--client-ca-file",
-                    str(pki.ca),
-                    "--service-account-issuer",
-                    "https://kubernetes.default.svc.cluster.local",
-                    "--service-account-key-file",
-                    str(pki.dir / "sa.pub"),
-                    "--service-account-signing-key-file",
-                    str(pki.dir / "sa.key"),
-                    "--service-cluster-ip-range",
-                    SERVICE_CIDR,
-                    "--authorization-mode",
-                    "RBAC",
-                    "--profiling=false",
-                    "--v",
-                    "1",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_http(f"{url}/readyz", proc, log, ssl_context=ctx)
-        except KubeStartError:
-            stop_process(proc)
-            if _port_taken(log) and attempt + 1 < ATTEMPTS:
-                continue
-            raise
+        return (
+            [
+                str(kube_apiserver),
+                "--etcd-servers",
+                etcd.url,
+                "--etcd-prefix",
+                f"/{prefix}",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(port),
+                "--cert-dir",
+                str(workdir / "generated"),
+                "--tls-cert-file",
+                str(pki.dir / "apiserver.crt"),
+                "--tls-private-key-file",
+                str(pki.dir / "apiserver.key"),
+                "--client-ca-file",
+                str(pki.ca),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+                "--service-account-key-file",
+                str(pki.dir / "sa.pub"),
+                "--service-account-signing-key-file",
+                str(pki.dir / "sa.key"),
+                "--service-cluster-ip-range",
+                SERVICE_CIDR,
+                "--authorization-mode",
+                "RBAC",
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+            f"https://127.0.0.1:{port}",
+        )
+
+    with _started(launch, "/readyz", workdir / "kube-apiserver", ssl_context=ctx) as (proc, log, url):
         kubeconfig = workdir / "kubeconfig"
         _write_kubeconfig(kubeconfig, url, pki)
-        try:
-            yield ApiServer(url, kubeconfig, pki, proc, log)
-        finally:
-            stop_process(proc)
-        return
+        yield ApiServer(url, kubeconfig, pki, proc, log)
