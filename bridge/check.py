@@ -403,13 +403,7 @@ def _model_warnings(bridge: Bridge) -> list[str]:
             + ". Declare 'federation:' to give the apps their own trust domain, trusted only by their "
             "targets and refused by every other mesh service's DENY policy"
         )
-    for i, app in enumerate(bridge.apps):
-        if "outdated-tcb" in app.scone.tolerations and not app.scone.ignore_advisories:
-            warnings.append(
-                f"externalApps[{i}].scone ({app.name}): tolerates outdated-tcb without ignoreAdvisories: CAS "
-                "still refuses a platform whose TCB is outdated by a security advisory not listed in "
-                "ignore_advisories; list the INTEL-SA advisories you accept (or drop the toleration)"
-            )
+    # category tolerations without advisories: the renderer's warning (scone.session.attestation_advice)
     by_id: dict[str, list[str]] = {}
     for s in bridge.services:
         by_id.setdefault(s.spiffe_id, []).append(s.key)

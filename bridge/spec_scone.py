@@ -22,7 +22,8 @@ from bridge.model import (
     Target,
 )
 from bridge.spec_reader import Reader, suggest
-from scone.model import Toleration
+from scone.model import Attestation, Toleration
+from scone.session import attestation_problems
 
 __all__ = ["ghostunnel_ports", "ghostunnel_settings", "scone_settings"]
 
@@ -81,10 +82,9 @@ def scone_settings(
             r.bad(f"{path}.ignoreAdvisories[{k}]", value, "an advisory 'INTEL-SA-NNNNN', or '*' for all")
         elif value is not None:
             advisories.append(value)
-    if advisories and "outdated-tcb" not in tolerations:
-        r.note(
-            f"{path}.ignoreAdvisories", "only with tolerations: [outdated-tcb] (CAS reads them for that case)"
-        )
+    # the renderer's rules (scone.session.attestation_problems), reported at the spec's field
+    for problem in attestation_problems(Attestation(tuple(tolerations), tuple(advisories))):
+        r.note(f"{path}.ignoreAdvisories", problem.split(": ", 2)[-1])
     if mode == "ghostunnel":
         command = ""
         if "serviceName" in m:

@@ -78,6 +78,15 @@ class SvidStoreSessions:
     svid_session_prefix: str = "spire-svid-"
     bundle_session: str = "spire-ca"
     federated_bundles_session: str = "spire-federated-bundles"
+    svid_intermediates: bool = False
+    """``sconecas_sessionmanager`` at ufcg-lsd/spire 76ebd5c4 (the newest revision of
+    ``pkg/agent/plugin/svidstore/sconecas/scone.go``) splits the SVID chain: ``<\\svid>`` is the leaf
+    only, ``<\\svid-intermediates>`` the rest (``generateSVIDSessionText``: ``strings.SplitN(svidChain,
+    endCertificateStr, 2)``). The SVID template then carries an ``svid-intermediates`` x509-ca secret and
+    ``issuer: svid-intermediates``, so ``:chain`` holds SPIRE's intermediate under an UpstreamAuthority.
+    Off by default until the demo's CAS emulator models ``issuer``; ``False`` is also right for builds
+    before 76ebd5c4 (e.g. 354e6031), where ``<\\svid>`` is the whole chain and
+    ``<\\svid-intermediates>`` would stay in the session as literal text."""
     mesh_bundle_federated: bool = False
     """The apps live in their own trust domain, federated with the mesh's: the mesh's CA reaches them
     in the federated-bundles session (the bundles of the trust domains their entries federate with),

@@ -14,10 +14,13 @@ from scone.model import Attestation, RenderWarning, SvidStoreSessions
 from scone.svidstore import FEDERATED_BUNDLES_SECRET, SVID_SECRET, TRUST_BUNDLE_SECRET
 
 __all__ = [
+    "ADVISORY_CATEGORIES",
     "IDENTITY_PEM",
     "SERVER_CA_PEM",
     "SVID_CERT_CHAIN_PEM",
     "SVID_KEY_PEM",
+    "attestation_advice",
+    "attestation_problems",
     "attestation_section",
     "check_common",
     "mesh_ca_secret",
@@ -30,7 +33,15 @@ SVID_CERT_CHAIN_PEM = f"$$SCONE::{SVID_SECRET}:crt$$\n$$SCONE::{SVID_SECRET}:cha
 IDENTITY_PEM = f"{SVID_KEY_PEM}\n{SVID_CERT_CHAIN_PEM}"
 """Network-shield identity: PKCS#8 key, end-entity certificate, then the chain (shield docs)."""
 SERVER_CA_PEM = f"$$SCONE::{TRUST_BUNDLE_SECRET}:crt$$"
-"""The mesh trust bundle (SPIRE CA) imported from the SVIDStore bundle session (one trust domain)."""
+"""The mesh trust bundle (SPIRE CA) imported from the SVIDStore bundle session (one trust domain).
+
+The plugin writes every CA of the bundle into the one ``value`` of the
+``x509-ca`` secret (ufcg-lsd/spire ``pkg/agent/plugin/svidstore/sconecas/scone.go`` @76ebd5c4
+``postBundleIntoCAS(svidData.Bundle, …)``; the bundle is ``rawCertToPem(req.Svid.Bundle)``, all X.509
+authorities concatenated). During a SPIRE CA rotation the bundle holds the old and the new CA. The
+sconedocs describe ``:crt`` as *the* certificate and ``:chain`` as the rest; how CAS stores a multi-CA
+``x509-ca`` value is not documented. Unverified against a real CAS: if ``:crt`` yields only the first CA,
+apps trust only one CA during rotation (open item; the demo's CAS emulator assumes all)."""
 
 
 def mesh_ca_secret(sessions: SvidStoreSessions) -> tuple[str, str]:
@@ -113,6 +124,10 @@ def attestation_section(
                 )
             )
     advisories = attestation.ignore_advisories
+    for problem in attestation_problems(attestation):
+        problems.append(problem)
+    for field, value, message in attestation_advice(attestation):
+        warnings.append(RenderWarning(field, value, message))
     if advisories:
         for i, adv in enumerate(advisories):
             if not _ADVISORY.match(adv):
@@ -131,3 +146,50 @@ def attestation_section(
         else:
             body["ignore_advisories"] = list(advisories)
     return ({"attestation": body} if body else None), warnings
+
+
+ADVISORY_CATEGORIES = ("outdated-tcb", "software-hardening-needed", "insecure-configuration")
+"""Tolerations that are *categories* of Intel advisories (sconedocs 7.0 ``CAS_session_lang_0_3``,
+"Tolerating Hardware Attestation Issues": "This is a category for a collection of Intel SGX advisories,
+which need to be specified separately"; "they and their associated category … need to be specified
+explicitly"). Tolerating one without listing advisories tolerates nothing."""
+
+
+def attestation_problems(attestation: Attestation) -> list[str]:
+    """What CAS refuses or ignores in ``ignore_advisories`` (same rules for ``check`` and the renderer).
+
+    * advisories without a category toleration: CAS needs the category too (docs, above);
+    * ``"*"`` without ``debug-mode``: "wildcards cannot be used in (non-debug) production mode".
+    """
+    out: list[str] = []
+    advisories = attestation.ignore_advisories
+    if not advisories:
+        return out
+    if not any(c in attestation.tolerate for c in ADVISORY_CATEGORIES):
+        out.append(
+            f"attestation.ignore_advisories: {list(advisories)!r}: only with a toleration of their category "
+            f"({', '.join(ADVISORY_CATEGORIES)}): CAS ignores an advisory only when its category is tolerated"
+        )
+    if "*" in advisories and "debug-mode" not in attestation.tolerate:
+        out.append(
+            "attestation.ignore_advisories: '*': only with tolerate debug-mode (CAS refuses the wildcard in "
+            "production mode); list the INTEL-SA advisories you accept"
+        )
+    return out
+
+
+def attestation_advice(attestation: Attestation) -> list[tuple[str, str, str]]:
+    """(field, value, message) warnings: a category tolerated with no advisory listed."""
+    if attestation.ignore_advisories:
+        return []
+    return [
+        (
+            "attestation.tolerate",
+            c,
+            f"tolerates {c} without ignore_advisories: CAS still refuses a platform flagged by any advisory "
+            "of that category not listed in ignore_advisories; list the INTEL-SA advisories you accept "
+            "(or drop the toleration)",
+        )
+        for c in attestation.tolerate
+        if c in ADVISORY_CATEGORIES
+    ]

@@ -7,8 +7,13 @@ Sources (ufcg-lsd/spire):
   ``cas_client_certificate``, ``cas_client_key``, ``trust_anchor_certificate``,
   ``insecure_skip_verify_tls``, ``cas_predecessor_dir``, ``svid_session_template_file``,
   ``bundle_session_template_file``, ``federated_bundles_session_template_file``; placeholders
-  ``<\\svid>`` (leaf + intermediates), ``<\\svid-key>``, ``<\\session-name-selector>``,
-  ``<\\session-hash-selector>``, ``<\\predecessor>``, ``<\\trust-bundle>``, ``<\\federated-bundles>``.
+  ``<\\svid-key>``, ``<\\session-name-selector>``, ``<\\session-hash-selector>``, ``<\\predecessor>``,
+  ``<\\trust-bundle>`` (every CA of the bundle, concatenated), ``<\\federated-bundles>``, and the SVID:
+  at 76ebd5c4 (newest) ``<\\svid>`` is the leaf only and ``<\\svid-intermediates>`` the rest of the
+  chain (doc ``plugin_agent_svidstore_sconecas_sessionmanager.md`` @aff19e94: "SVID leaf certificate",
+  "SVID intermediate certificates", example ``issuer: svid-intermediates``); at 354e6031 ``<\\svid>``
+  is leaf + intermediates and there is no intermediates placeholder
+  (``SvidStoreSessions.svid_intermediates`` picks the revision).
 * tutorial plugin ``scone_cas_secretsmanager``: ``pkg/agent/plugin/svidstore/scone/scone.go`` (last
   version) — HCL keys ``cas_address``, ``cas_client_certificate``, ``cas_client_key``,
   ``cas_predecessor_dir``, ``svid_session_template_file``, ``ca_bundle_session_template_file``,
@@ -43,6 +48,7 @@ from scone.model import RenderedText, RenderWarning, SvidStoreConfig, SvidStoreS
 
 __all__ = [
     "FEDERATED_BUNDLES_SECRET",
+    "SVID_INTERMEDIATES_SECRET",
     "SVID_KEY_SECRET",
     "SVID_SECRET",
     "TEMPLATE_FILES",
@@ -58,6 +64,7 @@ __all__ = [
 # Names of CAS secrets (not secret values).
 SVID_SECRET = "svid"  # noqa: S105
 SVID_KEY_SECRET = "svid_key"  # noqa: S105
+SVID_INTERMEDIATES_SECRET = "svid-intermediates"  # noqa: S105
 TRUST_BUNDLE_SECRET = "spire-ca"  # noqa: S105
 FEDERATED_BUNDLES_SECRET = "spire-federated-bundles"  # noqa: S105
 TEMPLATE_VERSION = "0.3.10"  # namespaced session names need >= 0.3.5
@@ -118,6 +125,7 @@ def render_svid_session_template(sessions: SvidStoreSessions) -> str:
     pinned by its hash."""
     _check_sessions(sessions)
     svid_pem = _ph("svid")
+    split = sessions.plugin == "sconecas_sessionmanager" and sessions.svid_intermediates
     lines = [
         f"name: {sessions.svid_session_prefix}{_ph('session-name-selector')}",
         f'version: "{TEMPLATE_VERSION}"',
@@ -126,9 +134,23 @@ def render_svid_session_template(sessions: SvidStoreSessions) -> str:
         f"  - name: {SVID_SECRET}",
         "    kind: x509",
         f"    private_key: {SVID_KEY_SECRET}",
+        *([f"    issuer: {SVID_INTERMEDIATES_SECRET}"] if split else []),
         *_export("    "),
         "    value: |",
         f"{_PEM_INDENT}{svid_pem}",
+        *(
+            [
+                # the newest plugin puts only the leaf in <\svid>: without this secret (and `issuer`)
+                # SPIRE's intermediate under an UpstreamAuthority never reaches $$SCONE::svid:chain$$
+                f"  - name: {SVID_INTERMEDIATES_SECRET}",
+                "    kind: x509-ca",
+                *_export("    "),
+                "    value: |",
+                f"{_PEM_INDENT}{_ph('svid-intermediates')}",
+            ]
+            if split
+            else []
+        ),
         f"  - name: {SVID_KEY_SECRET}",
         "    kind: private-key",
         *_export("    "),

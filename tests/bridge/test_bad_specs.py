@@ -96,8 +96,9 @@ def test_ignore_advisories_reach_the_session_and_need_outdated_tcb() -> None:
     with pytest.raises(SpecError) as info:
         parse_document(doc)
     assert info.value.problems == [
-        "externalApps[0].scone.ignoreAdvisories: "
-        "only with tolerations: [outdated-tcb] (CAS reads them for that case)"
+        "externalApps[0].scone.ignoreAdvisories: only with a toleration of their category (outdated-tcb, "
+        "software-hardening-needed, insecure-configuration): CAS ignores an advisory only when its category "
+        "is tolerated"
     ]
 
 
@@ -106,7 +107,8 @@ def test_outdated_tcb_without_advisories_is_warned_about() -> None:
     doc["externalApps"][0]["scone"]["tolerations"] = ["hyperthreading", "outdated-tcb"]  # type: ignore[index]
     (warning,) = [w for w in check(parse_document(doc)).warnings if "outdated-tcb" in w]
     assert warning.startswith(
-        "externalApps[0].scone (shielded-client): tolerates outdated-tcb without ignoreAdvisories"
+        "externalApps[0] (shielded-client): attestation.tolerate: 'outdated-tcb': tolerates outdated-tcb "
+        "without ignore_advisories"
     )
 
 

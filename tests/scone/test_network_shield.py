@@ -127,9 +127,13 @@ def test_tolerations_are_explicit_and_debug_mode_is_warned() -> None:
         "attestation.tolerate",
     ]
     listed = render_network_shield_session(
-        replace(APP, attestation=Attestation(ignore_advisories=("INTEL-SA-00615",)))
+        replace(
+            APP, attestation=Attestation(tolerate=("outdated-tcb",), ignore_advisories=("INTEL-SA-00615",))
+        )
     )
-    assert listed.session["security"] == {"attestation": {"ignore_advisories": ["INTEL-SA-00615"]}}
+    assert listed.session["security"] == {
+        "attestation": {"tolerate": ["outdated-tcb"], "ignore_advisories": ["INTEL-SA-00615"]}
+    }
     assert listed.warnings == ()
 
 

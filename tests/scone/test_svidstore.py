@@ -22,6 +22,8 @@ from scone import (
     render_svid_session_template,
     render_svidstore_hcl,
 )
+from scone.model import Attestation
+from scone.session import attestation_advice, attestation_problems
 from tests.support.pki import TestCA
 from tests.support.schemas import scone_problems
 
@@ -261,3 +263,52 @@ def test_bundle_templates_have_literal_names_and_public_ca(
 def test_fill_template_refuses_missing_values() -> None:
     with pytest.raises(SconeError, match=r"values: \['predecessor'\]: no value"):
         fill_template(render_bundle_session_template(SvidStoreSessions()), {"trust-bundle": "x"})
+
+
+def test_newest_plugin_split_chain_gets_an_intermediates_secret_and_issuer() -> None:
+    # ufcg-lsd/spire 76ebd5c4 sconecas/scone.go: <\svid> = leaf, <\svid-intermediates> = the rest
+    sessions = SvidStoreSessions(svid_intermediates=True)
+    template = render_svid_session_template(sessions)
+    assert "svid-intermediates" in placeholder_names(template)
+    filled = fill_template(
+        template,
+        {
+            "svid": "LEAF\n",
+            "svid-intermediates": "INTERMEDIATE\n",
+            "svid-key": "KEY\n",
+            "session-name-selector": "ns/app",
+            "session-hash-selector": "ab" * 32,
+            "predecessor": "~",
+        },
+    )
+    doc = yaml.safe_load(filled)
+    by_name = {s["name"]: s for s in doc["secrets"]}
+    assert by_name["svid"]["issuer"] == "svid-intermediates"
+    assert by_name["svid"]["value"].strip() == "LEAF"
+    inter = by_name["svid-intermediates"]
+    assert inter["kind"] == "x509-ca"
+    assert inter["value"].strip() == "INTERMEDIATE"
+    assert inter["export"] == [{"session": "ns/app", "session_hash": "ab" * 32}]
+
+
+def test_older_plugin_and_tutorial_plugin_have_no_intermediates_placeholder() -> None:
+    for sessions in (
+        SvidStoreSessions(),
+        SvidStoreSessions(plugin="scone_cas_secretsmanager", svid_intermediates=True),
+    ):
+        assert "svid-intermediates" not in placeholder_names(render_svid_session_template(sessions))
+
+
+def test_attestation_rules_follow_the_cas_docs() -> None:
+    # sconedocs "Tolerating Hardware Attestation Issues": advisories need their category tolerated
+    assert attestation_problems(Attestation(ignore_advisories=("INTEL-SA-00615",)))
+    for category in ("outdated-tcb", "software-hardening-needed", "insecure-configuration"):
+        ok = Attestation(tolerate=(category,), ignore_advisories=("INTEL-SA-00615",))
+        assert attestation_problems(ok) == []
+        assert attestation_advice(ok) == []
+        assert [a[1] for a in attestation_advice(Attestation(tolerate=(category,)))] == [category]
+    # "wildcards cannot be used in (non-debug) production mode"
+    assert attestation_problems(Attestation(tolerate=("outdated-tcb",), ignore_advisories=("*",)))
+    assert not attestation_problems(
+        Attestation(tolerate=("debug-mode", "outdated-tcb"), ignore_advisories=("*",))
+    )
