@@ -50,7 +50,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, AnyStr
 
 from bridge.binaries import find_peer
 from bridge.errors import BridgeError
@@ -66,6 +66,7 @@ __all__ = [
     "agent_alias",
     "connectable",
     "local_spire",
+    "log_since",
     "render_agent_hcl",
     "render_server_hcl",
     "stop_process",
@@ -216,7 +217,7 @@ def connectable(path: Path) -> bool:
     return True
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
+def stop_process(proc: subprocess.Popen[AnyStr], timeout: float = STOP_TIMEOUT) -> int:
     """Stop ``proc`` as a shutdown, not an outage: SIGTERM, then SIGKILL after ``timeout`` seconds;
     reap it and return its exit code (a process that already exited is only reaped)."""
     if proc.poll() is None:
@@ -227,6 +228,16 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+def log_since(path: Path, offset: int) -> str:
+    """The text a process appended to its log ``path`` from byte ``offset`` on (its size when the process
+    started), so a restart reads only its own lines; ``""`` while there is no log."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode("utf-8", "replace")
 
 
 class _Process:
@@ -261,11 +272,7 @@ class _Process:
 
     def logs(self) -> str:
         """The process's log since its last start."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as fh:
-            fh.seek(self._log_offset)
-            return fh.read().decode("utf-8", "replace")
+        return log_since(self.log_path, self._log_offset)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         proc = self.proc

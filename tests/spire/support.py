@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bridge.spire_local import SpireServer, connectable, stop_process
+from tests.support.workload_api import log_events
 
 NOBODY = 65534
 STRANGER = 65533  # a uid no entry selects
@@ -89,17 +90,9 @@ class SdsProcess:
             stop_process(self.proc, 15)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
         if not self.log_path.exists():
-            return out
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and (name is None or rec.get("event") == name):
-                out.append(rec)
-        return out
+            return []
+        return log_events(self.log_path.read_text(errors="replace"), name)
 
     def metrics(self) -> dict[str, float]:
         port = self.events("sds.listening")[0]["metrics_port"]

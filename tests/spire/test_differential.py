@@ -331,17 +331,18 @@ print(json.dumps({"as_root": before, "after_setuid_same_connection": after, "ask
 """
 
 
-def observe_dropped_privileges(t: Target) -> dict[str, Any]:
-    """A caller that connected as root, then became another uid, asks again on the same connection."""
+def _run_probe(script: str, *args: str) -> dict[str, Any]:
+    """Run a probe script (it sets its own uid) in a fresh interpreter; its JSON report."""
     out = subprocess.run(
-        [sys.executable, "-c", _DROP_PROBE, str(t.socket), str(STRANGER)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd="/",
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, check=True, cwd="/"
     )
     data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def observe_dropped_privileges(t: Target) -> dict[str, Any]:
+    """A caller that connected as root, then became another uid, asks again on the same connection."""
+    data = _run_probe(_DROP_PROBE, str(t.socket), str(STRANGER))
     # SPIRE answers Unauthenticated and drops the connection (peertracker), so the client sees either
     # UNAUTHENTICATED or UNAVAILABLE ("Stream removed"), by race; the embedded server answers
     # UNAUTHENTICATED. What matters: the call is refused, no identity is handed out.
@@ -353,16 +354,7 @@ def observe_dropped_privileges(t: Target) -> dict[str, Any]:
 
 
 def observe_unregistered(t: Target) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(t.socket), _token(t), str(STRANGER)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd="/",
-    )
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
+    return _run_probe(_PROBE, str(t.socket), _token(t), str(STRANGER))
 
 
 def _diff(spire: dict[str, Any], embedded: dict[str, Any], section: str) -> dict[str, tuple[Any, Any]]:

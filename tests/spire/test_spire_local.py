@@ -34,6 +34,7 @@ def test_public_surface() -> None:
         "agent_alias",
         "connectable",
         "local_spire",
+        "log_since",
         "render_agent_hcl",
         "render_server_hcl",
         "stop_process",

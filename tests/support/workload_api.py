@@ -51,13 +51,14 @@ import grpc
 import yaml
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from bridge.spire_local import connectable, stop_process
+from bridge.spire_local import connectable, log_since, stop_process
 
 __all__ = [
     "HEADER",
     "UID",
     "WorkloadApiHandle",
     "entry",
+    "log_events",
     "raw_stub",
     "rpc_calls",
     "running_workload_api",
@@ -73,6 +74,20 @@ CONFIG_NAME = "workload-api.yaml"
 LOG_NAME = "workload-api.log"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+
+
+def log_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON records in a structlog JSON log (``--log-format json``), optionally only event ``name``;
+    lines that are not JSON objects (a traceback, a Go peer's text) are skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (name is None or record.get("event") == name):
+            out.append(record)
+    return out
 
 
 class WorkloadApiHandle:
@@ -213,23 +228,11 @@ class WorkloadApiHandle:
     # ---- logs -------------------------------------------------------------------------------------
     def logs(self) -> str:
         """The server's log since the last start."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as fh:
-            fh.seek(self._log_offset)
-            return fh.read().decode("utf-8", "replace")
+        return log_since(self.log_path, self._log_offset)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """Parsed JSON log lines since the last start (optionally only event ``name``)."""
-        out = []
-        for line in self.logs().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and (name is None or record.get("event") == name):
-                out.append(record)
-        return out
+        return log_events(self.logs(), name)
 
     def _count(self, event: str) -> int:
         return len(self.events(event))
