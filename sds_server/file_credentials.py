@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 
 from sds_server import secrets
 from sds_server.snapshot import Resource, make_resource
@@ -206,7 +208,11 @@ class FileCredentials:
         if len(paths) == 1:
             pem = self._read(paths[0])
             try:
-                x509.load_pem_x509_certificates(pem)
+                # Only "is there a PEM certificate" is checked; Envoy parses the roots. OS stores hold
+                # roots cryptography warns about (Debian's: a serial <= 0), which must not fail this.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                    x509.load_pem_x509_certificates(pem)
             except ValueError as exc:
                 raise FileCredentialError(f"{paths[0]}: no PEM certificate: {exc}") from exc
             return make_resource(name, "trusted_ca", secrets.trusted_ca_secret(name, pem))

@@ -155,6 +155,7 @@ class _Stream:
     first: bool = True  # no request handled yet
     grpc: Any = None  # the grpclib server Stream (to cut it off)
     task: asyncio.Task[None] | None = None  # the handler task reading this stream
+    pushes: set[asyncio.Task[None]] = field(default_factory=set)  # in-flight pushes (cancelled when it ends)
     since: dict[str, float] = field(default_factory=dict)  # held name -> monotonic time subscribed
     warned: set[str] = field(default_factory=set)  # held names already warned about
     absent: set[str] = field(default_factory=set)  # delta: names reported as nonexistent
@@ -227,6 +228,8 @@ class SecretDiscoveryServicer:
             task = loop.create_task(self._push(st))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            st.pushes.add(task)
+            task.add_done_callback(st.pushes.discard)
 
     async def _push(self, st: _Stream) -> None:
         try:
@@ -391,6 +394,13 @@ class SecretDiscoveryServicer:
         if st.held_timer is not None:
             st.held_timer.cancel()
             st.held_timer = None
+        # A push still waiting to be written (e.g. for flow-control window) when the stream ends — the
+        # connection dropped — would otherwise wait out the send timeout and report a dead stream as a
+        # client that stopped reading.
+        current = asyncio.current_task()
+        for task in list(st.pushes):
+            if task is not current:
+                task.cancel()
         self._subscribe(st, ())
         self._streams.discard(st)
 
