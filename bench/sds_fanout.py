@@ -56,6 +56,7 @@ from grpclib.client import Channel  # noqa: E402
 from grpclib.const import Cardinality  # noqa: E402
 
 from bridge.envoy import EnvoyProcess, sidecar_bootstrap  # noqa: E402
+from bridge.spire_local import stop_process  # noqa: E402
 from sds_server.secrets import SECRET_TYPE_URL  # noqa: E402
 from tests.support.envoy import echo_backend  # noqa: E402
 from tests.support.workload_api import running_workload_api  # noqa: E402
@@ -146,10 +147,30 @@ async def main():
 asyncio.run(main())
 """
 
-BARE_GRPC_AIO = r"""
-import asyncio, signal, sys, grpc
+# What both bare baselines share: argv (socket, the two payloads), the subscribers' queues, and the
+# signals: SIGUSR1 flips the payload and queues it for every stream; SIGTERM ends ``until_sigterm``.
+_BARE_COMMON = r"""
+import asyncio, signal, sys
 sock, a, b = sys.argv[1], open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
 payloads, state, subs = [a, b], {"i": 0}, set()
+
+async def until_sigterm():
+    def rotate():
+        state["i"] ^= 1
+        for q in list(subs):
+            q.put_nowait(payloads[state["i"]])
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, rotate)
+    done = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    print("READY", flush=True)
+    await done.wait()
+"""
+
+BARE_GRPC_AIO = (
+    _BARE_COMMON
+    + r"""
+import grpc
 
 async def stream(request_iterator, context):
     q = asyncio.Queue()
@@ -169,28 +190,19 @@ async def main():
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port("unix:" + sock)
     await server.start()
-    def rotate():
-        state["i"] ^= 1
-        for q in list(subs):
-            q.put_nowait(payloads[state["i"]])
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR1, rotate)
-    done = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, done.set)
-    print("READY", flush=True)
-    await done.wait()
+    await until_sigterm()
     await server.stop(0)
 
 asyncio.run(main())
 """
+)
 
-BARE_GRPCLIB = r"""
-import asyncio, signal, sys
+BARE_GRPCLIB = (
+    _BARE_COMMON
+    + r"""
 import grpclib.const
 from grpclib.server import Server
 from grpclib.encoding.base import CodecBase
-sock, a, b = sys.argv[1], open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
-payloads, state, subs = [a, b], {"i": 0}, set()
 
 class Raw(CodecBase):
     __content_subtype__ = "proto"
@@ -222,20 +234,12 @@ class Svc:
 async def main():
     server = Server([Svc()], codec=Raw())
     await server.start(path=sock)
-    def rotate():
-        state["i"] ^= 1
-        for q in list(subs):
-            q.put_nowait(payloads[state["i"]])
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR1, rotate)
-    done = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, done.set)
-    print("READY", flush=True)
-    await done.wait()
+    await until_sigterm()
     server.close()
 
 asyncio.run(main())
 """
+)
 
 
 def load() -> str:
@@ -421,7 +425,8 @@ def start_ours(workdir: Path, api_address: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def fetch_payload(sock: Path) -> bytes:
+async def fetch_response(sock: Path, names: Sequence[str], within: float) -> DiscoveryResponse | None:
+    """One StreamSecrets request for ``names`` on ``sock``: its first response, waited for ``within`` s."""
     ch = Channel(path=str(sock))
     try:
         async with ch.request(
@@ -430,13 +435,16 @@ async def fetch_payload(sock: Path) -> bytes:
             DiscoveryRequest,
             DiscoveryResponse,
         ) as st:
-            await st.send_message(
-                DiscoveryRequest(type_url=SECRET_TYPE_URL, resource_names=["default", "ROOTCA"])
-            )
-            resp = await asyncio.wait_for(st.recv_message(), 20)
+            await st.send_message(DiscoveryRequest(type_url=SECRET_TYPE_URL, resource_names=list(names)))
+            resp = await asyncio.wait_for(st.recv_message(), within)
             await st.cancel()
+            return resp
     finally:
         ch.close()
+
+
+async def fetch_payload(sock: Path) -> bytes:
+    resp = await fetch_response(sock, ["default", "ROOTCA"], 20)
     assert resp is not None
     data: bytes = resp.SerializeToString()
     return data
@@ -452,13 +460,7 @@ def start_bare(script: str, sock: Path, a: Path, b: Path) -> subprocess.Popen[st
 
 
 def stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 10)
     if proc.stdout is not None:
         proc.stdout.close()
 

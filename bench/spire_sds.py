@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import os
 import statistics
 import sys
@@ -39,13 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
-from grpclib.client import Channel
-from grpclib.const import Cardinality
+from cryptography.hazmat.primitives import serialization
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,8 +54,8 @@ from bridge.spire_local import (  # noqa: E402
     agent_alias,
     local_spire,
 )
-from sds_server.secrets import SECRET_TYPE_URL  # noqa: E402
 from tests.support.envoy import echo_backend  # noqa: E402
+from tests.support.pki import MiniCa  # noqa: E402
 
 TRUST_DOMAIN = "example.org"
 PARTNER = "spiffe://partner.org"
@@ -77,27 +70,6 @@ def load() -> str:
 
 
 # ---- the trigger: a federated bundle change ---------------------------------------------------------------
-def partner_ca() -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "partner.org bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=4))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(PARTNER)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
 class BundleTrigger:
     """``spire-server bundle set`` of ``spiffe://partner.org`` with a new CA; returns the markers (hex) a
     pushed ``ALL`` carries: a chunk of the certificate's PEM (both servers send PEM) and of its DER."""
@@ -107,7 +79,7 @@ class BundleTrigger:
         self.count = 0
 
     def __call__(self) -> str:
-        cert = partner_ca()
+        cert = MiniCa.create("partner.org").cert  # a new self-signed SPIFFE CA for the trust domain
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         self.spire.server.bundle_set(PARTNER, pem, "pem")
         self.count += 1
@@ -126,23 +98,6 @@ def rotate_entry(spire: LocalSpire, entry_id: str, k: int) -> None:
 
 
 # ---- waiting until a server serves ------------------------------------------------------------------------
-async def _fetch(sock: Path, names: tuple[str, ...]) -> DiscoveryResponse | None:
-    ch = Channel(path=str(sock))
-    try:
-        async with ch.request(
-            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
-            Cardinality.STREAM_STREAM,
-            DiscoveryRequest,
-            DiscoveryResponse,
-        ) as st:
-            await st.send_message(DiscoveryRequest(type_url=SECRET_TYPE_URL, resource_names=list(names)))
-            resp = await asyncio.wait_for(st.recv_message(), 10)
-            await st.cancel()
-            return resp
-    finally:
-        ch.close()
-
-
 def wait_served(sock: Path, timeout: float, must_contain: bytes = b"") -> None:
     """Until ``sock`` answers StreamSecrets ``default`` + ``ALL`` for this process (SPIRE answers
     InvalidArgument "not authorized" until the agent has synced the entry)."""
@@ -150,7 +105,7 @@ def wait_served(sock: Path, timeout: float, must_contain: bytes = b"") -> None:
     last = ""
     while time.monotonic() < deadline:
         try:
-            resp = asyncio.run(_fetch(sock, NAMES))
+            resp = asyncio.run(fan.fetch_response(sock, NAMES, 10))
             if resp is not None and len(resp.resources) == len(NAMES):
                 if must_contain in resp.SerializeToString():
                     return
