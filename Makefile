@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/svid_issue.py
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/sds_fanout.py --n 100 1000 10000
+	$(BIN)/python bench/sds_names_churn.py
+	$(BIN)/python bench/sds_message_cap.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache .peers build
