@@ -283,7 +283,9 @@ def test_name_index_shrinks_when_streams_go(static_server: RunningServer, ca: Mi
 def test_svid_not_yet_valid_is_held_then_served(static_server: RunningServer, ca: MiniCa) -> None:
     _publish(static_server, ca, "/w")
     old = static_server.server.servicer.snapshot.default_svid  # type: ignore[union-attr]
-    future = ca.issue("/w", not_before=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2.5))
+    # X.509 times have whole seconds and the server serves 1 s before NotBefore: +4 s leaves a hold of
+    # 2 to 3 s whatever the fraction of the current second (+2.5 s left as little as 0.5 s: flaky)
+    future = ca.issue("/w", not_before=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4))
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch, sotw(ch) as s:
