@@ -54,6 +54,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 P = TypeVar("P")
+D = TypeVar("D", bound="DataclassInstance")
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -133,30 +134,25 @@ def _session_hashes(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _render_params(a: argparse.Namespace) -> RenderParams:
-    return RenderParams(file=a.file, output=a.output, session_hashes=_session_hashes(a.session_hash))
+def _reads(
+    cls: type[D], **convert: Callable[[argparse.Namespace], object]
+) -> Callable[[argparse.Namespace], D]:
+    """Parse the namespace into ``cls``: each field is read from the flag of the same ``dest`` (a repeatable
+    flag's list becomes a tuple), except the fields in ``convert``, which say how they are computed."""
+    make: Callable[..., D] = cls
+
+    def parse(a: argparse.Namespace) -> D:
+        values = {
+            f.name: convert[f.name](a) if f.name in convert else _frozen(getattr(a, f.name))
+            for f in dataclasses.fields(cls)
+        }
+        return make(**values)
+
+    return parse
 
 
-def _apply_params(a: argparse.Namespace) -> ApplyParams:
-    return ApplyParams(
-        file=a.file,
-        kubeconfig=a.kubeconfig,
-        context=a.context,
-        request_timeout=a.request_timeout,
-        prune=a.prune,
-        dry_run=a.dry_run == "server",
-        force_conflicts=a.force_conflicts,
-    )
-
-
-def _diff_params(a: argparse.Namespace) -> DiffParams:
-    return DiffParams(
-        file=a.file,
-        kubeconfig=a.kubeconfig,
-        context=a.context,
-        request_timeout=a.request_timeout,
-        prune=a.prune,
-    )
+def _frozen(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _register_spec_commands(sub: Sub) -> None:
@@ -176,10 +172,15 @@ def _register_spec_commands(sub: Sub) -> None:
         metavar="SESSION=HASH",
         help="CAS session hash from 'scone session create' (repeatable): adds spire/entries.json",
     )
-    p.set_defaults(func=_Typed(_render_params, commands.cmd_render))
+    p.set_defaults(
+        func=_Typed(
+            _reads(RenderParams, session_hashes=lambda a: _session_hashes(a.session_hash)),
+            commands.cmd_render,
+        )
+    )
     p = sub.add_parser("check", help="validate a bridge spec and cross-check its artifacts")
     _file(p)
-    p.set_defaults(func=_Typed(lambda a: CheckParams(file=a.file), commands.cmd_check))
+    p.set_defaults(func=_Typed(_reads(CheckParams), commands.cmd_check))
     apply = sub.add_parser(
         "apply",
         help="server-side apply the spec's Kubernetes objects (not the IstioOperator: istioctl install -f)",
@@ -215,34 +216,10 @@ def _register_spec_commands(sub: Sub) -> None:
     apply.add_argument(
         "--force-conflicts", action="store_true", help="take over fields another field manager owns"
     )
-    apply.set_defaults(func=_Typed(_apply_params, commands.cmd_apply))
-    diff.set_defaults(func=_Typed(_diff_params, commands.cmd_diff))
-
-
-def _istio_overlay_params(a: argparse.Namespace) -> IstioOverlayParams:
-    return IstioOverlayParams(
-        trust_domain=a.trust_domain,
-        sds_image=a.sds_image,
-        istio_namespace=a.istio_namespace,
-        revision=a.revision,
-        workload_api_socket=a.workload_api_socket,
-        ingress_gateway=not a.no_ingress_gateway,
-        output=a.output,
+    apply.set_defaults(
+        func=_Typed(_reads(ApplyParams, dry_run=lambda a: a.dry_run == "server"), commands.cmd_apply)
     )
-
-
-def _istio_policy_params(a: argparse.Namespace) -> IstioPolicyParams:
-    return IstioPolicyParams(
-        service=a.service,
-        allow=tuple(a.allow),
-        namespace=a.namespace,
-        labels=tuple(a.label),
-        allow_namespaces=tuple(a.allow_namespace),
-        allow_principals=tuple(a.allow_principal),
-        istio_namespace=a.istio_namespace,
-        peer_authentication=not a.no_peer_authentication,
-        output=a.output,
-    )
+    diff.set_defaults(func=_Typed(_reads(DiffParams), commands.cmd_diff))
 
 
 def _register_istio(sub: Sub) -> None:
@@ -266,7 +243,12 @@ def _register_istio(sub: Sub) -> None:
     )
     p.add_argument("--no-ingress-gateway", action="store_true", help="render no gateway component")
     _fmt(p, IstioOverlayParams)
-    p.set_defaults(func=_Typed(_istio_overlay_params, commands.cmd_istio_overlay))
+    p.set_defaults(
+        func=_Typed(
+            _reads(IstioOverlayParams, ingress_gateway=lambda a: not a.no_ingress_gateway),
+            commands.cmd_istio_overlay,
+        )
+    )
     p = isub.add_parser(
         "policy", help="STRICT PeerAuthentication + ALLOW AuthorizationPolicy for one service"
     )
@@ -274,6 +256,7 @@ def _register_istio(sub: Sub) -> None:
     p.add_argument("--namespace", default=_default(IstioPolicyParams, "namespace"))
     p.add_argument(
         "--label",
+        dest="labels",
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -289,6 +272,7 @@ def _register_istio(sub: Sub) -> None:
     )
     p.add_argument(
         "--allow-namespace",
+        dest="allow_namespaces",
         action="append",
         default=[],
         metavar="NS",
@@ -296,6 +280,7 @@ def _register_istio(sub: Sub) -> None:
     )
     p.add_argument(
         "--allow-principal",
+        dest="allow_principals",
         action="append",
         default=[],
         metavar="SPIFFE_ID",
@@ -308,35 +293,11 @@ def _register_istio(sub: Sub) -> None:
     )
     p.add_argument("--no-peer-authentication", action="store_true", help="only the AuthorizationPolicy")
     _fmt(p, IstioPolicyParams)
-    p.set_defaults(func=_Typed(_istio_policy_params, commands.cmd_istio_policy))
-
-
-def _spire_entries_params(a: argparse.Namespace) -> SpireEntriesParams:
-    return SpireEntriesParams(
-        spiffe_id=a.spiffe_id,
-        parent_id=a.parent_id,
-        cas_session=a.cas_session,
-        session_hash=a.session_hash,
-        selectors=tuple(a.selector),
-        plugin=a.plugin,
-        ttl=a.ttl,
-        script=a.script,
-        output=a.output,
-    )
-
-
-def _spire_svidstore_params(a: argparse.Namespace) -> SpireSvidstoreParams:
-    return SpireSvidstoreParams(
-        cas=a.cas,
-        client_cert=a.client_cert,
-        client_key=a.client_key,
-        trust_anchor=a.trust_anchor,
-        plugin=a.plugin,
-        templates_dir=a.templates_dir,
-        predecessor_dir=a.predecessor_dir,
-        bundle_session=a.bundle_session,
-        federated_bundles_session=a.federated_bundles_session,
-        template=a.template,
+    p.set_defaults(
+        func=_Typed(
+            _reads(IstioPolicyParams, peer_authentication=lambda a: not a.no_peer_authentication),
+            commands.cmd_istio_policy,
+        )
     )
 
 
@@ -350,6 +311,7 @@ def _register_spire(sub: Sub) -> None:
     p.add_argument("--session-hash", help="hash 'scone session create' printed (needed for JSON/YAML)")
     p.add_argument(
         "--selector",
+        dest="selectors",
         action="append",
         default=[],
         metavar="TYPE:VALUE",
@@ -359,7 +321,7 @@ def _register_spire(sub: Sub) -> None:
     p.add_argument("--ttl", default=_default(SpireEntriesParams, "ttl"), help="X509-SVID TTL (duration)")
     p.add_argument("--script", action="store_true", help="print the entry create script instead of JSON")
     _fmt(p, SpireEntriesParams)
-    p.set_defaults(func=_Typed(_spire_entries_params, commands.cmd_spire_entries))
+    p.set_defaults(func=_Typed(_reads(SpireEntriesParams), commands.cmd_spire_entries))
     p = ssub.add_parser("svidstore", help="the agent's SVIDStore HCL block, or one of its session templates")
     p.add_argument("--cas", required=True, help="https://host:port of CAS")
     p.add_argument("--client-cert", required=True, help="CAS client certificate file (on the agent's host)")
@@ -374,56 +336,31 @@ def _register_spire(sub: Sub) -> None:
         choices=("svid", "bundle", "federated-bundles"),
         help="print this session template instead of the HCL block",
     )
-    p.set_defaults(func=_Typed(_spire_svidstore_params, commands.cmd_spire_svidstore))
-
-
-def _scone_app(a: argparse.Namespace) -> SconeAppParams:
-    return SconeAppParams(
-        session=a.session,
-        mrenclaves=tuple(a.mrenclave),
-        targets=tuple(a.target),
-        trust_domain=a.trust_domain,
-        cluster_domain=a.cluster_domain,
-        tolerate=tuple(a.tolerate),
-        pwd=a.pwd,
-        bundle_session=a.bundle_session,
-        plugin=a.plugin,
-        output=a.output,
-    )
-
-
-def _network_shield_params(a: argparse.Namespace) -> SconeNetworkShieldParams:
-    return SconeNetworkShieldParams(
-        app=_scone_app(a), service=a.service, command=a.command, server_auth=not a.no_server_auth
-    )
-
-
-def _ghostunnel_params(a: argparse.Namespace) -> SconeGhostunnelParams:
-    return SconeGhostunnelParams(
-        app=_scone_app(a),
-        listen_ports=tuple(a.listen_port),
-        cert_source=a.cert_source,
-        workload_api_addr=a.workload_api_addr,
-        cert_dir=a.cert_dir,
-        timed_reload=a.timed_reload,
-        status_port=a.status_port,
-        binary=a.binary,
-        command_line=a.command_line,
-    )
+    p.set_defaults(func=_Typed(_reads(SpireSvidstoreParams), commands.cmd_spire_svidstore))
 
 
 def _register_scone(sub: Sub) -> None:
     scone = sub.add_parser("scone", help="SCONE CAS sessions without a spec")
     csub = scone.add_subparsers(dest="scone_command", metavar="WHAT", required=True)
+    app = _reads(SconeAppParams)
     for name, helptext in (
         ("network-shield", "CAS session of an app whose TLS to the mesh is added by the network shield"),
         ("ghostunnel", "CAS session (or command line) of a confidential Ghostunnel in client mode"),
     ):
         p = csub.add_parser(name, help=helptext)
         p.add_argument("--session", required=True, help="CAS session name <namespace>/<name>")
-        p.add_argument("--mrenclave", action="append", default=[], required=True, help="repeatable")
+        p.add_argument(
+            "--mrenclave",
+            dest="mrenclaves",
+            action="append",
+            default=[],
+            required=True,
+            metavar="MRENCLAVE",
+            help="repeatable",
+        )
         p.add_argument(
             "--target",
+            dest="targets",
             action="append",
             default=[],
             required=True,
@@ -445,13 +382,20 @@ def _register_scone(sub: Sub) -> None:
                 action="store_true",
                 help="INSECURE: do not authenticate the mesh service (the thesis's setting)",
             )
-            p.set_defaults(func=_Typed(_network_shield_params, commands.cmd_scone_network_shield))
+            p.set_defaults(
+                func=_Typed(
+                    _reads(SconeNetworkShieldParams, app=app, server_auth=lambda a: not a.no_server_auth),
+                    commands.cmd_scone_network_shield,
+                )
+            )
             continue
         p.add_argument(
             "--listen-port",
+            dest="listen_ports",
             action="append",
             type=int,
             default=[],
+            metavar="LISTEN_PORT",
             help="local plain port per target, in order (default: the target's port)",
         )
         p.add_argument(
@@ -466,7 +410,7 @@ def _register_scone(sub: Sub) -> None:
             action="store_true",
             help="print the plain command line(s) for running Ghostunnel outside CAS",
         )
-        p.set_defaults(func=_Typed(_ghostunnel_params, commands.cmd_scone_ghostunnel))
+        p.set_defaults(func=_Typed(_reads(SconeGhostunnelParams, app=app), commands.cmd_scone_ghostunnel))
 
 
 def _register_bridge(sub: Sub) -> None:
