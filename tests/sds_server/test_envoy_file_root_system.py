@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.envoy import EnvoyProcess, egress_bootstrap, sidecar_bootstrap
 from sds_server.file_credentials import SYSTEM_ROOT, os_root_file
 from sds_server.testing import RunningServer
-from tests.sds_server.test_envoy_file_credentials import (  # noqa: F401  (file_server is a fixture)
-    GATEWAY_ID,
-    _install,
-    _ok,
-    _wait,
-    _write,
-    file_server,
-)
-from tests.support.envoy import echo_backend
+from tests.sds_server.test_envoy_file_credentials import _install, _ok, _wait, _write, gateway_and_egress
 from tests.support.pki import MiniCa
 
 pytestmark = pytest.mark.usefixtures("envoy_bin")
@@ -30,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("envoy_bin")
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_upstream_validating_with_file_root_system_gets_the_system_bundle_and_refuses_a_private_ca(
-    file_server: tuple[RunningServer, Path],  # noqa: F811
+    file_server: tuple[RunningServer, Path],
     short_dir: Path,
     ca: MiniCa,
     delta: bool,
@@ -45,57 +36,26 @@ def test_upstream_validating_with_file_root_system_gets_the_system_bundle_and_re
     _install(creds, "gw", ca.issue("/ns/istio-system/sa/ingressgateway"))
     _install(creds, "client", ca.issue("/ns/default/sa/egress"))
     _write(creds / "clients-ca.pem", ca.roots_pem)
-    with echo_backend() as backend:
-        gateway = EnvoyProcess(
-            sidecar_bootstrap(
-                sds_socket=server.server.config.listen,
-                trust_domain="example.org",
-                backend_port=backend.port,
-                cert_name=f"file-cert:{creds}/gw-cert.pem~{creds}/gw-key.pem",
-                rootca_name=f"file-root:{creds}/clients-ca.pem",
-                listener_name="gateway",
-                delta=delta,
-            ),
-            short_dir / "gw",
-        ).start()
-        try:
-            egress = EnvoyProcess(
-                egress_bootstrap(
-                    sds_socket=server.server.config.listen,
-                    upstream_port=gateway.listener_port("gateway"),
-                    server_spiffe_ids=[GATEWAY_ID],
-                    cert_name=f"file-cert:{creds}/client-cert.pem~{creds}/client-key.pem",
-                    rootca_name=SYSTEM_ROOT,
-                    delta=delta,
-                ),
-                short_dir / "eg",
-            ).start()
-            try:
-                out = egress.listener_port("outbound")
-                entry = egress.wait_secret(SYSTEM_ROOT)
-                trusted = entry["secret"]["validation_context"]["trusted_ca"]["inline_bytes"]
-                assert base64.b64decode(trusted) == system_pem
+    with gateway_and_egress(server, creds, short_dir, upstream_root=SYSTEM_ROOT, delta=delta) as (_, egress):
+        out = egress.listener_port("outbound")
+        entry = egress.wait_secret(SYSTEM_ROOT)
+        trusted = entry["secret"]["validation_context"]["trusted_ca"]["inline_bytes"]
+        assert base64.b64decode(trusted) == system_pem
 
-                def ca_certs() -> int:
-                    return max(
-                        (len(c.get("ca_cert", [])) for c in egress.certs().get("certificates", [])), default=0
-                    )
+        def ca_certs() -> int:
+            return max((len(c.get("ca_cert", [])) for c in egress.certs().get("certificates", [])), default=0)
 
-                _wait(lambda: ca_certs() == system_count)  # /certs lists every system CA
-                # the gateway's certificate chains to our private CA, which is not a system root
-                assert not _ok(out)
-                egress.wait_for(
-                    "a verification failure on the upstream cluster",
-                    lambda: (
-                        egress.stats(r"cluster\.upstream\.ssl\.fail_verify_error").get(
-                            "cluster.upstream.ssl.fail_verify_error", 0
-                        )
-                        > 0
-                    ),
-                    10,
+        _wait(lambda: ca_certs() == system_count)  # /certs lists every system CA
+        # the gateway's certificate chains to our private CA, which is not a system root
+        assert not _ok(out)
+        egress.wait_for(
+            "a verification failure on the upstream cluster",
+            lambda: (
+                egress.stats(r"cluster\.upstream\.ssl\.fail_verify_error").get(
+                    "cluster.upstream.ssl.fail_verify_error", 0
                 )
-                assert egress.active_secrets().get(SYSTEM_ROOT) is not None  # still served
-            finally:
-                egress.stop()
-        finally:
-            gateway.stop()
+                > 0
+            ),
+            10,
+        )
+        assert egress.active_secrets().get(SYSTEM_ROOT) is not None  # still served
