@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from sds_server.cli_common import positive_int
 from sds_server.errors import SdsConfigError
 from sds_server.limits import UNKNOWN_NAMES_POLICIES, SdsLimits
 from sds_server.server import ServerConfig, run
@@ -98,12 +99,6 @@ def _probe(args: argparse.Namespace) -> int:
 _DEFAULTS = SdsLimits()
 
 
-def _positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: a positive integer")
-    return int(value)
-
-
 def _seconds(value: str) -> float:
     try:
         seconds = float(value)
@@ -176,8 +171,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="hold",
         help="unknown resource names: hold (wait, warn) or error (InvalidArgument, like SPIRE)",
     )
-    p.add_argument("--max-names-per-stream", type=_positive_int, default=_DEFAULTS.max_names_per_stream)
-    p.add_argument("--max-streams-per-uid", type=_positive_int, default=_DEFAULTS.max_streams_per_uid)
+    p.add_argument("--max-names-per-stream", type=positive_int, default=_DEFAULTS.max_names_per_stream)
+    p.add_argument("--max-streams-per-uid", type=positive_int, default=_DEFAULTS.max_streams_per_uid)
     p.add_argument(
         "--send-timeout",
         type=_seconds,

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from sds_server.cli_common import positive_int
 from sds_server.lifecycle import run_until_signalled
 from sds_server.workload_api.config import (
     DEFAULT_SOCKET_MODE,
@@ -59,12 +60,6 @@ def effective_config(args: argparse.Namespace) -> Config:
         )
     check_sockets(config)
     return config
-
-
-def _positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: a positive integer")
-    return int(value)
 
 
 def _seconds(value: str) -> float:
@@ -129,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     serve_p.add_argument(
         "--max-streams-per-uid",
-        type=_positive_int,
+        type=positive_int,
         default=2048,
         metavar="N",
         help="open calls (streams and unary) per caller UID; more are refused with ResourceExhausted "
