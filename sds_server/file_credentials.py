@@ -42,12 +42,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 
 from sds_server import secrets
-from sds_server.snapshot import Resource, make_resource
+from sds_server.snapshot import FILE_NAME_PREFIXES, Resource, make_resource
 
 log = structlog.get_logger(__name__)
 
-CERT_PREFIX = "file-cert:"
-ROOT_PREFIX = "file-root:"
+CERT_PREFIX, ROOT_PREFIX = FILE_NAME_PREFIXES  # defined once, beside the names they must not shadow
 SYSTEM_ROOT = "file-root:system"
 SEPARATOR = "~"  # istio ``security.ResourceSeparator``
 # istio ``security.GetOSRootFilePath`` (from Go's crypto/x509/root_linux.go), in that order.
@@ -67,7 +66,7 @@ Signature = tuple[int, int, int, int, int] | None
 
 def is_file_name(name: str) -> bool:
     """Whether ``name`` is one of istio-agent's file credential names (valid or not)."""
-    return name.startswith((CERT_PREFIX, ROOT_PREFIX))
+    return name.startswith(FILE_NAME_PREFIXES)
 
 
 def parse(name: str) -> tuple[str, ...] | None:

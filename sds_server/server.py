@@ -45,7 +45,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from sds_server.codec import PassThroughProtoCodec
-from sds_server.errors import SdsConfigError
+from sds_server.errors import SdsConfigError, WorkloadApiCallError
 from sds_server.file_credentials import FileCredentials
 from sds_server.grpc_server import Server, UnixSocketError, bind_unix_socket, peer_socket, peer_uid
 from sds_server.lifecycle import run_until_signalled
@@ -55,6 +55,7 @@ from sds_server.servicer import SecretDiscoveryServicer
 from sds_server.snapshot import ResourceNames, SecretSnapshot
 from sds_server.source import RetryPolicy, SecretSource, WorkloadApiSource
 from sds_server.status import ROTATION_HEALTH_SERVICE, AdminService
+from sds_server.workload_client import parse_address
 
 log = structlog.get_logger(__name__)
 
@@ -87,22 +88,16 @@ class ServerConfig:
             )
         if not 0 <= self.socket_mode <= 0o777:
             raise SdsConfigError(f"socket_mode: {oct(self.socket_mode)!r}: must be between 0o000 and 0o777")
-        if self.workload_api is not None and not _workload_api_address_ok(self.workload_api):
-            raise SdsConfigError(
-                f"workload_api: {self.workload_api!r}: expected unix:///absolute/path/agent.sock "
-                "(the SPIFFE_ENDPOINT_SOCKET form) or an absolute socket path"
-            )
-
-
-def _workload_api_address_ok(address: str) -> bool:
-    """SPIFFE Workload Endpoint unix addresses: ``unix:///abs`` (or ``unix:/abs``); a bare absolute path is
-    taken as ``unix://`` + path. Anything else (a relative path, an authority) could never be connected
-    to — py-spiffe would refuse it on every retry — so it is a configuration error up front."""
-    if address.startswith("unix://"):
-        return address.startswith("unix:///") and len(address) > len("unix:///")
-    if address.startswith("unix:"):
-        return address.startswith("unix:/") and len(address) > len("unix:/")
-    return address.startswith("/") and len(address) > 1
+        if self.workload_api is not None:
+            # The client's own parser: an address it could never connect to (a relative path, an
+            # authority) is a configuration error up front rather than a retry loop.
+            try:
+                parse_address(self.workload_api)
+            except WorkloadApiCallError as exc:
+                raise SdsConfigError(
+                    f"workload_api: {self.workload_api!r}: expected unix:///absolute/path/agent.sock "
+                    "(the SPIFFE_ENDPOINT_SOCKET form) or an absolute socket path"
+                ) from exc
 
 
 __all__ = [
@@ -138,7 +133,7 @@ class SdsServer:
         self.health.set(False)  # NOT_SERVING until a default SVID is held
         self.rotation_health = ServiceStatus()
         self.rotation_health.set(True)
-        self.rotation_overdue = False
+        self._overdue_serial: int | None = None  # the default SVID's serial while it is overdue
         self._published: SecretSnapshot | None = None  # what the source published last
         self._pending_timer: asyncio.TimerHandle | None = None
         self._overdue_timer: asyncio.TimerHandle | None = None
@@ -216,7 +211,7 @@ class SdsServer:
         # Cleared only by a renewal: a new default SVID. A default that went away (expired, now withheld)
         # was not renewed: the overdue state stays (gauge 1, health degraded) and nothing says "cleared".
         if self.rotation_overdue and d is not None and d.serial != self._overdue_serial:
-            self.rotation_overdue = False
+            self._overdue_serial = None
             self.metrics.rotation_overdue.set(0)
             self.rotation_health.set(True)
             log.info("svid.rotation_overdue.cleared", spiffe_id=d.spiffe_id, serial=format(d.serial, "x"))
@@ -227,7 +222,10 @@ class SdsServer:
         delay = max(0.0, due.timestamp() - time.time())
         self._overdue_timer = asyncio.get_running_loop().call_later(delay, self._overdue, d.serial, due)
 
-    _overdue_serial = -1
+    @property
+    def rotation_overdue(self) -> bool:
+        """The default SVID passed its renewal point without a new one (cleared only by a renewal)."""
+        return self._overdue_serial is not None
 
     def _overdue(self, serial: int, due: datetime) -> None:
         self._overdue_timer = None
@@ -235,7 +233,6 @@ class SdsServer:
         d = snap.default_svid if snap is not None else None
         if d is None or d.serial != serial:
             return
-        self.rotation_overdue = True
         self._overdue_serial = serial
         self.metrics.rotation_overdue.set(1)
         self.rotation_health.set(False)

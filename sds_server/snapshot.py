@@ -152,6 +152,15 @@ def combined_version(resources: Sequence[Resource]) -> str:
 
 
 FILE_NAME_PREFIXES = ("file-cert:", "file-root:")
+
+
+def _snapshot_version(resources: Mapping[str, Resource], plain: Mapping[str, Resource | None]) -> str:
+    """A snapshot's version: its resources and the per-node plain (``trusted_ca``) variants."""
+    pairs = [(r.name, r.version) for r in resources.values()]
+    pairs += [("plain\0" + n, r.version if r is not None else "") for n, r in plain.items()]
+    return _combined_version(pairs)
+
+
 NOT_BEFORE_GRACE = timedelta(seconds=1)  # clock skew tolerated before a not-yet-valid SVID is served
 
 
@@ -260,8 +269,6 @@ class SecretSnapshot:
             )
         elif own_ca is not None:
             put(names.rootca, "trusted_ca", own_ca)
-        pairs = [(r.name, r.version) for r in res.values()]
-        pairs += [("plain\0" + n, r.version if r is not None else "") for n, r in plain.items()]
         return cls(
             svids=tuple(svids),
             bundles=tuple(sorted(bundles, key=lambda b: b.trust_domain)),
@@ -269,7 +276,7 @@ class SecretSnapshot:
             names=names,
             resources=MappingProxyType(res),
             expired=expired,
-            version=_combined_version(pairs),
+            version=_snapshot_version(res, plain),
             default=default,
             pending=pending,
             shadowed=tuple(sorted(shadowed)),
@@ -296,13 +303,11 @@ class SecretSnapshot:
                 carried = True
         if not carried:
             return self
-        pairs = [(r.name, r.version) for r in res.values()]
-        pairs += [("plain\0" + n, r.version if r is not None else "") for n, r in self.plain.items()]
         default = self.default
         if default is None and self.names.default in res and previous.default is not None:
             default = previous.default
         return replace(
-            self, resources=MappingProxyType(res), version=_combined_version(pairs), default=default
+            self, resources=MappingProxyType(res), version=_snapshot_version(res, self.plain), default=default
         )
 
     def next_pending(self) -> datetime | None:
