@@ -59,6 +59,15 @@ def documents(rendering: Rendered, kind: str | None = None) -> list[tuple[str, M
     return out
 
 
+def session_name_of(template: str) -> str | None:
+    """The session an SVIDStore template posts: the SVIDStore plugin's rule is that the first line
+    starting with ``name:`` names the session (``None``: no such line, the plugin cannot post it)."""
+    for line in template.split("\n"):
+        if line.startswith("name:"):
+            return line.split("name:", 1)[1].strip(" ")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LabelSelector:
     """A Kubernetes ``LabelSelector`` (``matchLabels`` and ``matchExpressions``)."""

@@ -32,7 +32,6 @@ agree with each other, the way the consumers will meet them:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,8 +41,8 @@ from bridge import render as layout
 from bridge.model import Bridge, ExternalApp, MeshService
 from bridge.render import render
 from bridge.rendering import Rendering
+from scone.svidstore import FEDERATED_BUNDLES_SECRET
 
-_NAME_LINE = re.compile(r"^name:\s*(\S+)\s*$", re.MULTILINE)
 _SCHEME = "spiffe://"
 
 
@@ -300,39 +299,32 @@ def _session_problems(bridge: Bridge, rendering: Rendering, app: ExternalApp, wh
         )
     svid_template = rendering.text(layout.SVIDSTORE_TEMPLATES["svid"])
     bundle_template = rendering.text(layout.SVIDSTORE_TEMPLATES["bundle"])
-    svid_name = _NAME_LINE.search(svid_template)
-    bundle_name = _NAME_LINE.search(bundle_template)
+    svid_name = artifacts.session_name_of(svid_template)
+    bundle_name = artifacts.session_name_of(bundle_template)
+    fed_name = artifacts.session_name_of(rendering.text(layout.SVIDSTORE_TEMPLATES["federated_bundles"]))
     for secret in _list(session.get("secrets")):
         imp = _dict(_dict(secret).get("import"))
         if not imp:
             continue
         source = str(imp.get("session"))
         if imp.get("secret") == "svid" and svid_name is not None:
-            expected = svid_name.group(1).replace(
-                "<\\session-name-selector>", app.scone.qualified_session_name
-            )
+            expected = svid_name.replace("<\\session-name-selector>", app.scone.qualified_session_name)
             if source != expected:
                 problems.append(
                     f"{where}: imports the SVID from {source!r}; the SVIDStore posts it as {expected!r}"
                 )
-        if imp.get("secret") == "spire-ca" and bundle_name is not None and source != bundle_name.group(1):
+        if imp.get("secret") == "spire-ca" and bundle_name is not None and source != bundle_name:
             problems.append(
-                f"{where}: imports the bundle from {source!r}; the SVIDStore posts {bundle_name.group(1)!r}"
+                f"{where}: imports the bundle from {source!r}; the SVIDStore posts {bundle_name!r}"
             )
         if imp.get("secret") == "spire-ca" and bridge.in_federation(app):
             problems.append(
                 f"{where}: authenticates mesh services with its own trust domain's CA ({source!r}, "
                 "spire-ca); the mesh's CA reaches it in the federated-bundles session"
             )
-        fed_name = _NAME_LINE.search(rendering.text(layout.SVIDSTORE_TEMPLATES["federated_bundles"]))
-        if (
-            imp.get("secret") == "spire-federated-bundles"
-            and fed_name is not None
-            and source != fed_name.group(1)
-        ):
+        if imp.get("secret") == FEDERATED_BUNDLES_SECRET and fed_name is not None and source != fed_name:
             problems.append(
-                f"{where}: imports the federated bundles from {source!r}; the SVIDStore posts "
-                f"{fed_name.group(1)!r}"
+                f"{where}: imports the federated bundles from {source!r}; the SVIDStore posts {fed_name!r}"
             )
     if app.mode == "ghostunnel":
         lines = _ghostunnel_lines(rendering, app)

@@ -16,7 +16,12 @@ from typing import Literal
 
 from bridge.model import SVIDSTORE_PLUGINS, CertSource, SvidStorePlugin
 from bridge.spec import DEFAULT_SDS_IMAGE, DEFAULT_WORKLOAD_API_SOCKET
-from scone.model import Toleration
+from bridge.spec_scone import (
+    DEFAULT_GHOSTUNNEL_BINARY,
+    DEFAULT_GHOSTUNNEL_CERT_DIR,
+    DEFAULT_GHOSTUNNEL_WORKLOAD_API,
+)
+from scone.model import SVIDSTORE_STATE_DIR, Toleration
 
 __all__ = [
     "ApplyParams",
@@ -136,9 +141,8 @@ class SpireSvidstoreParams:
     client_key: str
     trust_anchor: str
     plugin: SvidStorePlugin = _PLUGIN
-    # Persistent: the plugin cannot recover lost predecessor hashes, and /run is wiped at boot.
-    templates_dir: str = "/var/lib/spire/svidstore/templates"
-    predecessor_dir: str = "/var/lib/spire/svidstore/predecessors"
+    templates_dir: str = f"{SVIDSTORE_STATE_DIR}/templates"  # persistent: see scone.model
+    predecessor_dir: str = f"{SVIDSTORE_STATE_DIR}/predecessors"
     bundle_session: str = "spire-bundle"
     federated_bundles_session: str = "spire-federated-bundles"
     template: SvidstoreTemplate | None = None
@@ -177,9 +181,9 @@ class SconeGhostunnelParams:
     app: SconeAppParams
     listen_ports: tuple[int, ...] = ()
     cert_source: CertSource = "files"
-    workload_api_addr: str = "unix:///run/spire/sockets/agent.sock"
-    cert_dir: str = "/run/meshbridge/tls"
+    workload_api_addr: str = DEFAULT_GHOSTUNNEL_WORKLOAD_API
+    cert_dir: str = DEFAULT_GHOSTUNNEL_CERT_DIR
     timed_reload: str = "1m"
     status_port: int = 6060
-    binary: str = "/usr/bin/ghostunnel"
+    binary: str = DEFAULT_GHOSTUNNEL_BINARY
     command_line: bool = False

@@ -63,6 +63,7 @@ from bridge.model import (
 )
 from bridge.spec_reader import Reader, join, parse_yaml, read_text, suggest
 from bridge.spec_scone import ghostunnel_ports, ghostunnel_settings, scone_settings
+from scone.model import SVIDSTORE_STATE_DIR
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import TrustDomain
 
@@ -73,7 +74,7 @@ MAX_PROBLEMS = 100
 DEFAULT_SDS_IMAGE = "localhost/meshbridge/sds-server:0.1.0"
 """What ``make image`` builds; push it where the cluster pulls from and set ``mesh.sds.image``."""
 DEFAULT_WORKLOAD_API_SOCKET = "/spiffe-workload-api/spire-agent.sock"
-DEFAULT_SVIDSTORE_DIR = "/var/lib/spire/svidstore"
+DEFAULT_SVIDSTORE_DIR = SVIDSTORE_STATE_DIR
 """Persistent: the plugin's templates and ``cas_predecessor_dir`` must survive a reboot (``/run`` is a
 tmpfs; without its templates the agent does not start, and without the predecessor hashes it can never
 update its sessions again - ufcg-lsd/spire ``doc/plugin_agent_svidstore_sconecas_sessionmanager.md``)."""

@@ -97,6 +97,11 @@ class SvidStoreSessions:
         return f"{self.svid_session_prefix}{app_session}"
 
 
+#: Where the SVIDStore plugin keeps its templates and predecessor hashes: persistent, because the plugin
+#: cannot recover lost predecessor hashes and ``/run`` is wiped at boot.
+SVIDSTORE_STATE_DIR = "/var/lib/spire/svidstore"
+
+
 @dataclass(frozen=True, slots=True)
 class SvidStoreConfig:
     """The SPIRE agent's SVIDStore plugin configuration (paths are on the agent's host).
@@ -112,8 +117,8 @@ class SvidStoreConfig:
     cas_client_key: str
     trust_anchor_certificate: str
     sessions: SvidStoreSessions = SvidStoreSessions()
-    cas_predecessor_dir: str = "/var/lib/spire/svidstore/predecessors"
-    template_dir: str = "/var/lib/spire/svidstore/templates"
+    cas_predecessor_dir: str = f"{SVIDSTORE_STATE_DIR}/predecessors"
+    template_dir: str = f"{SVIDSTORE_STATE_DIR}/templates"
     insecure_skip_verify_tls: bool = False
 
 

@@ -26,6 +26,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from bridge.artifacts import session_name_of
 from bridge.demo.errors import DemoError
 
 PLACEHOLDER_SVID = "<\\svid>"
@@ -68,11 +69,11 @@ def _indent_pem(pem: str) -> str:
 
 
 def session_name_of_template(template: str, *, what: str) -> str:
-    """The plugin's rule: the first line starting with ``name:`` holds the session name."""
-    for line in template.split("\n"):
-        if line.startswith("name:"):
-            return line.split("name:", 1)[1].strip(" ")
-    raise DemoError(f"{what}: no top-level 'name:' line: the SVIDStore plugin cannot name the session")
+    """The session ``template`` posts (:func:`bridge.artifacts.session_name_of`); refused without one."""
+    name = session_name_of(template)
+    if name is None:
+        raise DemoError(f"{what}: no top-level 'name:' line: the SVIDStore plugin cannot name the session")
+    return name
 
 
 def _load_session(text: str, *, what: str) -> Mapping[str, object]:

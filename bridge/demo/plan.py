@@ -394,7 +394,7 @@ def build_plan(rendering: Mapping[str, object], pod: Pod, others: Sequence[Pod] 
     federated = [
         d for p, d in rendering.items() if isinstance(d, str) and "template" in p and "federated" in p
     ]
-    fed_name = session_name_of(federated[0]) if len(federated) == 1 else None
+    fed_name = artifacts.session_name_of(federated[0]) if len(federated) == 1 else None
     uses_federated = fed_name is not None and any(
         _get(s, "import", "session") == fed_name for d in importers for s in _list(d.get("secrets"))
     )
@@ -419,14 +419,6 @@ def build_plan(rendering: Mapping[str, object], pod: Pod, others: Sequence[Pod] 
         federated_template=str(federated[0]) if uses_federated else None,
         app_federates_with=_apps_federate_with(rendering),
     )
-
-
-def session_name_of(template: str) -> str | None:
-    """The SVIDStore plugin's rule: the first line starting with ``name:`` names the session."""
-    for line in template.split("\n"):
-        if line.startswith("name:"):
-            return line.split("name:", 1)[1].strip(" ")
-    return None
 
 
 def describe(path: str, doc: object = None) -> str:
