@@ -11,7 +11,10 @@ it) is read the way its consumers in a cluster read it, into small frozen values
 * :class:`Overlay` - the ``IstioOperator``: trust domains Istio's SAN check admits, and the command
   lines of the ``meshbridge-sds`` containers it injects (sidecar templates, gateway patches);
 * :class:`RegisterEntry` - the SPIRE entries (``entry create -data`` JSON or the entries script):
-  SPIFFE ID, selectors, ``federatesWith``.
+  SPIFFE ID, selectors, ``federatesWith``;
+* :class:`SconeSession` - an app's CAS session: its services' environments and commands, its imports.
+
+:class:`Artifacts` reads each kind once, on first use, for a caller that asks many questions.
 
 Pure functions; the only parsing beyond the rendering's own is the sidecar injection template (YAML
 text inside the overlay).
@@ -22,13 +25,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import yaml
 
+from bridge.rendering import Rendering
 from istio.mesh import SDS_CONTAINER_NAME
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _SESSION_SELECTOR = re.compile(r"(?:sconecas_sessionmanager:session_name|cas_session_name):(\S+)")
+_SESSION_PATH = re.compile(r"scone/([^/]+)/session\.ya?ml")
 
 Rendered = Mapping[str, object]
 
@@ -46,8 +52,21 @@ def as_list(value: object) -> list[object]:
     return value if isinstance(value, list) else []
 
 
+def as_dict(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
 def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in as_list(value))
+
+
+def _labels(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in as_dict(value).items()}
+
+
+def labels_select(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """A non-empty ``matchLabels`` selector selects ``labels`` (an empty one selects nothing here)."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 def documents(rendering: Rendered, kind: str | None = None) -> list[tuple[str, Mapping[str, object]]]:
@@ -81,9 +100,7 @@ class LabelSelector:
             (str(get(e, "key")), str(get(e, "operator")), _strings(get(e, "values")))
             for e in as_list(get(node, "matchExpressions"))
         )
-        labels = get(node, "matchLabels")
-        pairs = labels.items() if isinstance(labels, dict) else ()
-        return cls({str(k): str(v) for k, v in pairs}, exprs)
+        return cls(_labels(get(node, "matchLabels")), exprs)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """``metav1.LabelSelectorAsSelector(...).Matches(labels)``: every requirement holds."""
@@ -183,15 +200,11 @@ class AuthorizationPolicy:
 
     def selects(self, namespace: str, pod_labels: Mapping[str, str]) -> bool:
         """The policy is in ``namespace`` and its (non-empty) selector selects the pods."""
-        return (
-            self.namespace == namespace
-            and bool(self.selector)
-            and all(pod_labels.get(k) == v for k, v in self.selector.items())
-        )
+        return self.namespace == namespace and labels_select(self.selector, pod_labels)
 
 
 def _source(node: object) -> PolicySource:
-    fields = node if isinstance(node, dict) else {}
+    fields = as_dict(node)
     return PolicySource(
         principals=_strings(fields.get("principals")),
         not_principals=_strings(fields.get("notPrincipals")),
@@ -211,14 +224,12 @@ def authorization_policies(rendering: Rendered) -> tuple[AuthorizationPolicy, ..
             )
             for rule in as_list(get(spec, "rules"))
         )
-        selector = get(spec, "selector", "matchLabels")
-        pairs = selector.items() if isinstance(selector, dict) else ()
         out.append(
             AuthorizationPolicy(
                 path=path,
                 namespace=get(doc, "metadata", "namespace"),
                 action=str(get(spec, "action") or "ALLOW"),
-                selector={str(k): str(v) for k, v in pairs},
+                selector=_labels(get(spec, "selector", "matchLabels")),
                 rules=rules,
             )
         )
@@ -260,10 +271,10 @@ def overlays(rendering: Rendered) -> tuple[Overlay, ...]:
     for path, doc in documents(rendering, "IstioOperator"):
         spec = get(doc, "spec")
         mesh = get(spec, "meshConfig")
-        templates = get(spec, "values", "sidecarInjectorWebhook", "templates")
+        templates = as_dict(get(spec, "values", "sidecarInjectorWebhook", "templates"))
         sidecars = {
             str(name): _sds_commands(get(yaml.safe_load(text), "spec", "initContainers"))
-            for name, text in (templates.items() if isinstance(templates, dict) else ())
+            for name, text in templates.items()
             if isinstance(text, str)
         }
         gateways = [
@@ -339,3 +350,79 @@ def register_entries(rendering: Rendered) -> tuple[RegisterEntry, ...]:
                 feds = tuple(t.removeprefix("spiffe://") for t in _flag_values(cmd, "federatesWith"))
                 out.append(RegisterEntry(path, ids[0], tuple(_flag_values(cmd, "selector")), feds))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class SconeSession:
+    """An app's CAS session, ``scone/<app>/session.yaml``."""
+
+    path: str
+    document: Mapping[str, object]
+
+    @property
+    def app(self) -> str:
+        return self.path.split("/")[1]
+
+    @property
+    def environments(self) -> tuple[Mapping[str, object], ...]:
+        """``services[].environment`` (``{}`` for a service without one)."""
+        return tuple(as_dict(get(s, "environment")) for s in as_list(self.document.get("services")))
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """``services[].command``."""
+        return tuple(str(get(s, "command")) for s in as_list(self.document.get("services")))
+
+    @property
+    def network_shield(self) -> bool:
+        """The first service runs under SCONE's network shield (``SCONE_NETWORK_SHIELD`` is set)."""
+        return bool(self.environments) and "SCONE_NETWORK_SHIELD" in self.environments[0]
+
+    @property
+    def imports(self) -> tuple[tuple[str, str], ...]:
+        """``(secret, session)`` of every ``secrets[].import``."""
+        found = [as_dict(get(s, "import")) for s in as_list(self.document.get("secrets"))]
+        return tuple((str(i.get("secret")), str(i.get("session"))) for i in found if i)
+
+
+def sessions(rendering: Rendered) -> tuple[SconeSession, ...]:
+    return tuple(
+        SconeSession(path, doc)
+        for path, doc in rendering.items()
+        if _SESSION_PATH.fullmatch(path) and isinstance(doc, dict)
+    )
+
+
+class Artifacts:
+    """A rendering read back: each kind of document parsed once, when first asked for."""
+
+    def __init__(self, rendering: Rendering) -> None:
+        self.rendering = rendering
+
+    @cached_property
+    def cluster_spiffe_ids(self) -> tuple[ClusterSpiffeId, ...]:
+        return cluster_spiffe_ids(self.rendering)
+
+    @cached_property
+    def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
+        return authorization_policies(self.rendering)
+
+    @cached_property
+    def overlays(self) -> tuple[Overlay, ...]:
+        return overlays(self.rendering)
+
+    @cached_property
+    def register_entries(self) -> tuple[RegisterEntry, ...]:
+        return register_entries(self.rendering)
+
+    @cached_property
+    def sessions(self) -> tuple[SconeSession, ...]:
+        return sessions(self.rendering)
+
+    def cluster_spiffe_ids_for(self, namespace: str, pod_labels: Mapping[str, str]) -> list[ClusterSpiffeId]:
+        """The ``ClusterSPIFFEID``s that register pods with these labels in ``namespace``."""
+        return [c for c in self.cluster_spiffe_ids if c.selects(namespace, pod_labels)]
+
+    def policies_for(self, namespace: str, pod_labels: Mapping[str, str]) -> list[AuthorizationPolicy]:
+        """The ``AuthorizationPolicy``s whose selector selects pods with these labels in ``namespace``."""
+        return [p for p in self.authorization_policies if p.selects(namespace, pod_labels)]

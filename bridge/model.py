@@ -113,6 +113,11 @@ class MeshService:
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
 
+    @property
+    def lists_mesh_callers(self) -> bool:
+        """Whether the spec lists in-mesh callers (``meshCallers``): an ALLOW policy must then name them."""
+        return bool(self.mesh_principals or self.mesh_namespaces)
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
