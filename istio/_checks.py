@@ -11,6 +11,9 @@ DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # Service names, <= 63
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")  # <= 63
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")  # <= 63
+# SPIFFE trust domain names: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID spec, 2.1)
+TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
 def is_label(value: str) -> bool:

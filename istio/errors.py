@@ -13,3 +13,9 @@ from __future__ import annotations
 
 class IstioError(Exception):
     """Base of every error raised on purpose by ``istio``."""
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Raise one :class:`IstioError` listing every problem found, one a line (none: return)."""
+    if problems:
+        raise IstioError("\n".join(problems))

@@ -45,7 +45,8 @@ import re
 
 import yaml
 
-from istio.errors import IstioError
+from istio._checks import DNS1123_LABEL, TRUST_DOMAIN
+from istio.errors import raise_problems
 from istio.model import Gateway, OverlayParams, PeerTrustDomain
 
 __all__ = [
@@ -64,24 +65,21 @@ SDS_CONTAINER_NAME = "meshbridge-sds"
 WORKLOAD_SOCKET_VOLUME = "workload-socket"  # Istio's own emptyDir name in the sidecar template and gateways
 WORKLOAD_API_VOLUME = "spiffe-workload-api"
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-
 
 def _check(params: OverlayParams) -> None:
     problems: list[str] = []
-    if not _TRUST_DOMAIN.match(params.trust_domain):
+    if not TRUST_DOMAIN.match(params.trust_domain):
         problems.append(
             f"trust_domain: {params.trust_domain!r}: lowercase letters, digits, '.', '-' and '_' only"
         )
     if not params.sds_image.strip() or any(c.isspace() for c in params.sds_image) or "{{" in params.sds_image:
         problems.append(f"sds_image: {params.sds_image!r}: an image reference without spaces or '{{{{'")
     rev = params.revision
-    if rev is not None and (len(rev) > 63 or not _DNS1123_LABEL.match(rev)):
+    if rev is not None and (len(rev) > 63 or not DNS1123_LABEL.match(rev)):
         problems.append(f"revision: {params.revision!r}: a DNS-1123 label (istioctl validateRevision)")
-    if not _DNS1123_LABEL.match(params.template_name):
+    if not DNS1123_LABEL.match(params.template_name):
         problems.append(f"template_name: {params.template_name!r}: a DNS-1123 label")
-    if not _DNS1123_LABEL.match(params.root_namespace):
+    if not DNS1123_LABEL.match(params.root_namespace):
         problems.append(f"root_namespace: {params.root_namespace!r}: a DNS-1123 label")
     if not 0 <= params.proxy_uid <= 2**31 - 1:
         problems.append(f"proxy_uid: {params.proxy_uid!r}: a UID between 0 and 2147483647")
@@ -92,7 +90,7 @@ def _check(params: OverlayParams) -> None:
     if "/" in params.workload_api_socket_name or not params.workload_api_socket_name:
         problems.append(f"workload_api_socket_name: {params.workload_api_socket_name!r}: a file name")
     for i, peer in enumerate(params.peer_trust_domains):
-        if not _TRUST_DOMAIN.match(peer.trust_domain) or peer.trust_domain == params.trust_domain:
+        if not TRUST_DOMAIN.match(peer.trust_domain) or peer.trust_domain == params.trust_domain:
             problems.append(
                 f"peer_trust_domains[{i}].trust_domain: {peer.trust_domain!r}: "
                 "a trust domain other than the mesh's"
@@ -103,8 +101,7 @@ def _check(params: OverlayParams) -> None:
             problems.append(f"gateways[{i}].name: {gateway.name!r}: [a-z0-9.-]{{1,254}}")
         elif names.count(gateway.name) > 1:
             problems.append(f"gateways[{i}].name: {gateway.name!r}: gateway names must be unique")
-    if problems:
-        raise IstioError("\n".join(problems))
+    raise_problems(problems)
 
 
 NATIVE_SIDECAR_ANNOTATION = "sidecar.istio.io/nativeSidecar"
@@ -167,10 +164,18 @@ def sds_container(params: OverlayParams) -> dict[str, object]:
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
-            {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir},
+            _socket_mount(params),
             {"name": WORKLOAD_API_VOLUME, "mountPath": params.workload_api_mount, "readOnly": True},
         ],
     }
+
+
+def _socket_volume() -> dict[str, object]:
+    return {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}}
+
+
+def _socket_mount(params: OverlayParams) -> dict[str, object]:
+    return {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir}
 
 
 def _workload_api_volume(params: OverlayParams) -> dict[str, object]:
@@ -186,18 +191,8 @@ def _injection_template(params: OverlayParams) -> str:
     pod = {
         "spec": {
             "initContainers": [sds_container(params)],
-            "containers": [
-                {
-                    "name": "istio-proxy",
-                    "volumeMounts": [
-                        {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir},
-                    ],
-                }
-            ],
-            "volumes": [
-                {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}},
-                _workload_api_volume(params),
-            ],
+            "containers": [{"name": "istio-proxy", "volumeMounts": [_socket_mount(params)]}],
+            "volumes": [_socket_volume(), _workload_api_volume(params)],
         }
     }
     return yaml.safe_dump(pod, sort_keys=False, default_flow_style=False)
@@ -220,7 +215,7 @@ def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, obj
                     "patches": [
                         {
                             "path": f"spec.template.spec.volumes.[name:{WORKLOAD_SOCKET_VOLUME}]",
-                            "value": {"name": WORKLOAD_SOCKET_VOLUME, "emptyDir": {}},
+                            "value": _socket_volume(),
                         },
                         {
                             # Appended ("[-1]"): the chart has no such volume, and a `[name:…]` path that
@@ -234,7 +229,7 @@ def _gateway_component(params: OverlayParams, gateway: Gateway) -> dict[str, obj
                                 "spec.template.spec.containers.[name:istio-proxy]"
                                 f".volumeMounts.[name:{WORKLOAD_SOCKET_VOLUME}]"
                             ),
-                            "value": {"name": WORKLOAD_SOCKET_VOLUME, "mountPath": params.sds_socket_dir},
+                            "value": _socket_mount(params),
                         },
                         {"path": "spec.template.spec.initContainers", "value": [sds_container(params)]},
                     ],
@@ -278,13 +273,11 @@ def render_istio_operator(params: OverlayParams) -> dict[str, object]:
     }
     if params.revision is not None:
         spec["revision"] = params.revision
-    ingress = [_gateway_component(params, g) for g in params.gateways if g.kind == "ingress"]
-    egress = [_gateway_component(params, g) for g in params.gateways if g.kind == "egress"]
     components: dict[str, object] = {}
-    if ingress:
-        components["ingressGateways"] = ingress
-    if egress:
-        components["egressGateways"] = egress
+    for kind in ("ingress", "egress"):
+        gateways = [_gateway_component(params, g) for g in params.gateways if g.kind == kind]
+        if gateways:
+            components[f"{kind}Gateways"] = gateways
     if components:
         spec["components"] = components
     name = "meshbridge-spire" if params.revision is None else f"meshbridge-spire-{params.revision}"

@@ -7,12 +7,11 @@ are SPIFFE IDs without the ``spiffe://`` scheme (``<td>/ns/<ns>/sa/<sa>``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from istio._checks import DNS1123_SUBDOMAIN, check_service
-from istio.errors import IstioError
-from istio.model import AuthorizationParams
+from istio._checks import DNS1123_LABEL, DNS1123_SUBDOMAIN, TRUST_DOMAIN, check_service, is_label
+from istio.errors import IstioError, raise_problems
+from istio.model import AuthorizationParams, MeshService
 
 __all__ = [
     "SECURITY_API_VERSION",
@@ -27,9 +26,6 @@ __all__ = [
 
 SECURITY_API_VERSION = "security.istio.io/v1"
 _SCHEME = "spiffe://"
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# SPIFFE trust domain names: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID spec, 2.1)
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 
 
 def principal(spiffe_id: str, *, field: str = "spiffe_id") -> str:
@@ -59,13 +55,25 @@ def _principals(spiffe_ids: Iterable[tuple[int, str]], field: str, problems: lis
 
 def render_peer_authentication(root_namespace: str = "istio-system") -> dict[str, object]:
     """Mesh-wide STRICT mTLS: ``PeerAuthentication`` ``default`` in the Istio root namespace."""
-    if not _DNS1123_LABEL.match(root_namespace) or len(root_namespace) > 63:
+    if not is_label(root_namespace):
         raise IstioError(f"root_namespace: {root_namespace!r}: a DNS-1123 label")
     return {
         "apiVersion": SECURITY_API_VERSION,
         "kind": "PeerAuthentication",
         "metadata": {"name": "default", "namespace": root_namespace},
         "spec": {"mtls": {"mode": "STRICT"}},
+    }
+
+
+def _authorization_policy(
+    svc: MeshService, name: str, action: str, rules: list[dict[str, object]]
+) -> dict[str, object]:
+    """An ``AuthorizationPolicy`` applying ``rules`` to the pods of ``svc``."""
+    return {
+        "apiVersion": SECURITY_API_VERSION,
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": svc.namespace},
+        "spec": {"action": action, "selector": {"matchLabels": dict(svc.pod_labels)}, "rules": rules},
     }
 
 
@@ -90,23 +98,13 @@ def render_authorization_policy(params: AuthorizationParams) -> dict[str, object
     ids = (*params.allowed_spiffe_ids, *params.mesh_principals)
     principals = _principals(enumerate(ids), "allowed_spiffe_ids", problems)
     for i, ns in enumerate(params.mesh_namespaces):
-        if not _DNS1123_LABEL.match(ns):
+        if not DNS1123_LABEL.match(ns):
             problems.append(f"mesh_namespaces[{i}]: {ns!r}: a DNS-1123 label")
-    if problems:
-        raise IstioError("\n".join(problems))
+    raise_problems(problems)
     rules: list[dict[str, object]] = [{"from": [{"source": {"principals": principals}}]}]
     if params.mesh_namespaces:
         rules.append({"from": [{"source": {"namespaces": sorted(set(params.mesh_namespaces))}}]})
-    return {
-        "apiVersion": SECURITY_API_VERSION,
-        "kind": "AuthorizationPolicy",
-        "metadata": {"name": authorization_policy_name(params), "namespace": svc.namespace},
-        "spec": {
-            "action": "ALLOW",
-            "selector": {"matchLabels": dict(svc.pod_labels)},
-            "rules": rules,
-        },
-    }
+    return _authorization_policy(svc, authorization_policy_name(params), "ALLOW", rules)
 
 
 def render_external_deny_policy(
@@ -147,7 +145,7 @@ def render_external_deny_policy(
     principals = _principals(denied, "denied_spiffe_ids", problems)
     sources: list[dict[str, object]] = []
     for i, td in enumerate(dict.fromkeys(foreign_trust_domains)):
-        if not _TRUST_DOMAIN.match(td):
+        if not TRUST_DOMAIN.match(td):
             problems.append(
                 f"foreign_trust_domains[{i}]: {td!r}: a trust domain name (no scheme, path or '*')"
             )
@@ -158,22 +156,12 @@ def render_external_deny_policy(
         if admitted:
             source["notPrincipals"] = admitted
         sources.append({"source": source})
-    if problems:
-        raise IstioError("\n".join(problems))
+    raise_problems(problems)
     if principals:
         sources.append({"source": {"principals": principals}})
     if not sources:
         return None
-    return {
-        "apiVersion": SECURITY_API_VERSION,
-        "kind": "AuthorizationPolicy",
-        "metadata": {"name": f"{svc.name}-meshbridge-deny", "namespace": svc.namespace},
-        "spec": {
-            "action": "DENY",
-            "selector": {"matchLabels": dict(svc.pod_labels)},
-            "rules": [{"from": sources}],
-        },
-    }
+    return _authorization_policy(svc, f"{svc.name}-meshbridge-deny", "DENY", [{"from": sources}])
 
 
 def principal_matches(pattern: str, peer: str) -> bool:

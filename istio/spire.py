@@ -23,14 +23,15 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from istio._checks import DNS1123_SUBDOMAIN, check_service
-from istio.errors import IstioError
+from istio._checks import DNS1123_SUBDOMAIN, SPIFFE_ID, TRUST_DOMAIN, check_service
+from istio.errors import IstioError, raise_problems
 from istio.model import (
     ClusterSpiffeIdParams,
     EntriesParams,
     ExternalAppEntry,
     FederatedTrustDomainParams,
     Gateway,
+    Labels,
     MeshService,
     Selector,
     SvidStorePluginName,
@@ -56,13 +57,11 @@ ISTIO_SPIFFE_ID_TEMPLATE = (
 )
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _SESSION = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
-_SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 
 
 def mesh_spiffe_id(trust_domain: str, service: MeshService) -> str:
     """The SPIFFE ID Istio gives the service's pods: ``spiffe://<td>/ns/<ns>/sa/<sa>``."""
-    if not _TRUST_DOMAIN.match(trust_domain):
+    if not TRUST_DOMAIN.match(trust_domain):
         raise IstioError(f"trust_domain: {trust_domain!r}: lowercase letters, digits, '.', '-' and '_' only")
     return f"spiffe://{trust_domain}/ns/{service.namespace}/sa/{service.service_account}"
 
@@ -78,43 +77,50 @@ def cluster_spiffe_id_name(service: MeshService) -> str:
     return f"meshbridge-{service.namespace}-{service.name}"
 
 
-def render_cluster_spiffe_id(params: ClusterSpiffeIdParams) -> dict[str, object]:
-    """The ``ClusterSPIFFEID`` giving the service's pods their Istio SPIFFE ID (and DNS SANs if asked).
+def _spire_resource(
+    kind: str, name: str, spec: dict[str, object], class_name: str | None
+) -> dict[str, object]:
+    """A spire-controller-manager resource; ``className`` (last in ``spec``) names the controller class
+    that owns it."""
+    if class_name is not None:
+        spec["className"] = class_name
+    return {"apiVersion": SPIRE_API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def _istio_id_spec(namespace: str, pod_labels: Labels) -> dict[str, object]:
+    """A ``ClusterSPIFFEID`` spec giving the pods with ``pod_labels`` their Istio SPIFFE ID.
 
     ``namespaceSelector`` pins the namespace (``kubernetes.io/metadata.name``, set by Kubernetes on
     every namespace) so that pods with the same labels elsewhere do not match.
     """
+    return {
+        "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
+        "podSelector": {"matchLabels": dict(pod_labels)},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+    }
+
+
+def render_cluster_spiffe_id(params: ClusterSpiffeIdParams) -> dict[str, object]:
+    """The ``ClusterSPIFFEID`` giving the service's pods their Istio SPIFFE ID (and DNS SANs if asked)."""
     svc = params.service
     problems: list[str] = []
     check_service(problems, svc)
     for i, td in enumerate(params.federates_with):
-        if not _TRUST_DOMAIN.match(td):
+        if not TRUST_DOMAIN.match(td):
             problems.append(f"federates_with[{i}]: {td!r}: a trust domain name")
     if not DNS1123_SUBDOMAIN.match(params.cluster_domain):
         problems.append(f"cluster_domain: {params.cluster_domain!r}: a DNS domain such as 'cluster.local'")
     if len(cluster_spiffe_id_name(svc)) > 253:
         problems.append(f"service: {cluster_spiffe_id_name(svc)!r}: the ClusterSPIFFEID name exceeds 253")
-    if problems:
-        raise IstioError("\n".join(problems))
-    spec: dict[str, object] = {
-        "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
-        "podSelector": {"matchLabels": dict(svc.pod_labels)},
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": svc.namespace}},
-    }
+    raise_problems(problems)
+    spec = _istio_id_spec(svc.namespace, svc.pod_labels)
     if params.dns_names:
         spec["dnsNameTemplates"] = list(service_dns_names(svc, params.cluster_domain))
     if params.federates_with:
         spec["federatesWith"] = sorted(set(params.federates_with))
     if params.ttl is not None:
         spec["ttl"] = params.ttl
-    if params.class_name is not None:
-        spec["className"] = params.class_name
-    return {
-        "apiVersion": SPIRE_API_VERSION,
-        "kind": "ClusterSPIFFEID",
-        "metadata": {"name": cluster_spiffe_id_name(svc)},
-        "spec": spec,
-    }
+    return _spire_resource("ClusterSPIFFEID", cluster_spiffe_id_name(svc), spec, params.class_name)
 
 
 def render_gateway_cluster_spiffe_id(
@@ -129,21 +135,8 @@ def render_gateway_cluster_spiffe_id(
     name = f"meshbridge-gateway-{namespace}-{gateway.name}"
     if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
         problems.append(f"gateway.name: {gateway.name!r}: gives the invalid ClusterSPIFFEID name {name!r}")
-    if problems:
-        raise IstioError("\n".join(problems))
-    spec: dict[str, object] = {
-        "spiffeIDTemplate": ISTIO_SPIFFE_ID_TEMPLATE,
-        "podSelector": {"matchLabels": dict(gateway.labels)},
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-    }
-    if class_name is not None:
-        spec["className"] = class_name
-    return {
-        "apiVersion": SPIRE_API_VERSION,
-        "kind": "ClusterSPIFFEID",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    raise_problems(problems)
+    return _spire_resource("ClusterSPIFFEID", name, _istio_id_spec(namespace, gateway.labels), class_name)
 
 
 def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) -> dict[str, object]:
@@ -156,7 +149,7 @@ def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) ->
     """
     peer = params.peer
     problems: list[str] = []
-    if not _TRUST_DOMAIN.match(peer.trust_domain) or len(peer.trust_domain) > 255:
+    if not TRUST_DOMAIN.match(peer.trust_domain) or len(peer.trust_domain) > 255:
         problems.append(f"peer.trust_domain: {peer.trust_domain!r}: a trust domain name")
     url = peer.bundle_endpoint_url
     authority = url.removeprefix("https://").split("/", 1)[0]
@@ -165,7 +158,7 @@ def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) ->
     if peer.profile not in ("https_spiffe", "https_web"):
         problems.append(f"peer.profile: {peer.profile!r}: 'https_spiffe' or 'https_web'")
     if peer.profile == "https_spiffe" and (
-        peer.endpoint_spiffe_id is None or not _SPIFFE_ID.match(peer.endpoint_spiffe_id)
+        peer.endpoint_spiffe_id is None or not SPIFFE_ID.match(peer.endpoint_spiffe_id)
     ):
         problems.append(
             f"peer.endpoint_spiffe_id: {peer.endpoint_spiffe_id!r}: the bundle endpoint's SPIFFE ID "
@@ -174,8 +167,7 @@ def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) ->
     name = params.name if params.name is not None else peer.trust_domain.replace("_", "-")
     if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
         problems.append(f"name: {name!r}: a DNS-1123 subdomain")
-    if problems:
-        raise IstioError("\n".join(problems))
+    raise_problems(problems)
     profile: dict[str, object] = {"type": peer.profile}
     if peer.profile == "https_spiffe":
         profile["endpointSPIFFEID"] = peer.endpoint_spiffe_id
@@ -184,14 +176,7 @@ def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) ->
         "bundleEndpointURL": url,
         "bundleEndpointProfile": profile,
     }
-    if params.class_name is not None:
-        spec["className"] = params.class_name
-    return {
-        "apiVersion": SPIRE_API_VERSION,
-        "kind": "ClusterFederatedTrustDomain",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    return _spire_resource("ClusterFederatedTrustDomain", name, spec, params.class_name)
 
 
 def entry_selectors(
@@ -233,21 +218,21 @@ def _check_entries(params: EntriesParams) -> None:
     seen: dict[str, int] = {}
     for i, e in enumerate(params.entries):
         where = f"entries[{i}]"
-        if not _SPIFFE_ID.match(e.spiffe_id):
+        if not SPIFFE_ID.match(e.spiffe_id):
             problems.append(f"{where}.spiffe_id: {e.spiffe_id!r}: a SPIFFE ID 'spiffe://<td>/<path>'")
-        if not _SPIFFE_ID.match(e.parent_id):
+        if not SPIFFE_ID.match(e.parent_id):
             problems.append(f"{where}.parent_id: {e.parent_id!r}: a SPIFFE ID 'spiffe://<td>/<path>'")
         if e.cas_session is None and not e.selectors:
             problems.append(f"{where}.selectors: (): a Workload API entry needs at least one selector")
-        if e.cas_session is not None and not _SESSION.match(e.cas_session):
-            problems.append(
-                f"{where}.cas_session: {e.cas_session!r}: a CAS session name '<namespace>/<name>'"
-            )
-        if e.cas_session is not None and e.cas_session in seen:
-            problems.append(
-                f"{where}.cas_session: {e.cas_session!r}: already used by entries[{seen[e.cas_session]}]"
-            )
-        if e.cas_session is not None:
+        elif e.cas_session is not None:
+            if not _SESSION.match(e.cas_session):
+                problems.append(
+                    f"{where}.cas_session: {e.cas_session!r}: a CAS session name '<namespace>/<name>'"
+                )
+            if e.cas_session in seen:
+                problems.append(
+                    f"{where}.cas_session: {e.cas_session!r}: already used by entries[{seen[e.cas_session]}]"
+                )
             seen.setdefault(e.cas_session, i)
         for j, sel in enumerate(e.selectors):
             if not sel.type or ":" in sel.type or not sel.value or any(c.isspace() for c in str(sel)):
@@ -255,13 +240,12 @@ def _check_entries(params: EntriesParams) -> None:
         if e.x509_svid_ttl is not None and e.x509_svid_ttl <= 0:
             problems.append(f"{where}.x509_svid_ttl: {e.x509_svid_ttl!r}: a positive number of seconds")
         for j, td in enumerate(e.federates_with):
-            if not _TRUST_DOMAIN.match(td):
+            if not TRUST_DOMAIN.match(td):
                 problems.append(f"{where}.federates_with[{j}]: {td!r}: a trust domain name")
         for j, dns in enumerate(e.dns_names):
             if not re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?", dns):
                 problems.append(f"{where}.dns_names[{j}]: {dns!r}: a DNS name")
-    if problems:
-        raise IstioError("\n".join(problems))
+    raise_problems(problems)
 
 
 def render_entries_json(params: EntriesParams, session_hashes: Mapping[str, str]) -> dict[str, object]:
@@ -306,8 +290,7 @@ def render_entries_json(params: EntriesParams, session_hashes: Mapping[str, str]
         if e.cas_session is not None and params.plugin == "sconecas_sessionmanager":
             out["store_svid"] = True
         entries.append(out)
-    if problems:
-        raise IstioError("\n".join(problems))
+    raise_problems(problems)
     return {"entries": entries}
 
 
@@ -427,26 +410,23 @@ def render_entries_script(params: EntriesParams, *, prog: str = "spire-entries.s
     sessions = [e.cas_session for e in params.entries if e.cas_session is not None]
     example = sessions[0] if sessions else "ns/app"
     head = _SCRIPT_HEAD % {"prog": prog, "server": params.spire_server, "example": example}
+    hash_var = {session: f"hash_{i}" for i, session in enumerate(sessions)}  # sessions are unique (checked)
     lines = [head.rstrip("\n"), ""]
-    for i, session in enumerate(sessions):
-        lines.append(f'hash_{i}="$(session_hash {shlex.quote(session)})"')
+    lines += [f'{var}="$(session_hash {shlex.quote(session)})"' for session, var in hash_var.items()]
     lines.append("")
-    hash_var = {s: f"${{hash_{i}}}" for i, s in enumerate(sessions)}
     socket: list[str] = []
     if params.server_socket_path is not None:
         socket = [f"-socketPath {shlex.quote(params.server_socket_path)}"]
     for e in params.entries:
-        flags: list[str] = [f"-parentID {shlex.quote(e.parent_id)}", f"-spiffeID {shlex.quote(e.spiffe_id)}"]
         selectors = entry_selectors(e, params.plugin, None)
+        quoted = [shlex.quote(str(sel)) for sel in selectors]
         pin = '""'
-        for k, sel in enumerate(selectors):
-            if e.cas_session is not None and k == len(selectors) - 1:
-                # The hash selector (always last): its value is spliced in at run time. Everything
-                # before it is [A-Za-z0-9_:/-] (checked), so double quotes are enough.
-                pin = f'"{sel}{hash_var[e.cas_session]}"'
-                flags.append(f"-selector {pin}")
-            else:
-                flags.append(f"-selector {shlex.quote(str(sel))}")
+        if e.cas_session is not None:
+            # The hash selector (always last): its value is spliced in at run time. Everything
+            # before it is [A-Za-z0-9_:/-] (checked), so double quotes are enough.
+            pin = quoted[-1] = f'"{selectors[-1]}${{{hash_var[e.cas_session]}}}"'
+        flags = [f"-parentID {shlex.quote(e.parent_id)}", f"-spiffeID {shlex.quote(e.spiffe_id)}"]
+        flags += [f"-selector {q}" for q in quoted]
         flags += [f"-dns {shlex.quote(dns)}" for dns in e.dns_names]
         flags += [f"-federatesWith {shlex.quote(_trust_domain_id(td))}" for td in e.federates_with]
         if e.x509_svid_ttl is not None:
@@ -456,8 +436,8 @@ def render_entries_script(params: EntriesParams, *, prog: str = "spire-entries.s
         if e.cas_session is not None and params.plugin == "sconecas_sessionmanager":
             flags.append("-storeSVID=true")
         # the key: the session-name selector (store entries) or the first selector (Workload API ones)
-        key_sel = selectors[-2] if e.cas_session is not None else selectors[0]
-        head_args = [shlex.quote(e.spiffe_id), shlex.quote(str(key_sel)), pin, *socket, "--"]
+        key = quoted[-2] if e.cas_session is not None else quoted[0]
+        head_args = [shlex.quote(e.spiffe_id), key, pin, *socket, "--"]
         lines.append(" \\\n    ".join(["ensure_entry " + " ".join(head_args), *flags]))
     lines.append("")
     return "\n".join(lines)
