@@ -16,18 +16,19 @@ import argparse
 import dataclasses
 import logging
 import sys
+import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 import structlog
 
 from bridge import commands
 from bridge import demo as demo_command
 from bridge.errors import BridgeError, SpecError
-from bridge.model import CERT_SOURCES, SVIDSTORE_PLUGINS, TOLERATIONS
 from bridge.params import (
     ApplyParams,
     CheckParams,
+    ClusterParams,
     DiffParams,
     IstioOverlayParams,
     IstioPolicyParams,
@@ -50,9 +51,6 @@ if TYPE_CHECKING:
 
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 P = TypeVar("P")
 D = TypeVar("D", bound="DataclassInstance")
 
@@ -105,19 +103,53 @@ class _Typed(Generic[P]):
         return self.run(self.parse(args))
 
 
-def _default(cls: type[DataclassInstance], name: str) -> object:
-    """The params dataclass's default: a flag left out means what a test leaving the field out means."""
-    (found,) = (f.default for f in dataclasses.fields(cls) if f.name == name)
-    return found
+class _Flags:
+    """Adds flags to ``parser``, each for the field of ``cls`` of the same name (its ``dest``), shaped by
+    the field: required without a default, else the field's default (a flag left out means what a test
+    leaving the field out means); a ``bool`` is a switch (``--no-<name>`` when it defaults to true); a
+    tuple is a repeatable flag named in the singular; a ``Literal`` gives the choices, ``int``/``float``
+    the type."""
+
+    def __init__(self, parser: argparse.ArgumentParser, cls: type[DataclassInstance]) -> None:
+        self._parser = parser
+        self._hints = typing.get_type_hints(cls)
+        self._defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+
+    def __call__(
+        self, name: str, text: str | None = None, *, short: str | None = None, metavar: str | None = None
+    ) -> None:
+        hint, default = self._hints[name], self._defaults[name]
+        flag = name
+        options: dict[str, Any] = {"dest": name, "help": text}
+        if hint is bool:
+            flag = f"no_{name}" if default else name
+            options["action"] = "store_false" if default else "store_true"
+        else:
+            if default is dataclasses.MISSING:
+                options["required"] = True
+            else:
+                options["default"] = default
+            if typing.get_origin(hint) is tuple:
+                flag, hint = name.removesuffix("s"), typing.get_args(hint)[0]
+                options.update(action="append", default=[])
+            if hint in (int, float):
+                options["type"] = hint
+            choices = _literal_values(hint)
+            if choices:
+                options["choices"] = choices
+            else:
+                options["metavar"] = metavar or flag.upper()
+        self._parser.add_argument(*([short] if short else []), f"--{flag.replace('_', '-')}", **options)
 
 
-def _file(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--file", required=True, help="bridge spec (YAML), '-' for stdin")
+def _literal_values(hint: object) -> tuple[object, ...]:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) type; ``()`` for other types."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return tuple(v for arg in typing.get_args(hint) for v in _literal_values(arg))
 
 
-def _fmt(p: argparse.ArgumentParser, cls: type[DataclassInstance]) -> None:
-    default = _default(cls, "output")
-    p.add_argument("-o", "--output", choices=("yaml", "json"), default=default, help=f"format ({default})")
+_FORMAT = "format (%(default)s)"  # argparse fills in the field's default
 
 
 def _session_hashes(items: Sequence[str]) -> dict[str, str]:
@@ -155,32 +187,18 @@ def _frozen(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _command(
+    p: argparse.ArgumentParser,
+    cls: type[D],
+    run: Callable[[D], int],
+    **convert: Callable[[argparse.Namespace], object],
+) -> None:
+    p.set_defaults(func=_Typed(_reads(cls, **convert), run))
+
+
 def _register_spec_commands(sub: Sub) -> None:
-    p = sub.add_parser("render", help="write every artifact of a bridge spec into a directory")
-    _file(p)
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="DIR",
-        help="output directory (replaced atomically; never half-written)",
-    )
-    p.add_argument(
-        "--session-hash",
-        action="append",
-        default=[],
-        metavar="SESSION=HASH",
-        help="CAS session hash from 'scone session create' (repeatable): adds spire/entries.json",
-    )
-    p.set_defaults(
-        func=_Typed(
-            _reads(RenderParams, session_hashes=lambda a: _session_hashes(a.session_hash)),
-            commands.cmd_render,
-        )
-    )
-    p = sub.add_parser("check", help="validate a bridge spec and cross-check its artifacts")
-    _file(p)
-    p.set_defaults(func=_Typed(_reads(CheckParams), commands.cmd_check))
+    render = sub.add_parser("render", help="write every artifact of a bridge spec into a directory")
+    check = sub.add_parser("check", help="validate a bridge spec and cross-check its artifacts")
     apply = sub.add_parser(
         "apply",
         help="server-side apply the spec's Kubernetes objects (not the IstioOperator: istioctl install -f)",
@@ -188,22 +206,30 @@ def _register_spec_commands(sub: Sub) -> None:
     diff = sub.add_parser(
         "diff", help="what 'apply' would change, as a unified diff (exit 1 when there are differences)"
     )
+    for p in (render, check, apply, diff):
+        _Flags(p, CheckParams)("file", "bridge spec (YAML), '-' for stdin", short="-f")
+    _Flags(render, RenderParams)(
+        "output", "output directory (replaced atomically; never half-written)", short="-o", metavar="DIR"
+    )
+    render.add_argument(
+        "--session-hash",
+        action="append",
+        default=[],
+        metavar="SESSION=HASH",
+        help="CAS session hash from 'scone session create' (repeatable): adds spire/entries.json",
+    )
+    _command(
+        render, RenderParams, commands.cmd_render, session_hashes=lambda a: _session_hashes(a.session_hash)
+    )
+    _command(check, CheckParams, commands.cmd_check)
     for p in (apply, diff):
-        _file(p)
-        p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
-        p.add_argument("--context", help="kubeconfig context (default: the current context)")
-        p.add_argument(
-            "--request-timeout",
-            type=float,
-            default=_default(DiffParams, "request_timeout"),
-            metavar="SECONDS",
-            help="per API request (10)",
-        )
-        p.add_argument(
-            "--prune",
-            action="store_true",
-            help="also delete objects meshbridge applied earlier for this bridge that the spec no longer "
-            "renders",
+        flag = _Flags(p, ClusterParams)
+        flag("kubeconfig", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+        flag("context", "kubeconfig context (default: the current context)")
+        flag("request_timeout", "per API request (10)", metavar="SECONDS")
+        flag(
+            "prune",
+            "also delete objects meshbridge applied earlier for this bridge that the spec no longer renders",
         )
     apply.add_argument(
         "--dry-run",
@@ -213,13 +239,9 @@ def _register_spec_commands(sub: Sub) -> None:
         default="none",
         help="'server': the API server validates and admits everything, persists nothing",
     )
-    apply.add_argument(
-        "--force-conflicts", action="store_true", help="take over fields another field manager owns"
-    )
-    apply.set_defaults(
-        func=_Typed(_reads(ApplyParams, dry_run=lambda a: a.dry_run == "server"), commands.cmd_apply)
-    )
-    diff.set_defaults(func=_Typed(_reads(DiffParams), commands.cmd_diff))
+    _Flags(apply, ApplyParams)("force_conflicts", "take over fields another field manager owns")
+    _command(apply, ApplyParams, commands.cmd_apply, dry_run=lambda a: a.dry_run == "server")
+    _command(diff, DiffParams, commands.cmd_diff)
 
 
 def _register_istio(sub: Sub) -> None:
@@ -228,189 +250,96 @@ def _register_istio(sub: Sub) -> None:
     p = isub.add_parser(
         "overlay", help="the IstioOperator overlay putting the mesh on SPIRE (istioctl install -f -)"
     )
-    p.add_argument("--trust-domain", required=True)
-    p.add_argument(
-        "--sds-image",
-        default=_default(IstioOverlayParams, "sds_image"),
-        help="image running 'meshbridge sds serve'",
-    )
-    p.add_argument("--istio-namespace", default=_default(IstioOverlayParams, "istio_namespace"))
-    p.add_argument("--revision")
-    p.add_argument(
-        "--workload-api-socket",
-        default=_default(IstioOverlayParams, "workload_api_socket"),
-        help="SPIRE agent socket as the SPIFFE CSI driver mounts it in the SDS container",
-    )
-    p.add_argument("--no-ingress-gateway", action="store_true", help="render no gateway component")
-    _fmt(p, IstioOverlayParams)
-    p.set_defaults(
-        func=_Typed(
-            _reads(IstioOverlayParams, ingress_gateway=lambda a: not a.no_ingress_gateway),
-            commands.cmd_istio_overlay,
-        )
-    )
+    flag = _Flags(p, IstioOverlayParams)
+    flag("trust_domain")
+    flag("sds_image", "image running 'meshbridge sds serve'")
+    flag("istio_namespace")
+    flag("revision")
+    flag("workload_api_socket", "SPIRE agent socket as the SPIFFE CSI driver mounts it in the SDS container")
+    flag("ingress_gateway", "render no gateway component")
+    flag("output", _FORMAT, short="-o")
+    _command(p, IstioOverlayParams, commands.cmd_istio_overlay)
     p = isub.add_parser(
         "policy", help="STRICT PeerAuthentication + ALLOW AuthorizationPolicy for one service"
     )
-    p.add_argument("--service", required=True, help="Kubernetes Service name")
-    p.add_argument("--namespace", default=_default(IstioPolicyParams, "namespace"))
-    p.add_argument(
-        "--label",
-        dest="labels",
-        action="append",
-        default=[],
+    flag = _Flags(p, IstioPolicyParams)
+    flag("service", "Kubernetes Service name")
+    flag("namespace")
+    flag(
+        "labels",
+        "pod label selecting the service's pods (repeatable; default app=<service>)",
         metavar="KEY=VALUE",
-        help="pod label selecting the service's pods (repeatable; default app=<service>)",
     )
-    p.add_argument(
-        "--allow",
-        action="append",
-        default=[],
-        required=True,
-        metavar="SPIFFE_ID",
-        help="external SPIFFE ID admitted (repeatable)",
-    )
-    p.add_argument(
-        "--allow-namespace",
-        dest="allow_namespaces",
-        action="append",
-        default=[],
-        metavar="NS",
-        help="in-mesh namespace still admitted (repeatable)",
-    )
-    p.add_argument(
-        "--allow-principal",
-        dest="allow_principals",
-        action="append",
-        default=[],
-        metavar="SPIFFE_ID",
-        help="in-mesh SPIFFE ID still admitted (repeatable)",
-    )
-    p.add_argument(
-        "--istio-namespace",
-        default=_default(IstioPolicyParams, "istio_namespace"),
-        help="root namespace (PeerAuthentication)",
-    )
-    p.add_argument("--no-peer-authentication", action="store_true", help="only the AuthorizationPolicy")
-    _fmt(p, IstioPolicyParams)
-    p.set_defaults(
-        func=_Typed(
-            _reads(IstioPolicyParams, peer_authentication=lambda a: not a.no_peer_authentication),
-            commands.cmd_istio_policy,
-        )
-    )
+    flag("allow", "external SPIFFE ID admitted (repeatable)", metavar="SPIFFE_ID")
+    flag("allow_namespaces", "in-mesh namespace still admitted (repeatable)", metavar="NS")
+    flag("allow_principals", "in-mesh SPIFFE ID still admitted (repeatable)", metavar="SPIFFE_ID")
+    flag("istio_namespace", "root namespace (PeerAuthentication)")
+    flag("peer_authentication", "only the AuthorizationPolicy")
+    flag("output", _FORMAT, short="-o")
+    _command(p, IstioPolicyParams, commands.cmd_istio_policy)
 
 
 def _register_spire(sub: Sub) -> None:
     spire = sub.add_parser("spire", help="SPIRE registration and SVIDStore configuration without a spec")
     ssub = spire.add_subparsers(dest="spire_command", metavar="WHAT", required=True)
     p = ssub.add_parser("entries", help="registration entry of one external app (spire-server entry create)")
-    p.add_argument("--spiffe-id", required=True)
-    p.add_argument("--parent-id", required=True, help="SPIFFE ID of the agent running the SVIDStore plugin")
-    p.add_argument("--cas-session", help="the app's CAS session <ns>/<name> (SVID stored into CAS)")
-    p.add_argument("--session-hash", help="hash 'scone session create' printed (needed for JSON/YAML)")
-    p.add_argument(
-        "--selector",
-        dest="selectors",
-        action="append",
-        default=[],
-        metavar="TYPE:VALUE",
-        help="Workload API selector (when the SVID is not stored into CAS)",
-    )
-    p.add_argument("--plugin", choices=SVIDSTORE_PLUGINS, default=_default(SpireEntriesParams, "plugin"))
-    p.add_argument("--ttl", default=_default(SpireEntriesParams, "ttl"), help="X509-SVID TTL (duration)")
-    p.add_argument("--script", action="store_true", help="print the entry create script instead of JSON")
-    _fmt(p, SpireEntriesParams)
-    p.set_defaults(func=_Typed(_reads(SpireEntriesParams), commands.cmd_spire_entries))
+    flag = _Flags(p, SpireEntriesParams)
+    flag("spiffe_id")
+    flag("parent_id", "SPIFFE ID of the agent running the SVIDStore plugin")
+    flag("cas_session", "the app's CAS session <ns>/<name> (SVID stored into CAS)")
+    flag("session_hash", "hash 'scone session create' printed (needed for JSON/YAML)")
+    flag("selectors", "Workload API selector (when the SVID is not stored into CAS)", metavar="TYPE:VALUE")
+    flag("plugin")
+    flag("ttl", "X509-SVID TTL (duration)")
+    flag("script", "print the entry create script instead of JSON")
+    flag("output", _FORMAT, short="-o")
+    _command(p, SpireEntriesParams, commands.cmd_spire_entries)
     p = ssub.add_parser("svidstore", help="the agent's SVIDStore HCL block, or one of its session templates")
-    p.add_argument("--cas", required=True, help="https://host:port of CAS")
-    p.add_argument("--client-cert", required=True, help="CAS client certificate file (on the agent's host)")
-    p.add_argument("--client-key", required=True, help="CAS client key file (on the agent's host)")
-    p.add_argument("--trust-anchor", required=True, help="CAS identity certificate file")
+    flag = _Flags(p, SpireSvidstoreParams)
+    flag("cas", "https://host:port of CAS")
+    flag("client_cert", "CAS client certificate file (on the agent's host)")
+    flag("client_key", "CAS client key file (on the agent's host)")
+    flag("trust_anchor", "CAS identity certificate file")
     for name in ("plugin", "templates_dir", "predecessor_dir", "bundle_session", "federated_bundles_session"):
-        choices = SVIDSTORE_PLUGINS if name == "plugin" else None
-        default = _default(SpireSvidstoreParams, name)
-        p.add_argument(f"--{name.replace('_', '-')}", choices=choices, default=default)
-    p.add_argument(
-        "--template",
-        choices=("svid", "bundle", "federated-bundles"),
-        help="print this session template instead of the HCL block",
-    )
-    p.set_defaults(func=_Typed(_reads(SpireSvidstoreParams), commands.cmd_spire_svidstore))
+        flag(name)
+    flag("template", "print this session template instead of the HCL block")
+    _command(p, SpireSvidstoreParams, commands.cmd_spire_svidstore)
 
 
 def _register_scone(sub: Sub) -> None:
     scone = sub.add_parser("scone", help="SCONE CAS sessions without a spec")
     csub = scone.add_subparsers(dest="scone_command", metavar="WHAT", required=True)
-    app = _reads(SconeAppParams)
-    for name, helptext in (
-        ("network-shield", "CAS session of an app whose TLS to the mesh is added by the network shield"),
-        ("ghostunnel", "CAS session (or command line) of a confidential Ghostunnel in client mode"),
-    ):
-        p = csub.add_parser(name, help=helptext)
-        p.add_argument("--session", required=True, help="CAS session name <namespace>/<name>")
-        p.add_argument(
-            "--mrenclave",
-            dest="mrenclaves",
-            action="append",
-            default=[],
-            required=True,
-            metavar="MRENCLAVE",
-            help="repeatable",
-        )
-        p.add_argument(
-            "--target",
-            dest="targets",
-            action="append",
-            default=[],
-            required=True,
+    shield = csub.add_parser(
+        "network-shield", help="CAS session of an app whose TLS to the mesh is added by the network shield"
+    )
+    tunnel = csub.add_parser(
+        "ghostunnel", help="CAS session (or command line) of a confidential Ghostunnel in client mode"
+    )
+    for p in (shield, tunnel):
+        flag = _Flags(p, SconeAppParams)
+        flag("session", "CAS session name <namespace>/<name>")
+        flag("mrenclaves", "repeatable")
+        flag(
+            "targets",
+            "mesh service (repeatable); SPIFFE ID defaults to Istio's .../ns/NS/sa/SVC",
             metavar="SVC.NS:PORT[=SPIFFE_ID]",
-            help="mesh service (repeatable); SPIFFE ID defaults to Istio's .../ns/NS/sa/SVC",
         )
-        p.add_argument("--trust-domain", help="for targets without an explicit SPIFFE ID")
-        p.add_argument("--cluster-domain", default=_default(SconeAppParams, "cluster_domain"))
-        p.add_argument("--tolerate", action="append", default=[], choices=TOLERATIONS)
-        p.add_argument("--pwd", default=_default(SconeAppParams, "pwd"))
-        p.add_argument("--bundle-session", default=_default(SconeAppParams, "bundle_session"))
-        p.add_argument("--plugin", choices=SVIDSTORE_PLUGINS, default=_default(SconeAppParams, "plugin"))
-        _fmt(p, SconeAppParams)
-        if name == "network-shield":
-            p.add_argument("--service", required=True, help="SCONE service name")
-            p.add_argument("--command", required=True, help="the app's command inside the enclave")
-            p.add_argument(
-                "--no-server-auth",
-                action="store_true",
-                help="INSECURE: do not authenticate the mesh service (the thesis's setting)",
-            )
-            p.set_defaults(
-                func=_Typed(
-                    _reads(SconeNetworkShieldParams, app=app, server_auth=lambda a: not a.no_server_auth),
-                    commands.cmd_scone_network_shield,
-                )
-            )
-            continue
-        p.add_argument(
-            "--listen-port",
-            dest="listen_ports",
-            action="append",
-            type=int,
-            default=[],
-            metavar="LISTEN_PORT",
-            help="local plain port per target, in order (default: the target's port)",
-        )
-        p.add_argument(
-            "--cert-source", choices=CERT_SOURCES, default=_default(SconeGhostunnelParams, "cert_source")
-        )
-        for flag in ("workload_api_addr", "cert_dir", "timed_reload", "status_port", "binary"):
-            default = _default(SconeGhostunnelParams, flag)
-            kind = int if flag == "status_port" else str
-            p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=default)
-        p.add_argument(
-            "--command-line",
-            action="store_true",
-            help="print the plain command line(s) for running Ghostunnel outside CAS",
-        )
-        p.set_defaults(func=_Typed(_reads(SconeGhostunnelParams, app=app), commands.cmd_scone_ghostunnel))
+        flag("trust_domain", "for targets without an explicit SPIFFE ID")
+        for name in ("cluster_domain", "tolerate", "pwd", "bundle_session", "plugin"):
+            flag(name)
+        flag("output", _FORMAT, short="-o")
+    app = _reads(SconeAppParams)
+    flag = _Flags(shield, SconeNetworkShieldParams)
+    flag("service", "SCONE service name")
+    flag("command", "the app's command inside the enclave")
+    flag("server_auth", "INSECURE: do not authenticate the mesh service (the thesis's setting)")
+    _command(shield, SconeNetworkShieldParams, commands.cmd_scone_network_shield, app=app)
+    flag = _Flags(tunnel, SconeGhostunnelParams)
+    flag("listen_ports", "local plain port per target, in order (default: the target's port)")
+    for name in ("cert_source", "workload_api_addr", "cert_dir", "timed_reload", "status_port", "binary"):
+        flag(name)
+    flag("command_line", "print the plain command line(s) for running Ghostunnel outside CAS")
+    _command(tunnel, SconeGhostunnelParams, commands.cmd_scone_ghostunnel, app=app)
 
 
 def _register_bridge(sub: Sub) -> None:
@@ -451,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return commands.EXIT_USAGE
     try:
         return func(args)
     except PACKAGE_ERRORS as exc:
@@ -459,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
-        return EXIT_USAGE
+        return commands.EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
