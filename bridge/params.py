@@ -4,7 +4,9 @@
 calls the command functions of :mod:`bridge.commands` with them; tests build them directly and call the
 same functions in-process. Fields keep the flags' values as typed (paths, tuples, booleans, ``Literal``
 choices) but unvalidated: :mod:`bridge.flags` checks them when it turns them into model objects, so every
-problem is reported at once as ``--flag: 'value': rule``. Defaults are the command line's defaults.
+problem is reported at once as ``--flag: 'value': rule``. Each field declares its flag (``bridge.cli``
+derives it): no default = a required flag, else the field's default; a tuple = a repeatable flag named in
+the singular; a ``bool`` defaulting to true = a ``--no-…`` switch; a ``Literal`` = the flag's choices.
 """
 
 from __future__ import annotations
