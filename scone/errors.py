@@ -13,3 +13,9 @@ from __future__ import annotations
 
 class SconeError(Exception):
     """Base of every error raised on purpose by ``scone``."""
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Raise one :class:`SconeError` listing every problem found, one a line (none: return)."""
+    if problems:
+        raise SconeError("\n".join(problems))

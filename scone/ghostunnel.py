@@ -19,7 +19,7 @@ import ipaddress
 import re
 import shlex
 
-from scone.errors import SconeError
+from scone.errors import raise_problems
 from scone.model import GhostunnelApp, GhostunnelTunnel, RenderedSession, RenderWarning
 from scone.session import (
     SVID_CERT_CHAIN_PEM,
@@ -106,8 +106,7 @@ def ghostunnel_args(tunnel: GhostunnelTunnel) -> list[str]:
     """
     problems: list[str] = []
     _check_tunnel(problems, tunnel)
-    if problems:
-        raise SconeError("\n".join(problems))
+    raise_problems(problems)
     target = tunnel.target
     listen_host = f"[{tunnel.listen_host}]" if ":" in tunnel.listen_host else tunnel.listen_host
     args = ["client", f"--listen={listen_host}:{tunnel.listen_port}"]
@@ -196,8 +195,7 @@ def render_ghostunnel_session(app: GhostunnelApp) -> RenderedSession:
     if len(file_sets) > 1:
         problems.append("tunnels[].files: every files tunnel of one session reads the same injected files")
     security, warnings = attestation_section(app.attestation, problems)
-    if problems:
-        raise SconeError("\n".join(problems))
+    raise_problems(problems)
     services: list[dict[str, object]] = []
     for tunnel in app.tunnels:
         warnings.extend(ghostunnel_warnings(tunnel))

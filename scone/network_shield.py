@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from scone.errors import SconeError
+from scone.errors import raise_problems
 from scone.model import MeshTarget, NetworkShieldApp, RenderedSession, RenderWarning
 from scone.session import (
     IDENTITY_PEM,
@@ -92,8 +92,7 @@ def render_network_shield_session(app: NetworkShieldApp) -> RenderedSession:
             problems.append(f"environment[{i}]: {key!r}: set twice")
         user_env[key] = value
     security, warnings = attestation_section(app.attestation, problems)
-    if problems:
-        raise SconeError("\n".join(problems))
+    raise_problems(problems)
     if not app.server_auth:
         warnings.append(
             RenderWarning(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from scone.model import Attestation, RenderWarning, SvidStoreSessions
-from scone.svidstore import FEDERATED_BUNDLES_SECRET, SVID_SECRET, TRUST_BUNDLE_SECRET
+from scone.svidstore import FEDERATED_BUNDLES_SECRET, SESSION_NAME, SVID_SECRET, TRUST_BUNDLE_SECRET
 
 __all__ = [
     "ADVISORY_CATEGORIES",
@@ -58,7 +58,6 @@ def server_ca_pem(sessions: SvidStoreSessions) -> str:
     return f"$$SCONE::{mesh_ca_secret(sessions)[1]}:crt$$"
 
 
-_SESSION = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 _SERVICE = re.compile(r"^[A-Za-z0-9_-]+$")
 _MRENCLAVE = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^0\.3(\.[0-9]+)?$")
@@ -69,7 +68,7 @@ def check_common(
     problems: list[str], *, session_name: str, mrenclaves: tuple[str, ...], version: str, pwd: str
 ) -> None:
     """Append the problems of fields every app session has."""
-    if not _SESSION.match(session_name) or len(session_name) > 128:
+    if not SESSION_NAME.match(session_name) or len(session_name) > 128:
         problems.append(
             f"session_name: {session_name!r}: a CAS session name '<namespace>/<name>' "
             "([A-Za-z0-9_-] parts, at most 128 characters)"
@@ -124,10 +123,8 @@ def attestation_section(
                 )
             )
     advisories = attestation.ignore_advisories
-    for problem in attestation_problems(attestation):
-        problems.append(problem)
-    for field, value, message in attestation_advice(attestation):
-        warnings.append(RenderWarning(field, value, message))
+    problems.extend(attestation_problems(attestation))
+    warnings.extend(RenderWarning(*advice) for advice in attestation_advice(attestation))
     if advisories:
         for i, adv in enumerate(advisories):
             if not _ADVISORY.match(adv):

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from scone.errors import SconeError
+from scone.errors import SconeError, raise_problems
 from scone.model import RenderedText, RenderWarning, SvidStoreConfig, SvidStoreSessions
 
 __all__ = [
@@ -77,7 +77,7 @@ TEMPLATE_FILES = {
 """File names of the three templates inside ``SvidStoreConfig.template_dir``."""
 
 _PEM_INDENT = " " * 8  # pemToSconeInjectionFile: strings.Join(strings.Split(pem, "\n"), "\n        ")
-_SESSION_PART = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+SESSION_NAME = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 # Starts with a letter, ends with a separator: prefix + session name is never a YAML number/bool/null,
 # and never equals the app's own session name.
 _PREFIX = re.compile(r"^[A-Za-z]([A-Za-z0-9_-]*/)*[A-Za-z0-9_-]*[-_/]$")
@@ -97,7 +97,7 @@ def _check_sessions(sessions: SvidStoreSessions, path: str = "sessions") -> None
         )
     for field in ("bundle_session", "federated_bundles_session"):
         value = getattr(sessions, field)
-        if not _SESSION_PART.match(value):
+        if not SESSION_NAME.match(value):
             problems.append(f"{path}.{field}: {value!r}: a CAS session name ([A-Za-z0-9_-] parts and '/')")
         elif yaml.safe_load(f"name: {value}") != {"name": value}:
             # the plugin reads the name from the unquoted `name:` line: it must read back as this string
@@ -107,73 +107,56 @@ def _check_sessions(sessions: SvidStoreSessions, path: str = "sessions") -> None
             f"{path}.federated_bundles_session: {sessions.federated_bundles_session!r}: "
             "must differ from bundle_session"
         )
-    if problems:
-        raise SconeError("\n".join(problems))
+    raise_problems(problems)
 
 
-def _export(indent: str) -> list[str]:
+_EXPORT = (
+    "export:",
+    # quoted: a session name such as `0` or `yes` must stay a string after substitution
+    f'  - session: "{_ph("session-name-selector")}"',
+    f'    session_hash: "{_ph("session-hash-selector")}"',
+)
+
+
+def _secret(name: str, kind: str, placeholder: str, *attributes: str) -> list[str]:
+    """One ``secrets[]`` item whose PEM ``value`` is the plugin's ``placeholder``."""
     return [
-        f"{indent}export:",
-        # quoted: a session name such as `0` or `yes` must stay a string after substitution
-        f'{indent}  - session: "{_ph("session-name-selector")}"',
-        f'{indent}    session_hash: "{_ph("session-hash-selector")}"',
+        f"  - name: {name}",
+        f"    kind: {kind}",
+        *(f"    {line}" for line in attributes),
+        "    value: |",
+        f"{_PEM_INDENT}{_ph(placeholder)}",
     ]
+
+
+def _template(name: str, *secrets: list[str]) -> str:
+    header = [
+        f"name: {name}",
+        f'version: "{TEMPLATE_VERSION}"',
+        f"predecessor: {_ph('predecessor')}",
+        "secrets:",
+    ]
+    return "\n".join(header + [line for secret in secrets for line in secret]) + "\n"
 
 
 def render_svid_session_template(sessions: SvidStoreSessions) -> str:
     """The SVID session template: ``svid`` (x509) and ``svid_key``, both exported to the app's session
     pinned by its hash."""
     _check_sessions(sessions)
-    svid_pem = _ph("svid")
     split = sessions.plugin == "sconecas_sessionmanager" and sessions.svid_intermediates
-    lines = [
-        f"name: {sessions.svid_session_prefix}{_ph('session-name-selector')}",
-        f'version: "{TEMPLATE_VERSION}"',
-        f"predecessor: {_ph('predecessor')}",
-        "secrets:",
-        f"  - name: {SVID_SECRET}",
-        "    kind: x509",
-        f"    private_key: {SVID_KEY_SECRET}",
-        *([f"    issuer: {SVID_INTERMEDIATES_SECRET}"] if split else []),
-        *_export("    "),
-        "    value: |",
-        f"{_PEM_INDENT}{svid_pem}",
-        *(
-            [
-                # the newest plugin puts only the leaf in <\svid>: without this secret (and `issuer`)
-                # SPIRE's intermediate under an UpstreamAuthority never reaches $$SCONE::svid:chain$$
-                f"  - name: {SVID_INTERMEDIATES_SECRET}",
-                "    kind: x509-ca",
-                *_export("    "),
-                "    value: |",
-                f"{_PEM_INDENT}{_ph('svid-intermediates')}",
-            ]
-            if split
-            else []
-        ),
-        f"  - name: {SVID_KEY_SECRET}",
-        "    kind: private-key",
-        *_export("    "),
-        "    value: |",
-        f"{_PEM_INDENT}{_ph('svid-key')}",
-    ]
-    return "\n".join(lines) + "\n"
+    issuer = [f"issuer: {SVID_INTERMEDIATES_SECRET}"] if split else []
+    secrets = [_secret(SVID_SECRET, "x509", "svid", f"private_key: {SVID_KEY_SECRET}", *issuer, *_EXPORT)]
+    if split:
+        # the newest plugin puts only the leaf in <\svid>: without this secret (and `issuer`)
+        # SPIRE's intermediate under an UpstreamAuthority never reaches $$SCONE::svid:chain$$
+        secrets.append(_secret(SVID_INTERMEDIATES_SECRET, "x509-ca", "svid-intermediates", *_EXPORT))
+    secrets.append(_secret(SVID_KEY_SECRET, "private-key", "svid-key", *_EXPORT))
+    return _template(f"{sessions.svid_session_prefix}{_ph('session-name-selector')}", *secrets)
 
 
 def _bundle_template(name: str, secret: str, placeholder: str) -> str:
-    lines = [
-        f"name: {name}",
-        f'version: "{TEMPLATE_VERSION}"',
-        f"predecessor: {_ph('predecessor')}",
-        "secrets:",
-        f"  - name: {secret}",
-        "    kind: x509-ca",
-        # CA certificates are public: export_public lets any session import them (no private key).
-        "    export_public: true",
-        "    value: |",
-        f"{_PEM_INDENT}{_ph(placeholder)}",
-    ]
-    return "\n".join(lines) + "\n"
+    # CA certificates are public: export_public lets any session import them (no private key).
+    return _template(name, _secret(secret, "x509-ca", placeholder, "export_public: true"))
 
 
 def render_bundle_session_template(sessions: SvidStoreSessions) -> str:
@@ -209,38 +192,22 @@ def render_svidstore_hcl(config: SvidStoreConfig) -> RenderedText:
     tdir = config.template_dir.rstrip("/")
     if not tdir.startswith("/"):
         raise SconeError(f"template_dir: {config.template_dir!r}: an absolute directory path")
-    data: list[tuple[str, str | bool]]
-    if plugin == "sconecas_sessionmanager":
-        data = [
-            ("cas_connection_string", config.cas_address),
-            ("cas_client_certificate", config.cas_client_certificate),
-            ("cas_client_key", config.cas_client_key),
-            ("trust_anchor_certificate", config.trust_anchor_certificate),
-            ("cas_predecessor_dir", config.cas_predecessor_dir),
-            ("svid_session_template_file", f"{tdir}/{TEMPLATE_FILES['svid']}"),
-            ("bundle_session_template_file", f"{tdir}/{TEMPLATE_FILES['bundle']}"),
-            ("federated_bundles_session_template_file", f"{tdir}/{TEMPLATE_FILES['federated_bundles']}"),
-        ]
-        if config.insecure_skip_verify_tls:
-            data.append(("insecure_skip_verify_tls", True))
-            warnings.append(
-                RenderWarning(
-                    "insecure_skip_verify_tls",
-                    "true",
-                    "the agent posts SVID keys to any server claiming to be CAS; never in production",
-                )
-            )
-    else:
-        data = [
-            ("cas_address", config.cas_address),
-            ("cas_client_certificate", config.cas_client_certificate),
-            ("cas_client_key", config.cas_client_key),
-            ("trust_anchor_certificate", config.trust_anchor_certificate),
-            ("cas_predecessor_dir", config.cas_predecessor_dir),
-            ("svid_session_template_file", f"{tdir}/{TEMPLATE_FILES['svid']}"),
-            ("ca_bundle_session_template_file", f"{tdir}/{TEMPLATE_FILES['bundle']}"),
-            ("federated_bundles_session_template_file", f"{tdir}/{TEMPLATE_FILES['federated_bundles']}"),
-        ]
+    current = plugin == "sconecas_sessionmanager"
+    # the two plugins name two of these keys differently
+    data: list[tuple[str, str | bool]] = [
+        ("cas_connection_string" if current else "cas_address", config.cas_address),
+        ("cas_client_certificate", config.cas_client_certificate),
+        ("cas_client_key", config.cas_client_key),
+        ("trust_anchor_certificate", config.trust_anchor_certificate),
+        ("cas_predecessor_dir", config.cas_predecessor_dir),
+        ("svid_session_template_file", f"{tdir}/{TEMPLATE_FILES['svid']}"),
+        (
+            "bundle_session_template_file" if current else "ca_bundle_session_template_file",
+            f"{tdir}/{TEMPLATE_FILES['bundle']}",
+        ),
+        ("federated_bundles_session_template_file", f"{tdir}/{TEMPLATE_FILES['federated_bundles']}"),
+    ]
+    if not current:
         # scone.go (tutorial plugin) builds its TLS client with InsecureSkipVerify: true and the trust
         # anchor pool commented out: it does not authenticate CAS whatever the configuration says.
         warnings.append(
@@ -256,6 +223,15 @@ def render_svidstore_hcl(config: SvidStoreConfig) -> RenderedText:
                 "insecure_skip_verify_tls: True: not a setting of scone_cas_secretsmanager "
                 "(it never verifies)"
             )
+    elif config.insecure_skip_verify_tls:
+        data.append(("insecure_skip_verify_tls", True))
+        warnings.append(
+            RenderWarning(
+                "insecure_skip_verify_tls",
+                "true",
+                "the agent posts SVID keys to any server claiming to be CAS; never in production",
+            )
+        )
     width = max(len(k) for k, _ in data)
     body = []
     for key, value in data:
