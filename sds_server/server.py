@@ -17,13 +17,10 @@ service ``meshbridge.sds.SvidRotation`` turns ``NOT_SERVING`` (health *degraded*
 serving) while ``svid.rotation_overdue`` holds. ``meshbridge.sds.v1.Admin/Status`` on the same socket
 answers the per-stream status (:mod:`sds_server.status`; ``meshbridge sds status``).
 
-Time, on the served side of the source (the snapshot the source publishes is *applied* here):
-
-* A new SVID whose NotBefore is still ahead is not served: the previous secrets under its names keep
-  being served (:meth:`SecretSnapshot.carry`) and the snapshot is rebuilt when it becomes valid.
-* ``svid.rotation_overdue``: the default SVID is past ``rotation_overdue_fraction`` (60 %) of its
-  lifetime and no new one arrived (SPIRE renews at 50 %) — logged at error, the
-  ``svid_rotation_overdue`` gauge is 1 and health is degraded, well before anything expires.
+Time: the source withholds expired SVIDs and holds not-yet-valid ones (:mod:`sds_server.source`); here,
+``svid.rotation_overdue``: the default SVID is past ``rotation_overdue_fraction`` (60 %) of its
+lifetime and no new one arrived (SPIRE renews at 50 %) — logged at error, the ``svid_rotation_overdue``
+gauge is 1 and health is degraded, well before anything expires.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -134,8 +131,6 @@ class SdsServer:
         self.rotation_health = ServiceStatus()
         self.rotation_health.set(True)
         self._overdue_serial: int | None = None  # the default SVID's serial while it is overdue
-        self._published: SecretSnapshot | None = None  # what the source published last
-        self._pending_timer: asyncio.TimerHandle | None = None
         self._overdue_timer: asyncio.TimerHandle | None = None
         self._shadowed_logged: set[str] = set()
         self._files_task: asyncio.Task[None] | None = None
@@ -156,21 +151,7 @@ class SdsServer:
             raise GRPCError(Status.PERMISSION_DENIED, f"caller uid {uid} is not allowed on this SDS socket")
 
     def _on_snapshot(self, snap: SecretSnapshot) -> None:
-        """A snapshot from the source: hold not-yet-valid SVIDs, then serve it (on the loop)."""
-        self._published = snap
-        self._apply(snap)
-
-    def _apply(self, snap: SecretSnapshot) -> None:
-        effective = snap.carry(self.servicer.snapshot)
-        self.metrics.svid_pending.set(len(snap.pending))
-        for s in snap.pending:
-            log.info(
-                "svid.pending",
-                spiffe_id=s.spiffe_id,
-                serial=format(s.serial, "x"),
-                not_before=s.valid_from().isoformat(),
-                hint="NotBefore is ahead: served once valid, the previous SVID meanwhile",
-            )
+        """A snapshot from the source (on the loop): serve it."""
         for name in snap.shadowed:
             if name not in self._shadowed_logged:
                 self._shadowed_logged.add(name)
@@ -180,27 +161,12 @@ class SdsServer:
                     hint=f"a configured name wins: the bundle of trust domain {name!r} is served only as "
                     f"'spiffe://{name.removeprefix('spiffe://')}'",
                 )
-        if self._pending_timer is not None:
-            self._pending_timer.cancel()
-            self._pending_timer = None
-        due = snap.next_pending()
-        if due is not None:
-            delay = max(0.0, due.timestamp() - time.time())
-            self._pending_timer = asyncio.get_running_loop().call_later(delay, self._pending_due, snap)
-        self.servicer.update(effective)
-        d = effective.default_svid
+        self.servicer.update(snap)
+        d = snap.default_svid
         self.health.set(d is not None)
         if d is not None:
             self._first_secret.set()
-        self._watch_rotation(effective)
-
-    def _pending_due(self, snap: SecretSnapshot) -> None:
-        self._pending_timer = None
-        if self._published is not snap:
-            return  # the source moved on; its newer snapshot was applied already
-        rebuilt = SecretSnapshot.build(snap.svids, snap.bundles, snap.names, datetime.now(UTC))
-        self._published = rebuilt
-        self._apply(rebuilt)
+        self._watch_rotation(snap)
 
     def _watch_rotation(self, snap: SecretSnapshot) -> None:
         """Arm ``svid.rotation_overdue`` for the served default SVID (cleared when a new one arrives)."""
@@ -328,9 +294,8 @@ class SdsServer:
             except TimeoutError:
                 log.warning("sds.drain.timeout", seconds=self.config.drain_seconds)
             await self.servicer.close()
-            for timer in (self._pending_timer, self._overdue_timer):
-                if timer is not None:
-                    timer.cancel()
+            if self._overdue_timer is not None:
+                self._overdue_timer.cancel()
             if self._files_task is not None:
                 self._files_task.cancel()
                 await asyncio.gather(self._files_task, return_exceptions=True)

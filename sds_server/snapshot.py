@@ -16,7 +16,7 @@ resolves every resource name Envoy may ask for to one encoded ``Secret`` with it
 An SVID whose ``NotAfter`` has passed is never put in a snapshot (X509-SVID §4 validity: an expired
 SVID must not be presented); it is listed in :attr:`SecretSnapshot.expired` so the caller can alert.
 An SVID whose ``NotBefore`` is still ahead (beyond a small clock-skew grace) is not served either
-(a peer would reject it); it is listed in :attr:`SecretSnapshot.pending` and the server keeps serving
+(a peer would reject it); it is listed in :attr:`SecretSnapshot.pending` and the source keeps serving
 what it served before under those names until it becomes valid (:meth:`SecretSnapshot.carry`).
 
 Configured names win over trust-domain names: a trust domain whose name equals ``names.default`` /
@@ -309,11 +309,6 @@ class SecretSnapshot:
         return replace(
             self, resources=MappingProxyType(res), version=_snapshot_version(res, self.plain), default=default
         )
-
-    def next_pending(self) -> datetime | None:
-        """When the earliest pending SVID becomes servable (its NotBefore minus the grace)."""
-        starts = [s.valid_from() - NOT_BEFORE_GRACE for s in self.pending]
-        return min(starts) if starts else None
 
     @property
     def default_svid(self) -> Svid | None:

@@ -17,9 +17,14 @@ Threading / asyncio model (read this before touching anything here):
   ``threading.Lock`` (uncontended on the loop; it is there because :meth:`SnapshotPublisher.publish`
   may be called from other threads — tests, the in-thread runner of :mod:`sds_server.testing`).
   Subscribers are called **on the loop** (``call_soon_threadsafe``), never under the lock.
-* While the stream is down the last snapshot keeps being served. A loop timer fires when the earliest
-  SVID reaches ``NotAfter`` and rebuilds the snapshot without it: an expired SVID is never served
-  (loud ``svid.expired.withheld`` error + metric).
+* Time changes a snapshot without any update, so one loop timer (:meth:`SnapshotPublisher.next_change`)
+  rebuilds it at the next moment the clock alone changes what is servable:
+
+  - an SVID reaching ``NotAfter`` is dropped: an expired SVID is never served, even while the stream is
+    down and the last snapshot keeps being served (loud ``svid.expired.withheld`` error + metric);
+  - an SVID whose ``NotBefore`` is still ahead is held (``svid.pending``, logged once per SVID): the
+    previous secrets under its names keep being served (:meth:`SecretSnapshot.carry`) until it becomes
+    valid, when the rebuild serves it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from sds_server.snapshot import Bundle, ResourceNames, SecretSnapshot, Svid
+from sds_server.snapshot import NOT_BEFORE_GRACE, Bundle, ResourceNames, SecretSnapshot, Svid
 from sds_server.workload_client import (
     WorkloadApiCallError,
     WorkloadApiClient,
@@ -78,7 +83,7 @@ class RetryPolicy:
 
 
 class SecretSource(Protocol):
-    """What the server needs of a source: start on its loop, deliver snapshots, stop."""
+    """What the server needs of a source: start on its loop, deliver servable snapshots, stop."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
 
@@ -96,7 +101,8 @@ def _zulu(t: datetime) -> str:
 
 
 class SnapshotPublisher:
-    """Holds the current snapshot, rebuilds it from material, notifies subscribers on the loop."""
+    """Holds the current snapshot, rebuilds it from material (and when time changes it), notifies
+    subscribers on the loop."""
 
     def __init__(
         self, names: ResourceNames, metrics: Metrics, *, clock: Callable[[], datetime] = _utcnow
@@ -108,9 +114,11 @@ class SnapshotPublisher:
         self._svids: tuple[Svid, ...] = ()
         self._bundles: tuple[Bundle, ...] = ()
         self._current: SecretSnapshot | None = None
-        self._reported_expired: set[tuple[str, int]] = set()
+        self._reported: set[tuple[str, str, int]] = set()  # (event, spiffe_id, serial) logged once
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
         metrics.track_snapshot(self.current)
 
     def current(self) -> SecretSnapshot | None:
@@ -121,11 +129,28 @@ class SnapshotPublisher:
         """Call ``callback(snapshot)`` on the loop after every swap (and now, if one exists)."""
         self._subscribers.append(callback)
         snap = self._current
-        if snap is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(callback, snap)
+        if snap is not None:
+            self._call_soon(callback, snap)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._call_soon(self._arm_timer)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.attach(loop)
+
+    async def aclose(self) -> None:
+        """Stop (on the loop): disarm the timer."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback(*args)`` on the loop, from any thread (dropped before :meth:`attach`)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: shutting down
+                self._loop.call_soon_threadsafe(callback, *args)
 
     def publish(self, svids: Sequence[Svid], bundles: Sequence[Bundle]) -> None:
         """New material (from the Workload API or a test): rebuild and notify."""
@@ -133,31 +158,57 @@ class SnapshotPublisher:
             self._svids = tuple(svids)
             self._bundles = tuple(bundles)
         self.rebuild()
+        self._call_soon(self._arm_timer)
 
-    def next_expiry(self) -> datetime | None:
-        """The earliest ``NotAfter`` still in the future (the supervisor rebuilds the snapshot then).
+    def next_change(self) -> datetime | None:
+        """The next moment the clock alone changes the snapshot: the earliest ``NotAfter`` or pending
+        ``NotBefore`` (less the grace the snapshot allows) still in the future.
 
         Decided by the clock, not by the last snapshot: an SVID that expired without changing the
-        snapshot (a second SVID with the same SPIFFE ID) must not be returned again, or the supervisor
-        would wake every few milliseconds until the next update.
+        snapshot (a second SVID with the same SPIFFE ID) must not be returned again, or the timer
+        would fire every few milliseconds until the next update.
         """
         now = self._clock()
-        live = [s.not_after for s in self._svids if s.not_after > now]
-        return min(live) if live else None
+        times = [t for s in self._svids for t in (s.not_after, s.valid_from() - NOT_BEFORE_GRACE) if t > now]
+        return min(times) if times else None
+
+    def _arm_timer(self) -> None:
+        """(Re)arm the loop timer for :meth:`next_change` (at most 60 s ahead, then re-check)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.next_change()
+        if due is None or self._closed or self._loop is None:
+            return
+        delay = (due - self._clock()).total_seconds() + 0.01
+        self._timer = self._loop.call_later(min(max(delay, 0.0), 60.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.rebuild()
+        self._arm_timer()
+
+    def _first_report(self, event: str, svids: Sequence[Svid]) -> list[Svid]:
+        """The SVIDs not yet logged under ``event``, marked as logged now."""
+        new = [s for s in svids if (event, s.spiffe_id, s.serial) not in self._reported]
+        self._reported.update((event, s.spiffe_id, s.serial) for s in new)
+        return new
 
     def rebuild(self) -> None:
-        """Build a snapshot from the held material; swap and notify if its content changed."""
+        """Build a snapshot from the held material, holding pending SVIDs' names at what was served;
+        swap and notify if what it serves (or holds) changed."""
         with self._lock:
             svids = self._svids
             if not svids and not self._bundles:
                 return
-            snap = SecretSnapshot.build(svids, self._bundles, self._names, self._clock())
             previous = self._current
-            if previous is not None and previous.version == snap.version:
+            snap = SecretSnapshot.build(svids, self._bundles, self._names, self._clock()).carry(previous)
+            if previous is not None and (previous.version, previous.pending) == (snap.version, snap.pending):
                 return
             self._current = snap
-            new_expired = [s for s in snap.expired if (s.spiffe_id, s.serial) not in self._reported_expired]
-            self._reported_expired.update((s.spiffe_id, s.serial) for s in new_expired)
+            new_expired = self._first_report("svid.expired.withheld", snap.expired)
+            new_pending = self._first_report("svid.pending", snap.pending)
+        self._metrics.svid_pending.set(len(snap.pending))
         for s in new_expired:
             self._metrics.svids_expired_withheld.inc()
             log.error(
@@ -166,6 +217,14 @@ class SnapshotPublisher:
                 serial=format(s.serial, "x"),
                 not_after=s.not_after.isoformat(),
                 hint="the Workload API has not delivered a fresh SVID; it will not be served",
+            )
+        for s in new_pending:
+            log.info(
+                "svid.pending",
+                spiffe_id=s.spiffe_id,
+                serial=format(s.serial, "x"),
+                not_before=s.valid_from().isoformat(),
+                hint="NotBefore is ahead: served once valid, the previous SVID meanwhile",
             )
         d = snap.default_svid
         old = previous.default_svid if previous is not None else None
@@ -177,12 +236,7 @@ class SnapshotPublisher:
                 not_after=d.not_after.isoformat(),
                 version=snap.version[:16],
             )
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._notify, snap)
-            except RuntimeError:  # loop closed: shutting down
-                return
+        self._call_soon(self._notify, snap)
 
     def _notify(self, snap: SecretSnapshot) -> None:
         if snap is not self._current:
@@ -214,8 +268,6 @@ class WorkloadApiSource(SnapshotPublisher):
         self._attempt = 0
         self._rand = random.Random()  # noqa: S311 - jitter, not cryptography
         self._task: asyncio.Task[None] | None = None
-        self._expiry_timer: asyncio.TimerHandle | None = None
-        self._closed = False
         self.connected = False
         self._had_identity = False  # an SVID was ever delivered to this process
         self._denied_logged: tuple[object, ...] | None = None  # state of the last permission_denied line
@@ -241,11 +293,8 @@ class WorkloadApiSource(SnapshotPublisher):
             loop.call_soon_threadsafe(begin)
 
     async def aclose(self) -> None:
-        """Stop watching (on the loop): cancel the watch, close the connection, disarm the expiry timer."""
-        self._closed = True
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        """Stop watching (on the loop): disarm the timer, cancel the watch, close the connection."""
+        await super().aclose()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -270,22 +319,6 @@ class WorkloadApiSource(SnapshotPublisher):
         self.connected = up
         self._metrics.workload_api_connected.set(1 if up else 0)
 
-    def _arm_expiry_timer(self) -> None:
-        """(Re)arm the loop timer for the earliest future ``NotAfter`` (at most 60 s ahead, then re-check)."""
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
-        expiry = self.next_expiry()
-        if expiry is None or self._closed or self._loop is None:
-            return
-        delay = (expiry - self._clock()).total_seconds() + 0.01
-        self._expiry_timer = self._loop.call_later(min(max(delay, 0.0), 60.0), self._on_expiry_timer)
-
-    def _on_expiry_timer(self) -> None:
-        self._expiry_timer = None
-        self.rebuild()
-        self._arm_expiry_timer()
-
     def _on_update(self, update: X509Update) -> None:
         if not self.connected:
             self._set_connected(True)
@@ -296,7 +329,6 @@ class WorkloadApiSource(SnapshotPublisher):
             self._had_identity = True
         self._metrics.workload_api_updates.inc()
         self.publish(update.svids, update.bundles)
-        self._arm_expiry_timer()
 
     async def _supervise(self) -> None:
         first = True

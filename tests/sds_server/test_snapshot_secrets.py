@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ import sds_server
 from bridge.envoy import EnvoyError, egress_bootstrap, sidecar_bootstrap
 from sds_server.errors import SdsConfigError
 from sds_server.metrics import Metrics
-from sds_server.snapshot import ResourceNames, SecretSnapshot
+from sds_server.snapshot import NOT_BEFORE_GRACE, ResourceNames, SecretSnapshot
 from sds_server.source import RetryPolicy, SnapshotPublisher
 from tests.support.pki import MiniCa
 
@@ -138,21 +139,46 @@ def test_bootstrap_errors_name_the_argument() -> None:
         egress_bootstrap(sds_socket="/s", upstream_port=1, server_spiffe_ids=[])
 
 
-def test_next_expiry_never_points_into_the_past(ca: MiniCa) -> None:
-    """The supervisor sleeps until ``next_expiry()``: an SVID that expired without changing the snapshot
+def test_next_change_never_points_into_the_past(ca: MiniCa) -> None:
+    """The supervisor sleeps until ``next_change()``: an SVID that expired without changing the snapshot
     (here a second SVID with the same SPIFFE ID) must not be returned again, or it would spin."""
     clock = [_now()]
     publisher = SnapshotPublisher(ResourceNames(), Metrics(), clock=lambda: clock[0])
     long_lived = ca.issue("/w", ttl=dt.timedelta(hours=1), not_before=_now() - dt.timedelta(minutes=1))
     short_lived = ca.issue("/w", ttl=dt.timedelta(minutes=2), not_before=_now() - dt.timedelta(minutes=1))
     publisher.publish([long_lived.svid(), short_lived.svid()], [ca.bundle()])
-    assert publisher.next_expiry() == short_lived.cert.not_valid_after_utc
+    assert publisher.next_change() == short_lived.cert.not_valid_after_utc
     clock[0] = _now() + dt.timedelta(minutes=5)  # the duplicate has expired; the default has not
     publisher.rebuild()
-    assert publisher.next_expiry() == long_lived.cert.not_valid_after_utc
+    assert publisher.next_change() == long_lived.cert.not_valid_after_utc
     clock[0] = _now() + dt.timedelta(hours=2)
     publisher.rebuild()
-    assert publisher.next_expiry() is None
+    assert publisher.next_change() is None
+
+
+def test_pending_svid_is_held_logged_once_then_served_as_a_rotation(ca: MiniCa) -> None:
+    """A not-yet-valid SVID is held (the old one stays served under its names), logged once however often
+    the snapshot changes meanwhile, and served once the clock reaches its NotBefore."""
+    clock = [_now()]
+    publisher = SnapshotPublisher(ResourceNames(), Metrics(), clock=lambda: clock[0])
+    old = ca.issue("/w", not_before=_now() - dt.timedelta(minutes=1))
+    new = ca.issue("/w", not_before=_now() + dt.timedelta(minutes=1))
+    publisher.publish([old.svid()], [ca.bundle()])
+    with structlog.testing.capture_logs() as logs:
+        publisher.publish([new.svid()], [ca.bundle()])
+        publisher.publish([new.svid()], [ca.bundle(), MiniCa.create("other.org").bundle()])  # still held
+        assert publisher.next_change() == new.cert.not_valid_before_utc - NOT_BEFORE_GRACE
+        held = publisher.current()
+        assert held is not None
+        assert held.pending == (new.svid(),)
+        assert held.default_svid == old.svid()
+        clock[0] = new.cert.not_valid_before_utc
+        publisher.publish([new.svid()], [ca.bundle()])
+    served = publisher.current()
+    assert served is not None
+    assert served.pending == ()
+    assert served.default_svid == new.svid()
+    assert [e["event"] for e in logs] == ["svid.pending", "svid.rotated"]
 
 
 def test_default_chosen_by_spiffe_id_then_hint_then_first(ca: MiniCa) -> None:
