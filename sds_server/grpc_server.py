@@ -27,7 +27,7 @@ leaves several gaps a server facing untrusted local clients must close:
 
 And, not grpclib's but the same concern for both servers, :func:`bind_unix_socket`: a listening Unix
 socket created with its mode (and owner) *before* ``listen()``, a stale socket file replaced, a live
-server's socket or any other file never touched.
+server's socket or any other file never touched; and :class:`PerUidCap`, the open calls per caller UID.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import socket as _socket
 import stat
 import struct
 from asyncio import BaseTransport
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from socket import socket
@@ -57,6 +57,7 @@ from grpclib.server import Stream
 __all__ = [
     "Limits",
     "PeerCredentials",
+    "PerUidCap",
     "Server",
     "UnixSocketError",
     "bind_unix_socket",
@@ -74,11 +75,48 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Transport limits of one server (defaults: grpc-go's receive cap, a generous backlog)."""
+    """Transport limits of one server; ``SdsLimits`` and ``WorkloadApiLimits`` extend it with their own."""
 
+    # grpc-go's default receive limit (grpc.MaxRecvMsgSize): an SDS or Workload API request is a few
+    # hundred bytes.
     max_message_bytes: int = 4 * MiB
+    # A connection that opens no stream in this time is closed (nothing legitimate connects and waits).
     idle_connection_seconds: float = 10.0
     backlog: int = 1024
+
+    def not_positive(self, *more: str) -> list[str]:
+        """A ``<field>: <value!r>: must be positive`` line per transport limit (or ``more`` field) not > 0."""
+        labels = ("max_message_bytes", "idle_connection_seconds", "backlog", *more)
+        return [f"{f}: {getattr(self, f)!r}: must be positive" for f in labels if getattr(self, f) <= 0]
+
+
+class PerUidCap:
+    """Calls open per caller UID, at most ``cap`` each: both servers admit a call through :meth:`hold`.
+
+    ``what`` names the calls in the ``RESOURCE_EXHAUSTED`` message: ``uid 1000: 5 <what> open: at most 5``.
+    """
+
+    def __init__(self, cap: int, what: str) -> None:
+        self.cap = cap
+        self._what = what
+        self._open: dict[int, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, uid: int, refused: Callable[[int], object]) -> Iterator[None]:
+        """Count one open call of ``uid`` for the block; at the cap, ``refused(count)`` and refuse it."""
+        count = self._open.get(uid, 0)
+        if count >= self.cap:
+            refused(count)
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED, f"uid {uid}: {count} {self._what} open: at most {self.cap}"
+            )
+        self._open[uid] = count + 1
+        try:
+            yield
+        finally:
+            left = self._open.pop(uid) - 1
+            if left:
+                self._open[uid] = left
 
 
 class _Connection:

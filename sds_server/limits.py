@@ -1,7 +1,8 @@
 """The SDS server's limits, in one frozen value (defaults chosen for one sidecar's SDS server).
 
-Transport limits (message cap, backlog, idle connections) are enforced by
-:class:`sds_server.grpc_server.Server`; the rest by the servicer. Each default names its reason.
+Transport limits (message cap, backlog, idle connections: the inherited
+:class:`sds_server.grpc_server.Limits`) are enforced by :class:`sds_server.grpc_server.Server`; the rest
+by the servicer. Each default names its reason.
 """
 
 from __future__ import annotations
@@ -15,19 +16,14 @@ UNKNOWN_NAMES_POLICIES = ("hold", "error")
 
 
 @dataclass(frozen=True, slots=True)
-class SdsLimits:
-    """Caps and timeouts of one SDS server."""
+class SdsLimits(Limits):
+    """Caps and timeouts of one SDS server (the transport's, and these)."""
 
-    # grpc-go's default receive limit (grpc.MaxRecvMsgSize): a DiscoveryRequest is a few hundred bytes.
-    max_message_bytes: int = 4 * 1024 * 1024
     # Envoy opens one SDS stream per secret name; a gateway with many credentialNames stays far below.
     max_names_per_stream: int = 1024
     max_streams_per_uid: int = 2048
     # A push that cannot be written for this long means the client stopped reading: cut it off.
     send_timeout_seconds: float = 10.0
-    # A connection that opens no stream in this time is closed (nothing legitimate connects and waits).
-    idle_connection_seconds: float = 10.0
-    backlog: int = 1024
     # A name held (subscribed, not servable) this long gets one warning per (stream, name).
     held_warning_seconds: float = 3.0
     # "hold": keep unknown names pending (SotW allows it); "error": InvalidArgument like SPIRE's agent.
@@ -41,25 +37,14 @@ class SdsLimits:
             raise SdsConfigError(
                 f"unknown_names: {self.unknown_names!r}: must be one of {', '.join(UNKNOWN_NAMES_POLICIES)}"
             )
-        for label in (
-            "max_message_bytes",
-            "max_names_per_stream",
-            "max_streams_per_uid",
-            "send_timeout_seconds",
-            "idle_connection_seconds",
-            "backlog",
-        ):
-            if getattr(self, label) <= 0:
-                raise SdsConfigError(f"{label}: {getattr(self, label)!r}: must be positive")
+        problems = self.not_positive("max_names_per_stream", "max_streams_per_uid", "send_timeout_seconds")
+        if problems:
+            raise SdsConfigError(problems)
         if not 0 < self.rotation_overdue_fraction < 1:
             raise SdsConfigError(
                 f"rotation_overdue_fraction: {self.rotation_overdue_fraction!r}: must be between 0 and 1"
             )
 
     def transport(self) -> Limits:
-        """The transport part, for :class:`sds_server.grpc_server.Server`."""
-        return Limits(
-            max_message_bytes=self.max_message_bytes,
-            idle_connection_seconds=self.idle_connection_seconds,
-            backlog=self.backlog,
-        )
+        """The transport part, for :class:`sds_server.grpc_server.Server` (an ``SdsLimits`` is one)."""
+        return self

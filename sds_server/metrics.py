@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -54,48 +55,41 @@ class Metrics:
     """Counters and gauges named in issue 9 §3; attributes are ``prometheus_client`` metrics."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.streams_open = Gauge("sds_streams_open", "Open SDS streams", ["api"], registry=r)
-        self.responses_sent = Counter("sds_responses_sent", "SDS responses sent", ["api"], registry=r)
-        self.acks = Counter("sds_acks", "ACKs received from SDS clients", ["api"], registry=r)
-        self.nacks = Counter("sds_nacks", "NACKs received from SDS clients", ["api"], registry=r)
-        self.stale_requests = Counter(
-            "sds_stale_requests", "Requests ignored because their nonce is not the latest", registry=r
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
+        self.streams_open = gauge("sds_streams_open", "Open SDS streams", ["api"])
+        self.responses_sent = counter("sds_responses_sent", "SDS responses sent", ["api"])
+        self.acks = counter("sds_acks", "ACKs received from SDS clients", ["api"])
+        self.nacks = counter("sds_nacks", "NACKs received from SDS clients", ["api"])
+        self.stale_requests = counter(
+            "sds_stale_requests", "Requests ignored because their nonce is not the latest"
         )
-        self.denied_connections = Counter(
-            "sds_denied_callers", "Requests refused: caller UID not allowed", registry=r
+        self.denied_connections = counter("sds_denied_callers", "Requests refused: caller UID not allowed")
+        self.workload_api_connected = gauge(
+            "workload_api_connected", "1 while the Workload API X.509 stream is up"
         )
-        self.workload_api_connected = Gauge(
-            "workload_api_connected", "1 while the Workload API X.509 stream is up", registry=r
+        self.workload_api_reconnects = counter(
+            "workload_api_reconnects", "Reconnection attempts to the Workload API"
         )
-        self.workload_api_reconnects = Counter(
-            "workload_api_reconnects", "Reconnection attempts to the Workload API", registry=r
-        )
-        self.workload_api_permission_denied = Counter(
+        self.workload_api_permission_denied = counter(
             "workload_api_permission_denied",
             "PermissionDenied from the Workload API (no registration entry for this workload)",
-            registry=r,
         )
-        self.workload_api_updates = Counter(
-            "workload_api_updates", "X.509 context updates received from the Workload API", registry=r
+        self.workload_api_updates = counter(
+            "workload_api_updates", "X.509 context updates received from the Workload API"
         )
-        self.svids_expired_withheld = Counter(
-            "sds_svid_expired_withheld", "Times an SVID past NotAfter was withheld", registry=r
+        self.svids_expired_withheld = counter(
+            "sds_svid_expired_withheld", "Times an SVID past NotAfter was withheld"
         )
-        self.refused = Counter(
-            "sds_refused", "Streams or requests refused by a limit or policy", ["reason"], registry=r
+        self.refused = counter("sds_refused", "Streams or requests refused by a limit or policy", ["reason"])
+        self.send_timeouts = counter(
+            "sds_send_timeouts", "Streams cut off because the client stopped reading"
         )
-        self.send_timeouts = Counter(
-            "sds_send_timeouts", "Streams cut off because the client stopped reading", registry=r
+        self.rotation_overdue = gauge(
+            "svid_rotation_overdue", "1 while the default SVID is past its renewal point without a new one"
         )
-        self.rotation_overdue = Gauge(
-            "svid_rotation_overdue",
-            "1 while the default SVID is past its renewal point without a new one",
-            registry=r,
-        )
-        self.svid_pending = Gauge(
-            "svid_pending", "SVIDs received whose NotBefore is still ahead (not served yet)", registry=r
+        self.svid_pending = gauge(
+            "svid_pending", "SVIDs received whose NotBefore is still ahead (not served yet)"
         )
         for reason in ("names_per_stream", "streams_per_uid", "unknown_names"):
             self.refused.labels(reason)

@@ -74,7 +74,7 @@ from grpclib.server import Stream
 
 from sds_server import file_credentials
 from sds_server.file_credentials import FileCredentials
-from sds_server.grpc_server import cut_off, peer_socket, peer_uid
+from sds_server.grpc_server import PerUidCap, cut_off, peer_socket, peer_uid
 from sds_server.limits import SdsLimits
 from sds_server.metrics import Metrics
 from sds_server.secrets import SECRET_TYPE_URL, pack_secret_bytes
@@ -185,7 +185,7 @@ class SecretDiscoveryServicer:
         self._files = files
         if files is not None:
             files.on_change = self.files_changed
-        self._per_uid: dict[int, int] = {}
+        self._per_uid = PerUidCap(self.limits.max_streams_per_uid, "SDS streams")
         self._snapshot: SecretSnapshot | None = None
         self._by_name: dict[str, set[_Stream]] = {}
         self._streams: set[_Stream] = set()
@@ -589,49 +589,41 @@ class SecretDiscoveryServicer:
     async def _run(
         self, stream: Stream[Any, Any], st: _Stream, on_request: Callable[[_Stream, Any], bool]
     ) -> None:
-        count = self._per_uid.get(st.uid, 0)
-        if count >= self.limits.max_streams_per_uid:
+        def refused(count: int) -> None:
             self._metrics.refused.labels("streams_per_uid").inc()
             log.warning("sds.stream.refused", uid=st.uid, streams=count, reason="streams per UID")
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"uid {st.uid}: {count} SDS streams open: at most {self.limits.max_streams_per_uid}",
-            )
-        self._per_uid[st.uid] = count + 1
-        self._streams.add(st)
-        self._metrics.streams_open.labels(st.api).inc()
-        try:
-            while True:
-                req = await stream.recv_message()
-                if req is None:
-                    break
-                async with st.lock:
-                    if on_request(st, req):
-                        await self._sync(st)
-        finally:
-            self._forget(st)
-            left = self._per_uid[st.uid] - 1
-            if left:
-                self._per_uid[st.uid] = left
-            else:
-                del self._per_uid[st.uid]
-            self._metrics.streams_open.labels(st.api).dec()
-            st.log.debug("sds.stream.closed", responses=st.responses)
 
-    def _first_request(self, st: _Stream, req: Any) -> None:
-        st.first = False
-        st.plain = node_disables_spiffe_validation(req.node)
-        if req.node.id:
-            st.node_id = req.node.id
-            st.log = st.log.bind(node=st.node_id)
-        st.log.debug("sds.stream.opened", plain=st.plain or None)
+        with self._per_uid.hold(st.uid, refused):
+            self._streams.add(st)
+            self._metrics.streams_open.labels(st.api).inc()
+            try:
+                while True:
+                    req = await stream.recv_message()
+                    if req is None:
+                        break
+                    async with st.lock:
+                        if on_request(st, req):
+                            await self._sync(st)
+            finally:
+                self._forget(st)
+                self._metrics.streams_open.labels(st.api).dec()
+                st.log.debug("sds.stream.closed", responses=st.responses)
 
-    def _on_sotw(self, st: _Stream, req: DiscoveryRequest) -> bool:
+    def _begin(self, st: _Stream, req: Any) -> tuple[bool, Any | None]:
+        """Check the type, set the stream up on its first request; (first request?, ``error_detail``)."""
         self._check_type(req.type_url)
         first = st.first
         if first:
-            self._first_request(st, req)
-        error = req.error_detail if req.HasField("error_detail") else None
+            st.first = False
+            st.plain = node_disables_spiffe_validation(req.node)
+            if req.node.id:
+                st.node_id = req.node.id
+                st.log = st.log.bind(node=st.node_id)
+            st.log.debug("sds.stream.opened", plain=st.plain or None)
+        return first, req.error_detail if req.HasField("error_detail") else None
+
+    def _on_sotw(self, st: _Stream, req: DiscoveryRequest) -> bool:
+        first, error = self._begin(st, req)
         if not first and not self._answer(st, req.response_nonce, error, req.version_info):
             return False
         # First request carrying a nonce: it answers a previous connection's response; not stale.
@@ -651,11 +643,7 @@ class SecretDiscoveryServicer:
         return True
 
     def _on_delta(self, st: _Stream, req: DeltaDiscoveryRequest) -> bool:
-        self._check_type(req.type_url)
-        first = st.first
-        if first:
-            self._first_request(st, req)
-        error = req.error_detail if req.HasField("error_detail") else None
+        first, error = self._begin(st, req)
         answered = first or self._answer(st, req.response_nonce, error, "")
         # Delta subscription changes are never dropped, even on a stale nonce (they are not ACKs).
         subscribe = frozenset(req.resource_names_subscribe)

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import yaml
 from cryptography import x509
@@ -72,6 +72,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_RE = re.compile(rf"^(?=.{{1,253}}$)(?:\*\.)?{_LABEL}(?:\.{_LABEL})*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +165,19 @@ def _socket_mode(value: object) -> int:
     return mode
 
 
+def _parse(parse: Callable[[object], _T], value: object, path: str, source: str) -> _T:
+    try:
+        return parse(value)
+    except _Rule as exc:
+        raise ConfigError([f"{path}: {value!r}: {exc}"], source) from None
+
+
 def parse_duration(value: object, *, path: str = "duration", source: str = "config") -> timedelta:
     """``"90s"``, ``"10m"``, ``"1h"``, ``"2d"``, ``"1h30m"`` or integer seconds; must be positive.
 
     Raises :class:`ConfigError` with the problem ``<path>: <value!r>: <rule>``.
     """
-    try:
-        return _duration(value)
-    except _Rule as exc:
-        raise ConfigError([f"{path}: {value!r}: {exc}"], source) from None
+    return _parse(_duration, value, path, source)
 
 
 def parse_socket_mode(value: object, *, path: str = "mode", source: str = "config") -> int:
@@ -180,10 +185,7 @@ def parse_socket_mode(value: object, *, path: str = "mode", source: str = "confi
 
     Raises :class:`ConfigError` with the problem ``<path>: <value!r>: <rule>``.
     """
-    try:
-        return _socket_mode(value)
-    except _Rule as exc:
-        raise ConfigError([f"{path}: {value!r}: {exc}"], source) from None
+    return _parse(_socket_mode, value, path, source)
 
 
 class _Collector:
@@ -211,11 +213,12 @@ class _Collector:
             return None
         return cast(Mapping[str, object], value)
 
-    def duration(self, path: str, value: object, default: timedelta) -> timedelta:
+    def parsed(self, path: str, value: object, parse: Callable[[object], _T], default: _T) -> _T:
+        """``parse(value)``, or ``default`` when absent or (a problem recorded) invalid."""
         if value is None:
             return default
         try:
-            return _duration(value)
+            return parse(value)
         except _Rule as exc:
             self.add(path, value, str(exc))
             return default
@@ -301,9 +304,7 @@ def _entry(
                 ok = False
             else:
                 selectors.append(cast(str, sel))
-    ttl = None
-    if data.get("ttl") is not None:
-        ttl = c.duration(f"{path}.ttl", data["ttl"], DEFAULT_SVID_TTL)
+    ttl = c.parsed(f"{path}.ttl", data.get("ttl"), _duration, None)
     dns_names: list[str] = []
     raw_dns = data.get("dns_names", [])
     if not isinstance(raw_dns, list):
@@ -352,7 +353,7 @@ def _ca(c: _Collector, raw: object, base: Path) -> CaConfig:
     if key_type not in KEY_TYPES:
         c.add("ca.key_type", key_type, f"must be one of {', '.join(KEY_TYPES)}")
         key_type = "ec-p256"
-    ttl = c.duration("ca.ttl", data.get("ttl"), DEFAULT_CA_TTL)
+    ttl = c.parsed("ca.ttl", data.get("ttl"), _duration, DEFAULT_CA_TTL)
     upstream = None
     up = c.mapping("ca.upstream", data.get("upstream"))
     if up is not None:
@@ -418,12 +419,7 @@ def _sockets(c: _Collector, raw: object, base: Path) -> tuple[SocketConfig, ...]
             c.add(f"{where}.name", name, "socket names are letters, digits, '.', '-', '_' (max 64)")
             name = None
         raw_path = c.string(f"{where}.path", data.get("path"))
-        mode = DEFAULT_SOCKET_MODE
-        if data.get("mode") is not None:
-            try:
-                mode = _socket_mode(data["mode"])
-            except _Rule as exc:
-                c.add(f"{where}.mode", data["mode"], str(exc))
+        mode = c.parsed(f"{where}.mode", data.get("mode"), _socket_mode, DEFAULT_SOCKET_MODE)
         if name and raw_path:
             path = _resolve(base, raw_path)
             if len(str(path).encode()) > MAX_SOCKET_PATH:
@@ -464,8 +460,8 @@ def parse_config(
             data_dir = _resolve(base, raw_dir)
             if data_dir.exists() and not data_dir.is_dir():
                 c.add("data_dir", raw_dir, "exists and is not a directory")
-    svid_ttl = c.duration("svid_ttl", top.get("svid_ttl"), DEFAULT_SVID_TTL)
-    jwt_ttl = c.duration("jwt_svid_ttl", top.get("jwt_svid_ttl"), DEFAULT_JWT_SVID_TTL)
+    svid_ttl = c.parsed("svid_ttl", top.get("svid_ttl"), _duration, DEFAULT_SVID_TTL)
+    jwt_ttl = c.parsed("jwt_svid_ttl", top.get("jwt_svid_ttl"), _duration, DEFAULT_JWT_SVID_TTL)
     ca = _ca(c, top.get("ca"), base)
     federation = _federation(c, top.get("federation"), base, td)
     file_sockets = _sockets(c, top.get("sockets"), base)
@@ -524,17 +520,7 @@ def load_config(path: Path | str, *, sockets: Sequence[SocketConfig] | None = No
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: invalid YAML: {problem}"], str(p)) from exc
     config = parse_config(data, base=p.resolve().parent, source=str(p), sockets=sockets)
-    return Config(
-        config.trust_domain,
-        config.data_dir,
-        config.svid_ttl,
-        config.jwt_svid_ttl,
-        config.ca,
-        config.entries,
-        config.federation,
-        config.sockets,
-        source=p.resolve(),
-    )
+    return replace(config, source=p.resolve())
 
 
 def _socket_selector_problems(index: int, entry: Entry, sockets: Sequence[SocketConfig]) -> list[str]:

@@ -72,7 +72,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,6 +88,7 @@ from sds_server.errors import SpiffeIdError
 from sds_server.grpc_server import (
     Limits,
     PeerCredentials,
+    PerUidCap,
     Server,
     UnixSocketError,
     bind_unix_socket,
@@ -145,30 +146,17 @@ class _Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkloadApiLimits:
-    """Caps of the embedded Workload API (the SDS server's transport caps; see "Limits" above)."""
+class WorkloadApiLimits(Limits):
+    """Caps of the embedded Workload API: the SDS server's transport caps (see "Limits" above), and this."""
 
-    # grpc-go's default receive limit: a Workload API request is a few bytes (JWT audiences: a few hundred).
-    max_message_bytes: int = 4 * 1024 * 1024
     # Open calls (streams and unary) per caller UID. In single-machine mode every workload may share one
     # UID; a workload holds about three streams (X.509 SVIDs, bundles, JWT bundles).
     max_streams_per_uid: int = 2048
-    # A connection that opens no stream in this time is closed (nothing legitimate connects and waits).
-    idle_connection_seconds: float = 10.0
-    backlog: int = 1024
 
     def __post_init__(self) -> None:
-        for label in ("max_message_bytes", "max_streams_per_uid", "idle_connection_seconds", "backlog"):
-            if getattr(self, label) <= 0:
-                raise ConfigError([f"{label}: {getattr(self, label)!r}: must be positive"], "limits")
-
-    def transport(self) -> Limits:
-        """The transport part, for :class:`sds_server.grpc_server.Server`."""
-        return Limits(
-            max_message_bytes=self.max_message_bytes,
-            idle_connection_seconds=self.idle_connection_seconds,
-            backlog=self.backlog,
-        )
+        problems = self.not_positive("max_streams_per_uid")
+        if problems:
+            raise ConfigError(problems, "limits")
 
 
 def _caller_socket(stream: Stream[Any, Any]) -> Any:
@@ -233,7 +221,18 @@ class _Servicer:
         that cannot be attested, never gets a byte of its request decoded.
         """
         creds, selectors = self._admit(stream, rpc)
-        with self._server.open_call(creds.uid, rpc, self._socket_name):
+
+        def refused(count: int) -> None:
+            log.warning(
+                "workload_api.denied",
+                rpc=rpc,
+                reason="streams per UID",
+                uid=creds.uid,
+                streams=count,
+                socket=self._socket_name,
+            )
+
+        with self._server.per_uid.hold(creds.uid, refused):
             yield selectors
 
     def _admit(self, stream: Stream[Any, Any], rpc: str) -> tuple[PeerCredentials, frozenset[str]]:
@@ -445,7 +444,7 @@ class WorkloadApiServer:
         check_sockets(config)
         self._clock = clock
         self.limits = limits or WorkloadApiLimits()
-        self._per_uid: dict[int, int] = {}
+        self.per_uid = PerUidCap(self.limits.max_streams_per_uid, "Workload API calls")
         self.ca = _build_ca(config, clock)
         self.attestor = UnixAttestor()
         self._snapshot = _Snapshot(0, config, {}, b"", b"", {})
@@ -472,37 +471,6 @@ class WorkloadApiServer:
     @property
     def sockets(self) -> tuple[SocketConfig, ...]:
         return tuple(s for s, *_ in self._listeners)
-
-    @contextlib.contextmanager
-    def open_call(self, uid: int, rpc: str, socket_name: str) -> Iterator[None]:
-        """Count one open call of ``uid`` for its duration; ``ResourceExhausted`` beyond the cap."""
-        count = self._per_uid.get(uid, 0)
-        cap = self.limits.max_streams_per_uid
-        if count >= cap:
-            log.warning(
-                "workload_api.denied",
-                rpc=rpc,
-                reason="streams per UID",
-                uid=uid,
-                streams=count,
-                socket=socket_name,
-            )
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED, f"uid {uid}: {count} Workload API calls open: at most {cap}"
-            )
-        self._per_uid[uid] = count + 1
-        try:
-            yield
-        finally:
-            left = self._per_uid[uid] - 1
-            if left:
-                self._per_uid[uid] = left
-            else:
-                del self._per_uid[uid]
-
-    def open_calls(self, uid: int) -> int:
-        """Calls ``uid`` has open now (tests, status)."""
-        return self._per_uid.get(uid, 0)
 
     def _ttl(self, entry: Entry, config: Config) -> timedelta:
         return entry.ttl if entry.ttl is not None else config.svid_ttl
@@ -571,7 +539,7 @@ class WorkloadApiServer:
                     sock = bind_unix_socket(sock_cfg.path, sock_cfg.mode, backlog=self.limits.backlog)
                 except UnixSocketError as exc:
                     raise SocketError(f"socket {str(sock_cfg.path)!r}: {exc}") from exc
-                server = Server([_Servicer(self, sock_cfg.name)], limits=self.limits.transport())
+                server = Server([_Servicer(self, sock_cfg.name)], limits=self.limits)
                 try:
                     await server.start(sock=sock)
                 except BaseException:
