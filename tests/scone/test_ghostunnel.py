@@ -35,7 +35,7 @@ from scone import (
     ghostunnel_command_line,
     render_ghostunnel_session,
 )
-from tests.support.pki import TestCA
+from tests.support.pki import MiniCa
 from tests.support.schemas import scone_problems
 from tests.support.workload_api import running_workload_api
 
@@ -341,15 +341,15 @@ def _exchange(port: int, deadline: float) -> bytes:
 
 
 def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
-    ca = TestCA()
+    ca = MiniCa.create()
     server = ca.issue(MESH_ID, server_dns)
     client = ca.issue(CLIENT_ID)
     for name, text in {
-        "server.pem": server.cert_pem,
-        "server-key.pem": server.key_pem,
-        "ca.pem": ca.cert_pem,
-        "svid.pem": client.cert_pem,
-        "svid-key.pem": client.key_pem,
+        "server.pem": server.cert_text,
+        "server-key.pem": server.key_text,
+        "ca.pem": ca.roots_text,
+        "svid.pem": client.cert_text,
+        "svid-key.pem": client.key_text,
     }.items():
         (d / name).write_text(text)
     return CertFiles(cert=str(d / "svid.pem"), key=str(d / "svid-key.pem"), cacert=str(d / "ca.pem"))

@@ -23,7 +23,7 @@ from scone import (
     render_network_shield_session,
     render_svid_session_template,
 )
-from tests.support.pki import TestCA
+from tests.support.pki import MiniCa
 from tests.support.schemas import scone_problems
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -161,7 +161,7 @@ def test_ghostunnel_sessions(name: str, ts: list[GhostunnelTunnel], mres: list[s
     assert ("secrets" in rendered.session) is any(t.cert_source == "files" for t in ts)
 
 
-_CA = TestCA()
+_CA = MiniCa.create()
 _SVID = _CA.issue("spiffe://example.org/external/x")
 
 
@@ -177,8 +177,8 @@ def test_filled_templates_are_valid_sessions(store: SvidStoreSessions, app: str,
         fill_template(
             render_svid_session_template(store),
             {
-                "svid": _SVID.cert_pem,
-                "svid-key": _SVID.key_pem,
+                "svid": _SVID.cert_text,
+                "svid-key": _SVID.key_text,
                 "session-name-selector": app,
                 "session-hash-selector": h,
                 "predecessor": pred,

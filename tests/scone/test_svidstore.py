@@ -24,7 +24,7 @@ from scone import (
 )
 from scone.model import Attestation
 from scone.session import attestation_advice, attestation_problems
-from tests.support.pki import TestCA
+from tests.support.pki import MiniCa
 from tests.support.schemas import scone_problems
 
 CONFIG = SvidStoreConfig(
@@ -148,9 +148,9 @@ def test_hcl_errors(config: SvidStoreConfig, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def pki() -> tuple[str, str, str]:
-    ca = TestCA()
+    ca = MiniCa.create()
     svid = ca.issue("spiffe://example.org/external/mariadb")
-    return svid.cert_pem, svid.key_pem, ca.cert_pem
+    return svid.cert_text, svid.key_text, ca.roots_text
 
 
 @pytest.mark.parametrize("predecessor", ["~", PREDECESSOR])
@@ -252,7 +252,7 @@ def test_bundle_templates_have_literal_names_and_public_ca(
     _, _, ca_pem = pki
     text = render(sessions)  # type: ignore[operator]
     assert placeholder_names(text) == {placeholder, "predecessor"}  # no name placeholder: literal name
-    bundle = ca_pem + TestCA().cert_pem  # a bundle with two roots (rotation)
+    bundle = ca_pem + MiniCa.create().roots_text  # a bundle with two roots (rotation)
     session = yaml.safe_load(fill_template(text, {placeholder: bundle, "predecessor": "~"}))
     assert scone_problems(session) == []
     assert session["name"] == name == _plugin_session_name(text)

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from bridge import spire_local
+from tests.support.pki import key_pem, pem, self_signed_ca, sign_leaf
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
@@ -62,19 +63,6 @@ def free_ports(n: int) -> list[int]:
 
 
 # ---- PKI ----------------------------------------------------------------------------------------------
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _name(cn: str, org: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
-
 @dataclass(frozen=True)
 class KubePki:
     """Files: ``ca.crt``, ``apiserver.crt/.key``, ``admin.crt/.key``, ``sa.key/.pub`` (token signer)."""
@@ -88,75 +76,28 @@ class KubePki:
     @classmethod
     def create(cls, directory: Path) -> KubePki:
         directory.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = _name("meshbridge-test-kube-ca")
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        ca, ca_key = self_signed_ca("meshbridge-test-kube-ca", backdate=dt.timedelta(minutes=5))
+        (directory / "ca.crt").write_bytes(pem(ca))
+        end = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
 
-        def leaf(
-            name: str, subject: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
-        ) -> None:
-            key = ec.generate_private_key(ec.SECP256R1())
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(subject)
-                .issuer_name(ca_name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            )
-            if sans:
-                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            cert = builder.sign(ca_key, hashes.SHA256())
-            (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            (directory / f"{name}.key").write_bytes(_pem_key(key))
+        def leaf(name: str, sans: list[x509.GeneralName], cn: str, org: str | None = None) -> None:
+            attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+            attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else []
+            cert, key = sign_leaf(ca, ca_key, sans, subject=x509.Name(attrs), end=end)
+            (directory / f"{name}.crt").write_bytes(pem(cert))
+            (directory / f"{name}.key").write_bytes(key_pem(key))
 
         service_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
-        leaf(
-            "apiserver",
-            _name("kube-apiserver"),
-            ExtendedKeyUsageOID.SERVER_AUTH,
-            [
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(service_ip),
-                x509.DNSName("localhost"),
-                x509.DNSName("kubernetes"),
-                x509.DNSName("kubernetes.default"),
-                x509.DNSName("kubernetes.default.svc"),
-                x509.DNSName("kubernetes.default.svc.cluster.local"),
-            ],
-        )
-        leaf("admin", _name("meshbridge-test-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        ips = [ipaddress.ip_address("127.0.0.1"), service_ip]
+        dns = [
+            "localhost",
+            "kubernetes",
+            *(f"kubernetes.default{s}" for s in ("", ".svc", ".svc.cluster.local")),
+        ]
+        leaf("apiserver", [*map(x509.IPAddress, ips), *map(x509.DNSName, dns)], "kube-apiserver")
+        leaf("admin", [], "meshbridge-test-admin", "system:masters")
         sa_key = ec.generate_private_key(ec.SECP256R1())
-        (directory / "sa.key").write_bytes(_pem_key(sa_key))
+        (directory / "sa.key").write_bytes(key_pem(sa_key))
         (directory / "sa.pub").write_bytes(
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -7,7 +7,7 @@ from cryptography import x509
 
 from bridge.demo.cas import inject, post_bundle_session, post_svid_session, resolve_imports
 from bridge.demo.errors import DemoError
-from tests.support.pki import TestCA
+from tests.support.pki import MiniCa
 
 SVID_TEMPLATE = """name: spire-svid-<\\session-name-selector>
 version: "0.3.10"
@@ -55,21 +55,21 @@ def _app_session(export_hash_ok: bool = True) -> dict[str, object]:
     }
 
 
-def _posted(ca: TestCA, session_hash: str = HASH) -> dict[str, object]:
+def _posted(ca: MiniCa, session_hash: str = HASH) -> dict[str, object]:
     leaf = ca.issue("spiffe://example.org/external/client")
     svid = post_svid_session(
         SVID_TEMPLATE,
-        svid_chain_pem=leaf.cert_pem,
-        key_pem=leaf.key_pem,
+        svid_chain_pem=leaf.cert_text,
+        key_pem=leaf.key_text,
         session_name="apps/client",
         session_hash=session_hash,
     )
-    bundle = post_bundle_session(BUNDLE_TEMPLATE, bundle_pem=ca.cert_pem)
+    bundle = post_bundle_session(BUNDLE_TEMPLATE, bundle_pem=ca.roots_text)
     return {"leaf": leaf, "sessions": {svid.name: svid, bundle.name: bundle}}
 
 
 def test_identity_injection_resolves_to_the_svid_key_and_cert() -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     posted = _posted(ca)
     secrets = resolve_imports(_app_session(), posted["sessions"], session_hash=HASH)  # type: ignore[arg-type]
     text = inject(
@@ -81,11 +81,11 @@ def test_identity_injection_resolves_to_the_svid_key_and_cert() -> None:
         x509.load_pem_x509_certificate(text.split("-----END PRIVATE KEY-----\n")[1].encode()).serial_number
         == leaf.serial
     )  # type: ignore[attr-defined]
-    assert inject("$$SCONE::spire-ca:crt$$", secrets, where="env").strip() == ca.cert_pem.strip()
+    assert inject("$$SCONE::spire-ca:crt$$", secrets, where="env").strip() == ca.roots_text.strip()
 
 
 def test_import_refused_when_export_is_not_pinned_to_the_app_session_hash() -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     posted = _posted(ca, session_hash="b" * 64)
     with pytest.raises(DemoError, match="not exported to 'apps/client' pinned to its session_hash"):
         resolve_imports(_app_session(), posted["sessions"], session_hash=HASH)  # type: ignore[arg-type]
@@ -95,11 +95,11 @@ def test_import_from_a_session_nobody_posted_fails() -> None:
     session = _app_session()
     session["secrets"] = [{"name": "svid", "import": {"session": "nope/svid", "secret": "svid"}}]
     with pytest.raises(DemoError, match="'nope/svid': no such session was posted"):
-        resolve_imports(session, _posted(TestCA())["sessions"], session_hash=HASH)  # type: ignore[arg-type]
+        resolve_imports(session, _posted(MiniCa.create())["sessions"], session_hash=HASH)  # type: ignore[arg-type]
 
 
 def test_unknown_secret_or_format_fails() -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     secrets = resolve_imports(_app_session(), _posted(ca)["sessions"], session_hash=HASH)  # type: ignore[arg-type]
     with pytest.raises(DemoError, match="no secret 'svidd'"):
         inject("$$SCONE::svidd:crt$$", secrets, where="X")
@@ -109,12 +109,12 @@ def test_unknown_secret_or_format_fails() -> None:
 
 def test_template_indented_wrongly_breaks_like_on_cas() -> None:
     bad = SVID_TEMPLATE.replace("        <\\svid>", "  <\\svid>")
-    leaf = TestCA().issue("spiffe://example.org/x")
+    leaf = MiniCa.create().issue("spiffe://example.org/x")
     with pytest.raises(DemoError, match="not valid YAML"):
         post_svid_session(
             bad,
-            svid_chain_pem=leaf.cert_pem,
-            key_pem=leaf.key_pem,
+            svid_chain_pem=leaf.cert_text,
+            key_pem=leaf.key_text,
             session_name="apps/client",
             session_hash=HASH,
         )

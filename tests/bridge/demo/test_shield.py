@@ -12,19 +12,21 @@ from bridge.demo.setup import start_envoy
 from bridge.demo.shield import SHIELD_ALPN, parse_shield_env, shield_bootstrap
 from bridge.demo.supervisor import Supervisor
 from tests.bridge.demo.tls_echo import TlsEcho
-from tests.support.pki import TestCA
+from tests.support.pki import MiniCa
 
 HOST = "httpbin.default.svc.cluster.local"
 
 
-def _env(ca: TestCA, client_pem: str, key_pem: str, server_auth: str | None = None) -> dict[str, str]:
+def _env(ca: MiniCa, client_pem: str, key_pem: str, server_auth: str | None = None) -> dict[str, str]:
     return {
         "SCONE_NETWORK_SHIELD": "unprotected",
         "SCONE_NETWORK_SHIELD_CLIENT_1": "protected",
         "SCONE_NETWORK_SHIELD_CLIENT_1_DESTINATION": f"TCP:{HOST}:8000",
         "SCONE_NETWORK_SHIELD_CLIENT_1_DESTINATION_IP": "*",
         "SCONE_NETWORK_SHIELD_CLIENT_1_IDENTITY": key_pem + client_pem,
-        "SCONE_NETWORK_SHIELD_CLIENT_1_SERVER_AUTH": server_auth if server_auth is not None else ca.cert_pem,
+        "SCONE_NETWORK_SHIELD_CLIENT_1_SERVER_AUTH": server_auth
+        if server_auth is not None
+        else ca.roots_text,
     }
 
 
@@ -46,12 +48,12 @@ def _call(port: int) -> str:
 def test_shield_checks_server_ca_and_destination_dns_name(
     envoy_bin: Path, server_dns: tuple[str, ...], expect_ok: bool
 ) -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     server = ca.issue("spiffe://example.org/ns/default/sa/httpbin", server_dns)
     client = ca.issue("spiffe://example.org/external/shield-app")
-    clients = parse_shield_env(_env(ca, client.cert_pem, client.key_pem))
+    clients = parse_shield_env(_env(ca, client.cert_text, client.key_text))
     with (
-        TlsEcho(server.cert_pem, server.key_pem, ca.cert_pem, alpn=[SHIELD_ALPN]) as echo,
+        TlsEcho(server.cert_text, server.key_text, ca.roots_text, alpn=[SHIELD_ALPN]) as echo,
         Supervisor() as sup,
     ):
         envoy = start_envoy(
@@ -68,11 +70,11 @@ def test_shield_checks_server_ca_and_destination_dns_name(
 
 
 def test_shield_refuses_a_server_from_another_ca(envoy_bin: Path) -> None:
-    ca, foreign = TestCA(), TestCA("foreign")
+    ca, foreign = MiniCa.create(), MiniCa.create("foreign")
     server = foreign.issue("spiffe://example.org/ns/default/sa/httpbin", (HOST,))
     client = ca.issue("spiffe://example.org/external/shield-app")
-    clients = parse_shield_env(_env(ca, client.cert_pem, client.key_pem))
-    with TlsEcho(server.cert_pem, server.key_pem, ca.cert_pem) as echo, Supervisor() as sup:
+    clients = parse_shield_env(_env(ca, client.cert_text, client.key_text))
+    with TlsEcho(server.cert_text, server.key_text, ca.roots_text) as echo, Supervisor() as sup:
         envoy = start_envoy(
             sup,
             envoy_bin,
@@ -93,23 +95,23 @@ def test_shield_refuses_a_server_from_another_ca(envoy_bin: Path) -> None:
     ],
 )
 def test_wrong_session_environment_is_an_error(var: str, value: str, message: str) -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     client = ca.issue("spiffe://example.org/external/shield-app")
-    env = _env(ca, client.cert_pem, client.key_pem)
+    env = _env(ca, client.cert_text, client.key_text)
     env[var] = value
     with pytest.raises(DemoError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_shield_env(env)
 
 
 def test_server_auth_must_list_ca_certificates() -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     client = ca.issue("spiffe://example.org/external/shield-app")
     with pytest.raises(DemoError, match="not a CA certificate"):
-        parse_shield_env(_env(ca, client.cert_pem, client.key_pem, server_auth=client.cert_pem))
+        parse_shield_env(_env(ca, client.cert_text, client.key_text, server_auth=client.cert_text))
 
 
 def test_identity_key_must_match_certificate() -> None:
-    ca = TestCA()
+    ca = MiniCa.create()
     a, b = ca.issue("spiffe://example.org/a"), ca.issue("spiffe://example.org/b")
     with pytest.raises(DemoError, match="does not match"):
-        parse_shield_env(_env(ca, a.cert_pem, b.key_pem))
+        parse_shield_env(_env(ca, a.cert_text, b.key_text))
