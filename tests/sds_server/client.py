@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.discovery.v3.discovery_pb2 import (
@@ -23,6 +23,7 @@ from sds_server.secrets import SECRET_TYPE_URL
 
 SERVICE = "/envoy.service.secret.v3.SecretDiscoveryService/"
 NODE = {"id": "sidecar~127.0.0.1~test.default~default.svc.cluster.local", "cluster": "test"}
+_Req = TypeVar("_Req", DiscoveryRequest, DeltaDiscoveryRequest)
 
 
 def secrets_of(resp: Any) -> dict[str, Secret]:
@@ -35,47 +36,64 @@ def secrets_of(resp: Any) -> dict[str, Secret]:
     return out
 
 
-class Sotw:
+def sotw_request(
+    names: list[str], *, version: str = "", nonce: str = "", node: str = NODE["id"], error: str | None = None
+) -> DiscoveryRequest:
+    """A StreamSecrets request from ``node``; with ``error`` a NACK (``error_detail``, code 3)."""
+    req = DiscoveryRequest(
+        resource_names=names, version_info=version, response_nonce=nonce, type_url=SECRET_TYPE_URL
+    )
+    return _from_node(req, node, error)
+
+
+def _from_node(req: _Req, node: str, error: str | None) -> _Req:
+    req.node.id = node
+    if error is not None:
+        req.error_detail.CopyFrom(Status(code=3, message=error))
+    return req
+
+
+class _Stream:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
-        self.last: DiscoveryResponse | None = None
 
-    async def request(
-        self, names: list[str], *, version: str = "", nonce: str = "", error: str | None = None
-    ) -> None:
-        req = DiscoveryRequest(
-            resource_names=names, version_info=version, response_nonce=nonce, type_url=SECRET_TYPE_URL
-        )
-        req.node.id = NODE["id"]
-        if error is not None:
-            req.error_detail.CopyFrom(Status(code=3, message=error))
-        await self.stream.send_message(req)
-
-    async def recv(self, wait: float = 5.0) -> DiscoveryResponse:
-        resp: DiscoveryResponse = await asyncio.wait_for(self.stream.recv_message(), wait)
+    async def recv(self, wait: float = 5.0) -> Any:
+        resp = await asyncio.wait_for(self.stream.recv_message(), wait)
         assert resp is not None
-        self.last = resp
         return resp
-
-    async def ack(self, names: list[str], resp: DiscoveryResponse | None = None) -> None:
-        r = resp or self.last
-        assert r is not None
-        await self.request(names, version=r.version_info, nonce=r.nonce)
 
     async def nothing(self, wait: float = 0.4) -> None:
         try:
             resp = await asyncio.wait_for(self.stream.recv_message(), wait)
         except TimeoutError:
             return
-        raise AssertionError(
-            f"expected no response, got version {resp.version_info[:12]} {list(secrets_of(resp))}"
-        )
+        raise AssertionError(f"expected no response, got {self._describe(resp)}")
+
+    def _describe(self, resp: Any) -> str:
+        return str(resp)
 
 
-class Delta:
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
+class Sotw(_Stream):
+    last: DiscoveryResponse | None = None
 
+    async def request(self, names: list[str], **kw: Any) -> None:
+        """Send :func:`sotw_request` (``version``, ``nonce``, ``node``, ``error``)."""
+        await self.stream.send_message(sotw_request(names, **kw))
+
+    async def recv(self, wait: float = 5.0) -> DiscoveryResponse:
+        self.last = await super().recv(wait)
+        return self.last
+
+    async def ack(self, names: list[str], resp: DiscoveryResponse | None = None) -> None:
+        r = resp or self.last
+        assert r is not None
+        await self.request(names, version=r.version_info, nonce=r.nonce)
+
+    def _describe(self, resp: DiscoveryResponse) -> str:
+        return f"version {resp.version_info[:12]} {list(secrets_of(resp))}"
+
+
+class Delta(_Stream):
     async def request(
         self,
         subscribe: list[str] = (),  # type: ignore[assignment]
@@ -92,22 +110,7 @@ class Delta:
             response_nonce=nonce,
             initial_resource_versions=initial or {},
         )
-        req.node.id = NODE["id"]
-        if error is not None:
-            req.error_detail.CopyFrom(Status(code=3, message=error))
-        await self.stream.send_message(req)
-
-    async def recv(self, wait: float = 5.0) -> DeltaDiscoveryResponse:
-        resp: DeltaDiscoveryResponse = await asyncio.wait_for(self.stream.recv_message(), wait)
-        assert resp is not None
-        return resp
-
-    async def nothing(self, wait: float = 0.4) -> None:
-        try:
-            resp = await asyncio.wait_for(self.stream.recv_message(), wait)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected no response, got {resp}")
+        await self.stream.send_message(_from_node(req, NODE["id"], error))
 
 
 @asynccontextmanager

@@ -16,13 +16,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,57 +29,21 @@ import h2.settings
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
 from sds_server.secrets import SECRET_TYPE_URL
-from tests.sds_server.client import SERVICE, channel, sotw
+from tests.sds_server.client import SERVICE, channel, sotw, sotw_request
 from tests.sds_server.wl import mesh_config
-from tests.support.workload_api import running_workload_api, wait_for
+from tests.support.workload_api import log_events, running_sds_serve, running_workload_api, wait_for
 
 UNKNOWN_1 = "spiffe://example.org/nobody"
 UNKNOWN_2 = "spiffe://elsewhere.test"
 HOLD = 3.0  # SdsLimits.held_warning_seconds (not a CLI option)
 
 
-def _events(log: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-@contextmanager
-def _sds_serve(api_address: str, sock: Path, log: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", *extra, "sds", "serve",
-           "--workload-api", api_address, "--listen", str(sock)]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(
-            lambda: any(e.get("event") == "svid.received" for e in _events(log)) or None,
-            30,
-            "the SDS server's first SVID",
-        )
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _request(names: list[str], node: str, *, version: str = "", nonce: str = "") -> DiscoveryRequest:
-    req = DiscoveryRequest(
-        resource_names=names, type_url=SECRET_TYPE_URL, version_info=version, response_nonce=nonce
-    )
-    req.node.id = node
-    return req
+def _events(log: Path, name: str | None = None) -> list[dict[str, Any]]:
+    return log_events(log.read_text(), name)
 
 
 def _held(log: Path) -> list[tuple[str, str]]:
-    return sorted((e["node"], e["name"]) for e in _events(log) if e.get("event") == "sds.name.held")
+    return sorted((e["node"], e["name"]) for e in _events(log, "sds.name.held"))
 
 
 def test_held_name_warned_once_per_stream_and_name_real_clients(tmp_path: Path, short_dir: Path) -> None:
@@ -92,7 +51,7 @@ def test_held_name_warned_once_per_stream_and_name_real_clients(tmp_path: Path, 
     sock = short_dir / "sds.sock"
     with (
         running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api,
-        _sds_serve(api.address("mesh"), sock, log),
+        running_sds_serve(api.address("mesh"), sock, log),
     ):
 
         async def scenario() -> None:
@@ -106,18 +65,12 @@ def test_held_name_warned_once_per_stream_and_name_real_clients(tmp_path: Path, 
             try:
                 async with channel(sock) as ch, sotw(ch) as a:
                     # grpclib stream "a": one served name, two held; ACKed and re-sent (same names)
-                    await a.stream.send_message(_request(["default", UNKNOWN_1, UNKNOWN_2], "node-a"))
+                    names = ["default", UNKNOWN_1, UNKNOWN_2]
+                    await a.request(names, node="node-a")
                     resp = await a.recv()
-                    await a.stream.send_message(
-                        _request(
-                            ["default", UNKNOWN_1, UNKNOWN_2],
-                            "node-a",
-                            version=resp.version_info,
-                            nonce=resp.nonce,
-                        )
-                    )
+                    await a.request(names, node="node-a", version=resp.version_info, nonce=resp.nonce)
                     # grpcio stream "b": only a held name (no response expected)
-                    await call.write(_request([UNKNOWN_1], "node-b"))
+                    await call.write(sotw_request([UNKNOWN_1], node="node-b"))
                     wait = time.monotonic() + 15
                     while len(_held(log)) < 3 and time.monotonic() < wait:  # noqa: ASYNC110
                         await asyncio.sleep(0.1)
@@ -133,7 +86,7 @@ def test_held_name_warned_once_per_stream_and_name_real_clients(tmp_path: Path, 
         asyncio.run(scenario())
 
     assert _held(log) == sorted([("node-a", UNKNOWN_1), ("node-a", UNKNOWN_2), ("node-b", UNKNOWN_1)])
-    warnings = [e for e in _events(log) if e.get("event") == "sds.name.held"]
+    warnings = _events(log, "sds.name.held")
     assert all(e["level"] == "warning" and e["seconds"] >= HOLD for e in warnings)
     assert all(e["known"] is False for e in warnings)
 
@@ -170,7 +123,9 @@ class _TinyWindowClient:
                 ("te", "trailers"),
             ],
         )
-        self.conn.send_data(sid, _grpc_frame(_request(names, "node-tiny-window").SerializeToString()))
+        self.conn.send_data(
+            sid, _grpc_frame(sotw_request(names, node="node-tiny-window").SerializeToString())
+        )
         self.sock.sendall(self.conn.data_to_send())
 
     def read_until(self, nbytes: int, timeout: float) -> int:
@@ -200,12 +155,12 @@ def test_connection_broken_mid_push_is_a_dead_client_not_an_error(tmp_path: Path
     sock = short_dir / "sds.sock"
     with (
         running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api,
-        _sds_serve(api.address("mesh"), sock, log, "--log-level", "debug") as proc,
+        running_sds_serve(api.address("mesh"), sock, log, log_level="debug") as proc,
     ):
         # first, how big is the first response? (a normal client)
         async def first_size() -> int:
             async with channel(sock) as ch, sotw(ch) as s:
-                await s.stream.send_message(_request(["default", "ROOTCA"], "node-probe"))
+                await s.request(["default", "ROOTCA"], node="node-probe")
                 return len((await s.recv()).SerializeToString())
 
         size = asyncio.run(first_size())
@@ -214,10 +169,10 @@ def test_connection_broken_mid_push_is_a_dead_client_not_an_error(tmp_path: Path
         try:
             client.open_sotw(["default", "ROOTCA"])
             assert client.read_until(size, 10) >= size
-            snapshots = sum(1 for e in _events(log) if e.get("event") == "sds.snapshot")
+            snapshots = len(_events(log, "sds.snapshot"))
             api.rotate()  # new SVID → snapshot → push to our stream, which cannot be written
             wait_for(
-                lambda: sum(1 for e in _events(log) if e.get("event") == "sds.snapshot") > snapshots or None,
+                lambda: len(_events(log, "sds.snapshot")) > snapshots or None,
                 20,
                 "the rotation's snapshot",
             )
@@ -237,7 +192,7 @@ def test_connection_broken_mid_push_is_a_dead_client_not_an_error(tmp_path: Path
         # the server still serves
         async def still_serves() -> list[str]:
             async with channel(sock) as ch, sotw(ch) as s:
-                await s.stream.send_message(_request(["default"], "node-after"))
+                await s.request(["default"], node="node-after")
                 resp = await s.recv()
                 return [r.type_url for r in resp.resources]
 
@@ -246,4 +201,4 @@ def test_connection_broken_mid_push_is_a_dead_client_not_an_error(tmp_path: Path
     errors = [e for e in _events(log) if e.get("level") in ("error", "critical")]
     assert errors == [], errors
     # the push ended with its stream, not 10 s later as a "client stopped reading" (it did, before the fix)
-    assert not [e for e in _events(log) if e.get("event") == "sds.stream.send_timeout"]
+    assert not _events(log, "sds.stream.send_timeout")

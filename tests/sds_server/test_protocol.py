@@ -16,20 +16,31 @@ from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 
-from sds_server.snapshot import SecretSnapshot
 from sds_server.testing import RunningServer
 from tests.sds_server.client import SERVICE, channel, delta, fetch, secrets_of, sotw
-from tests.support.pki import MiniCa
+from tests.support.pki import Issued, MiniCa
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _publish(server: RunningServer, ca: MiniCa, *paths: str, extra_bundles: tuple[MiniCa, ...] = ()) -> list:
-    issued = [ca.issue(p) for p in paths]
+HTTPBIN = "/ns/default/sa/httpbin"
+
+
+def _publish(
+    server: RunningServer, ca: MiniCa, *paths: str, extra_bundles: tuple[MiniCa, ...] = ()
+) -> list[Issued]:
+    """Publish SVIDs for ``paths`` (default: httpbin's) and the bundles; wait until they are served."""
+    issued = [ca.issue(p) for p in paths or (HTTPBIN,)]
     server.server.source.publish(
         [i.svid() for i in issued], [ca.bundle(), *(c.bundle() for c in extra_bundles)]
     )
+    server.wait_first_secret(10)
     return issued
+
+
+async def _republish(server: RunningServer, ca: MiniCa, *paths: str) -> None:
+    """:func:`_publish` from inside a scenario (off its event loop)."""
+    await asyncio.to_thread(_publish, server, ca, *paths)
 
 
 def _eventually(read: Callable[[], float], want: float = 1, timeout: float = 5.0) -> float:
@@ -42,21 +53,8 @@ def _eventually(read: Callable[[], float], want: float = 1, timeout: float = 5.0
     return value
 
 
-def _wait_snapshot(server: RunningServer, version: str | None = None) -> SecretSnapshot:
-    async def wait() -> SecretSnapshot:
-        for _ in range(200):
-            snap = server.server.servicer.snapshot
-            if snap is not None and (version is None or snap.version == version):
-                return snap
-            await asyncio.sleep(0.01)
-        raise AssertionError("snapshot not delivered")
-
-    return server.call(wait())
-
-
 def test_first_response_then_ack_then_silence(static_server: RunningServer, ca: MiniCa) -> None:
-    (svid,) = _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    (svid,) = _publish(static_server, ca)
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch, sotw(ch) as s:
@@ -79,8 +77,7 @@ def test_first_response_then_ack_then_silence(static_server: RunningServer, ca: 
 def test_rotation_pushes_only_to_affected_names_with_fresh_nonce(
     static_server: RunningServer, ca: MiniCa
 ) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch, sotw(ch) as cert, sotw(ch) as root:
@@ -90,9 +87,7 @@ def test_rotation_pushes_only_to_affected_names_with_fresh_nonce(
             await root.request(["ROOTCA"])
             root_first = await root.recv()
             await root.ack(["ROOTCA"])
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: _publish(static_server, ca, "/ns/default/sa/httpbin")
-            )
+            await _republish(static_server, ca)
             second = await cert.recv()
             assert second.version_info != first.version_info
             assert second.nonce != first.nonce
@@ -107,8 +102,7 @@ def test_rotation_pushes_only_to_affected_names_with_fresh_nonce(
 
 
 def test_nack_is_counted_and_rejected_version_not_resent(static_server: RunningServer, ca: MiniCa) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch, sotw(ch) as s:
@@ -116,9 +110,7 @@ def test_nack_is_counted_and_rejected_version_not_resent(static_server: RunningS
             first = await s.recv()
             await s.request(["default"], version="", nonce=first.nonce, error="Failed to load private key")
             await s.nothing(0.6)  # no NACK loop
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: _publish(static_server, ca, "/ns/default/sa/httpbin")
-            )
+            await _republish(static_server, ca)
             newer = await s.recv()  # a newer version is sent
             assert newer.version_info != first.version_info
             await s.ack(["default"])
@@ -131,8 +123,7 @@ def test_nack_is_counted_and_rejected_version_not_resent(static_server: RunningS
 
 
 def test_stale_nonce_ignored_and_name_change_honoured(static_server: RunningServer, ca: MiniCa) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch, sotw(ch) as s:
@@ -152,17 +143,14 @@ def test_stale_nonce_ignored_and_name_change_honoured(static_server: RunningServ
 
 
 def test_unavailable_name_is_held_until_it_exists(static_server: RunningServer, ca: MiniCa) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
     later = "spiffe://example.org/ns/default/sa/later"
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch, sotw(ch) as s:
             await s.request([later, "other.org"])
             await s.nothing(0.6)  # held: never an empty secret
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: _publish(static_server, ca, "/ns/default/sa/httpbin", "/ns/default/sa/later")
-            )
+            await _republish(static_server, ca, HTTPBIN, "/ns/default/sa/later")
             resp = await s.recv()
             assert list(secrets_of(resp)) == [later]
             assert secrets_of(resp)[later].tls_certificate.private_key.inline_bytes
@@ -172,8 +160,7 @@ def test_unavailable_name_is_held_until_it_exists(static_server: RunningServer, 
 
 def test_trust_domain_names_and_all_validator(static_server: RunningServer, ca: MiniCa) -> None:
     other = MiniCa.create("other.org")
-    _publish(static_server, ca, "/ns/default/sa/httpbin", extra_bundles=(other,))
-    _wait_snapshot(static_server)
+    _publish(static_server, ca, extra_bundles=(other,))
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch:
@@ -198,8 +185,7 @@ def test_trust_domain_names_and_all_validator(static_server: RunningServer, ca: 
 
 
 def test_shared_encoding_across_streams(static_server: RunningServer, ca: MiniCa) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
     servicer = static_server.server.servicer
 
     async def scenario() -> None:
@@ -218,11 +204,9 @@ def test_shared_encoding_across_streams(static_server: RunningServer, ca: MiniCa
 
 def test_delta_subscribe_push_unsubscribe_remove(static_server: RunningServer, ca: MiniCa) -> None:
     other = MiniCa.create("other.org")
-    _publish(static_server, ca, "/ns/default/sa/httpbin", extra_bundles=(other,))
-    _wait_snapshot(static_server)
+    _publish(static_server, ca, extra_bundles=(other,))
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         async with channel(static_server.server.config.listen) as ch, delta(ch) as d:
             await d.request(["default", "other.org", "held.example"])
             first = await d.recv()
@@ -231,7 +215,7 @@ def test_delta_subscribe_push_unsubscribe_remove(static_server: RunningServer, c
             assert all(HEX64.match(v) for v in versions.values())
             await d.request(nonce=first.nonce)  # ACK
             await d.nothing()
-            await loop.run_in_executor(None, lambda: _publish(static_server, ca, "/ns/default/sa/httpbin"))
+            await _republish(static_server, ca)
             second = await d.recv()  # new leaf + other.org gone
             assert [r.name for r in second.resources] == ["default"]
             assert list(second.removed_resources) == ["other.org"]
@@ -247,8 +231,9 @@ def test_delta_subscribe_push_unsubscribe_remove(static_server: RunningServer, c
 
 
 def test_delta_initial_versions_skip_what_the_client_has(static_server: RunningServer, ca: MiniCa) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    snap = _wait_snapshot(static_server)
+    _publish(static_server, ca)
+    snap = static_server.server.servicer.snapshot
+    assert snap is not None
     have = snap.resources["ROOTCA"].version
 
     async def scenario() -> None:
@@ -261,8 +246,7 @@ def test_delta_initial_versions_skip_what_the_client_has(static_server: RunningS
 
 
 def test_wrong_type_url_is_invalid_argument(static_server: RunningServer, ca: MiniCa) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
 
     async def wrong_type(ch: Channel) -> None:
         async with ch.request(
@@ -285,17 +269,15 @@ def test_wrong_type_url_is_invalid_argument(static_server: RunningServer, ca: Mi
 def test_reconnecting_client_holding_current_version_gets_nothing_resent(
     static_server: RunningServer, ca: MiniCa
 ) -> None:
-    _publish(static_server, ca, "/ns/default/sa/httpbin")
-    _wait_snapshot(static_server)
+    _publish(static_server, ca)
 
     async def scenario() -> None:
         async with channel(static_server.server.config.listen) as ch:
             async with sotw(ch) as s:
                 await s.request(["default", "ROOTCA"])
                 held = (await s.recv()).version_info
-            async with sotw(
-                ch
-            ) as again:  # e.g. Envoy after an SDS server restart: same content, same version
+            # e.g. Envoy after an SDS server restart: same content, same version
+            async with sotw(ch) as again:
                 await again.request(["default", "ROOTCA"], version=held)
                 await again.nothing()
             async with sotw(ch) as stale:  # an outdated version is answered with the current secrets

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +19,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from tests.sds_server.wl import mesh_config
-from tests.support.workload_api import running_workload_api
+from tests.support.workload_api import running_sds_serve, running_workload_api, wait_for
 
 
 def _serving(sock: Path) -> bool:
@@ -40,29 +36,6 @@ def _serving(sock: Path) -> bool:
     return asyncio.run(check())
 
 
-@contextmanager
-def _sds_serve(api_address: str, sock: Path, log: Path) -> Iterator[int]:
-    """``meshbridge sds serve`` as a subprocess, until it serves a default SVID; yields its pid."""
-    cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "sds", "serve",
-           "--workload-api", api_address, "--listen", str(sock), "--metrics", "127.0.0.1:0"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not (sock.exists() and _serving(sock)):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"no default SVID served within 30 s:\n{log.read_text()}"
-            time.sleep(0.1)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _threads(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -77,11 +50,16 @@ def _grpcio_mapped(pid: int) -> list[str]:
 
 @pytest.fixture
 def serving_pid(tmp_path: Path, short_dir: Path) -> Iterator[int]:
+    """``meshbridge sds serve`` (``--metrics`` on) once it serves a default SVID; yields its pid."""
+    sock = short_dir / "sds.sock"
     with (
         running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api,
-        _sds_serve(api.address("mesh"), short_dir / "sds.sock", tmp_path / "sds.log") as pid,
+        running_sds_serve(
+            api.address("mesh"), sock, tmp_path / "sds.log", "--metrics", "127.0.0.1:0"
+        ) as proc,
     ):
-        yield pid
+        wait_for(lambda: _serving(sock), 30, "health SERVING")
+        yield proc.pid
 
 
 def _metrics_port(log: Path) -> int:

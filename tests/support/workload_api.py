@@ -1,4 +1,5 @@
-"""Run the REAL embedded Workload API (``meshbridge workload-api serve``) as a subprocess, for any suite.
+"""Run the REAL embedded Workload API (``meshbridge workload-api serve``) as a subprocess, for any suite,
+and ``meshbridge sds serve`` fed by it (:func:`running_sds_serve`).
 
 Usage::
 
@@ -59,8 +60,10 @@ __all__ = [
     "WorkloadApiHandle",
     "entry",
     "log_events",
+    "meshbridge_argv",
     "raw_stub",
     "rpc_calls",
+    "running_sds_serve",
     "running_workload_api",
     "status_of",
     "wait_for",
@@ -88,6 +91,12 @@ def log_events(text: str, name: str | None = None) -> list[dict[str, Any]]:
         if isinstance(record, dict) and (name is None or record.get("event") == name):
             out.append(record)
     return out
+
+
+def meshbridge_argv(*args: str, log_level: str | None = None) -> list[str]:
+    """The real CLI with JSON logs: ``python -m bridge.cli --log-format json [--log-level L] ARGS``."""
+    level = ["--log-level", log_level] if log_level else []
+    return [sys.executable, "-m", "bridge.cli", "--log-format", "json", *level, *args]
 
 
 class WorkloadApiHandle:
@@ -138,19 +147,9 @@ class WorkloadApiHandle:
 
     # ---- process control --------------------------------------------------------------------------
     def command(self) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            "--log-format",
-            "json",
-            "--log-level",
-            self._log_level,
-            "workload-api",
-            "serve",
-            "--config",
-            str(self.config_path),
-        ]
+        cmd = meshbridge_argv(
+            "workload-api", "serve", "--config", str(self.config_path), log_level=self._log_level
+        )
         if self._cli_sockets:
             for name, path in self._sockets.items():
                 cmd += ["--socket", f"{name}={path}"]
@@ -270,6 +269,23 @@ def running_workload_api(
             handle.stop()
     finally:
         shutil.rmtree(short_dir, ignore_errors=True)
+
+
+@contextmanager
+def running_sds_serve(
+    workload_api: str, listen: Path, log: Path, *extra: str, log_level: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``meshbridge sds serve --workload-api ADDRESS --listen LISTEN EXTRA…`` logging JSON to ``log``, once
+    it logged its first SVID (``svid.received``); stopped (SIGTERM, then SIGKILL) on exit."""
+    args = ["sds", "serve", "--workload-api", workload_api, "--listen", str(listen), *extra]
+    cmd = meshbridge_argv(*args, log_level=log_level)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: log_events(log.read_text(), "svid.received"), 30, "the SDS server's first SVID")
+        yield proc
+    finally:
+        stop_process(proc, STOP_TIMEOUT)
 
 
 # ---- clients' side: raw calls and waiting ------------------------------------------------------------
