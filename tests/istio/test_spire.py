@@ -220,6 +220,12 @@ def _calls(log: Path) -> list[list[str]]:
     return [c for c in _all_calls(log) if c[:2] != ["entry", "show"]]
 
 
+def _create(spiffe_id: str, selectors: str, flags: str = "", *, socket: tuple[str, ...] = ()) -> list[str]:
+    """``spire-server entry create`` as the fake server logs it (selectors and flags space-separated)."""
+    head = ["entry", "create", *socket, "-parentID", PARENT, "-spiffeID", spiffe_id]
+    return [*head, *(arg for sel in selectors.split() for arg in ("-selector", sel)), *flags.split()]
+
+
 def _run(
     script: str, tmp_path: Path, env: dict[str, str], *args: str, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
@@ -299,50 +305,18 @@ def test_script_creates_entries_with_the_given_hashes(
     proc = _run(script, tmp_path, env, f"apps/shield={HASH_A}", f"apps/tunnel=@{output}")
     assert proc.returncode == 0, proc.stderr
     assert _calls(log) == [
-        [
-            "entry",
-            "create",
-            "-parentID",
-            PARENT,
-            "-spiffeID",
+        _create(
             "spiffe://example.org/external/shield",
-            "-selector",
-            "sconecas_sessionmanager:session_name:apps/shield",
-            "-selector",
-            f"sconecas_sessionmanager:session_hash:{HASH_A}",
+            f"sconecas_sessionmanager:session_name:apps/shield sconecas_sessionmanager:session_hash:{HASH_A}",
             "-storeSVID=true",
-        ],
-        [
-            "entry",
-            "create",
-            "-parentID",
-            PARENT,
-            "-spiffeID",
+        ),
+        _create(
             "spiffe://example.org/external/tunnel",
-            "-selector",
-            "sconecas_sessionmanager:session_name:apps/tunnel",
-            "-selector",
-            f"sconecas_sessionmanager:session_hash:{HASH_B}",
-            "-dns",
-            "tunnel.example",
-            "-federatesWith",
-            "spiffe://other.org",
-            "-x509SVIDTTL",
-            "3600",
-            "-hint",
-            "tunnel",
+            f"sconecas_sessionmanager:session_name:apps/tunnel sconecas_sessionmanager:session_hash:{HASH_B}",
+            "-dns tunnel.example -federatesWith spiffe://other.org -x509SVIDTTL 3600 -hint tunnel "
             "-storeSVID=true",
-        ],
-        [
-            "entry",
-            "create",
-            "-parentID",
-            PARENT,
-            "-spiffeID",
-            "spiffe://example.org/external/gt",
-            "-selector",
-            "unix:uid:1000",
-        ],
+        ),
+        _create("spiffe://example.org/external/gt", "unix:uid:1000"),
     ]
 
 
@@ -356,22 +330,11 @@ def test_script_reads_the_hash_from_scone_output_on_stdin(
     proc = _run(render_entries_script(params), tmp_path, env, "apps/shield=-", stdin=f"hash: {HASH_B}\n")
     assert proc.returncode == 0, proc.stderr
     assert _calls(log) == [
-        [
-            "entry",
-            "create",
-            "-socketPath",
-            "/tmp/spire server.sock",
-            "-parentID",
-            PARENT,
-            "-spiffeID",
+        _create(
             "spiffe://example.org/external/shield",
-            "-selector",
-            "svidstore:type:scone_cas_secretsmanager",
-            "-selector",
-            "cas_session_name:apps/shield",
-            "-selector",
-            f"cas_session_hash:{HASH_B}",
-        ],
+            f"svidstore:type:scone_cas_secretsmanager cas_session_name:apps/shield cas_session_hash:{HASH_B}",
+            socket=("-socketPath", "/tmp/spire server.sock"),
+        ),
     ]
 
 
