@@ -64,8 +64,6 @@ from bridge.model import (
 from bridge.spec_reader import Reader, join, parse_yaml, read_text, suggest
 from bridge.spec_scone import ghostunnel_ports, ghostunnel_settings, scone_settings
 from scone.model import SVIDSTORE_STATE_DIR
-from sds_server.errors import SpiffeIdError
-from sds_server.spiffe_id import TrustDomain
 
 __all__ = ["load_spec", "parse_document"]
 
@@ -144,30 +142,25 @@ def parse_document(raw: object) -> Bridge:
     r = Reader()
     top = r.mapping(raw, "", _TOP_KEYS)
     if isinstance(raw, dict):
-        api = top.get("apiVersion")
-        if api != API_VERSION:
-            r.bad("apiVersion", api, f"must be {API_VERSION!r}") if api is not None else r.note(
-                "apiVersion", f"required ({API_VERSION!r})"
-            )
-        kind = top.get("kind")
-        if kind != KIND:
-            r.bad("kind", kind, f"must be {KIND!r}") if kind is not None else r.note(
-                "kind", f"required ({KIND!r})"
-            )
+        for key, want in (("apiVersion", API_VERSION), ("kind", KIND)):
+            got = top.get(key)
+            if got is None:
+                r.note(key, f"required ({want!r})")
+            elif got != want:
+                r.bad(key, got, f"must be {want!r}")
     td = _trust_domain(r, top)
     mesh = _mesh(r, r.mapping(top.get("mesh"), "mesh", _MESH_KEYS))
     services = _services(r, top, td or "example.invalid", mesh.cluster_domain)
+    raw_federation = top.get("federation")
     federation = (
-        _federation(r, r.mapping(top["federation"], "federation", _FEDERATION_KEYS), td)
-        if top.get("federation") is not None
+        _federation(r, r.mapping(raw_federation, "federation", _FEDERATION_KEYS), td)
+        if raw_federation is not None
         else None
     )
     # an invalid federation block is reported once; the apps' trust domain is then unknown (no cascade)
-    apps_td = (
-        federation.trust_domain if federation is not None else (td if top.get("federation") is None else None)
-    )
+    apps_td = federation.trust_domain if federation is not None else (td if raw_federation is None else None)
     spire = _spire(r, r.mapping(top.get("spire"), "spire", _SPIRE_KEYS), apps_td)
-    apps = _apps(r, top, td, services, spire, federation=federation)
+    apps = _apps(r, top, services, spire, td=td, apps_td=apps_td)
     if isinstance(raw, dict) and "spire" not in top:
         r.note("spire", "required (SVIDStore plugin and CAS connection)")
     _cross_checks(r, services, apps, spire)
@@ -187,25 +180,18 @@ def _federation(r: Reader, m: Mapping[str, object], mesh_td: str | None) -> Fede
     profile, as spire-controller-manager's ``ClusterFederatedTrustDomain`` takes them)."""
     path = "federation"
     raw_td = m.get("trustDomain")
-    td: str | None = None
+    td = None if raw_td is None else r.trust_domain(raw_td, f"{path}.trustDomain")
     if raw_td is None:
         r.note(
             f"{path}.trustDomain", "required (the external apps' own trust domain, e.g. 'apps.example.org')"
         )
-    elif not isinstance(raw_td, str):
-        r.bad(f"{path}.trustDomain", raw_td, "must be a string")
-    else:
-        try:
-            td = TrustDomain.parse(raw_td).name
-        except SpiffeIdError as exc:
-            r.note(f"{path}.trustDomain", str(exc))
-        if td is not None and td == mesh_td:
-            r.bad(
-                f"{path}.trustDomain",
-                raw_td,
-                "must differ from the mesh's trustDomain (federation joins two trust domains)",
-            )
-            td = None
+    elif td is not None and td == mesh_td:
+        r.bad(
+            f"{path}.trustDomain",
+            raw_td,
+            "must differ from the mesh's trustDomain (federation joins two trust domains)",
+        )
+        td = None
     url = r.string(m, "bundleEndpointURL", path, check=_bundle_url) if m else None
     profile: BundleEndpointProfile = r.choice(  # type: ignore[assignment]
         m, "bundleEndpointProfile", path, BUNDLE_ENDPOINT_PROFILES, "https_spiffe"
@@ -240,30 +226,16 @@ def _trust_domain(r: Reader, top: Mapping[str, object]) -> str | None:
     if raw is None:
         r.note("trustDomain", "required (e.g. 'example.org')")
         return None
-    if not isinstance(raw, str):
-        r.bad("trustDomain", raw, "must be a string")
-        return None
-    try:
-        td = TrustDomain.parse(raw)
-    except SpiffeIdError as exc:
-        r.note("trustDomain", str(exc))
-        return None
-    return td.name
+    return r.trust_domain(raw, "trustDomain")
 
 
 def _mesh(r: Reader, m: Mapping[str, object]) -> Mesh:
     sds_raw = r.mapping(m.get("sds"), "mesh.sds", _SDS_KEYS)
     sds = SdsSettings(
-        image=r.string(sds_raw, "image", "mesh.sds", default=DEFAULT_SDS_IMAGE, check=names.image_reference)
-        or DEFAULT_SDS_IMAGE,
-        workload_api_socket=r.string(
-            sds_raw,
-            "workloadApiSocket",
-            "mesh.sds",
-            default=DEFAULT_WORKLOAD_API_SOCKET,
-            check=names.socket_in_directory,
-        )
-        or DEFAULT_WORKLOAD_API_SOCKET,
+        image=r.string_or(sds_raw, "image", "mesh.sds", DEFAULT_SDS_IMAGE, names.image_reference),
+        workload_api_socket=r.string_or(
+            sds_raw, "workloadApiSocket", "mesh.sds", DEFAULT_WORKLOAD_API_SOCKET, names.socket_in_directory
+        ),
     )
     gateways: list[Gateway] = []
     raw_gateways = m.get("gateways")
@@ -279,34 +251,23 @@ def _mesh(r: Reader, m: Mapping[str, object]) -> Mesh:
         if name is not None:
             gateways.append(Gateway(name=name, kind=kind, labels=labels, namespace=namespace))
     return Mesh(
-        istio_namespace=r.string(
-            m, "istioNamespace", "mesh", default="istio-system", check=names.dns1123_label
-        )
-        or "istio-system",
+        istio_namespace=r.string_or(m, "istioNamespace", "mesh", "istio-system", names.dns1123_label),
         revision=r.optional_string(m, "revision", "mesh", names.dns1123_label),
-        profile=r.string(m, "profile", "mesh", default="default", check=names.dns1123_label) or "default",
-        cluster_domain=r.string(
-            m, "clusterDomain", "mesh", default="cluster.local", check=names.dns1123_subdomain
-        )
-        or "cluster.local",
+        profile=r.string_or(m, "profile", "mesh", "default", names.dns1123_label),
+        cluster_domain=r.string_or(m, "clusterDomain", "mesh", "cluster.local", names.dns1123_subdomain),
         sds=sds,
         gateways=tuple(gateways),
     )
 
 
-def _callers(r: Reader, raw: object, path: str, td: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _callers(r: Reader, raw: object, path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     m = r.mapping(raw, path, _CALLER_KEYS)
-    principals: list[str] = []
-    for j, item in enumerate(r.seq(m, "principals", path)):
-        sid = r.spiffe_id(item, f"{path}.principals[{j}]", None)
-        if sid is not None:
-            principals.append(sid)
-    namespaces: list[str] = []
-    for j, item in enumerate(r.seq(m, "namespaces", path)):
-        ns = r.value_string(item, f"{path}.namespaces[{j}]", names.dns1123_label)
-        if ns is not None:
-            namespaces.append(ns)
+    principals = r.each(m, "principals", path, lambda item, p: r.spiffe_id(item, p, None))
+    namespaces = r.strings(m, "namespaces", path, names.dns1123_label)
     return tuple(principals), tuple(namespaces)
+
+
+_LABEL_VALUE_TYPE = "label values must be strings (quote numbers and booleans)"
 
 
 def _labels(r: Reader, raw: object, path: str, name: str) -> tuple[tuple[str, str], ...]:
@@ -320,21 +281,11 @@ def _labels(r: Reader, raw: object, path: str, name: str) -> tuple[tuple[str, st
     out: list[tuple[str, str]] = []
     for key, value in raw.items():
         p = join(path, str(key))
-        if not isinstance(key, str):
-            r.bad(p, key, "label keys must be strings")
-            continue
-        rule = names.label_key(key)
-        if rule is not None:
-            r.bad(p, key, rule)
-            continue
-        if not isinstance(value, str):
-            r.bad(p, value, "label values must be strings (quote numbers and booleans)")
-            continue
-        rule = names.label_value(value)
-        if rule is not None:
-            r.bad(p, value, rule)
-            continue
-        out.append((key, value))
+        if (
+            r.value_string(key, p, names.label_key, must="label keys must be strings") is not None
+            and r.value_string(value, p, names.label_value, must=_LABEL_VALUE_TYPE) is not None
+        ):
+            out.append((key, value))
     return tuple(sorted(out))
 
 
@@ -348,7 +299,7 @@ def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str
         port = r.integer(m, "port", path, check=names.port)
         protocol: Protocol = r.choice(m, "protocol", path, PROTOCOLS, "http")  # type: ignore[assignment]
         labels = _labels(r, m.get("labels"), f"{path}.labels", name or "")
-        principals, caller_namespaces = _callers(r, m.get("meshCallers"), f"{path}.meshCallers", td)
+        principals, caller_namespaces = _callers(r, m.get("meshCallers"), f"{path}.meshCallers")
         if name is None or namespace is None or sa is None or port is None:
             raw_name, raw_ns = m.get("name"), m.get("namespace", "default")
             if isinstance(raw_name, str):
@@ -443,17 +394,15 @@ def _targets(
 def _apps(
     r: Reader,
     top: Mapping[str, object],
-    td: str | None,
     services: tuple[MeshService, ...],
     spire: SpireSettings,
     *,
-    federation: Federation | None = None,
+    td: str | None,
+    apps_td: str | None,
 ) -> tuple[ExternalApp, ...]:
-    """External apps. With ``federation``, their SPIFFE IDs default to (and may be in) the apps' trust
-    domain; an ID in the mesh's trust domain stays possible (``check`` explains the exposure)."""
-    apps_td = federation.trust_domain if federation is not None else td
-    if federation is None and top.get("federation") is not None:
-        apps_td = None  # invalid federation block: reported already
+    """External apps. Their SPIFFE IDs default to (and may be in) ``apps_td``, the federation's trust
+    domain or else the mesh's (``None``: unknown, an invalid federation block); an ID in the mesh's trust
+    domain stays possible (``check`` explains the exposure)."""
     allowed_tds = {t for t in (td, apps_td) if t is not None}
     out: list[ExternalApp] = []
     seen: dict[str, str] = {}
@@ -537,9 +486,9 @@ def _spire(r: Reader, m: Mapping[str, object], td: str | None) -> SpireSettings:
     cas = r.string(m, "casConnection", path, check=_https_url) if m else None
 
     def file(key: str, default: str) -> str:
-        return r.string(m, key, path, default=default, check=names.absolute_path) or default
+        return r.string_or(m, key, path, default, names.absolute_path)
 
-    ttl_text = r.string(m, "svidTtl", path, default="1h", check=names.duration) or "1h"
+    ttl_text = r.string_or(m, "svidTtl", path, "1h", names.duration)
     ttl = int(names.duration_seconds(ttl_text))
     if ttl < 60:
         r.bad("spire.svidTtl", ttl_text, "must be at least 1m")
@@ -563,22 +512,14 @@ def _spire(r: Reader, m: Mapping[str, object], td: str | None) -> SpireSettings:
         ),
         cas_predecessor_dir=file("casPredecessorDir", f"{DEFAULT_SVIDSTORE_DIR}/predecessors"),
         templates_dir=file("templatesDir", f"{DEFAULT_SVIDSTORE_DIR}/templates"),
-        bundle_session_name=r.string(
-            m, "bundleSessionName", path, default="spire-bundle", check=names.scone_session_name
-        )
-        or "spire-bundle",
-        federated_bundles_session_name=r.string(
-            m,
-            "federatedBundlesSessionName",
-            path,
-            default="spire-federated-bundles",
-            check=names.scone_session_name,
-        )
-        or "spire-federated-bundles",
-        cluster_name=r.string(m, "clusterName", path, default="cluster", check=names.dns1123_label)
-        or "cluster",
-        class_name=r.string(m, "className", path, default=DEFAULT_CLASS_NAME, check=names.dns1123_subdomain)
-        or DEFAULT_CLASS_NAME,
+        bundle_session_name=r.string_or(
+            m, "bundleSessionName", path, "spire-bundle", names.scone_session_name
+        ),
+        federated_bundles_session_name=r.string_or(
+            m, "federatedBundlesSessionName", path, "spire-federated-bundles", names.scone_session_name
+        ),
+        cluster_name=r.string_or(m, "clusterName", path, "cluster", names.dns1123_label),
+        class_name=r.string_or(m, "className", path, DEFAULT_CLASS_NAME, names.dns1123_subdomain),
         svid_ttl=ttl,
     )
 

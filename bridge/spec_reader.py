@@ -18,7 +18,7 @@ import yaml
 from bridge.errors import SpecError
 from bridge.model import MeshService
 from sds_server.errors import SpiffeIdError
-from sds_server.spiffe_id import SpiffeId
+from sds_server.spiffe_id import SpiffeId, TrustDomain
 
 _T = TypeVar("_T")
 
@@ -160,6 +160,10 @@ class Reader:
         """The string at ``key``: ``default`` when absent (``None`` default = required)."""
         return self._field(m, key, path, default, lambda raw, p: self.value_string(raw, p, check))
 
+    def string_or(self, m: Mapping[str, object], key: str, path: str, default: str, check: Check) -> str:
+        """The string at ``key``; ``default`` when absent, and when invalid (the problem is recorded)."""
+        return self.string(m, key, path, default=default, check=check) or default
+
     def _field(
         self,
         m: Mapping[str, object],
@@ -183,15 +187,44 @@ class Reader:
         raw = m.get(key)
         return None if raw is None else self.value_string(raw, join(path, key), check)
 
-    def value_string(self, raw: object, p: str, check: Check | None) -> str | None:
-        if not isinstance(raw, str):
-            self.bad(p, raw, "must be a string")
+    def each(
+        self,
+        m: Mapping[str, object],
+        key: str,
+        path: str,
+        convert: Callable[[object, str], _T | None],
+        *,
+        required: bool = False,
+    ) -> list[_T]:
+        """``convert(item, path)`` of each item of the list at ``key``, the invalid ones left out."""
+        items = (
+            convert(raw, f"{join(path, key)}[{i}]")
+            for i, raw in enumerate(self.seq(m, key, path, required=required))
+        )
+        return [item for item in items if item is not None]
+
+    def strings(
+        self, m: Mapping[str, object], key: str, path: str, check: Check | None, *, required: bool = False
+    ) -> list[str]:
+        """The valid strings (by ``check``) of the list at ``key``."""
+        return self.each(m, key, path, lambda raw, p: self.value_string(raw, p, check), required=required)
+
+    def value_string(
+        self, raw: object, p: str, check: Check | None, *, must: str = "must be a string"
+    ) -> str | None:
+        return self._typed(raw, p, str, must, check)
+
+    def _typed(
+        self, raw: object, p: str, kind: type[_T], must: str, check: Callable[[_T], str | None] | None
+    ) -> _T | None:
+        """``raw`` if it is a ``kind`` (``bool`` is no ``int`` here) that ``check`` accepts, else ``None``."""
+        if isinstance(raw, bool) or not isinstance(raw, kind):
+            self.bad(p, raw, must)
             return None
-        if check is not None:
-            rule = check(raw)
-            if rule is not None:
-                self.bad(p, raw, rule)
-                return None
+        rule = check(raw) if check is not None else None
+        if rule is not None:
+            self.bad(p, raw, rule)
+            return None
         return raw
 
     def choice(
@@ -217,18 +250,9 @@ class Reader:
         default: int | None = None,
         check: Callable[[int], str | None] | None = None,
     ) -> int | None:
-        return self._field(m, key, path, default, lambda raw, p: self.value_int(raw, p, check))
-
-    def value_int(self, raw: object, p: str, check: Callable[[int], str | None] | None) -> int | None:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            self.bad(p, raw, "must be an integer")
-            return None
-        if check is not None:
-            rule = check(raw)
-            if rule is not None:
-                self.bad(p, raw, rule)
-                return None
-        return raw
+        return self._field(
+            m, key, path, default, lambda raw, p: self._typed(raw, p, int, "must be an integer", check)
+        )
 
     def boolean(self, m: Mapping[str, object], key: str, path: str, default: bool) -> bool:
         raw = m.get(key)
@@ -240,18 +264,27 @@ class Reader:
         return raw
 
     def spiffe_id(self, raw: object, p: str, trust_domain: str | None) -> str | None:
-        if not isinstance(raw, str):
-            self.bad(p, raw, "must be a string")
-            return None
-        try:
-            sid = SpiffeId.parse(raw)
-        except SpiffeIdError as exc:
-            self.note(p, str(exc))
+        sid = self._parsed(raw, p, SpiffeId.parse)
+        if sid is None:
             return None
         if trust_domain is not None and sid.trust_domain.name != trust_domain:
             self.bad(p, raw, f"must be in the bridge's trust domain {trust_domain!r}")
             return None
         return str(sid)
+
+    def trust_domain(self, raw: object, p: str) -> str | None:
+        td = self._parsed(raw, p, TrustDomain.parse)
+        return None if td is None else td.name
+
+    def _parsed(self, raw: object, p: str, parse: Callable[[str], _T]) -> _T | None:
+        text = self.value_string(raw, p, None)
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except SpiffeIdError as exc:
+            self.note(p, str(exc))
+            return None
 
 
 def read_text(source: str | os.PathLike[str]) -> tuple[str, str]:

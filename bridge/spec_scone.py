@@ -60,11 +60,7 @@ def scone_settings(
     m = r.mapping(raw, path, _SCONE_KEYS)
     if raw is None:
         r.note(path, "required (CAS namespace, MRENCLAVEs, ...)")
-    mrenclaves: list[str] = []
-    for k, item in enumerate(r.seq(m, "mrenclaves", path, required=raw is not None)):
-        value = r.value_string(item, f"{path}.mrenclaves[{k}]", names.mrenclave)
-        if value is not None:
-            mrenclaves.append(value.lower())
+    mrenclaves = r.strings(m, "mrenclaves", path, names.mrenclave, required=raw is not None)
     tolerations: list[Toleration] = []
     for k, item in enumerate(r.seq(m, "tolerations", path)):
         tp = f"{path}.tolerations[{k}]"
@@ -75,13 +71,7 @@ def scone_settings(
             r.bad(tp, item, "duplicate toleration")
         else:
             tolerations.append(item)
-    advisories: list[str] = []
-    for k, item in enumerate(r.seq(m, "ignoreAdvisories", path)):
-        value = r.value_string(item, f"{path}.ignoreAdvisories[{k}]", None)
-        if value is not None and not _ADVISORY.match(value):
-            r.bad(f"{path}.ignoreAdvisories[{k}]", value, "an advisory 'INTEL-SA-NNNNN', or '*' for all")
-        elif value is not None:
-            advisories.append(value)
+    advisories = r.strings(m, "ignoreAdvisories", path, _advisory)
     # the renderer's rules (scone.session.attestation_problems), reported at the spec's field
     for problem in attestation_problems(Attestation(tuple(tolerations), tuple(advisories))):
         r.note(f"{path}.ignoreAdvisories", problem.split(": ", 2)[-1])
@@ -102,7 +92,7 @@ def scone_settings(
     else:
         command = r.string(m, "command", path, check=_command) or "" if raw is not None else ""
     cas_ns = r.string(m, "casNamespace", path, check=names.scone_name) if raw is not None else None
-    session = r.string(m, "sessionName", path, default=app_name, check=names.scone_name) or app_name
+    session = r.string_or(m, "sessionName", path, app_name, names.scone_name)
     if cas_ns is not None and len(f"{cas_ns}/{session}") > names.SCONE_SESSION_NAME_MAX:
         r.bad(
             f"{path}.sessionName",
@@ -110,23 +100,26 @@ def scone_settings(
             f"'{cas_ns}/{session}' is longer than {names.SCONE_SESSION_NAME_MAX} characters",
         )
     return SconeSettings(
-        cas_address=r.string(
+        cas_address=r.string_or(
             m,
             "casAddress",
             path,
-            default=spire.cas_connection.removeprefix("https://"),
-            check=lambda v: names.host_port(v, port_required=False),
-        )
-        or spire.cas_connection.removeprefix("https://"),
+            spire.cas_connection.removeprefix("https://"),
+            lambda v: names.host_port(v, port_required=False),
+        ),
         cas_namespace=cas_ns or "",
         session_name=session,
-        service_name=r.string(m, "serviceName", path, default=app_name, check=names.scone_name) or app_name,
-        mrenclaves=tuple(mrenclaves),
+        service_name=r.string_or(m, "serviceName", path, app_name, names.scone_name),
+        mrenclaves=tuple(value.lower() for value in mrenclaves),
         command=command,
-        pwd=r.string(m, "pwd", path, default="/", check=names.absolute_path) or "/",
+        pwd=r.string_or(m, "pwd", path, "/", names.absolute_path),
         tolerations=tuple(tolerations),
         ignore_advisories=tuple(advisories),
     )
+
+
+def _advisory(value: str) -> str | None:
+    return None if _ADVISORY.match(value) else "an advisory 'INTEL-SA-NNNNN', or '*' for all"
 
 
 def _command(value: str) -> str | None:
@@ -156,25 +149,20 @@ def ghostunnel_settings(r: Reader, raw: object, path: str) -> GhostunnelSettings
         r.note(f"{path}.workloadApiAddr", "only for certSource 'workload-api'")
     selectors: list[tuple[str, str]] = []
     if source == "workload-api":
-        items = r.seq(m, "workloadApiSelectors", path, required=True)
-        for k, item in enumerate(items):
-            value = r.value_string(item, f"{path}.workloadApiSelectors[{k}]", _selector)
-            if value is not None:
-                kind, _, rest = value.partition(":")
-                selectors.append((kind, rest))
+        for value in r.strings(m, "workloadApiSelectors", path, _selector, required=True):
+            kind, _, rest = value.partition(":")
+            selectors.append((kind, rest))
     elif "workloadApiSelectors" in m:
         r.note(f"{path}.workloadApiSelectors", "only for certSource 'workload-api'")
     if source == "workload-api" and "timedReload" in m:
         r.note(f"{path}.timedReload", "only for certSource 'files' (the Workload API pushes rotations)")
     return GhostunnelSettings(
-        binary=r.string(m, "binary", path, default=DEFAULT_GHOSTUNNEL_BINARY, check=names.absolute_path)
-        or DEFAULT_GHOSTUNNEL_BINARY,
+        binary=r.string_or(m, "binary", path, DEFAULT_GHOSTUNNEL_BINARY, names.absolute_path),
         cert_source=source,
         workload_api_addr=addr,
         workload_api_selectors=tuple(selectors),
-        cert_dir=r.string(m, "certDir", path, default=DEFAULT_GHOSTUNNEL_CERT_DIR, check=names.absolute_path)
-        or DEFAULT_GHOSTUNNEL_CERT_DIR,
-        timed_reload=r.string(m, "timedReload", path, default="1m", check=names.duration) or "1m",
+        cert_dir=r.string_or(m, "certDir", path, DEFAULT_GHOSTUNNEL_CERT_DIR, names.absolute_path),
+        timed_reload=r.string_or(m, "timedReload", path, "1m", names.duration),
         status_port=r.integer(m, "statusPort", path, default=6060, check=names.port) or 6060,
     )
 
