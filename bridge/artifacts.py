@@ -12,9 +12,8 @@ it) is read the way its consumers in a cluster read it, into small frozen values
   lines of the ``meshbridge-sds`` containers it injects (sidecar templates, gateway patches);
 * :class:`RegisterEntry` - the SPIRE entries (``entry create -data`` JSON or the entries script):
   SPIFFE ID, selectors, ``federatesWith``;
-* :class:`SconeSession` - an app's CAS session: its services' environments and commands, its imports.
-
-:class:`Artifacts` reads each kind once, on first use, for a caller that asks many questions.
+* an app's CAS session (``scone/<app>/session.yaml``): its services' environments and commands, its
+  imports.
 
 Pure functions; the only parsing beyond the rendering's own is the sidecar injection template (YAML
 text inside the overlay).
@@ -23,18 +22,17 @@ text inside the overlay).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Protocol, TypeVar
 
 import yaml
 
-from bridge.rendering import Rendering
 from istio.mesh import SDS_CONTAINER_NAME
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _SESSION_SELECTOR = re.compile(r"(?:sconecas_sessionmanager:session_name|cas_session_name):(\S+)")
-_SESSION_PATH = re.compile(r"scone/([^/]+)/session\.ya?ml")
+SESSION_PATH = re.compile(r"scone/([^/]+)/session\.ya?ml")
 
 Rendered = Mapping[str, object]
 
@@ -76,6 +74,34 @@ def documents(rendering: Rendered, kind: str | None = None) -> list[tuple[str, M
         items = doc if isinstance(doc, list) else [doc]
         out += [(path, d) for d in items if isinstance(d, dict) and (kind is None or d.get("kind") == kind)]
     return out
+
+
+class _Selecting(Protocol):
+    def selects(self, namespace: str, pod_labels: Mapping[str, str]) -> bool: ...
+
+
+_S = TypeVar("_S", bound=_Selecting)
+
+
+def selecting(found: Iterable[_S], namespace: str, pod_labels: Mapping[str, str]) -> list[_S]:
+    """Those of ``found`` (``ClusterSPIFFEID``s, ``AuthorizationPolicy``s) that select pods with these
+    labels in ``namespace``."""
+    return [f for f in found if f.selects(namespace, pod_labels)]
+
+
+def session_environments(session: Mapping[str, object]) -> list[Mapping[str, object]]:
+    """A CAS session's ``services[].environment`` (``{}`` for a service without one)."""
+    return [as_dict(get(s, "environment")) for s in as_list(session.get("services"))]
+
+
+def session_commands(session: Mapping[str, object]) -> list[str]:
+    return [str(get(s, "command")) for s in as_list(session.get("services"))]
+
+
+def session_imports(session: Mapping[str, object]) -> list[tuple[str, str]]:
+    """``(secret, session)`` of every ``secrets[].import`` of a CAS session."""
+    found = [as_dict(get(s, "import")) for s in as_list(session.get("secrets"))]
+    return [(str(i.get("secret")), str(i.get("session"))) for i in found if i]
 
 
 def session_name_of(template: str) -> str | None:
@@ -350,79 +376,3 @@ def register_entries(rendering: Rendered) -> tuple[RegisterEntry, ...]:
                 feds = tuple(t.removeprefix("spiffe://") for t in _flag_values(cmd, "federatesWith"))
                 out.append(RegisterEntry(path, ids[0], tuple(_flag_values(cmd, "selector")), feds))
     return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class SconeSession:
-    """An app's CAS session, ``scone/<app>/session.yaml``."""
-
-    path: str
-    document: Mapping[str, object]
-
-    @property
-    def app(self) -> str:
-        return self.path.split("/")[1]
-
-    @property
-    def environments(self) -> tuple[Mapping[str, object], ...]:
-        """``services[].environment`` (``{}`` for a service without one)."""
-        return tuple(as_dict(get(s, "environment")) for s in as_list(self.document.get("services")))
-
-    @property
-    def commands(self) -> tuple[str, ...]:
-        """``services[].command``."""
-        return tuple(str(get(s, "command")) for s in as_list(self.document.get("services")))
-
-    @property
-    def network_shield(self) -> bool:
-        """The first service runs under SCONE's network shield (``SCONE_NETWORK_SHIELD`` is set)."""
-        return bool(self.environments) and "SCONE_NETWORK_SHIELD" in self.environments[0]
-
-    @property
-    def imports(self) -> tuple[tuple[str, str], ...]:
-        """``(secret, session)`` of every ``secrets[].import``."""
-        found = [as_dict(get(s, "import")) for s in as_list(self.document.get("secrets"))]
-        return tuple((str(i.get("secret")), str(i.get("session"))) for i in found if i)
-
-
-def sessions(rendering: Rendered) -> tuple[SconeSession, ...]:
-    return tuple(
-        SconeSession(path, doc)
-        for path, doc in rendering.items()
-        if _SESSION_PATH.fullmatch(path) and isinstance(doc, dict)
-    )
-
-
-class Artifacts:
-    """A rendering read back: each kind of document parsed once, when first asked for."""
-
-    def __init__(self, rendering: Rendering) -> None:
-        self.rendering = rendering
-
-    @cached_property
-    def cluster_spiffe_ids(self) -> tuple[ClusterSpiffeId, ...]:
-        return cluster_spiffe_ids(self.rendering)
-
-    @cached_property
-    def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
-        return authorization_policies(self.rendering)
-
-    @cached_property
-    def overlays(self) -> tuple[Overlay, ...]:
-        return overlays(self.rendering)
-
-    @cached_property
-    def register_entries(self) -> tuple[RegisterEntry, ...]:
-        return register_entries(self.rendering)
-
-    @cached_property
-    def sessions(self) -> tuple[SconeSession, ...]:
-        return sessions(self.rendering)
-
-    def cluster_spiffe_ids_for(self, namespace: str, pod_labels: Mapping[str, str]) -> list[ClusterSpiffeId]:
-        """The ``ClusterSPIFFEID``s that register pods with these labels in ``namespace``."""
-        return [c for c in self.cluster_spiffe_ids if c.selects(namespace, pod_labels)]
-
-    def policies_for(self, namespace: str, pod_labels: Mapping[str, str]) -> list[AuthorizationPolicy]:
-        """The ``AuthorizationPolicy``s whose selector selects pods with these labels in ``namespace``."""
-        return [p for p in self.authorization_policies if p.selects(namespace, pod_labels)]

@@ -43,6 +43,8 @@ from bridge.rendering import Rendering
 from scone.svidstore import FEDERATED_BUNDLES_SECRET
 
 _SCHEME = "spiffe://"
+_Policies = tuple[artifacts.AuthorizationPolicy, ...]
+_Crds = tuple[artifacts.ClusterSpiffeId, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +86,22 @@ def _rule_matches(rule: artifacts.PolicyRule, principal: str, *, action: str) ->
     return False
 
 
-def _allow_admits(read: artifacts.Artifacts, service: MeshService, principal: str) -> bool:
+def _allow_admits(policies: _Policies, service: MeshService, principal: str) -> bool:
     """Whether an ALLOW policy selecting ``service`` has a rule matching ``principal``."""
     return any(
         _rule_matches(r, principal, action="ALLOW")
-        for policy in read.policies_for(service.namespace, service.label_map)
+        for policy in artifacts.selecting(policies, service.namespace, service.label_map)
         if policy.action == "ALLOW"
         for r in policy.rules
     )
 
 
-def _policy_refuses(read: artifacts.Artifacts, service: MeshService, principal: str) -> bool:
+def _policy_refuses(policies: _Policies, service: MeshService, principal: str) -> bool:
     """Whether the rendered policies selecting ``service`` refuse ``principal`` (no ``spiffe://``), with
     Istio's semantics: a matching DENY rule refuses (DENY before ALLOW); otherwise, once an ALLOW policy
     selects the pods, only a matching ALLOW rule admits."""
     allow_seen = allowed = False
-    for policy in read.policies_for(service.namespace, service.label_map):
+    for policy in artifacts.selecting(policies, service.namespace, service.label_map):
         action = policy.action
         if action == "DENY" and any(_rule_matches(r, principal, action=action) for r in policy.rules):
             return True
@@ -109,13 +111,12 @@ def _policy_refuses(read: artifacts.Artifacts, service: MeshService, principal: 
     return allow_seen and not allowed
 
 
-def _authenticated_names(
-    rendering: Rendering, app: ExternalApp, session: artifacts.SconeSession
-) -> list[str]:
+def _authenticated_names(rendering: Rendering, app: ExternalApp) -> list[str]:
     """DNS names the app's TLS client checks in the server certificate, read from its artifacts."""
     if app.mode == "network-shield":
+        session = rendering.yaml_documents(layout.session_path(app.name))[0]
         out = []
-        for env in session.environments:
+        for env in artifacts.session_environments(session):
             for key, value in env.items():
                 if key.endswith("_DESTINATION") and str(value).startswith("TCP:"):
                     auth = env.get(key.removesuffix("_DESTINATION") + "_SERVER_AUTH")
@@ -141,39 +142,38 @@ def _flag(line: str, name: str) -> str:
 def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
     """Every disagreement between the rendered documents (empty list = consistent)."""
     problems: list[str] = []
-    read = artifacts.Artifacts(rendering)
-    registered = {e.spiffe_id for e in read.register_entries}
+    policies = artifacts.authorization_policies(rendering)
+    crds = artifacts.cluster_spiffe_ids(rendering)
+    registered = {e.spiffe_id for e in artifacts.register_entries(rendering)}
     for i, app in enumerate(bridge.apps):
         where = f"externalApps[{i}] ({app.name})"
         principal = app.spiffe_id.removeprefix(_SCHEME)
-        path = layout.session_path(app.name)
-        session = artifacts.SconeSession(path, rendering.yaml_documents(path)[0])
         if app.spiffe_id not in registered:
             problems.append(f"{where}: {layout.ENTRIES_SCRIPT} registers no entry for {app.spiffe_id!r}")
         for t in app.targets:
             svc = t.service
-            if _policy_refuses(read, svc, principal) or (
-                svc.lists_mesh_callers and not _allow_admits(read, svc, principal)
+            if _policy_refuses(policies, svc, principal) or (
+                svc.lists_mesh_callers and not _allow_admits(policies, svc, principal)
             ):
                 problems.append(
                     f"{where}: {principal!r}: no AuthorizationPolicy selecting {svc.key} admits it "
                     "(STRICT mTLS would pass, the request would get 403)"
                 )
-        for name in _authenticated_names(rendering, app, session):
+        for name in _authenticated_names(rendering, app):
             svc_match = [t.service for t in app.targets if name in t.service.dns_names]
             if not svc_match:
                 problems.append(f"{where}: {name!r}: authenticates a DNS name of no target service")
                 continue
-            crds = read.cluster_spiffe_ids_for(svc_match[0].namespace, svc_match[0].label_map)
-            if not any(name in artifacts.as_list(c.dns_name_templates) for c in crds):
+            selecting = artifacts.selecting(crds, svc_match[0].namespace, svc_match[0].label_map)
+            if not any(name in artifacts.as_list(c.dns_name_templates) for c in selecting):
                 problems.append(
                     f"{where}: {name!r}: authenticated by DNS name but no ClusterSPIFFEID of "
                     f"{svc_match[0].key} puts it in the SVID (dnsNameTemplates): the handshake would fail"
                 )
-        problems += _session_problems(bridge, rendering, app, session, where)
+        problems += _session_problems(bridge, rendering, app, where)
     problems += _duplicate_ids(bridge)
-    problems += _mesh_traffic_problems(bridge, read)
-    problems += _federation_problems(bridge, read)
+    problems += _mesh_traffic_problems(bridge, policies)
+    problems += _federation_problems(bridge, rendering, policies, crds)
     return problems
 
 
@@ -181,14 +181,14 @@ _PROBE_SA = "meshbridge-check-undeclared"
 """Service account of the identities ``check`` tries against the rendered policies (no spec names it)."""
 
 
-def _mesh_traffic_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[str]:
+def _mesh_traffic_problems(bridge: Bridge, policies: _Policies) -> list[str]:
     """A service whose spec lists no in-mesh callers must keep admitting in-mesh callers after apply."""
     problems = []
     for i, svc in enumerate(bridge.services):
         if svc.lists_mesh_callers:
             continue
         caller = f"{bridge.trust_domain}/ns/{svc.namespace}/sa/{_PROBE_SA}"
-        if _policy_refuses(read, svc, caller):
+        if _policy_refuses(policies, svc, caller):
             problems.append(
                 f"meshServices[{i}] ({svc.key}): its AuthorizationPolicies refuse in-mesh callers such as "
                 f"{caller!r} although the spec lists no meshCallers: applying them would cut the mesh off"
@@ -196,7 +196,7 @@ def _mesh_traffic_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[st
     return problems
 
 
-def _federation_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[str]:
+def _federation_problems(bridge: Bridge, rendering: Rendering, policies: _Policies, crds: _Crds) -> list[str]:
     fed = bridge.federation
     if fed is None:
         return []
@@ -205,8 +205,8 @@ def _federation_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[str]
     where = f"federation ({td})"
     targets = {t.service.key for a in bridge.apps if bridge.in_federation(a) for t in a.targets}
     for i, svc in enumerate(bridge.services):
-        crds = read.cluster_spiffe_ids_for(svc.namespace, svc.label_map)
-        federates = any(td in c.federates_with for c in crds)
+        selecting = artifacts.selecting(crds, svc.namespace, svc.label_map)
+        federates = any(td in c.federates_with for c in selecting)
         if svc.key in targets and not federates:
             problems.append(
                 f"meshServices[{i}] ({svc.key}): no ClusterSPIFFEID selecting it federates with {td!r}: its "
@@ -227,7 +227,7 @@ def _federation_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[str]
             for a in bridge.apps
             if bridge.in_federation(a) and a.spiffe_id not in callers
         ]
-        admitted = [p for p in probes if not _policy_refuses(read, svc, p)]
+        admitted = [p for p in probes if not _policy_refuses(policies, svc, p)]
         if admitted:
             problems.append(
                 f"meshServices[{i}] ({svc.key}): its AuthorizationPolicies admit "
@@ -235,27 +235,29 @@ def _federation_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[str]
                 "every mesh service must refuse the apps' trust domain except its declared callers (a DENY "
                 f"policy with principals ['{td}/*'] and notPrincipals = those callers)"
             )
-    if td not in artifacts.federated_trust_domains(read.rendering):
+    if td not in artifacts.federated_trust_domains(rendering):
         problems.append(
             f"{where}: no ClusterFederatedTrustDomain for {td!r} in "
             f"{layout.CLUSTER_FEDERATED_TRUST_DOMAINS}: the mesh's SPIRE would never fetch the apps' bundle"
         )
-    if not any(td in (*o.trust_domain_aliases, *o.ca_trust_domains) for o in read.overlays):
+    overlays = artifacts.overlays(rendering)
+    if not any(td in (*o.trust_domain_aliases, *o.ca_trust_domains) for o in overlays):
         problems.append(
             f"{where}: {layout.ISTIO_OPERATOR}: meshConfig.caCertificates names no trustDomains {td!r}: "
             "Istio's inbound SAN check admits only spiffe://<mesh td>/ and would refuse every app"
         )
-    commands = [c for o in read.overlays for c in o.sds_commands]
+    commands = [c for o in overlays for c in o.sds_commands]
     if not commands or any("--rootca-all-bundles" not in c for c in commands):
         problems.append(
             f"{where}: {layout.ISTIO_OPERATOR}: a meshbridge-sds container runs without "
             "--rootca-all-bundles: its ROOTCA would carry the mesh's bundle only, so no target trusts "
             "the apps"
         )
+    entries = artifacts.register_entries(rendering)
     for i, app in enumerate(bridge.apps):
         if not bridge.in_federation(app):
             continue
-        own = [e for e in read.register_entries if e.spiffe_id == app.spiffe_id]
+        own = [e for e in entries if e.spiffe_id == app.spiffe_id]
         if not own or any(bridge.trust_domain not in e.federates_with for e in own):
             problems.append(
                 f"externalApps[{i}] ({app.name}): its SPIRE entry does not federate with "
@@ -264,19 +266,18 @@ def _federation_problems(bridge: Bridge, read: artifacts.Artifacts) -> list[str]
     return problems
 
 
-def _session_problems(
-    bridge: Bridge, rendering: Rendering, app: ExternalApp, session: artifacts.SconeSession, where: str
-) -> list[str]:
+def _session_problems(bridge: Bridge, rendering: Rendering, app: ExternalApp, where: str) -> list[str]:
     problems: list[str] = []
-    name = session.document.get("name")
-    if name != app.scone.qualified_session_name:
-        problems.append(f"{where}: session name {name!r} != {app.scone.qualified_session_name!r}")
-    svid_template = rendering.text(layout.SVIDSTORE_TEMPLATES["svid"])
-    bundle_template = rendering.text(layout.SVIDSTORE_TEMPLATES["bundle"])
-    svid_name = artifacts.session_name_of(svid_template)
-    bundle_name = artifacts.session_name_of(bundle_template)
-    fed_name = artifacts.session_name_of(rendering.text(layout.SVIDSTORE_TEMPLATES["federated_bundles"]))
-    for imported, source in session.imports:
+    session = rendering.yaml_documents(layout.session_path(app.name))[0]
+    if session.get("name") != app.scone.qualified_session_name:
+        problems.append(
+            f"{where}: session name {session.get('name')!r} != {app.scone.qualified_session_name!r}"
+        )
+    svid_name, bundle_name, fed_name = (
+        artifacts.session_name_of(rendering.text(layout.SVIDSTORE_TEMPLATES[kind]))
+        for kind in ("svid", "bundle", "federated_bundles")
+    )
+    for imported, source in artifacts.session_imports(session):
         if imported == "svid" and svid_name is not None:
             expected = svid_name.replace("<\\session-name-selector>", app.scone.qualified_session_name)
             if source != expected:
@@ -335,9 +336,8 @@ def _model_warnings(bridge: Bridge) -> list[str]:
         for b in bridge.services:
             if a is b or a.namespace != b.namespace or not bridge.callers_of(a):
                 continue
-            if artifacts.labels_select(a.label_map, b.label_map) and {
-                x.name for x in bridge.callers_of(a)
-            } - {x.name for x in bridge.callers_of(b)}:
+            extra = {x.name for x in bridge.callers_of(a)} - {x.name for x in bridge.callers_of(b)}
+            if artifacts.labels_select(a.label_map, b.label_map) and extra:
                 warnings.append(
                     f"meshServices ({a.key}): labels {a.label_map} also select the pods of {b.key}: its "
                     f"AuthorizationPolicy admits {a.key}'s callers to {b.key} too"

@@ -30,6 +30,7 @@ import yaml
 from bridge import artifacts
 from bridge.demo.errors import DemoError
 from bridge.envoy.bootstrap import SourceRule
+from bridge.rendering import Rendering
 
 AppMode = Literal["network-shield", "ghostunnel"]
 Doc = Mapping[str, object]
@@ -186,10 +187,6 @@ def load_pod(manifests: Path) -> Pod:
     )
 
 
-_get = artifacts.get
-_list = artifacts.as_list
-
-
 def evaluate_template(template: str, *, trust_domain: str, pod: Pod, where: str) -> str:
     """A spire-controller-manager Go template, for the variables our ClusterSPIFFEIDs may use."""
     values = {
@@ -207,37 +204,26 @@ def evaluate_template(template: str, *, trust_domain: str, pod: Pod, where: str)
     return _TEMPLATE_VAR.sub(sub, template)
 
 
-def _overlay(rendering: Mapping[str, object]) -> artifacts.Overlay:
-    overlays = artifacts.overlays(rendering)
-    if not overlays:
-        raise DemoError("rendering: no IstioOperator overlay")
-    return overlays[0]
-
-
-def _trust_domain(rendering: Mapping[str, object]) -> str:
-    overlay = _overlay(rendering)
+def _trust_domain(overlay: artifacts.Overlay) -> str:
     td = overlay.trust_domain
     if not isinstance(td, str) or not td:
         raise DemoError(f"{overlay.path}: spec.meshConfig.trustDomain: {td!r}: must be the trust domain")
     return td
 
 
-def _strict(rendering: Mapping[str, object]) -> None:
-    strict = [
-        p
-        for p, d in artifacts.documents(rendering, "PeerAuthentication")
-        if _get(d, "spec", "mtls", "mode") == "STRICT"
-    ]
-    if not strict:
+def _strict(rendering: Rendering) -> None:
+    docs = artifacts.documents(rendering, "PeerAuthentication")
+    if not any(artifacts.get(d, "spec", "mtls", "mode") == "STRICT" for _, d in docs):
         raise DemoError("rendering: no PeerAuthentication with spec.mtls.mode STRICT")
 
 
-def _cluster_spiffe_ids(rendering: Mapping[str, object], pod: Pod) -> list[artifacts.ClusterSpiffeId]:
-    return [c for c in artifacts.cluster_spiffe_ids(rendering) if c.selects(pod.namespace, pod.labels)]
-
-
-def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> MeshSide:
-    matching = _cluster_spiffe_ids(rendering, pod)
+def _mesh_side(
+    crds: Sequence[artifacts.ClusterSpiffeId],
+    policies: Sequence[artifacts.AuthorizationPolicy],
+    trust_domain: str,
+    pod: Pod,
+) -> MeshSide:
+    matching = artifacts.selecting(crds, pod.namespace, pod.labels)
     if len(matching) != 1:
         raise DemoError(
             f"rendering: {len(matching)} ClusterSPIFFEIDs select the {pod.service_name} pods "
@@ -262,9 +248,7 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
     namespaces: list[str] = []
     policy_paths: list[str] = []
     allow = False
-    for policy in artifacts.authorization_policies(rendering):
-        if not policy.selects(pod.namespace, pod.labels):
-            continue
+    for policy in artifacts.selecting(policies, pod.namespace, pod.labels):
         ppath, action = policy.path, policy.action
         if action not in ("ALLOW", "DENY"):
             raise DemoError(
@@ -301,30 +285,27 @@ def _mesh_side(rendering: Mapping[str, object], trust_domain: str, pod: Pod) -> 
     )
 
 
-def _entry_ids(rendering: Mapping[str, object]) -> dict[str, str]:
-    """CAS session name → SPIFFE ID, from the SPIRE entries (JSON ``entries`` or the create script)."""
-    out: dict[str, str] = {}
-    for entry in artifacts.register_entries(rendering):
+def _network_shield(session: Doc) -> bool:
+    """The session's first service runs under SCONE's network shield."""
+    envs = artifacts.session_environments(session)
+    return bool(envs) and "SCONE_NETWORK_SHIELD" in envs[0]
+
+
+def _apps(rendering: Rendering, entries: tuple[artifacts.RegisterEntry, ...]) -> tuple[AppPlan, ...]:
+    # CAS session name -> SPIFFE ID, from the SPIRE entries (JSON entries or the create script)
+    ids: dict[str, str] = {}
+    for entry in entries:
         if entry.session_name is not None:
-            out.setdefault(entry.session_name, entry.spiffe_id)
-    return out
-
-
-def _apps(rendering: Mapping[str, object]) -> tuple[AppPlan, ...]:
-    ids = _entry_ids(rendering)
+            ids.setdefault(entry.session_name, entry.spiffe_id)
     apps = []
     for path, doc in rendering.items():
-        m = re.fullmatch(r"scone/([^/]+)/session\.ya?ml", path)
+        m = artifacts.SESSION_PATH.fullmatch(path)
         if not m or not isinstance(doc, dict):
             continue
-        name = str(doc.get("name", ""))
-        env_keys = _get(doc, "services")
-        first = env_keys[0] if isinstance(env_keys, list) and env_keys else {}
-        env = first.get("environment", {}) if isinstance(first, dict) else {}
-        command = str(first.get("command", "")) if isinstance(first, dict) else ""
-        if isinstance(env, dict) and "SCONE_NETWORK_SHIELD" in env:
+        name, commands = str(doc.get("name", "")), artifacts.session_commands(doc)
+        if _network_shield(doc):
             mode: AppMode = "network-shield"
-        elif "ghostunnel" in command.split(" ", 1)[0]:
+        elif commands and "ghostunnel" in commands[0].split(" ", 1)[0]:
             mode = "ghostunnel"
         else:
             raise DemoError(f"{path}: neither a network-shield session nor a Ghostunnel command")
@@ -334,21 +315,20 @@ def _apps(rendering: Mapping[str, object]) -> tuple[AppPlan, ...]:
                 f"{path}: no SPIRE entry stores its SVID into session {name!r}: the app would never get one"
             )
         if mode == "ghostunnel":
-            _same_command(rendering, m.group(1), doc, path)
+            _same_command(rendering, m.group(1), commands, path)
         apps.append(AppPlan(m.group(1), mode, spiffe_id, name, doc, path))
     if not apps:
         raise DemoError("rendering: no scone/<app>/session.yaml")
     return tuple(apps)
 
 
-def _same_command(rendering: Mapping[str, object], app: str, session: Doc, path: str) -> None:
+def _same_command(rendering: Rendering, app: str, commands: list[str], path: str) -> None:
     """The operators' command line (outside CAS) must be the one the session runs."""
     text = rendering.get(f"scone/{app}/ghostunnel-command.txt")
     if not isinstance(text, str):
         return
     plain = [shlex.split(line)[1:] for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    services = _list(session.get("services"))
-    in_session = [shlex.split(str(_get(s, "command")))[1:] for s in services]
+    in_session = [shlex.split(c)[1:] for c in commands]
     if plain != in_session:
         raise DemoError(
             f"scone/{app}/ghostunnel-command.txt: {plain!r}: differs from the commands of {path} "
@@ -365,9 +345,8 @@ def _template(rendering: Mapping[str, object], marker: str, what: str) -> str:
     return str(found[0])
 
 
-def _overlay_trust(rendering: Mapping[str, object]) -> tuple[tuple[str, ...], bool]:
+def _overlay_trust(overlay: artifacts.Overlay) -> tuple[tuple[str, ...], bool]:
     """Istio's SAN-check trust domains and whether the injected SDS container serves every bundle."""
-    overlay = _overlay(rendering)
     commands = overlay.sidecar_sds_commands.get("spire")
     if not commands:
         raise DemoError(
@@ -376,57 +355,55 @@ def _overlay_trust(rendering: Mapping[str, object]) -> tuple[tuple[str, ...], bo
     return overlay.san_trust_domains, any("--rootca-all-bundles" in c for c in commands)
 
 
-def _apps_federate_with(rendering: Mapping[str, object]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(td for e in artifacts.register_entries(rendering) for td in e.federates_with))
-
-
-def build_plan(rendering: Mapping[str, object], pod: Pod, others: Sequence[Pod] = ()) -> DemoPlan:
+def build_plan(rendering: Rendering, pod: Pod, others: Sequence[Pod] = ()) -> DemoPlan:
     """The demo's plan: ``pod`` is the apps' target; ``others`` are further example pods (a sidecar each
     when a ClusterSPIFFEID registers them; pods nothing registers are left out)."""
-    td = _trust_domain(rendering)
+    overlays, entries = artifacts.overlays(rendering), artifacts.register_entries(rendering)
+    if not overlays:
+        raise DemoError("rendering: no IstioOperator overlay")
+    td = _trust_domain(overlays[0])
     _strict(rendering)
-    san_tds, rootca_all = _overlay_trust(rendering)
-    importers = [
-        d
-        for p, d in rendering.items()
-        if re.fullmatch(r"scone/[^/]+/session\.ya?ml", p) and isinstance(d, dict)
-    ]
+    san_tds, rootca_all = _overlay_trust(overlays[0])
     federated = [
         d for p, d in rendering.items() if isinstance(d, str) and "template" in p and "federated" in p
     ]
     fed_name = artifacts.session_name_of(federated[0]) if len(federated) == 1 else None
-    uses_federated = fed_name is not None and any(
-        _get(s, "import", "session") == fed_name for d in importers for s in _list(d.get("secrets"))
-    )
     bundle_markers = [
         m
         for m in ("<\\trust-bundle>", "<\\trust-bundle-ca>")
         if any(isinstance(d, str) and m in d and "federated" not in p for p, d in rendering.items())
     ]
     svid_rendering = {p: d for p, d in rendering.items() if "federated" not in p}
+    crds, policies = artifacts.cluster_spiffe_ids(rendering), artifacts.authorization_policies(rendering)
+    mesh, apps = _mesh_side(crds, policies, td, pod), _apps(rendering, entries)
+    uses_federated = fed_name is not None and any(
+        source == fed_name for a in apps for _, source in artifacts.session_imports(a.session)
+    )
     return DemoPlan(
         trust_domain=td,
         pod=pod,
-        mesh=_mesh_side(rendering, td, pod),
-        apps=_apps(rendering),
+        mesh=mesh,
+        apps=apps,
         svid_template=_template(svid_rendering, "<\\svid>", "SVID session"),
         bundle_template=_template(
             svid_rendering, bundle_markers[0] if bundle_markers else "<\\trust-bundle>", "bundle session"
         ),
-        others=tuple(_mesh_side(rendering, td, p) for p in others if _cluster_spiffe_ids(rendering, p)),
+        others=tuple(
+            _mesh_side(crds, policies, td, p)
+            for p in others
+            if artifacts.selecting(crds, p.namespace, p.labels)
+        ),
         san_trust_domains=san_tds,
         rootca_all_bundles=rootca_all,
         federated_template=str(federated[0]) if uses_federated else None,
-        app_federates_with=_apps_federate_with(rendering),
+        app_federates_with=tuple(dict.fromkeys(td for e in entries for td in e.federates_with)),
     )
 
 
 def describe(path: str, doc: object = None) -> str:
     """One line on what a rendered artifact is for (by its place in the output tree and its content)."""
     if re.search(r"scone/.*session\.ya?ml$", path) and isinstance(doc, dict):
-        services = _list(doc.get("services"))
-        env = _get(services[0], "environment") if services else None
-        if isinstance(env, dict) and "SCONE_NETWORK_SHIELD" in env:
+        if _network_shield(doc):
             return "CAS session (network shield): TLS inside the enclave with the SVID imported from CAS"
         return "CAS session (confidential Ghostunnel): cert files injected after attestation"
     rules: Sequence[tuple[str, str]] = (
