@@ -28,10 +28,17 @@ MAX_SPIFFE_ID_BYTES = 2048
 
 _TD_CHARS = frozenset(string.ascii_lowercase + string.digits + ".-_")
 _PATH_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
+_ALLOWED = "letters, digits, '.', '-' and '_'"
 
 
 def _fail(value: str, rule: str) -> SpiffeIdError:
     return SpiffeIdError(f"{value!r}: {rule}")
+
+
+def _check_chars(part: str, allowed: frozenset[str], original: str, rule: str) -> None:
+    bad = sorted({c for c in part if c not in allowed})
+    if bad:
+        raise _fail(original, f"{rule} (found {''.join(bad)!r})")
 
 
 def _check_trust_domain_name(name: str, original: str) -> None:
@@ -41,13 +48,7 @@ def _check_trust_domain_name(name: str, original: str) -> None:
         raise _fail(original, "trust domain cannot contain user info ('@')")
     if ":" in name:
         raise _fail(original, "trust domain cannot contain a port (':')")
-    bad = sorted({c for c in name if c not in _TD_CHARS})
-    if bad:
-        raise _fail(
-            original,
-            "trust domain characters are limited to lowercase letters, digits, '.', '-' and '_' "
-            f"(found {''.join(bad)!r})",
-        )
+    _check_chars(name, _TD_CHARS, original, f"trust domain characters are limited to lowercase {_ALLOWED}")
 
 
 def _check_path(path: str, original: str) -> None:
@@ -62,13 +63,7 @@ def _check_path(path: str, original: str) -> None:
             raise _fail(original, "path cannot contain empty segments ('//')")
         if segment in (".", ".."):
             raise _fail(original, f"path cannot contain dot segments ({segment!r})")
-        bad = sorted({c for c in segment if c not in _PATH_CHARS})
-        if bad:
-            raise _fail(
-                original,
-                "path segment characters are limited to letters, digits, '.', '-' and '_' "
-                f"(found {''.join(bad)!r})",
-            )
+        _check_chars(segment, _PATH_CHARS, original, f"path segment characters are limited to {_ALLOWED}")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -141,18 +136,5 @@ class SpiffeId:
         td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain.parse(trust_domain)
         return cls.parse(SCHEME_PREFIX + td.name + "".join("/" + s for s in segments))
 
-    @property
-    def without_scheme(self) -> str:
-        """``<td><path>``, the form Istio's ``AuthorizationPolicy`` principals use."""
-        return self.trust_domain.name + self.path
-
-    def is_member_of(self, trust_domain: TrustDomain) -> bool:
-        return self.trust_domain == trust_domain
-
     def __str__(self) -> str:
         return SCHEME_PREFIX + self.trust_domain.name + self.path
-
-
-def parse_spiffe_id(value: str) -> SpiffeId:
-    """Parse a workload SPIFFE ID (non-empty path)."""
-    return SpiffeId.parse(value)

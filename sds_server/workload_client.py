@@ -28,13 +28,14 @@ Asyncio model: everything runs on the loop that calls it; no threads. Create the
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from grpclib.client import Channel
+from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import H2Error
@@ -53,7 +54,7 @@ from sds_server.workload_proto import (
     X509SVIDRequest,
     X509SVIDResponse,
 )
-from sds_server.x509svid import validate_x509_svid
+from sds_server.x509svid import der_certificates, validate_x509_svid
 
 __all__ = [
     "FETCH_X509_BUNDLES",
@@ -86,36 +87,11 @@ class X509Update:
     bundles: tuple[Bundle, ...]
 
 
-def _split_der(data: bytes, what: str) -> list[bytes]:
-    """Concatenated DER values (X.509 certificates) → one ``bytes`` each, by their ASN.1 lengths."""
-    out: list[bytes] = []
-    i = 0
-    while i < len(data):
-        if data[i] != 0x30 or i + 2 > len(data):
-            raise WorkloadApiResponseError(
-                f"{what}: byte {i}: expected an ASN.1 DER SEQUENCE (a certificate)"
-            )
-        first = data[i + 1]
-        if first < 0x80:
-            length, head = first, 2
-        else:
-            n = first & 0x7F
-            if n == 0 or n > 4 or i + 2 + n > len(data):
-                raise WorkloadApiResponseError(f"{what}: byte {i}: bad ASN.1 DER length")
-            length, head = int.from_bytes(data[i + 2 : i + 2 + n], "big"), 2 + n
-        end = i + head + length
-        if end > len(data):
-            raise WorkloadApiResponseError(f"{what}: byte {i}: truncated certificate")
-        out.append(data[i:end])
-        i = end
-    return out
-
-
 def _certificates(data: bytes, what: str) -> list[x509.Certificate]:
     try:
-        return [x509.load_der_x509_certificate(der) for der in _split_der(data, what)]
-    except ValueError as exc:  # cryptography's parse error
-        raise WorkloadApiResponseError(f"{what}: {str(exc)!r}: not an X.509 certificate") from exc
+        return der_certificates(data, what)
+    except SvidError as exc:
+        raise WorkloadApiResponseError(str(exc)) from exc
 
 
 def _pem(certs: Iterable[x509.Certificate]) -> bytes:
@@ -210,6 +186,18 @@ def parse_address(address: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def _call_errors() -> Iterator[None]:
+    """grpclib's, h2's and the socket's errors → :class:`WorkloadApiCallError` (a lost or impossible
+    connection reads ``UNAVAILABLE``, as grpcio reports it)."""
+    try:
+        yield
+    except GRPCError as exc:
+        raise WorkloadApiCallError(exc.status.name, exc.message or "") from exc
+    except (StreamTerminatedError, ProtocolError, H2Error, OSError) as exc:
+        raise WorkloadApiCallError("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from exc
+
+
 class WorkloadApiClient:
     """``SpiffeWorkloadAPI`` X.509 calls over one grpclib channel to a Unix socket (reconnects lazily).
 
@@ -224,6 +212,11 @@ class WorkloadApiClient:
     def close(self) -> None:
         self._channel.close()
 
+    def _request(self, method: str, request: Any, reply: Any) -> Stream[Any, Any]:
+        return self._channel.request(
+            method, Cardinality.UNARY_STREAM, request, reply, metadata=dict([SECURITY_HEADER])
+        )
+
     async def watch_x509(self) -> AsyncGenerator[X509Update, None]:
         """One ``FetchX509SVID`` stream: yield every update until the server ends the stream.
 
@@ -231,43 +224,23 @@ class WorkloadApiClient:
         with status OK: the spec's stream is endless, so an end is a loss to the caller) and
         :class:`WorkloadApiResponseError` for a response that does not parse.
         """
-        try:
-            async with self._channel.request(
-                FETCH_X509_SVID,
-                Cardinality.UNARY_STREAM,
-                X509SVIDRequest,
-                X509SVIDResponse,
-                metadata=dict([SECURITY_HEADER]),
-            ) as stream:
+        with _call_errors():
+            async with self._request(FETCH_X509_SVID, X509SVIDRequest, X509SVIDResponse) as stream:
                 await stream.send_message(X509SVIDRequest(), end=True)
                 while (msg := await stream.recv_message()) is not None:
                     yield x509_update_from_response(msg)
                 await stream.recv_trailing_metadata()
-        except GRPCError as exc:
-            raise WorkloadApiCallError(exc.status.name, exc.message or "") from exc
-        except (StreamTerminatedError, ProtocolError, H2Error, OSError) as exc:
-            raise WorkloadApiCallError("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from exc
         raise WorkloadApiCallError("UNAVAILABLE", "the FetchX509SVID stream ended")
 
     async def fetch_x509_bundles(self) -> tuple[Bundle, ...]:
         """The first ``FetchX509Bundles`` response: every trust domain's bundle, sorted by trust domain.
 
         Bound it with ``asyncio.timeout`` if the server may be slow; it raises like :meth:`watch_x509`."""
-        try:
-            async with self._channel.request(
-                FETCH_X509_BUNDLES,
-                Cardinality.UNARY_STREAM,
-                X509BundlesRequest,
-                X509BundlesResponse,
-                metadata=dict([SECURITY_HEADER]),
-            ) as stream:
+        with _call_errors():
+            async with self._request(FETCH_X509_BUNDLES, X509BundlesRequest, X509BundlesResponse) as stream:
                 await stream.send_message(X509BundlesRequest(), end=True)
                 msg = await stream.recv_message()
                 await stream.cancel()
-        except GRPCError as exc:
-            raise WorkloadApiCallError(exc.status.name, exc.message or "") from exc
-        except (StreamTerminatedError, ProtocolError, H2Error, OSError) as exc:
-            raise WorkloadApiCallError("UNAVAILABLE", f"{type(exc).__name__}: {exc}") from exc
         if msg is None:
             raise WorkloadApiCallError("UNAVAILABLE", "the FetchX509Bundles stream ended without a response")
         by_td = _bundle_map(msg.bundles, "bundles")

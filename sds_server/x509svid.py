@@ -27,7 +27,34 @@ from cryptography.x509.oid import ExtensionOID
 from sds_server.errors import SpiffeIdError, SvidError
 from sds_server.spiffe_id import SpiffeId
 
-__all__ = ["leaf_spiffe_id", "validate_signing_certificate", "validate_x509_svid"]
+__all__ = ["der_certificates", "leaf_spiffe_id", "validate_signing_certificate", "validate_x509_svid"]
+
+
+def der_certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    """Concatenated ASN.1 DER certificates (how the Workload API carries chains and bundles) → one
+    certificate each, split by their DER lengths; :class:`SvidError` names ``what`` and the byte."""
+    ders: list[bytes] = []
+    i = 0
+    while i < len(data):
+        if data[i] != 0x30 or i + 2 > len(data):
+            raise SvidError(f"{what}: byte {i}: expected an ASN.1 DER SEQUENCE (a certificate)")
+        first = data[i + 1]
+        if first < 0x80:
+            length, head = first, 2
+        else:
+            n = first & 0x7F
+            if n == 0 or n > 4 or i + 2 + n > len(data):
+                raise SvidError(f"{what}: byte {i}: bad ASN.1 DER length")
+            length, head = int.from_bytes(data[i + 2 : i + 2 + n], "big"), 2 + n
+        end = i + head + length
+        if end > len(data):
+            raise SvidError(f"{what}: byte {i}: truncated certificate")
+        ders.append(data[i:end])
+        i = end
+    try:
+        return [x509.load_der_x509_certificate(der) for der in ders]
+    except ValueError as exc:  # cryptography's parse error
+        raise SvidError(f"{what}: {str(exc)!r}: not an X.509 certificate") from exc
 
 
 def _uri_sans(cert: x509.Certificate) -> list[str]:
@@ -86,19 +113,13 @@ def _validate_leaf(cert: x509.Certificate, what: str) -> SpiffeId:
             f"{what} basicConstraints: 'cA=true': a leaf X509-SVID must not be a CA (X509-SVID §4.1)"
         )
     ku = _key_usage(cert, what)
-    if not ku.digital_signature:
-        raise SvidError(
-            f"{what} keyUsage: 'digitalSignature not set': a leaf X509-SVID must set digitalSignature "
-            "(X509-SVID §4.3)"
-        )
-    if ku.key_cert_sign:
-        raise SvidError(
-            f"{what} keyUsage: 'keyCertSign set': a leaf X509-SVID must not set keyCertSign (X509-SVID §4.3)"
-        )
-    if ku.crl_sign:
-        raise SvidError(
-            f"{what} keyUsage: 'cRLSign set': a leaf X509-SVID must not set cRLSign (X509-SVID §4.3)"
-        )
+    for broken, value, rule in (
+        (not ku.digital_signature, "digitalSignature not set", "must set digitalSignature"),
+        (ku.key_cert_sign, "keyCertSign set", "must not set keyCertSign"),
+        (ku.crl_sign, "cRLSign set", "must not set cRLSign"),
+    ):
+        if broken:
+            raise SvidError(f"{what} keyUsage: {value!r}: a leaf X509-SVID {rule} (X509-SVID §4.3)")
     return spiffe_id
 
 
