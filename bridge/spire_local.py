@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -50,10 +49,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, AnyStr
+from typing import IO, Any
 
 from bridge.binaries import find_peer
 from bridge.errors import BridgeError
+from bridge.processes import stop_process
 
 __all__ = [
     "AgentSettings",
@@ -217,19 +217,6 @@ def connectable(path: Path) -> bool:
     return True
 
 
-def stop_process(proc: subprocess.Popen[AnyStr], timeout: float = STOP_TIMEOUT) -> int:
-    """Stop ``proc`` as a shutdown, not an outage: SIGTERM, then SIGKILL after ``timeout`` seconds;
-    reap it and return its exit code (a process that already exited is only reaped)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
 def log_since(path: Path, offset: int) -> str:
     """The text a process appended to its log ``path`` from byte ``offset`` on (its size when the process
     started), so a restart reads only its own lines; ``""`` while there is no log."""
@@ -240,55 +227,109 @@ def log_since(path: Path, offset: int) -> str:
         return fh.read().decode("utf-8", "replace")
 
 
-class _Process:
-    """One long-running SPIRE process: started with its log file, stopped with SIGTERM then SIGKILL."""
+class _Daemon:
+    """What spire-server and spire-agent share: a directory holding ``data/``, ``api.sock``,
+    ``<role>.conf`` and ``<role>.log``; a process run on that config (SIGTERM then SIGKILL to stop);
+    a CLI on the socket."""
 
-    def __init__(self, name: str, log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, role: str, trust_domain: str, directory: Path) -> None:
+        self.name = f"spire-{role}"
+        self.trust_domain = trust_domain
+        self.directory = directory
+        self.binary = _binary(self.name)
+        self.data_dir = directory / "data"
+        self.socket_path = directory / "api.sock"
+        self.config_path = directory / f"{role}.conf"
+        self.log_path = directory / f"{role}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
-    def spawn(self, cmd: Sequence[str], cwd: Path) -> None:
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log: IO[bytes]
-        with open(self.log_path, "ab") as log:
-            try:
-                self.proc = subprocess.Popen(
-                    list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd
-                )
-            except OSError as exc:
-                raise SpireError(f"{self.name}: {cmd[0]!r}: cannot run it ({exc.strerror or exc})") from exc
+    @property
+    def argv(self) -> list[str]:
+        """The command line that runs the daemon on its config (also the demo's, under its supervisor)."""
+        return [str(self.binary), "run", "-config", str(self.config_path)]
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        return self._proc.pid if self._proc is not None else None
 
     def logs(self) -> str:
         """The process's log since its last start."""
         return log_since(self.log_path, self._log_offset)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        code = stop_process(proc, timeout)
-        self.proc = None
-        return code
+    def healthy(self) -> bool:
+        """The socket accepts connections and ``healthcheck`` passes (a readiness probe)."""
+        if not connectable(self.socket_path):
+            return False
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self._run(["healthcheck"], check=False, timeout=10).returncode == 0
+        return False
+
+    def _launch(self, timeout: float) -> str | None:
+        """Run the daemon and wait until it is healthy (``None``); a start that fails is stopped, and
+        its log returned."""
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log: IO[bytes]
+        with open(self.log_path, "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.directory,
+                )
+            except OSError as exc:
+                raise SpireError(
+                    f"{self.name}: {self.argv[0]!r}: cannot run it ({exc.strerror or exc})"
+                ) from exc
+        self._proc = proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if self.healthy():
+                return None
+            time.sleep(0.1)
+        failed = self.logs()
+        self.stop()
+        return failed
+
+    def _not_ready(self, log: str) -> SpireError:
+        return SpireError(f"{self.name}: {self.trust_domain!r}: did not become ready; log:\n{log[-4000:]}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; the exit code (``None``: not running)."""
+        proc, self._proc = self._proc, None
+        return None if proc is None else stop_process(proc, STOP_TIMEOUT)
 
     def kill(self) -> None:
-        """SIGKILL (an outage, not a shutdown) and reap."""
-        proc = self.proc
+        """SIGKILL: an outage, not a shutdown (the socket file stays behind, as after a crash)."""
+        proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(5)
-        self.proc = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(
+        self,
+        args: Sequence[str],
+        *,
+        stdin: str | None = None,
+        check: bool = True,
+        timeout: float = CLI_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:
+        """``<binary> <args> -socketPath <socket>``; raises on a non-zero exit if ``check``."""
+        cmd = [str(self.binary), *args, "-socketPath", str(self.socket_path)]
+        out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and out.returncode != 0:
+            raise SpireError(
+                f"{self.name} {' '.join(args[:2])}: exit {out.returncode}: "
+                f"{(out.stderr or out.stdout).strip()}"
+            )
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,96 +366,48 @@ class Entry:
         )
 
 
-class SpireServer:
+class SpireServer(_Daemon):
     """A running spire-server and its CLI. Use :func:`local_spire`, or ``with SpireServer(...)``."""
 
     def __init__(self, trust_domain: str, directory: Path, settings: ServerSettings | None = None) -> None:
-        self.trust_domain = trust_domain
-        self.directory = directory
+        super().__init__("server", trust_domain, directory)
         self.settings = settings or ServerSettings()
-        self.binary = _binary("spire-server")
-        self.data_dir = directory / "data"
-        self.socket_path = directory / "api.sock"
-        self.config_path = directory / "server.conf"
         self.port = 0
-        self._process = _Process("spire-server", directory / "server.log")
 
     @property
     def trust_domain_id(self) -> str:
         return f"spiffe://{self.trust_domain}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def logs(self) -> str:
-        return self._process.logs()
-
-    # ---- lifecycle --------------------------------------------------------------------------------------
-    def start(self, timeout: float = START_TIMEOUT) -> SpireServer:
+    def configure(self) -> None:
+        """Write ``server.conf`` with a free port for the agent API (SPIRE refuses ``bind_port = 0``; a
+        start that finds the port taken meanwhile is retried with another)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        last = ""
-        for _attempt in range(3):
-            self.port = _free_port()
-            self.config_path.write_text(
-                render_server_hcl(
-                    trust_domain=self.trust_domain,
-                    port=self.port,
-                    data_dir=self.data_dir,
-                    socket_path=self.socket_path,
-                    settings=self.settings,
-                )
+        self.port = _free_port()
+        self.config_path.write_text(
+            render_server_hcl(
+                trust_domain=self.trust_domain,
+                port=self.port,
+                data_dir=self.data_dir,
+                socket_path=self.socket_path,
+                settings=self.settings,
             )
-            self._process.spawn([str(self.binary), "run", "-config", str(self.config_path)], self.directory)
-            if self._wait_ready(timeout):
-                return self
-            last = self._process.logs()
-            self._process.stop()
-            if "address already in use" not in last:
+        )
+
+    def start(self, timeout: float = START_TIMEOUT) -> SpireServer:
+        failed: str | None = None
+        for _attempt in range(3):
+            self.configure()
+            failed = self._launch(timeout)
+            if failed is None or "address already in use" not in failed:
                 break
-        raise SpireError(f"spire-server: {self.trust_domain!r}: did not become ready; log:\n{last[-4000:]}")
-
-    def _wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._process.running():
-                return False
-            if connectable(self.socket_path):
-                probe = self._run(["healthcheck"], check=False, timeout=10)
-                if probe.returncode == 0:
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> int | None:
-        return self._process.stop()
+        if failed is not None:
+            raise self._not_ready(failed)
+        return self
 
     def __enter__(self) -> SpireServer:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # ---- CLI ----------------------------------------------------------------------------------------------
-    def _run(
-        self,
-        args: Sequence[str],
-        *,
-        stdin: str | None = None,
-        check: bool = True,
-        timeout: float = CLI_TIMEOUT,
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.binary), *args, "-socketPath", str(self.socket_path)]
-        out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and out.returncode != 0:
-            raise SpireError(
-                f"spire-server {' '.join(args[:2])}: exit {out.returncode}: "
-                f"{(out.stderr or out.stdout).strip()}"
-            )
-        return out
-
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Any ``spire-server`` subcommand on this server's socket (raises on a non-zero exit)."""
         return self._run(args, stdin=stdin)
@@ -514,96 +507,55 @@ def agent_alias(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/agent/local"
 
 
-class SpireAgent:
+class SpireAgent(_Daemon):
     """A running spire-agent attested to ``server`` with a join token."""
 
     def __init__(self, server: SpireServer, directory: Path, settings: AgentSettings | None = None) -> None:
+        super().__init__("agent", server.trust_domain, directory)
         self.server = server
-        self.directory = directory
         self.settings = settings or AgentSettings()
-        self.binary = _binary("spire-agent")
-        self.data_dir = directory / "data"
-        self.socket_path = directory / "api.sock"
-        self.config_path = directory / "agent.conf"
         self.bundle_path = directory / "bootstrap.pem"
-        self._process = _Process("spire-agent", directory / "agent.log")
 
     @property
     def address(self) -> str:
         """``unix:///…/api.sock`` — ``SPIFFE_ENDPOINT_SOCKET`` / ``--workload-api`` form."""
         return "unix://" + str(self.socket_path)
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    def logs(self) -> str:
-        return self._process.logs()
+    def configure(self) -> None:
+        """Write ``agent.conf``: a fresh join token for :func:`agent_alias`, the server's bundle as the
+        bootstrap bundle."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.bundle_path.write_text(self.server.bundle_show("pem"))
+        token = self.server.token_generate(agent_alias(self.trust_domain))
+        self.config_path.write_text(
+            render_agent_hcl(
+                trust_domain=self.trust_domain,
+                server_port=self.server.port,
+                data_dir=self.data_dir,
+                socket_path=self.socket_path,
+                trust_bundle_path=self.bundle_path,
+                join_token=token,
+                settings=self.settings,
+            )
+        )
 
     def start(self, timeout: float = START_TIMEOUT) -> SpireAgent:
-        """Start (first time: a join token + the server's bundle); wait until the Workload API answers."""
+        """Start (first time: configure); wait until the Workload API answers."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)  # workloads running as other users must reach the socket (mode 0777)
-        self.data_dir.mkdir(exist_ok=True)
         if not self.config_path.exists():
-            self.bundle_path.write_text(self.server.bundle_show("pem"))
-            token = self.server.token_generate(agent_alias(self.server.trust_domain))
-            self.config_path.write_text(
-                render_agent_hcl(
-                    trust_domain=self.server.trust_domain,
-                    server_port=self.server.port,
-                    data_dir=self.data_dir,
-                    socket_path=self.socket_path,
-                    trust_bundle_path=self.bundle_path,
-                    join_token=token,
-                    settings=self.settings,
-                )
-            )
+            self.configure()
         self.socket_path.unlink(missing_ok=True)
-        self._process.spawn([str(self.binary), "run", "-config", str(self.config_path)], self.directory)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._process.running():
-                break
-            if connectable(self.socket_path) and self._healthy():
-                return self
-            time.sleep(0.1)
-        log = self._process.logs()
-        self._process.stop()
-        raise SpireError(
-            f"spire-agent: {self.server.trust_domain!r}: did not become ready; log:\n{log[-4000:]}"
-        )
-
-    def _healthy(self) -> bool:
-        out = subprocess.run(
-            [str(self.binary), "healthcheck", "-socketPath", str(self.socket_path)],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return out.returncode == 0
+        failed = self._launch(timeout)
+        if failed is not None:
+            raise self._not_ready(failed)
+        return self
 
     def fetch_x509_ids(self) -> list[str]:
         """SPIFFE IDs the agent issues to *this* process's uid now (``spire-agent api fetch x509``);
         ``[]`` while it issues none (PermissionDenied)."""
-        out = subprocess.run(
-            [
-                str(self.binary),
-                "api",
-                "fetch",
-                "x509",
-                "-socketPath",
-                str(self.socket_path),
-                "-output",
-                "json",
-                "-timeout",
-                "5s",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
+        out = self._run(
+            ["api", "fetch", "x509", "-output", "json", "-timeout", "5s"], check=False, timeout=15
         )
         if out.returncode != 0:
             return []
@@ -621,24 +573,12 @@ class SpireAgent:
             time.sleep(0.5)
         raise SpireError(f"spire-agent: {list(spiffe_ids)!r}: not issued within {timeout}s (have {have!r})")
 
-    def stop(self) -> int | None:
-        return self._process.stop()
-
-    def kill(self) -> None:
-        """SIGKILL: an outage (the socket file stays behind, as after a crash)."""
-        self._process.kill()
-
     def restart(self) -> None:
         self.stop()
         self.start()
 
     def __enter__(self) -> SpireAgent:
         return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True, slots=True)

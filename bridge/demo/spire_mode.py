@@ -46,7 +46,7 @@ from bridge.binaries import find_peer
 from bridge.demo.errors import DemoError
 from bridge.demo.identities import Identity, SvidMaterial
 from bridge.demo.setup import WorkloadApi
-from bridge.demo.supervisor import Child, Supervisor
+from bridge.demo.supervisor import Child, Supervisor, in_group
 from bridge.spire_local import (
     AgentSettings,
     Entry,
@@ -54,9 +54,6 @@ from bridge.spire_local import (
     SpireAgent,
     SpireError,
     SpireServer,
-    agent_alias,
-    render_agent_hcl,
-    render_server_hcl,
 )
 
 GID_BASE = 61000
@@ -155,17 +152,8 @@ def material_from_json(doc: Mapping[str, Any]) -> SvidMaterial:
     )
 
 
-def _in_group(gid: int) -> Callable[[], None]:
-    def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
-        os.setgroups([])
-        os.setgid(gid)
-
-    return preexec
-
-
 @dataclass(frozen=True, slots=True)
 class _Side:
-    identity: Identity
     gid: int
     agent: SpireAgent
     server: SpireServer
@@ -181,9 +169,8 @@ class SpireWorkloadApi(WorkloadApi):
         "their next sync)"
     )
 
-    def __init__(self, sides: Mapping[str, _Side], agent_bin: Path) -> None:
+    def __init__(self, sides: Mapping[str, _Side]) -> None:
         self._sides = dict(sides)
-        self._agent_bin = agent_bin
         self._generation = 0
 
     def address(self, name: str) -> str:
@@ -195,12 +182,9 @@ class SpireWorkloadApi(WorkloadApi):
     def side(self, name: str) -> str:
         return f"gid {self._sides[name].gid} ({name})"
 
-    def entries(self) -> list[Entry]:
-        return [s.entry for s in self._sides.values()]
-
     def _fetch_once(self, name: str) -> tuple[SvidMaterial | None, str]:
         side = self._sides[name]
-        cmd = [str(self._agent_bin), "api", "fetch", "x509", "-socketPath", str(side.agent.socket_path)]
+        cmd = [str(side.agent.binary), "api", "fetch", "x509", "-socketPath", str(side.agent.socket_path)]
         cmd += ["-output", "json", "-timeout", "3s"]
         try:
             out = subprocess.run(
@@ -209,7 +193,7 @@ class SpireWorkloadApi(WorkloadApi):
                 text=True,
                 timeout=10,
                 check=False,
-                preexec_fn=_in_group(side.gid),  # setgid runs in the child, before exec
+                preexec_fn=in_group(side.gid),  # setgid runs in the child, before exec
             )
         except subprocess.TimeoutExpired:
             return None, "spire-agent api fetch x509 timed out"
@@ -246,7 +230,7 @@ class SpireWorkloadApi(WorkloadApi):
         entry makes the agent re-sign its SVID on the next sync and push it to every open stream."""
         self._generation += 1
         ttl = SVID_TTL_S - (self._generation % 2)
-        for name, side in list(self._sides.items()):
+        for side in self._sides.values():
             e = side.entry
             args = ["entry", "update", "-output", "json", "-entryID", e.id, "-spiffeID", e.spiffe_id]
             args += ["-parentID", e.parent_id, "-x509SVIDTTL", str(ttl)]
@@ -260,7 +244,6 @@ class SpireWorkloadApi(WorkloadApi):
                 side.server.cli(*args)
             except SpireError as exc:
                 raise DemoError(f"rotation: {exc}") from exc
-            self._sides[name] = _Side(side.identity, side.gid, side.agent, side.server, e)
 
 
 # ---- starting SPIRE under the supervisor ---------------------------------------------------------------
@@ -277,32 +260,10 @@ def _wait(child: Child, what: str, ready: Callable[[], bool], timeout: float) ->
 
 def _start_server(sup: Supervisor, trust_domain: str, directory: Path) -> SpireServer:
     server = SpireServer(trust_domain, directory, ServerSettings(log_level="INFO"))
-    server.data_dir.mkdir(parents=True, exist_ok=True)
-
-    def healthy() -> bool:
-        if not server.socket_path.exists():
-            return False
-        try:
-            server.cli("healthcheck")
-        except (SpireError, subprocess.TimeoutExpired):
-            return False
-        return True
-
     for _attempt in range(3):
-        # SPIRE refuses bind_port = 0: a free port, retried if another process takes it meanwhile.
-        server.port = _free_port()
-        server.config_path.write_text(
-            render_server_hcl(
-                trust_domain=trust_domain,
-                port=server.port,
-                data_dir=server.data_dir,
-                socket_path=server.socket_path,
-                settings=server.settings,
-            )
-        )
-        argv = [str(server.binary), "run", "-config", str(server.config_path)]
-        child = sup.start(f"spire-server-{trust_domain}", argv)
-        if _wait(child, f"spire-server {trust_domain}", healthy, START_TIMEOUT_S):
+        server.configure()  # a free port each time: retried if another process takes it meanwhile
+        child = sup.start(f"spire-server-{trust_domain}", server.argv)
+        if _wait(child, f"spire-server {trust_domain}", server.healthy, START_TIMEOUT_S):
             return server
         if "address already in use" not in child.output_tail():
             break
@@ -310,48 +271,11 @@ def _start_server(sup: Supervisor, trust_domain: str, directory: Path) -> SpireS
     raise DemoError(f"spire-server {trust_domain}: exited at start:\n{child.output_tail()}")
 
 
-def _free_port() -> int:
-    import socket  # noqa: PLC0415 - only here
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start_agent(sup: Supervisor, server: SpireServer, directory: Path) -> SpireAgent:
     agent = SpireAgent(server, directory, AgentSettings(log_level="INFO"))
-    directory.mkdir(parents=True, exist_ok=True)
-    agent.data_dir.mkdir(exist_ok=True)
-    agent.bundle_path.write_text(server.bundle_show("pem"))
-    token = server.token_generate(agent_alias(server.trust_domain))
-    agent.config_path.write_text(
-        render_agent_hcl(
-            trust_domain=server.trust_domain,
-            server_port=server.port,
-            data_dir=agent.data_dir,
-            socket_path=agent.socket_path,
-            trust_bundle_path=agent.bundle_path,
-            join_token=token,
-            settings=agent.settings,
-        )
-    )
-    child = sup.start(
-        f"spire-agent-{server.trust_domain}", [str(agent.binary), "run", "-config", str(agent.config_path)]
-    )
-
-    def healthy() -> bool:
-        if not agent.socket_path.exists():
-            return False
-        out = subprocess.run(
-            [str(agent.binary), "healthcheck", "-socketPath", str(agent.socket_path)],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-        return out.returncode == 0
-
-    if not _wait(child, f"spire-agent {server.trust_domain}", healthy, START_TIMEOUT_S):
+    agent.configure()
+    child = sup.start(f"spire-agent-{server.trust_domain}", agent.argv)
+    if not _wait(child, f"spire-agent {server.trust_domain}", agent.healthy, START_TIMEOUT_S):
         raise DemoError(f"spire-agent {server.trust_domain}: exited at start:\n{child.output_tail()}")
     return agent
 
@@ -361,7 +285,6 @@ def start_spire_workload_api(
 ) -> SpireWorkloadApi:
     """Start SPIRE per trust domain of ``identities``, federate, register every side, wait for every SVID."""
     preflight()
-    agent_bin = _binary("spire-agent")
     by_td: dict[str, list[Identity]] = {}
     for ident in identities:
         by_td.setdefault(ident.trust_domain, []).append(ident)
@@ -405,7 +328,6 @@ def start_spire_workload_api(
     agents = {td: _start_agent(sup, server, base / td / "agent") for td, server in servers.items()}
     sides = {
         ident.socket_name: _Side(
-            ident,
             gids[ident.socket_name],
             agents[ident.trust_domain],
             servers[ident.trust_domain],
@@ -413,7 +335,7 @@ def start_spire_workload_api(
         )
         for ident in identities
     }
-    wa = SpireWorkloadApi(sides, agent_bin)
+    wa = SpireWorkloadApi(sides)
     started = time.monotonic()
     for ident in identities:  # before any Envoy: its first SDS fetch gives up after 15 s
         wa.fetch(ident.socket_name, timeout=SVID_TIMEOUT_S)

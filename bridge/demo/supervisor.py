@@ -17,7 +17,6 @@ it last. ``Supervisor`` is a context manager; nothing here is thread-safe (singl
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
@@ -26,15 +25,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 
 from bridge.demo.errors import DemoError
+from bridge.processes import stop_process
 
 log = structlog.get_logger(__name__)
 
@@ -71,13 +70,22 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child b
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def _as_group_then_die_with_parent(gid: int) -> Callable[[], None]:
-    """Switch to group ``gid`` (no supplementary groups), *then* set the death signal: the kernel clears
-    ``PR_SET_PDEATHSIG`` on any change of the effective group ID (``prctl(2)``), so the order matters."""
+def in_group(gid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that switches the child to group ``gid`` (no supplementary groups; needs root)."""
 
     def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
         os.setgroups([])
         os.setgid(gid)
+
+    return preexec
+
+
+def _as_group_then_die_with_parent(gid: int) -> Callable[[], None]:
+    """Switch to group ``gid``, *then* set the death signal: the kernel clears ``PR_SET_PDEATHSIG`` on
+    any change of the effective group ID (``prctl(2)``), so the order matters."""
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
+        in_group(gid)()
         _die_with_parent()
 
     return preexec
@@ -91,7 +99,6 @@ class Child:
     argv: tuple[str, ...]
     popen: subprocess.Popen[bytes]
     log_path: Path
-    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -115,7 +122,6 @@ class Supervisor:
     def __init__(self, prefix: str = "mb-demo-") -> None:
         self._prefix = prefix
         self._children: list[Child] = []
-        self._cleanups: list[Callable[[], None]] = []
         self._dir: Path | None = None
         self._owner = threading.get_ident()
         self._janitor: subprocess.Popen[bytes] | None = None
@@ -175,10 +181,6 @@ class Supervisor:
         path.chmod(mode)
         return path
 
-    def on_close(self, func: Callable[[], None]) -> None:
-        """Run ``func`` when the supervisor closes, before children are stopped (LIFO)."""
-        self._cleanups.append(func)
-
     # -- children -----------------------------------------------------------------------------
     def start(
         self,
@@ -236,22 +238,14 @@ class Supervisor:
 
     def stop(self, child: Child, grace: float = _STOP_GRACE_S) -> int | None:
         """SIGTERM, wait ``grace`` seconds, then SIGKILL. Returns the exit code."""
-        popen = child.popen
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                log.warning("demo.child.kill", name=child.name, pid=child.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    popen.kill()
-                popen.wait(timeout=grace)
-        if popen.stdout is not None:
-            popen.stdout.close()
+        code = stop_process(
+            child.popen, grace, on_kill=lambda: log.warning("demo.child.kill", name=child.name, pid=child.pid)
+        )
+        if child.popen.stdout is not None:
+            child.popen.stdout.close()
         if child in self._children:
             self._children.remove(child)
-        return popen.returncode
+        return code
 
     def check_alive(self) -> None:
         """Raise ``DemoError`` naming any child that exited on its own (with its last output)."""
@@ -261,7 +255,7 @@ class Supervisor:
                 raise DemoError(f"{child.name}: exited with code {code} unexpectedly:\n{child.output_tail()}")
 
     def close(self) -> None:
-        """Run cleanups, stop children newest first, remove the temp dir. Idempotent.
+        """Stop children newest first, remove the temp dir. Idempotent.
 
         A second Ctrl-C / SIGTERM while cleaning up is ignored (the owner thread only): interrupting the
         cleanup is what would leave processes and sockets behind.
@@ -283,17 +277,9 @@ class Supervisor:
             janitor.wait()
             if janitor.stdout is not None:
                 janitor.stdout.close()
-        while self._cleanups:
-            func = self._cleanups.pop()
-            try:
-                func()
-            except Exception as exc:
-                log.warning("demo.cleanup.failed", error=str(exc))
         # Signal everyone first (fast), then wait, so total time is one grace period, not N.
         for child in reversed(self._children):
-            if child.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.popen.send_signal(signal.SIGTERM)
+            child.popen.send_signal(signal.SIGTERM)
         for child in reversed(list(self._children)):
             self.stop(child)
         if self._dir is not None:

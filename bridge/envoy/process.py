@@ -22,13 +22,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from bridge.binaries import find_envoy
 from bridge.envoy.errors import EnvoyError
+from bridge.processes import stop_process
 
 Launcher = Callable[[Sequence[str]], "tuple[subprocess.Popen[bytes], Path]"]
 """Starts Envoy's command line; returns the process and the file its output goes to."""
@@ -71,7 +72,6 @@ class EnvoyProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self.admin_address = ""
-        self.started_at = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> EnvoyProcess:
@@ -92,7 +92,6 @@ class EnvoyProcess:
             self.log_level,
             *self.extra_args,
         ]
-        self.started_at = time.monotonic()
         try:
             if self.launch is not None:
                 self._proc, self.log_path = self.launch(cmd)
@@ -135,17 +134,8 @@ class EnvoyProcess:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Terminate (then kill after ``timeout``); return the exit code."""
-        code = None
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(timeout)
-            code = self._proc.returncode
-            self._proc = None
+        proc, self._proc = self._proc, None
+        code = None if proc is None else stop_process(proc, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -294,12 +284,6 @@ class EnvoyProcess:
         return serials
 
 
-@contextlib.contextmanager
-def running_envoy(bootstrap: Mapping[str, object], workdir: Path, **kwargs: Any) -> Iterator[EnvoyProcess]:
-    """``with running_envoy(bootstrap, dir) as envoy:`` — started, stopped on exit."""
-    proc = EnvoyProcess(bootstrap, workdir, **kwargs)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def running_envoy(bootstrap: Mapping[str, object], workdir: Path, **kwargs: Any) -> EnvoyProcess:
+    """``with running_envoy(bootstrap, dir) as envoy:`` — started on entry, stopped on exit."""
+    return EnvoyProcess(bootstrap, workdir, **kwargs)
