@@ -50,6 +50,10 @@ WL_API = ExternalAppEntry(
     selectors=(Selector("unix", "uid:1000"),),
 )
 BASH = shutil.which("bash")
+# Istio's SPIRE guide: the ID Istio expects, as a spire-controller-manager template
+ISTIO_ID_TEMPLATE = (
+    "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
+)
 
 
 def test_mesh_spiffe_id_and_dns_names() -> None:
@@ -66,9 +70,7 @@ def test_cluster_spiffe_id_uses_the_istio_template_and_pins_the_namespace() -> N
         "kind": "ClusterSPIFFEID",
         "metadata": {"name": "meshbridge-default-httpbin"},
         "spec": {
-            "spiffeIDTemplate": (
-                "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
-            ),
+            "spiffeIDTemplate": ISTIO_ID_TEMPLATE,
             "podSelector": {"matchLabels": {"app": "httpbin"}},
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}},
         },
@@ -348,9 +350,7 @@ def test_gateway_cluster_spiffe_id() -> None:
     assert problems(doc) == []
     assert doc["metadata"] == {"name": "meshbridge-gateway-istio-system-istio-ingressgateway"}
     assert doc["spec"] == {
-        "spiffeIDTemplate": (
-            "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
-        ),
+        "spiffeIDTemplate": ISTIO_ID_TEMPLATE,
         "podSelector": {"matchLabels": {"istio": "ingressgateway"}},
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
     }
