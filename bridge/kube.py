@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,18 +204,26 @@ class Cluster:
     def _errors(self, what: str) -> _ErrorMap:
         return _ErrorMap(self.server, what)
 
-    def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        """The live object with ``obj``'s kind, namespace and name, or ``None`` if there is none."""
+    def _object(
+        self, obj: dict[str, Any], call: Callable[..., Any], what: str | None = None, **kwargs: Any
+    ) -> Any:
+        """``call(resource, name=…, namespace=…, **kwargs)`` of the dynamic client for the object ``obj``
+        names, errors mapped naming ``what`` (default: the object)."""
         ref = ObjectRef.of(obj)
         resource = self._served(str(obj["apiVersion"]), ref.kind)
+        with self._errors(what or str(ref)):
+            return call(
+                resource,
+                name=ref.name,
+                namespace=ref.namespace or None,
+                _request_timeout=self._timeout,
+                **kwargs,
+            )
+
+    def get(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The live object with ``obj``'s kind, namespace and name, or ``None`` if there is none."""
         try:
-            with self._errors(str(ref)):
-                live = self._dyn.get(
-                    resource,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    _request_timeout=self._timeout,
-                )
+            live = self._object(obj, self._dyn.get)
         except KubeError as exc:
             if isinstance(exc.__cause__, NotFoundError):
                 return None
@@ -228,20 +237,15 @@ class Cluster:
         schema validation of CRDs and field ownership all run. ``force`` takes over fields another manager
         owns (``kubectl apply --server-side --force-conflicts``); without it such conflicts are errors.
         """
-        ref = ObjectRef.of(obj)
-        resource = self._served(str(obj["apiVersion"]), ref.kind)
         try:
-            with self._errors(str(ref)):
-                result = self._dyn.server_side_apply(
-                    resource,
-                    body=obj,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    field_manager=FIELD_MANAGER,
-                    force_conflicts=force or None,
-                    dry_run="All" if dry_run else None,
-                    _request_timeout=self._timeout,
-                )
+            result = self._object(
+                obj,
+                self._dyn.server_side_apply,
+                body=obj,
+                field_manager=FIELD_MANAGER,
+                force_conflicts=force or None,
+                dry_run="All" if dry_run else None,
+            )
         except KubeError as exc:
             if isinstance(exc.__cause__, ConflictError):
                 raise KubeError(
@@ -260,17 +264,9 @@ class Cluster:
 
     def delete(self, obj: dict[str, Any], *, dry_run: bool = False) -> None:
         """Delete the object ``obj`` names (already gone counts as deleted)."""
-        ref = ObjectRef.of(obj)
-        resource = self._served(str(obj["apiVersion"]), ref.kind)
+        what = f"delete {ObjectRef.of(obj)}"
         try:
-            with self._errors(f"delete {ref}"):
-                self._dyn.delete(
-                    resource,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    dry_run="All" if dry_run else None,
-                    _request_timeout=self._timeout,
-                )
+            self._object(obj, self._dyn.delete, what, dry_run="All" if dry_run else None)
         except KubeError as exc:
             if not isinstance(exc.__cause__, NotFoundError):
                 raise
