@@ -200,10 +200,6 @@ class SecretDiscoveryServicer:
     def snapshot(self) -> SecretSnapshot | None:
         return self._snapshot
 
-    @property
-    def open_streams(self) -> int:
-        return len(self._streams)
-
     def update(self, snapshot: SecretSnapshot) -> None:
         """Swap in ``snapshot`` and push to streams subscribed to a name whose content changed."""
         changed = snapshot.changed_names(self._snapshot)

@@ -87,7 +87,6 @@ from sds_server import workload_proto as pb
 from sds_server.errors import SpiffeIdError
 from sds_server.grpc_server import (
     Limits,
-    PeerCredentials,
     PerUidCap,
     Server,
     UnixSocketError,
@@ -215,33 +214,15 @@ class _Servicer:
 
     @contextlib.asynccontextmanager
     async def _call(self, stream: Stream[Any, Any], rpc: str) -> AsyncIterator[frozenset[str]]:
-        """Admit a call before its request is read (header, attestation, per-UID cap); yield its selectors.
+        """Admit a call before its request is read; yield its selectors.
 
-        Nothing of the request body has been received when this runs: a caller without the header, or one
-        that cannot be attested, never gets a byte of its request decoded.
+        The security header is checked, then the caller attested from the kernel, then its UID's open calls
+        counted. Nothing of the request body has been received when this runs: a caller without the header,
+        or one that cannot be attested, never gets a byte of its request decoded.
         """
-        creds, selectors = self._admit(stream, rpc)
-
-        def refused(count: int) -> None:
-            log.warning(
-                "workload_api.denied",
-                rpc=rpc,
-                reason="streams per UID",
-                uid=creds.uid,
-                streams=count,
-                socket=self._socket_name,
-            )
-
-        with self._server.per_uid.hold(creds.uid, refused):
-            yield selectors
-
-    def _admit(self, stream: Stream[Any, Any], rpc: str) -> tuple[PeerCredentials, frozenset[str]]:
-        """Check the security header, then attest the caller from the kernel."""
         header = stream.metadata.get(SECURITY_HEADER) if stream.metadata is not None else None
         if header != "true":
-            log.info(
-                "workload_api.denied", rpc=rpc, reason="missing security header", socket=self._socket_name
-            )
+            self._denied(rpc, "missing security header")
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
         try:
             creds, selectors = self._server.attestor.attest_connection(
@@ -250,7 +231,7 @@ class _Servicer:
         except OSError as exc:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
         except CallerChangedError as exc:  # SPIRE's words (pkg/agent/endpoints/peertracker.go)
-            log.info("workload_api.denied", rpc=rpc, reason="caller changed", socket=self._socket_name)
+            self._denied(rpc, "caller changed")
             transport = peer_transport(stream)
             if transport is not None:  # drop the connection once this status is out, as SPIRE does
                 asyncio.get_running_loop().call_later(0.1, transport.close)
@@ -258,12 +239,20 @@ class _Servicer:
                 Status.UNAUTHENTICATED, f"could not verify existence of the original caller: {exc}"
             ) from exc
         log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
-        return creds, selectors
+
+        def refused(count: int) -> None:
+            self._denied(rpc, "streams per UID", logging.WARNING, uid=creds.uid, streams=count)
+
+        with self._server.per_uid.hold(creds.uid, refused):
+            yield selectors
+
+    def _denied(self, rpc: str, reason: str, level: int = logging.INFO, **fields: object) -> None:
+        log.log(level, "workload_api.denied", rpc=rpc, reason=reason, socket=self._socket_name, **fields)
 
     def _entries(self, snap: _Snapshot, selectors: frozenset[str], rpc: str) -> list[Entry]:
         entries = snap.entries_for(selectors)
         if not entries:
-            log.info("workload_api.denied", rpc=rpc, reason="no matching entry", socket=self._socket_name)
+            self._denied(rpc, "no matching entry")
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")
         return entries
 
@@ -387,13 +376,7 @@ class _Servicer:
         if wanted is not None:
             entries = [e for e in entries if e.spiffe_id == wanted]
             if not entries:
-                log.info(
-                    "workload_api.denied",
-                    rpc="FetchJWTSVID",
-                    reason="identity not entitled",
-                    spiffe_id=str(wanted),
-                    socket=self._socket_name,
-                )
+                self._denied("FetchJWTSVID", "identity not entitled", spiffe_id=str(wanted))
                 raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")  # as SPIRE says it
         resp = pb.JWTSVIDResponse()
         hints: set[str] = set()
