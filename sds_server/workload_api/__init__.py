@@ -13,8 +13,8 @@ For one machine (demos, development, CI); production points the SDS server at a 
 
 or ``await serve(config, ready=..., stop=...)``; the CLI is ``meshbridge workload-api serve``.
 Modules: ``config`` (YAML contract), ``ca`` (local CA), ``jwt`` (JWT-SVIDs), ``attestor`` (SO_PEERCRED →
-selectors; the single-machine socket-scoped mode), ``sockets`` (stale/live socket files), ``server``
-(grpclib ``SpiffeWorkloadAPI``, rotation, signals), ``command`` (CLI), ``errors``.
+selectors; the single-machine socket-scoped mode), ``server`` (grpclib ``SpiffeWorkloadAPI``, rotation,
+signals), ``command`` (CLI), ``errors``; sockets are bound by :mod:`sds_server.grpc_server`.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ __all__ = [
     "Upstream",
     "X509Svid",
     "generate_key",
+    "key_usage",
 ]
 
 log = structlog.get_logger(__name__)
@@ -103,13 +104,7 @@ _SIGNATURE_HASH = hashes.SHA256()
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+    return cert.issuer == cert.subject and _issued_by(cert, cert)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -216,22 +211,16 @@ class X509Svid:
     chain: tuple[x509.Certificate, ...]
     private_key: PrivateKey
     issued_at: datetime
-    _chain_der: bytes = field(default=b"", repr=False, compare=False)
-    _key_der: bytes = field(default=b"", repr=False, compare=False)
+    _chain_der: bytes = field(init=False, repr=False, compare=False)
+    _key_der: bytes = field(init=False, repr=False, compare=False)
 
-    @classmethod
-    def create(
-        cls,
-        spiffe_id: SpiffeId,
-        chain: tuple[x509.Certificate, ...],
-        private_key: PrivateKey,
-        issued_at: datetime,
-    ) -> X509Svid:
-        chain_der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in chain)
-        key_der = private_key.private_bytes(
+    def __post_init__(self) -> None:
+        chain_der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
+        key_der = self.private_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        return cls(spiffe_id, chain, private_key, issued_at, chain_der, key_der)
+        object.__setattr__(self, "_chain_der", chain_der)
+        object.__setattr__(self, "_key_der", key_der)
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -252,13 +241,11 @@ class X509Svid:
 
     def chain_der(self) -> bytes:
         """ASN.1 DER certificates concatenated, leaf first (workload.proto ``x509_svid``)."""
-        return self._chain_der or b"".join(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
+        return self._chain_der
 
     def key_der(self) -> bytes:
         """The unencrypted PKCS#8 DER private key (workload.proto ``x509_svid_key``)."""
-        return self._key_der or self.private_key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        return self._key_der
 
     def __repr__(self) -> str:  # never show key material
         return f"X509Svid(spiffe_id={str(self.spiffe_id)!r}, serial={self.serial:x})"
@@ -269,24 +256,32 @@ _LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 _LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
-def _leaf_key_usage(key_type: KeyType) -> x509.KeyUsage:
-    # X509-SVID §4.3: digitalSignature, never keyCertSign/cRLSign; keyEncipherment (RSA key exchange) or
-    # keyAgreement (ECDH) MAY be set.
-    return _LEAF_KEY_USAGE[key_type]
-
-
-_LEAF_KEY_USAGE: dict[KeyType, x509.KeyUsage] = {
-    kt: x509.KeyUsage(
-        digital_signature=True,
+def key_usage(
+    *,
+    digital_signature: bool = False,
+    key_encipherment: bool = False,
+    key_agreement: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.KeyUsage:
+    """An X.509 keyUsage with the given bits set and every other bit clear."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
         content_commitment=False,
-        key_encipherment=kt == "rsa-2048",
+        key_encipherment=key_encipherment,
         data_encipherment=False,
-        key_agreement=kt == "ec-p256",
-        key_cert_sign=False,
-        crl_sign=False,
+        key_agreement=key_agreement,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
         encipher_only=False,
         decipher_only=False,
     )
+
+
+# X509-SVID §4.3: a leaf sets digitalSignature, never keyCertSign/cRLSign; keyEncipherment (RSA key
+# exchange) or keyAgreement (ECDH) MAY be set.
+_LEAF_KEY_USAGE: dict[KeyType, x509.KeyUsage] = {
+    kt: key_usage(digital_signature=True, key_encipherment=kt == "rsa-2048", key_agreement=kt == "ec-p256")
     for kt in KEY_TYPES
 }
 
@@ -454,18 +449,7 @@ class LocalCa:
             # ever signs leaves.
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+                key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), critical=True
             )
             # X509-SVID §3: a signing certificate MAY carry the trust domain's ID (no path).
             .add_extension(
@@ -565,10 +549,9 @@ class LocalCa:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
             .not_valid_after(not_after)
-            # X509-SVID §4.1: leaf cA=false; §4.3: digitalSignature, never keyCertSign/cRLSign;
-            # keyEncipherment/keyAgreement MAY be set (RSA key exchange / ECDH).
+            # X509-SVID §4.1: leaf cA=false; §4.3: see _LEAF_KEY_USAGE.
             .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
-            .add_extension(_leaf_key_usage(self.key_type), critical=True)
+            .add_extension(_LEAF_KEY_USAGE[self.key_type], critical=True)
             # X509-SVID §4.4: extendedKeyUsage MAY carry serverAuth and clientAuth.
             .add_extension(_LEAF_EKU, critical=False)
             # X509-SVID §2: exactly one URI SAN, the SPIFFE ID (DNS SANs may follow).
@@ -580,7 +563,7 @@ class LocalCa:
         chain: tuple[x509.Certificate, ...] = (leaf,)
         if self.upstream is not None:
             chain = (leaf, gen.certificate, *self.upstream.intermediates)
-        return X509Svid.create(spiffe_id, chain, key, now)
+        return X509Svid(spiffe_id, chain, key, now)
 
     def mint_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str], ttl: timedelta) -> str:
         """Mint an ES256 JWT-SVID signed by the newest generation's JWT key."""
