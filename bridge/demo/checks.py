@@ -105,6 +105,11 @@ def foreign_ca_svid(spiffe_id: str) -> tuple[str, str]:
     return pem, key_pem
 
 
+def _probe(workdir: Path, ca_pem: str, svid: SvidMaterial) -> TlsProbe:
+    """Direct mTLS to a sidecar presenting ``svid``, trusting ``ca_pem``."""
+    return TlsProbe(workdir, ca_pem=ca_pem, chain_pem=svid.chain_pem, key_pem=svid.key_pem)
+
+
 def _refused(res: HttpResult) -> bool:
     return res.status is None or res.status == 403
 
@@ -134,20 +139,13 @@ def check_intruders(
     admitted_svid: SvidMaterial,
     wrong_server_tunnels: Sequence[Tunnel],
 ) -> None:
-    sni = plan.mesh.dns_names[0] if plan.mesh.dns_names else "httpbin"
+    sni = plan.mesh.sni
     probes = sup.subdir("probes")
     no_cert = TlsProbe(probes / "none", ca_pem=bundle_pem).get(sidecar.port, sni=sni)
     rep.check("no client certificate → sidecar refuses", _refused(no_cert), no_cert.describe())
     admitted = plan.apps[0].spiffe_id
-    control = TlsProbe(
-        probes / "control",
-        ca_pem=bundle_pem,
-        chain_pem=admitted_svid.chain_pem,
-        key_pem=admitted_svid.key_pem,
-    ).get(sidecar.port, sni=sni)
-    stranger = TlsProbe(
-        probes / "stranger", ca_pem=bundle_pem, chain_pem=intruder.chain_pem, key_pem=intruder.key_pem
-    )
+    control = _probe(probes / "control", bundle_pem, admitted_svid).get(sidecar.port, sni=sni)
+    stranger = _probe(probes / "stranger", bundle_pem, intruder)
     check_undeclared(rep, plan=plan, sidecar=sidecar, intruder=intruder, probe=stranger, control=control)
     cert, key = foreign_ca_svid(admitted)
     foreign = TlsProbe(probes / "foreign", ca_pem=bundle_pem, chain_pem=cert, key_pem=key).get(
@@ -187,9 +185,8 @@ def check_undeclared(
     """
     federated = plan.apps_trust_domain != plan.trust_domain
     allow = plan.mesh.principals
-    sni = plan.mesh.dns_names[0] if plan.mesh.dns_names else "httpbin"
     before = _stat(sidecar, "rbac.denied")
-    res = probe.get(sidecar.port, sni=sni)
+    res = probe.get(sidecar.port, sni=plan.mesh.sni)
     denied = _stat(sidecar, "rbac.denied") - before
     if not federated and (allow is None or intruder.spiffe_id in allow):
         rep.detail(
@@ -215,13 +212,9 @@ def check_undeclared(
 def check_mesh_caller(rep: Reporter, sup: Supervisor, *, sidecar: Sidecar, caller: SvidMaterial) -> None:
     """An in-mesh workload the spec does not list (no ``meshCallers``) still reaches the apps' target."""
     service = sidecar.service
-    sni = service.dns_names[0] if service.dns_names else service.name
-    res = TlsProbe(
-        sup.subdir("probes-mesh-caller"),
-        ca_pem=caller.bundle_pem,
-        chain_pem=caller.chain_pem,
-        key_pem=caller.key_pem,
-    ).get(sidecar.port, sni=sni)
+    res = _probe(sup.subdir("probes-mesh-caller"), caller.bundle_pem, caller).get(
+        sidecar.port, sni=service.sni
+    )
     uri = _xfcc_uri(res.xfcc())
     policies = ", ".join(service.policy_paths) or "none"
     rep.check(
@@ -246,7 +239,6 @@ def check_not_targeted(
     domain (its ROOTCA lacks their bundle), else 403 from its AuthorizationPolicies. A refusal for another
     reason (or a 200) fails; the in-mesh control request must get 200 from the same sidecar."""
     service = sidecar.service
-    sni = service.dns_names[0] if service.dns_names else service.name
     apps_td = plan.apps_trust_domain
     at_handshake = apps_td != plan.trust_domain and apps_td not in service.federates_with
     probes = sup.subdir(f"probes-{service.name}")
@@ -257,18 +249,14 @@ def check_not_targeted(
     counters = ("ssl.fail_verify_error", "ssl.fail_verify_san", "rbac.denied")
     before = {c: _stat(sidecar, c) for c in counters}
     for i, who in enumerate(callers):
-        res = TlsProbe(
-            probes / str(i), ca_pem=control.bundle_pem, chain_pem=who.chain_pem, key_pem=who.key_pem
-        ).get(sidecar.port, sni=sni)
+        res = _probe(probes / str(i), control.bundle_pem, who).get(sidecar.port, sni=service.sni)
         ok = ok and (res.status is None if at_handshake else res.status == 403)
         seen.append(f"{who.spiffe_id.rsplit('/', 1)[-1]}: {res.describe()}")
     delta = {c: _stat(sidecar, c) - before[c] for c in counters}
     expected = dict.fromkeys(counters, 0) | {counters[0] if at_handshake else counters[2]: len(callers)}
     ok = ok and delta == expected
     stats = ", ".join(f"{c} +{n}" for c, n in delta.items())
-    ctl = TlsProbe(
-        probes / "control", ca_pem=control.bundle_pem, chain_pem=control.chain_pem, key_pem=control.key_pem
-    ).get(sidecar.port, sni=sni)
+    ctl = _probe(probes / "control", control.bundle_pem, control).get(sidecar.port, sni=service.sni)
     ok = ok and ctl.ok
     why = (
         f"refused at the TLS handshake: {service.name}'s ROOTCA lacks {apps_td} (its ClusterSPIFFEID does "
@@ -298,11 +286,8 @@ class RotationInputs:
 
 
 def _sidecar_serial(inputs: RotationInputs, probes: Path) -> int | None:
-    probe = TlsProbe(
-        probes, ca_pem=inputs.bundle_pem, chain_pem=inputs.client.chain_pem, key_pem=inputs.client.key_pem
-    )
-    sni = inputs.plan.mesh.dns_names[0] if inputs.plan.mesh.dns_names else "httpbin"
-    return probe.get(inputs.sidecar.port, "/status/200", sni=sni).server_serial
+    probe = _probe(probes, inputs.bundle_pem, inputs.client)
+    return probe.get(inputs.sidecar.port, "/status/200", sni=inputs.plan.mesh.sni).server_serial
 
 
 def check_rotation(

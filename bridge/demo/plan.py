@@ -81,6 +81,11 @@ class MeshSide:
     def name(self) -> str:
         return self.pod.service_name if self.pod is not None else self.spiffe_id.rsplit("/", 1)[-1]
 
+    @property
+    def sni(self) -> str:
+        """What a client dialling the service sends as SNI: its first DNS SAN, else its name."""
+        return self.dns_names[0] if self.dns_names else self.name
+
 
 @dataclass(frozen=True, slots=True)
 class AppPlan:

@@ -79,8 +79,7 @@ class GhostunnelCommand:
         return cls(program=args[0], flags=tuple(flags))
 
     def get(self, name: str) -> str | None:
-        values = self.all(name)
-        return values[0] if values else None
+        return next(iter(self.all(name)), None)
 
     def all(self, name: str) -> list[str]:
         return [v for n, v in self.flags if n == name and v is not None]
