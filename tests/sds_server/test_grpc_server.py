@@ -24,29 +24,34 @@ from sds_server.grpc_server import Limits, Server
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-async def _peer_sees_eof_after_close(path: Path) -> bool:
-    server = Server([])  # grpclib binds the running loop at construction
+async def _peer_sees_eof(path: Path, limits: Limits | None = None, *, close: bool = False) -> Server | None:
+    """Open a connection that never opens a stream (``close``: then close the server); the server if the
+    connection then ends (the peer reads EOF), ``None`` if it stays open."""
+    server = Server([], limits=limits)  # grpclib binds the running loop at construction
     await server.start(path=str(path))
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:
         writer.write(_H2_PREFACE)
         await writer.drain()
         await asyncio.wait_for(reader.read(64), 5)  # the server's HTTP/2 SETTINGS: connection accepted
-        server.close()
-        await server.wait_closed()
+        if close:
+            server.close()
+            await server.wait_closed()
         try:
-            while await asyncio.wait_for(reader.read(4096), 1):
+            while await asyncio.wait_for(reader.read(4096), 3):
                 pass
         except TimeoutError:
-            return False
-        return True
+            return None
+        return server
     finally:
         writer.close()
         await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
 
 
 def test_close_closes_accepted_connections(short_dir: Path) -> None:
-    assert asyncio.run(_peer_sees_eof_after_close(short_dir / "ours.sock"))
+    assert asyncio.run(_peer_sees_eof(short_dir / "ours.sock", close=True))
 
 
 async def _connects_while_loop_is_blocked(path: Path, backlog: int | None, n: int) -> int:
@@ -82,28 +87,10 @@ def test_listen_backlog_asked_for_applies(short_dir: Path) -> None:
     assert asyncio.run(_connects_while_loop_is_blocked(short_dir / "b.sock", 100, 400)) < 400
 
 
-async def _idle_connection_closed(path: Path) -> bool:
-    server = Server([], limits=Limits(idle_connection_seconds=0.3))
-    await server.start(path=str(path))
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
-        writer.write(_H2_PREFACE)  # a connection, but never a stream
-        await writer.drain()
-        try:
-            while await asyncio.wait_for(reader.read(4096), 3):
-                pass
-        except TimeoutError:
-            return False
-        return server.idle_closed == 1
-    finally:
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
-
-
 def test_connection_that_opens_no_stream_is_closed(short_dir: Path) -> None:
-    assert asyncio.run(_idle_connection_closed(short_dir / "idle.sock"))
+    server = asyncio.run(_peer_sees_eof(short_dir / "idle.sock", Limits(idle_connection_seconds=0.3)))
+    assert server is not None, "the idle connection stayed open"
+    assert server.idle_closed == 1
 
 
 def _source(obj: object) -> str:
