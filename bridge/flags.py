@@ -25,6 +25,7 @@ from bridge.params import (
     SconeNetworkShieldParams,
     SpireEntriesParams,
     SpireSvidstoreParams,
+    SvidstoreTemplate,
 )
 from bridge.spec import DEFAULT_SDS_IMAGE, DEFAULT_WORKLOAD_API_SOCKET
 from sds_server.errors import SpiffeIdError
@@ -70,16 +71,10 @@ class _Flags:
             self.problems.append(f"{flag}: {value!r}: {problem}")
         return value
 
-    def spiffe_id(self, flag: str, value: str) -> str:
+    def spiffe_id(self, flag: str, value: str, parse: Callable[[str], object] = SpiffeId.parse) -> str:
+        """``value`` as ``parse`` (``SpiffeId.parse`` or ``TrustDomain.parse``) normalises it."""
         try:
-            return str(SpiffeId.parse(value))
-        except SpiffeIdError as exc:
-            self.problems.append(f"{flag}: {exc}")
-            return value
-
-    def trust_domain(self, flag: str, value: str) -> str:
-        try:
-            return TrustDomain.parse(value).name
+            return str(parse(value))
         except SpiffeIdError as exc:
             self.problems.append(f"{flag}: {exc}")
             return value
@@ -113,7 +108,7 @@ def _labels(f: _Flags, items: tuple[str, ...], default_name: str) -> tuple[tuple
 
 def istio_overlay(params: IstioOverlayParams) -> Output:
     f = _Flags()
-    td = f.trust_domain("--trust-domain", params.trust_domain)
+    td = f.spiffe_id("--trust-domain", params.trust_domain, TrustDomain.parse)
     f.check("--sds-image", params.sds_image, names.image_reference)
     f.check("--istio-namespace", params.istio_namespace, names.dns1123_label)
     if params.revision is not None:
@@ -207,6 +202,13 @@ def spire_entries(params: SpireEntriesParams) -> Output:
     return _rendered(lambda: Output([istio.render_entries_json(entries, hashes)]))
 
 
+_SESSION_TEMPLATES: dict[SvidstoreTemplate, Callable[[scone.SvidStoreSessions], str]] = {
+    "svid": scone.render_svid_session_template,
+    "bundle": scone.render_bundle_session_template,
+    "federated-bundles": scone.render_federated_bundles_session_template,
+}
+
+
 def spire_svidstore(params: SpireSvidstoreParams) -> Output:
     f = _Flags()
     for flag, value in (
@@ -227,12 +229,8 @@ def spire_svidstore(params: SpireSvidstoreParams) -> Output:
     )
 
     def build() -> Output:
-        if params.template == "svid":
-            return Output(scone.render_svid_session_template(sessions))
-        if params.template == "bundle":
-            return Output(scone.render_bundle_session_template(sessions))
-        if params.template == "federated-bundles":
-            return Output(scone.render_federated_bundles_session_template(sessions))
+        if params.template is not None:
+            return Output(_SESSION_TEMPLATES[params.template](sessions))
         hcl = scone.render_svidstore_hcl(
             scone.SvidStoreConfig(
                 cas_address=params.cas,
@@ -251,7 +249,9 @@ def spire_svidstore(params: SpireSvidstoreParams) -> Output:
 
 def _targets(f: _Flags, params: SconeAppParams) -> tuple[scone.MeshTarget, ...]:
     f.check("--cluster-domain", params.cluster_domain, names.dns1123_subdomain)
-    td = f.trust_domain("--trust-domain", params.trust_domain) if params.trust_domain else None
+    td = (
+        f.spiffe_id("--trust-domain", params.trust_domain, TrustDomain.parse) if params.trust_domain else None
+    )
     out = []
     for item in params.targets:
         address, _, spiffe_id = item.partition("=")

@@ -45,6 +45,7 @@ from bridge.errors import SpecError
 from bridge.model import Bridge, ExternalApp, MeshService
 from bridge.readme import render_readme
 from bridge.rendering import Document, Rendering
+from bridge.spec_scone import DEFAULT_GHOSTUNNEL_WORKLOAD_API
 
 __all__ = [
     "AUTHORIZATION_POLICIES",
@@ -223,12 +224,14 @@ def network_shield_app(bridge: Bridge, app: ExternalApp) -> scone.NetworkShieldA
         mrenclaves=app.scone.mrenclaves,
         targets=tuple(mesh_target(bridge, t.service) for t in app.targets),
         pwd=app.scone.pwd,
-        attestation=scone.Attestation(
-            tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories
-        ),
+        attestation=attestation(app),
         svidstore=svidstore_sessions(bridge, app),
         server_auth=app.server_auth,
     )
+
+
+def attestation(app: ExternalApp) -> scone.Attestation:
+    return scone.Attestation(tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories)
 
 
 def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
@@ -246,7 +249,7 @@ def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
                 listen_port=t.listen_port or t.service.port,
                 cert_source=gt.cert_source,
                 files=files,
-                workload_api_addr=gt.workload_api_addr or "unix:///run/spire/sockets/agent.sock",
+                workload_api_addr=gt.workload_api_addr or DEFAULT_GHOSTUNNEL_WORKLOAD_API,
                 timed_reload=gt.timed_reload,
                 # one status listener per tunnel: the first gets statusPort, the next ones count up
                 status_port=gt.status_port + i,
@@ -258,9 +261,7 @@ def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
         tunnels=tuple(tunnels),
         binary=gt.binary,
         pwd=app.scone.pwd,
-        attestation=scone.Attestation(
-            tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories
-        ),
+        attestation=attestation(app),
         svidstore=svidstore_sessions(bridge, app),
     )
 
