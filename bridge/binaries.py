@@ -17,16 +17,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PEERS_BIN = REPO_ROOT / ".peers" / "bin"
 
-GO_PEERS = (
-    "ghostunnel",
-    "spire-server",
-    "spire-agent",
-    "istioctl",
-    "kube-apiserver",
-    "spire-controller-manager",
-    "etcd",
-)
-
 
 def _executable(path: Path) -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
