@@ -22,9 +22,6 @@ Labels = tuple[tuple[str, str], ...]
 SvidStorePluginName = Literal["sconecas_sessionmanager", "scone_cas_secretsmanager"]
 """The SPIRE agent SVIDStore plugin that posts SVIDs into SCONE CAS (current, or the tutorial's)."""
 
-DEFAULT_SDS_COMMAND_SOCKET = "/run/secrets/workload-spiffe-uds/socket"
-"""Where istio-agent looks for an SDS server (istio.io ops/integrations/spire)."""
-
 
 def labels(mapping: Mapping[str, str]) -> Labels:
     """``{"app": "httpbin"}`` -> ``(("app", "httpbin"),)``, sorted by key."""

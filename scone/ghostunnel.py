@@ -164,9 +164,7 @@ def render_ghostunnel_session(app: GhostunnelApp) -> RenderedSession:
     CAS injects into the enclave after attestation; ``workload-api`` tunnels need no secrets.
     """
     problems: list[str] = []
-    check_common(
-        problems, session_name=app.session_name, mrenclaves=app.mrenclaves, version=app.version, pwd=app.pwd
-    )
+    check_common(problems, app)
     if not app.binary.startswith("/") or any(c.isspace() for c in app.binary):
         problems.append(f"binary: {app.binary!r}: the absolute path of Ghostunnel in the image")
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", app.image_name):

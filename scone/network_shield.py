@@ -67,9 +67,7 @@ def shield_environment(app: NetworkShieldApp) -> dict[str, str]:
 def render_network_shield_session(app: NetworkShieldApp) -> RenderedSession:
     """The app's CAS session (language v0.3): the service, its shield variables, the SVID imports."""
     problems: list[str] = []
-    check_common(
-        problems, session_name=app.session_name, mrenclaves=app.mrenclaves, version=app.version, pwd=app.pwd
-    )
+    check_common(problems, app)
     check_service_name(problems, "service_name", app.service_name)
     if not app.command.strip():
         problems.append(f"command: {app.command!r}: the command line the enclave runs")

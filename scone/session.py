@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 
-from scone.model import Attestation, RenderWarning, SvidStoreSessions
+from scone.model import Attestation, GhostunnelApp, NetworkShieldApp, RenderWarning, SvidStoreSessions
 from scone.svidstore import FEDERATED_BUNDLES_SECRET, SESSION_NAME, SVID_SECRET, TRUST_BUNDLE_SECRET
 
 __all__ = [
     "ADVISORY_CATEGORIES",
     "IDENTITY_PEM",
-    "SERVER_CA_PEM",
     "SVID_CERT_CHAIN_PEM",
     "SVID_KEY_PEM",
     "attestation_advice",
@@ -32,16 +31,6 @@ SVID_KEY_PEM = f"$$SCONE::{SVID_SECRET}:privatekey:pkcs8:pem$$"
 SVID_CERT_CHAIN_PEM = f"$$SCONE::{SVID_SECRET}:crt$$\n$$SCONE::{SVID_SECRET}:chain$$"
 IDENTITY_PEM = f"{SVID_KEY_PEM}\n{SVID_CERT_CHAIN_PEM}"
 """Network-shield identity: PKCS#8 key, end-entity certificate, then the chain (shield docs)."""
-SERVER_CA_PEM = f"$$SCONE::{TRUST_BUNDLE_SECRET}:crt$$"
-"""The mesh trust bundle (SPIRE CA) imported from the SVIDStore bundle session (one trust domain).
-
-The plugin writes every CA of the bundle into the one ``value`` of the
-``x509-ca`` secret (ufcg-lsd/spire ``pkg/agent/plugin/svidstore/sconecas/scone.go`` @76ebd5c4
-``postBundleIntoCAS(svidData.Bundle, …)``; the bundle is ``rawCertToPem(req.Svid.Bundle)``, all X.509
-authorities concatenated). During a SPIRE CA rotation the bundle holds the old and the new CA. The
-sconedocs describe ``:crt`` as *the* certificate and ``:chain`` as the rest; how CAS stores a multi-CA
-``x509-ca`` value is not documented. Unverified against a real CAS: if ``:crt`` yields only the first CA,
-apps trust only one CA during rotation (open item; the demo's CAS emulator assumes all)."""
 
 
 def mesh_ca_secret(sessions: SvidStoreSessions) -> tuple[str, str]:
@@ -54,7 +43,16 @@ def mesh_ca_secret(sessions: SvidStoreSessions) -> tuple[str, str]:
 
 
 def server_ca_pem(sessions: SvidStoreSessions) -> str:
-    """The injection string of the mesh's CA certificates (what authenticates a mesh service)."""
+    """The injection string of the mesh's CA certificates (what authenticates a mesh service).
+
+    The plugin writes every CA of the bundle into the one ``value`` of the ``x509-ca`` secret
+    (ufcg-lsd/spire ``pkg/agent/plugin/svidstore/sconecas/scone.go`` @76ebd5c4
+    ``postBundleIntoCAS(svidData.Bundle, …)``; the bundle is ``rawCertToPem(req.Svid.Bundle)``, all X.509
+    authorities concatenated). During a SPIRE CA rotation the bundle holds the old and the new CA. The
+    sconedocs describe ``:crt`` as *the* certificate and ``:chain`` as the rest; how CAS stores a multi-CA
+    ``x509-ca`` value is not documented. Unverified against a real CAS: if ``:crt`` yields only the first
+    CA, apps trust only one CA during rotation (open item; the demo's CAS emulator assumes all).
+    """
     return f"$$SCONE::{mesh_ca_secret(sessions)[1]}:crt$$"
 
 
@@ -64,24 +62,22 @@ _VERSION = re.compile(r"^0\.3(\.[0-9]+)?$")
 _ADVISORY = re.compile(r"^(INTEL-SA-[0-9]{5}|\*)$")
 
 
-def check_common(
-    problems: list[str], *, session_name: str, mrenclaves: tuple[str, ...], version: str, pwd: str
-) -> None:
+def check_common(problems: list[str], app: NetworkShieldApp | GhostunnelApp) -> None:
     """Append the problems of fields every app session has."""
-    if not SESSION_NAME.match(session_name) or len(session_name) > 128:
+    if not SESSION_NAME.match(app.session_name) or len(app.session_name) > 128:
         problems.append(
-            f"session_name: {session_name!r}: a CAS session name '<namespace>/<name>' "
+            f"session_name: {app.session_name!r}: a CAS session name '<namespace>/<name>' "
             "([A-Za-z0-9_-] parts, at most 128 characters)"
         )
-    if not mrenclaves:
+    if not app.mrenclaves:
         problems.append("mrenclaves: (): at least one MRENCLAVE (64 hex digits) allowed to run")
-    for i, mre in enumerate(mrenclaves):
+    for i, mre in enumerate(app.mrenclaves):
         if not _MRENCLAVE.match(mre):
             problems.append(f"mrenclaves[{i}]: {mre!r}: 64 lowercase hex digits")
-    if not _VERSION.match(version):
-        problems.append(f"version: {version!r}: a session language version 0.3[.N]")
-    if not pwd.startswith("/"):
-        problems.append(f"pwd: {pwd!r}: an absolute path")
+    if not _VERSION.match(app.version):
+        problems.append(f"version: {app.version!r}: a session language version 0.3[.N]")
+    if not app.pwd.startswith("/"):
+        problems.append(f"pwd: {app.pwd!r}: an absolute path")
 
 
 def check_service_name(problems: list[str], path: str, name: str) -> None:

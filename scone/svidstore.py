@@ -154,23 +154,26 @@ def render_svid_session_template(sessions: SvidStoreSessions) -> str:
     return _template(f"{sessions.svid_session_prefix}{_ph('session-name-selector')}", *secrets)
 
 
-def _bundle_template(name: str, secret: str, placeholder: str) -> str:
+def _bundle_template(sessions: SvidStoreSessions, name: str, secret: str, placeholder: str) -> str:
+    """A CA bundle session template; ``placeholder`` is the current plugin's (the tutorial plugin has
+    one, ``trust-bundle-ca``, for both bundles)."""
+    _check_sessions(sessions)
+    if sessions.plugin != "sconecas_sessionmanager":
+        placeholder = "trust-bundle-ca"
     # CA certificates are public: export_public lets any session import them (no private key).
     return _template(name, _secret(secret, "x509-ca", placeholder, "export_public: true"))
 
 
 def render_bundle_session_template(sessions: SvidStoreSessions) -> str:
     """The trust-bundle session template: ``spire-ca`` (x509-ca, ``export_public``), literal name."""
-    _check_sessions(sessions)
-    placeholder = "trust-bundle" if sessions.plugin == "sconecas_sessionmanager" else "trust-bundle-ca"
-    return _bundle_template(sessions.bundle_session, TRUST_BUNDLE_SECRET, placeholder)
+    return _bundle_template(sessions, sessions.bundle_session, TRUST_BUNDLE_SECRET, "trust-bundle")
 
 
 def render_federated_bundles_session_template(sessions: SvidStoreSessions) -> str:
     """The federated-bundles session template: ``spire-federated-bundles``, literal name."""
-    _check_sessions(sessions)
-    placeholder = "federated-bundles" if sessions.plugin == "sconecas_sessionmanager" else "trust-bundle-ca"
-    return _bundle_template(sessions.federated_bundles_session, FEDERATED_BUNDLES_SECRET, placeholder)
+    return _bundle_template(
+        sessions, sessions.federated_bundles_session, FEDERATED_BUNDLES_SECRET, "federated-bundles"
+    )
 
 
 def _hcl_string(value: str, path: str) -> str:
