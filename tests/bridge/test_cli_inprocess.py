@@ -174,15 +174,17 @@ def test_invalid_spec_raises_every_problem_and_writes_nothing(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["bridge.yaml"]
 
 
+def _example_with(tmp_path: Path, line: str, added: str) -> Path:
+    """The example spec, with ``added`` after its ``line``, as a file."""
+    spec = tmp_path / "bridge.yaml"
+    spec.write_text(EXAMPLE.read_text().replace(line, line + added))
+    return spec
+
+
 def test_check_ok_and_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert commands.cmd_check(CheckParams(file=EXAMPLE)) == 0
     assert capsys.readouterr().out == "ok: 1 mesh service(s), 2 external app(s), 13 documents consistent\n"
-    insecure = tmp_path / "insecure.yaml"
-    insecure.write_text(
-        EXAMPLE.read_text().replace(
-            "    targets: [httpbin]\n", "    targets: [httpbin]\n    serverAuth: false\n"
-        )
-    )
+    insecure = _example_with(tmp_path, "    targets: [httpbin]\n", "    serverAuth: false\n")
     assert commands.cmd_check(CheckParams(file=insecure)) == 0
     assert "warning: externalApps[0] (shielded-client): server_auth: 'false': " in capsys.readouterr().err
 
@@ -190,12 +192,7 @@ def test_check_ok_and_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_check_problems_are_error_lines_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = tmp_path / "bridge.yaml"
-    spec.write_text(
-        EXAMPLE.read_text().replace(
-            "    labels: {app: httpbin}\n", "    labels: {app: httpbin}\n    svidDnsNames: false\n"
-        )
-    )
+    spec = _example_with(tmp_path, "    labels: {app: httpbin}\n", "    svidDnsNames: false\n")
     assert commands.cmd_check(CheckParams(file=spec)) == 2
     out, err = capsys.readouterr()
     assert out == ""
