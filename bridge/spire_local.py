@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from bridge.binaries import find_peer
 from bridge.errors import BridgeError
@@ -308,6 +308,12 @@ class _Daemon:
             proc.kill()
             proc.wait(5)
 
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -393,7 +399,7 @@ class SpireServer(_Daemon):
             )
         )
 
-    def start(self, timeout: float = START_TIMEOUT) -> SpireServer:
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
         failed: str | None = None
         for _attempt in range(3):
             self.configure()
@@ -403,9 +409,6 @@ class SpireServer(_Daemon):
         if failed is not None:
             raise self._not_ready(failed)
         return self
-
-    def __enter__(self) -> SpireServer:
-        return self.start()
 
     # ---- CLI ----------------------------------------------------------------------------------------------
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -539,7 +542,7 @@ class SpireAgent(_Daemon):
             )
         )
 
-    def start(self, timeout: float = START_TIMEOUT) -> SpireAgent:
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
         """Start (first time: configure); wait until the Workload API answers."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)  # workloads running as other users must reach the socket (mode 0777)
@@ -576,9 +579,6 @@ class SpireAgent(_Daemon):
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def __enter__(self) -> SpireAgent:
-        return self.start()
 
 
 @dataclass(frozen=True, slots=True)
