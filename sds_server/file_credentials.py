@@ -43,6 +43,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from sds_server import secrets
 from sds_server.snapshot import FILE_NAME_PREFIXES, Resource, make_resource
+from sds_server.x509svid import key_matches_certificate
 
 log = structlog.get_logger(__name__)
 
@@ -71,12 +72,10 @@ def is_file_name(name: str) -> bool:
 
 def parse(name: str) -> tuple[str, ...] | None:
     """The paths a file credential name refers to (cert, key) or (root,); ``None`` if malformed."""
-    if name.startswith(CERT_PREFIX):
-        parts = name[len(CERT_PREFIX) :].split(SEPARATOR)
-        return tuple(parts) if len(parts) == 2 and all(parts) else None
-    if name.startswith(ROOT_PREFIX):
-        parts = name[len(ROOT_PREFIX) :].split(SEPARATOR)
-        return tuple(parts) if len(parts) == 1 and parts[0] else None
+    for prefix, count in ((CERT_PREFIX, 2), (ROOT_PREFIX, 1)):
+        if name.startswith(prefix):
+            parts = name[len(prefix) :].split(SEPARATOR)
+            return tuple(parts) if len(parts) == count and all(parts) else None
     return None
 
 
@@ -224,9 +223,7 @@ class FileCredentials:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:
             raise FileCredentialError(f"{paths[1]}: no unencrypted PEM private key: {exc}") from exc
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        der = serialization.Encoding.DER
-        if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
+        if not key_matches_certificate(key, leaf):
             raise FileCredentialError(
                 f"{paths[1]}: does not match the certificate in {paths[0]} (a rotation half written?)"
             )

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 ADMIN_SERVICE = "meshbridge.sds.v1.Admin"
 STATUS_METHOD = f"/{ADMIN_SERVICE}/Status"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
-SDS_HEALTH_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 
 
 class _RotationCheck:

@@ -22,12 +22,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtensionOID
 
 from sds_server.errors import SpiffeIdError, SvidError
 from sds_server.spiffe_id import SpiffeId
 
-__all__ = ["der_certificates", "leaf_spiffe_id", "validate_signing_certificate", "validate_x509_svid"]
+__all__ = [
+    "der_certificates",
+    "key_matches_certificate",
+    "leaf_spiffe_id",
+    "validate_signing_certificate",
+    "validate_x509_svid",
+]
 
 
 def der_certificates(data: bytes, what: str) -> list[x509.Certificate]:
@@ -55,6 +63,12 @@ def der_certificates(data: bytes, what: str) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(der) for der in ders]
     except ValueError as exc:  # cryptography's parse error
         raise SvidError(f"{what}: {str(exc)!r}: not an X.509 certificate") from exc
+
+
+def key_matches_certificate(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    """Whether ``key`` is the private half of ``cert``'s public key (same SubjectPublicKeyInfo)."""
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
 
 
 def _uri_sans(cert: x509.Certificate) -> list[str]:

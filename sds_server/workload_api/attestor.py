@@ -104,20 +104,18 @@ def _check_same_owner(creds: PeerCredentials) -> None:
         st = os.stat(f"/proc/{creds.pid}")
     except OSError:
         return
-    if st.st_uid != creds.uid:
-        log.warning(
-            "workload_api.attest.caller_changed", pid=creds.pid, expect_uid=creds.uid, received_uid=st.st_uid
-        )
-        raise CallerChangedError(
-            f"new process detected: process uid {st.st_uid} does not match original caller {creds.uid}"
-        )
-    if st.st_gid != creds.gid:
-        log.warning(
-            "workload_api.attest.caller_changed", pid=creds.pid, expect_gid=creds.gid, received_gid=st.st_gid
-        )
-        raise CallerChangedError(
-            f"new process detected: process gid {st.st_gid} does not match original caller {creds.gid}"
-        )
+    for what, now, then in (("uid", st.st_uid, creds.uid), ("gid", st.st_gid, creds.gid)):
+        if now != then:
+            fields = {f"expect_{what}": then, f"received_{what}": now}
+            log.warning("workload_api.attest.caller_changed", pid=creds.pid, **fields)
+            raise CallerChangedError(
+                f"new process detected: process {what} {now} does not match original caller {then}"
+            )
+
+
+def _caller_exited(creds: PeerCredentials) -> CallerChangedError:
+    log.warning("workload_api.attest.caller_exited", pid=creds.pid, uid=creds.uid)
+    return CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone")
 
 
 class UnixAttestor:
@@ -166,15 +164,13 @@ class UnixAttestor:
                 selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
                 _check_same_owner(creds)
                 return creds, selectors
-            log.warning("workload_api.attest.caller_exited", pid=creds.pid, uid=creds.uid)
-            raise CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone") from exc
+            raise _caller_exited(creds) from exc
         try:
             selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
             try:
                 signal.pidfd_send_signal(pidfd, 0)  # signal 0: existence check only
             except ProcessLookupError as exc:
-                log.warning("workload_api.attest.caller_exited", pid=creds.pid, uid=creds.uid)
-                raise CallerChangedError(f"caller exit suspected: pid {creds.pid} is gone") from exc
+                raise _caller_exited(creds) from exc
             except PermissionError:
                 pass  # it exists (we may just not signal it)
             _check_same_owner(creds)

@@ -40,6 +40,7 @@ from sds_server.files import atomic_write
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.errors import CaError
 from sds_server.workload_api.jwt import JwtKey, PublicKey, sign_jwt_svid
+from sds_server.x509svid import key_matches_certificate
 
 __all__ = [
     "CaGeneration",
@@ -136,9 +137,7 @@ class Upstream:
         except OSError as exc:
             raise CaError(f"ca.upstream.key: {str(key_path)!r}: cannot read ({exc.strerror})") from exc
         key = _load_key(key_bytes, f"ca.upstream.key: {str(key_path)!r}")
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        der = serialization.Encoding.DER
-        if chain[0].public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
+        if not key_matches_certificate(key, chain[0]):
             raise CaError(f"ca.upstream.key: {str(key_path)!r}: does not match the upstream certificate")
         try:
             bc = chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value
