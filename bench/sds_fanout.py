@@ -58,8 +58,9 @@ from grpclib.const import Cardinality  # noqa: E402
 from bridge.envoy import EnvoyProcess, sidecar_bootstrap  # noqa: E402
 from bridge.spire_local import stop_process  # noqa: E402
 from sds_server.secrets import SECRET_TYPE_URL  # noqa: E402
+from tests.sds_server.wl import mesh_config  # noqa: E402
 from tests.support.envoy import echo_backend  # noqa: E402
-from tests.support.workload_api import running_workload_api  # noqa: E402
+from tests.support.workload_api import meshbridge_argv, running_workload_api  # noqa: E402
 
 STREAMS_PER_PROCESS = 1000
 STREAMS_PER_CONNECTION = 100
@@ -393,32 +394,17 @@ def run_clients(
     return res
 
 
-def wl_config() -> dict[str, object]:
-    uid = os.getuid()
-    return {
-        "trust_domain": "example.org",
-        "svid_ttl": "1h",
-        "entries": [
-            {
-                "spiffe_id": "spiffe://example.org/ns/default/sa/httpbin",
-                "selectors": [f"unix:uid:{uid}", "socket:mesh"],
-            }
-        ],
-    }
-
-
 def start_ours(workdir: Path, api_address: str) -> subprocess.Popen[bytes]:
     sock = workdir / "sds.sock"
-    profile = os.environ.get("SDS_BENCH_PROFILE")  # e.g. /tmp/sds.prof: run our server under cProfile
-    prefix = ["-m", "cProfile", "-o", f"{profile}.{time.monotonic_ns()}"] if profile else []
-    proc = subprocess.Popen(
-        [sys.executable, *prefix, "-m", "bridge.cli", "--log-level", "warning", "--log-format", "json",
-         "sds", "serve",
-         "--workload-api", api_address, "--listen", str(sock),
-         # every bench client runs as this one uid; the per-uid cap (default 2,048) would refuse the rest
-         "--max-streams-per-uid", "20000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    argv = meshbridge_argv(
+        "sds", "serve", "--workload-api", api_address, "--listen", str(sock),
+        # every bench client runs as this one uid; the per-uid cap (default 2,048) would refuse the rest
+        "--max-streams-per-uid", "20000",
+        log_level="warning",
     )  # fmt: skip
+    if profile := os.environ.get("SDS_BENCH_PROFILE"):  # e.g. /tmp/sds.prof: run our server under cProfile
+        argv[1:1] = ["-m", "cProfile", "-o", f"{profile}.{time.monotonic_ns()}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -468,7 +454,7 @@ def stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
 def bench_envoy(workdir: Path, rotations: int) -> None:
     print("\n== real Envoy (SotW SDS over the Unix socket, secrets from the embedded Workload API) ==")
     with (
-        running_workload_api(wl_config(), workdir / "wl-envoy", sockets=("mesh",)) as api,
+        running_workload_api(mesh_config(), workdir / "wl-envoy", sockets=("mesh", "ext")) as api,
         echo_backend() as be,
     ):
         (workdir / "e").mkdir()
@@ -556,7 +542,7 @@ def main() -> int:
     results: dict[int, dict[str, Result]] = {}
     prints: list[Footprint] = []
     try:
-        with running_workload_api(wl_config(), work / "wl", sockets=("mesh",)) as api:
+        with running_workload_api(mesh_config(), work / "wl", sockets=("mesh", "ext")) as api:
             (work / "ours").mkdir()
             ours = start_ours(work / "ours", api.address("mesh"))
             try:
@@ -627,8 +613,8 @@ def main() -> int:
     return 0
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b and not math.isnan(b) else "n/a"
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
 
 
 def report(results: dict[int, dict[str, Result]], prints: list[Footprint]) -> None:
@@ -652,9 +638,9 @@ def report(results: dict[int, dict[str, Result]], prints: list[Footprint]) -> No
             if name == "ours":
                 continue
             parts.append(
-                f"vs {name}: p99 {_ratio(p99, pct(r.lat_ms, 99))}, RSS {_ratio(ours.rss_mb, r.rss_mb)}, "
+                f"vs {name}: p99 {ratio(p99, pct(r.lat_ms, 99))}, RSS {ratio(ours.rss_mb, r.rss_mb)}, "
                 f"KB/stream {ours.per_stream_kb:.1f} vs {r.per_stream_kb:.1f}, "
-                f"connect {_ratio(ours.connect_all_s, r.connect_all_s)}, held {r.held}/{n}"
+                f"connect {ratio(ours.connect_all_s, r.connect_all_s)}, held {r.held}/{n}"
             )
         print(f"N={n}: " + "; ".join(parts))
         print(

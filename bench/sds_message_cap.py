@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from grpclib.const import Cardinality  # noqa: E402
 from grpclib.encoding.base import CodecBase  # noqa: E402
 
 from tests.sds_server.wl import mesh_config  # noqa: E402
-from tests.support.workload_api import running_workload_api, wait_for  # noqa: E402
+from tests.support.workload_api import HEADER, running_sds_serve, running_workload_api  # noqa: E402
 
 MIB = 1024 * 1024
 SIZES = (("3.9 MiB (under the cap)", int(3.9 * MIB)), ("64 MiB (over the cap)", 64 * MIB))
@@ -90,13 +89,13 @@ async def _call(sock: Path, path: str, body: bytes, metadata: dict[str, str]) ->
 
 def _measure(
     pid: int, sock: Path, path: str, size: int, metadata: dict[str, str]
-) -> tuple[dict[str, int], ...]:
+) -> tuple[dict[str, int], dict[str, int], str]:
+    """RSS before, peak and RSS after one request of ``size`` bytes; how the call ended."""
     time.sleep(0.5)
     before = _status(pid)
     outcome = asyncio.run(_call(sock, path, _body(size), metadata))
     time.sleep(1.0)
-    after = _status(pid)
-    return before, after, {"outcome": outcome}  # type: ignore[dict-item]
+    return before, _status(pid), outcome
 
 
 def _row(server: str, label: str, before: dict[str, int], after: dict[str, int], outcome: str) -> None:
@@ -114,36 +113,22 @@ def main() -> None:
         with running_workload_api(
             mesh_config(), work / f"wl-{size}", sockets=("mesh", "ext"), log_level="info"
         ) as api:
-            pid = api.process.pid
-            before, after, out = _measure(
-                pid,
-                api.socket("mesh"),
-                "/SpiffeWorkloadAPI/FetchX509SVID",
-                size,
-                {"workload.spiffe.io": "true"},
+            assert api.process is not None
+            measured = _measure(
+                api.process.pid, api.socket("mesh"), "/SpiffeWorkloadAPI/FetchX509SVID", size, dict(HEADER)
             )
-            _row("workload-api serve", label, before, after, str(out["outcome"]))
+            _row("workload-api serve", label, *measured)
     for label, size in SIZES:
-        with running_workload_api(
-            mesh_config(), work / f"wl2-{size}", sockets=("mesh", "ext"), log_level="info"
-        ) as api:
-            sock = work / f"sds-{size}.sock"
-            log = work / f"sds-{size}.log"
-            cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "sds", "serve",
-                   "--workload-api", api.address("mesh"), "--listen", str(sock)]  # fmt: skip
-            with open(log, "wb") as fh:
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            try:
-                wait_for(
-                    lambda log=log: "svid.received" in log.read_text() or None, 30, "sds serve's first SVID"
-                )
-                before, after, out = _measure(
-                    proc.pid, sock, "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets", size, {}
-                )
-                _row("sds serve", label, before, after, str(out["outcome"]))
-            finally:
-                proc.terminate()
-                proc.wait(10)
+        with (
+            running_workload_api(
+                mesh_config(), work / f"wl2-{size}", sockets=("mesh", "ext"), log_level="info"
+            ) as api,
+            running_sds_serve(
+                api.address("mesh"), work / f"sds-{size}.sock", work / f"sds-{size}.log"
+            ) as proc,
+        ):
+            path = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"
+            _row("sds serve", label, *_measure(proc.pid, work / f"sds-{size}.sock", path, size, {}))
     print(f"(pid {os.getpid()}; the cap is checked from the 5-byte length prefix, before the body is read)")
 
 

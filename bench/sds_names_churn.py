@@ -6,7 +6,6 @@ process, measured first). Bounded: fixed counts, every phase under a deadline.""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sds_server.client import channel, sotw  # noqa: E402
 from tests.sds_server.wl import mesh_config  # noqa: E402
-from tests.support.workload_api import running_workload_api, wait_for  # noqa: E402
+from tests.support.workload_api import running_sds_serve, running_workload_api  # noqa: E402
 
 STREAMS = 50
 NAMES = 77_000
@@ -45,32 +44,26 @@ async def _streams(sock: Path, batches: list[list[list[str]]]) -> None:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mb-churn-", dir="/tmp"))
-    with running_workload_api(mesh_config(), work / "wl", sockets=("mesh", "ext"), log_level="info") as api:
-        sock, log = work / "sds.sock", work / "sds.log"
-        cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "--log-level", "error", "sds", "serve",  # noqa: E501
-               "--workload-api", api.address("mesh"), "--listen", str(sock)]  # fmt: skip
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: sock.exists() or None, 30, "sds serve's socket")
-            time.sleep(1.0)
-            idle = _rss_kb(proc.pid)
-            asyncio.run(_streams(sock, [[[f"spiffe://base.test/{i}"]] for i in range(STREAMS)]))
-            time.sleep(1.0)
-            base = _rss_kb(proc.pid)
-            per = NAMES // STREAMS
-            batches = []
-            for i in range(STREAMS):
-                names = [f"spiffe://churn.test/{i}/{j}" for j in range(per)]
-                batches.append([names[k : k + BATCH] for k in range(0, per, BATCH)])
-            started = time.monotonic()
-            asyncio.run(_streams(sock, batches))
-            took = time.monotonic() - started
-            time.sleep(1.0)
-            churned = _rss_kb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    sock = work / "sds.sock"
+    with (
+        running_workload_api(mesh_config(), work / "wl", sockets=("mesh", "ext"), log_level="info") as api,
+        running_sds_serve(api.address("mesh"), sock, work / "sds.log", log_level="error") as proc,
+    ):
+        time.sleep(1.0)
+        idle = _rss_kb(proc.pid)
+        asyncio.run(_streams(sock, [[[f"spiffe://base.test/{i}"]] for i in range(STREAMS)]))
+        time.sleep(1.0)
+        base = _rss_kb(proc.pid)
+        per = NAMES // STREAMS
+        batches = []
+        for i in range(STREAMS):
+            names = [f"spiffe://churn.test/{i}/{j}" for j in range(per)]
+            batches.append([names[k : k + BATCH] for k in range(0, per, BATCH)])
+        started = time.monotonic()
+        asyncio.run(_streams(sock, batches))
+        took = time.monotonic() - started
+        time.sleep(1.0)
+        churned = _rss_kb(proc.pid)
     print(f"sds serve RSS: idle {idle / 1024:.1f} MB")
     print(f"  after {STREAMS} streams x 1 name (baseline):            {base / 1024:.1f} MB")
     print(

@@ -65,10 +65,6 @@ SPIRE = "spire-agent SDS"
 OURS = "meshbridge via agent"
 
 
-def load() -> str:
-    return "load avg " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 # ---- the trigger: a federated bundle change ---------------------------------------------------------------
 class BundleTrigger:
     """``spire-server bundle set`` of ``spiffe://partner.org`` with a new CA; returns the markers (hex) a
@@ -182,7 +178,7 @@ def run(
             spire.agent.restart()  # same starting state per N (Go keeps freed heap mapped for minutes)
             wait_served(agent_sock, 60)
             assert spire.agent.pid is not None
-            print(f"-- N = {n}  ({load()})", flush=True)
+            print(f"-- N = {n}  ({fan.load()})", flush=True)
             r = fan.run_clients(agent_sock, n, deadline, trigger, spire.agent.pid, SPIRE, repeat,
                                 names=NAMES, marker=True, settle=1.0)  # fmt: skip
             print(line(r), flush=True)
@@ -216,7 +212,7 @@ def line(r: fan.Result) -> str:
 
 def bench_envoy(spire: LocalSpire, entry_id: str, work: Path, rotations: int, starts: int) -> EnvoyFigures:
     fig = EnvoyFigures({SPIRE: [], OURS: []}, {SPIRE: [], OURS: []})
-    print(f"\n-- real Envoy fed by SPIRE agent SDS vs by meshbridge (fed by the same agent)  ({load()})")
+    print(f"\n-- real Envoy fed by SPIRE agent SDS vs by meshbridge (fed by the same agent)  ({fan.load()})")
     d = work / "envoy-spire"
     d.mkdir(exist_ok=True)
     ours = fan.start_ours(d, spire.agent.address)
@@ -270,12 +266,8 @@ def bench_envoy(spire: LocalSpire, entry_id: str, work: Path, rotations: int, st
     return fig
 
 
-def _r(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b and b == b and a == a else "n/a"
-
-
 def report(out: SpireRun) -> None:
-    print(f"\n== ours (fed by the agent) / SPIRE agent SDS — < 1 is better for us  ({load()}) ==")
+    print(f"\n== ours (fed by the agent) / SPIRE agent SDS — < 1 is better for us  ({fan.load()}) ==")
     ahead: list[str] = []
     for n, rs in out.results.items():
         s, o = rs[SPIRE], rs[OURS]
@@ -285,10 +277,11 @@ def report(out: SpireRun) -> None:
         p50, p99 = (fan.pct(os_, 50), fan.pct(ss, 50)), (fan.pct(os_, 99), fan.pct(ss, 99))
         print(
             f"N={n}: held {o.held} vs {s.held}; idle RSS {o.idle_mb:.1f} vs {s.idle_mb:.1f} MB "
-            f"({_r(o.idle_mb, s.idle_mb)}); KB/stream {o.per_stream_kb:.1f} vs {s.per_stream_kb:.1f} "
-            f"({_r(o.per_stream_kb, s.per_stream_kb)}); connect-all {_r(o.connect_all_s, s.connect_all_s)}; "
-            f"spread p50 {p50[0]:.1f} vs {p50[1]:.1f} ms ({_r(*p50)}), "
-            f"p99 {p99[0]:.1f} vs {p99[1]:.1f} ms ({_r(*p99)}); "
+            f"({fan.ratio(o.idle_mb, s.idle_mb)}); KB/stream {o.per_stream_kb:.1f} vs {s.per_stream_kb:.1f} "
+            f"({fan.ratio(o.per_stream_kb, s.per_stream_kb)}); "
+            f"connect-all {fan.ratio(o.connect_all_s, s.connect_all_s)}; "
+            f"spread p50 {p50[0]:.1f} vs {p50[1]:.1f} ms ({fan.ratio(*p50)}), "
+            f"p99 {p99[0]:.1f} vs {p99[1]:.1f} ms ({fan.ratio(*p99)}); "
             f"trigger→first median {to:.0f} vs {ts:.0f} ms (bundle set → first stream; mostly where the "
             "trigger fell in the agent's 5 s sync, so not a like-for-like comparison)"
         )
@@ -308,8 +301,8 @@ def report(out: SpireRun) -> None:
         e = out.envoy
         ms, mo = statistics.median(e.start_ms[SPIRE]), statistics.median(e.start_ms[OURS])
         rs_, ro = statistics.median(e.rotate_ms[SPIRE]), statistics.median(e.rotate_ms[OURS])
-        print(f"Envoy: start → LIVE {mo:.0f} vs {ms:.0f} ms ({_r(mo, ms)}); entry update → new cert "
-              f"{ro:.0f} vs {rs_:.0f} ms median ({_r(ro, rs_)})")  # fmt: skip
+        print(f"Envoy: start → LIVE {mo:.0f} vs {ms:.0f} ms ({fan.ratio(mo, ms)}); entry update → new cert "
+              f"{ro:.0f} vs {rs_:.0f} ms median ({fan.ratio(ro, rs_)})")  # fmt: skip
         if mo > ms:
             ahead.append(f"Envoy start → LIVE ({ms:.0f} vs our {mo:.0f} ms)")
         paired = statistics.median(o - s for s, o in zip(e.rotate_ms[SPIRE], e.rotate_ms[OURS], strict=True))

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,30 +30,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import psutil
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from spiffe._proto import workload_pb2, workload_pb2_grpc
+from spiffe._proto import workload_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.ca import LocalCa
+from tests.support.pki import key_usage
+from tests.support.workload_api import HEADER, entry, raw_stub, running_workload_api
 
 TIME_BUDGET = 120.0  # seconds, whole run
-KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=True,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
+KEY_USAGE = key_usage(digital_signature=True, key_agreement=True)
 EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
@@ -140,55 +130,30 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 def server_issue(entries: int, rounds: int, deadline: float) -> tuple[Cost, list[float]]:
     """Through the real server process: wall = fastest round, CPU = the server's CPU over all rounds."""
-    d = Path(tempfile.mkdtemp(prefix="mb-bench-", dir="/tmp"))
-    sock = d / "api.sock"
     config = {
         "trust_domain": "example.org",
         "svid_ttl": "1h",
-        "entries": [
-            {"spiffe_id": f"spiffe://example.org/w/{i}", "selectors": ["socket:bench"]}
-            for i in range(entries)
-        ],
+        "entries": [entry(f"spiffe://example.org/w/{i}", "socket:bench") for i in range(entries)],
     }
-    (d / "c.yaml").write_text(yaml.safe_dump(config))
-    log = open(d / "log", "wb")  # noqa: SIM115 - closed in finally
-    cmd = [
-        sys.executable,
-        "-m",
-        "bridge.cli",
-        "--log-format",
-        "json",
-        "workload-api",
-        "serve",
-        "--config",
-        str(d / "c.yaml"),
-        "--socket",
-        f"bench={sock}",
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    channel = None
-    try:
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{(d / 'log').read_text()}")
-            time.sleep(0.05)
-        channel = grpc.insecure_channel(f"unix:{sock}")
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
+    with (
+        tempfile.TemporaryDirectory(prefix="mb-bench-", dir="/tmp") as d,
+        running_workload_api(config, Path(d), sockets=("bench",), log_level="info") as api,
+        raw_stub(api.socket("bench")) as stub,
+    ):
+        assert api.process is not None
         stream = stub.FetchX509SVID(
-            workload_pb2.X509SVIDRequest(),
-            metadata=(("workload.spiffe.io", "true"),),
-            timeout=max(10.0, deadline - time.monotonic()),
+            workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=max(10.0, deadline - time.monotonic())
         )
         previous = _serials(next(stream))
         assert len(previous) == entries
-        server = psutil.Process(proc.pid)
+        server = psutil.Process(api.process.pid)
         cpu_before = _cpu_seconds(server)
         times = []
         for _ in range(rounds):
             if time.monotonic() > deadline:
                 break
             t0 = time.perf_counter()
-            os.kill(proc.pid, signal.SIGUSR1)
+            os.kill(server.pid, signal.SIGUSR1)
             resp = next(stream)
             times.append(time.perf_counter() - t0)
             serials = _serials(resp)
@@ -197,19 +162,8 @@ def server_issue(entries: int, rounds: int, deadline: float) -> tuple[Cost, list
             previous = serials
         cpu = _cpu_seconds(server) - cpu_before
         stream.cancel()
-        times.sort()
-        return Cost(times[0] / entries, cpu / (len(times) * entries)), times
-    finally:
-        if channel is not None:
-            channel.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
+    times.sort()
+    return Cost(times[0] / entries, cpu / (len(times) * entries)), times
 
 
 def _line(label: str, cost: Cost, base: Cost | None) -> str:

@@ -35,6 +35,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -50,6 +51,9 @@ from typing import Any, TypeVar
 
 import grpc
 import yaml
+from grpclib.client import Channel
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from bridge.spire_local import connectable, log_since, stop_process
@@ -65,6 +69,7 @@ __all__ = [
     "rpc_calls",
     "running_sds_serve",
     "running_workload_api",
+    "sds_serving",
     "status_of",
     "wait_for",
 ]
@@ -271,18 +276,42 @@ def running_workload_api(
         shutil.rmtree(short_dir, ignore_errors=True)
 
 
+def sds_serving(sock: Path) -> bool:
+    """Whether the SDS server on ``sock`` answers health ``SERVING`` (it holds a default SVID)."""
+
+    async def check() -> bool:
+        ch = Channel(path=str(sock))
+        try:
+            resp = await HealthStub(ch).Check(HealthCheckRequest(service=""), timeout=2)
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            ch.close()
+        return bool(resp.status == HealthCheckResponse.SERVING)
+
+    return asyncio.run(check())
+
+
 @contextmanager
 def running_sds_serve(
     workload_api: str, listen: Path, log: Path, *extra: str, log_level: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``meshbridge sds serve --workload-api ADDRESS --listen LISTEN EXTRA…`` logging JSON to ``log``, once
-    it logged its first SVID (``svid.received``); stopped (SIGTERM, then SIGKILL) on exit."""
+    it serves a default SVID (:func:`sds_serving`); stopped (SIGTERM, then SIGKILL) on exit."""
     args = ["sds", "serve", "--workload-api", workload_api, "--listen", str(listen), *extra]
-    cmd = meshbridge_argv(*args, log_level=log_level)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            meshbridge_argv(*args, log_level=log_level),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
-        wait_for(lambda: log_events(log.read_text(), "svid.received"), 30, "the SDS server's first SVID")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not sds_serving(listen):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sds serve not serving (exit code {proc.poll()}):\n{log.read_text()}")
+            time.sleep(0.1)
         yield proc
     finally:
         stop_process(proc, STOP_TIMEOUT)

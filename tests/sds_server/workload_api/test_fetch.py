@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -41,8 +43,7 @@ BY_PATH = "spiffe://example.org/exe/by-path"
 BY_SHA = "spiffe://example.org/exe/by-sha256"
 WRONG_SHA = "spiffe://example.org/exe/wrong-sha256"
 EXE = os.readlink("/proc/self/exe")  # py-spiffe runs in this very process: the caller's executable
-with open(EXE, "rb") as _fh:
-    EXE_SHA256 = hashlib.sha256(_fh.read()).hexdigest()
+EXE_SHA256 = hashlib.sha256(Path(EXE).read_bytes()).hexdigest()
 PARTNER_CA, _ = self_signed_ca("partner root")
 
 
@@ -90,6 +91,10 @@ def test_x509_svid_is_valid_and_chains_to_the_bundle(api: WorkloadApiHandle) -> 
         chain[0], chain[1:]
     )
     assert [s.hint for s in client_svids_raw(api)] == ["", "external"]
+
+
+def _fetch_jwt(stub: Any, **request: Any) -> Any:
+    return stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(**request), metadata=HEADER, timeout=10)
 
 
 def client_svids_raw(api: WorkloadApiHandle) -> list[workload_pb2.X509SVID]:
@@ -150,21 +155,11 @@ def test_jwt_svid_fetch_and_validate(api: WorkloadApiHandle) -> None:
 
 def test_jwt_svid_for_an_identity_not_entitled_is_permission_denied(api: WorkloadApiHandle) -> None:
     with raw_stub(api.socket("b")) as stub:
-        code = status_of(
-            lambda: stub.FetchJWTSVID(
-                workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id=A), metadata=HEADER, timeout=10
-            )
-        )
+        code = status_of(lambda: _fetch_jwt(stub, audience=["svc"], spiffe_id=A))
         assert code == grpc.StatusCode.PERMISSION_DENIED
-        code = status_of(
-            lambda: stub.FetchJWTSVID(
-                workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="nope"), metadata=HEADER, timeout=10
-            )
-        )
+        code = status_of(lambda: _fetch_jwt(stub, audience=["svc"], spiffe_id="nope"))
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # checked before entries, as SPIRE does
-        code = status_of(
-            lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10)
-        )
+        code = status_of(lambda: _fetch_jwt(stub))
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # audience is required (API §6.2.1)
 
 
@@ -190,11 +185,7 @@ def test_every_fetch_from_an_unregistered_caller_is_permission_denied(api: Workl
 def test_an_unregistered_caller_may_validate_a_jwt_svid_as_with_spire(api: WorkloadApiHandle) -> None:
     """Validation needs only the trust bundle; SPIRE's agent validates for any caller (tests/spire)."""
     with raw_stub(api.socket("a")) as stub:
-        token = (
-            stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=HEADER, timeout=10)
-            .svids[0]
-            .svid
-        )
+        token = _fetch_jwt(stub, audience=["svc"]).svids[0].svid
     with raw_stub(api.socket("none")) as stub:
         resp = stub.ValidateJWTSVID(
             workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid=token), metadata=HEADER, timeout=10
@@ -231,29 +222,19 @@ print(fetch(sys.argv[1]))
 """
 
 
+def _probe(socket_path: Path) -> str:
+    """What a FetchX509SVID from a process that became 'nobody' got (``_PROBE``)."""
+    run = [sys.executable, "-c", _PROBE, str(socket_path)]
+    return subprocess.run(run, capture_output=True, text=True, timeout=60, check=True, cwd="/").stdout
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
 def test_attestation_tells_uids_apart_on_the_same_socket(api: WorkloadApiHandle) -> None:
     """Socket ``a``: entry A needs our uid. A client running as 'nobody' gets only A_EXT (socket-only)."""
     os.chmod(api.socket("a").parent, 0o755)  # let 'nobody' reach the socket (its mode is 0777)
     os.chmod(api.socket("b").parent, 0o755)
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(api.socket("a"))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd="/",
-    )
-    assert out.stdout.split() == ["OK", A_EXT]
-    out_none = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(api.socket("none"))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd="/",
-    )
-    assert out_none.stdout.strip() == "PERMISSION_DENIED"
+    assert _probe(api.socket("a")).split() == ["OK", A_EXT]
+    assert _probe(api.socket("none")).strip() == "PERMISSION_DENIED"
     denied = api.events("workload_api.denied")
     assert any(e.get("reason") == "no matching entry" for e in denied)
 
@@ -276,5 +257,5 @@ def test_duplicate_hints_are_left_out(api: WorkloadApiHandle) -> None:
     ids = [s.spiffe_id for s in client_svids_raw(api)]
     assert A_EXT_DUP not in ids
     with raw_stub(api.socket("a")) as stub:
-        resp = stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["svc"]), metadata=HEADER, timeout=10)
+        resp = _fetch_jwt(stub, audience=["svc"])
     assert [s.spiffe_id for s in resp.svids] == [A, A_EXT]

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bridge.spire_local import stop_process
+from tests.support.kube import free_ports
 from tests.support.workload_api import WorkloadApiHandle, entry, running_workload_api
 
 SERVER_ID = "spiffe://example.org/ns/default/sa/httpbin"
@@ -57,13 +59,6 @@ def http_backend(path: Path) -> Iterator[None]:
         thread.join(10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait_connectable(family: int, address: object, proc: subprocess.Popen[bytes], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -89,12 +84,7 @@ def ghostunnel(cmd: list[str], log: Path, ready: tuple[int, object]) -> Iterator
             raise RuntimeError(f"ghostunnel not ready: {cmd}\n{log.read_text(errors='replace')}")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
 
 
 def _http_get(unix_path: Path) -> bytes:
@@ -112,7 +102,7 @@ def _http_get(unix_path: Path) -> bytes:
 def tunnel_server(gt: Path, api: WorkloadApiHandle, backend: Path, log: Path) -> Iterator[int]:
     """``ghostunnel server`` with the server identity, on a free 127.0.0.1 port (retried on a lost race)."""
     for attempt in range(3):
-        port = _free_port()
+        (port,) = free_ports(1)
         cmd = [
             str(gt),
             "server",
