@@ -133,10 +133,6 @@ class Resource:
 
 def combined_pairs_version(pairs: Sequence[tuple[str, str]]) -> str:
     """The version of a set of (name, version) pairs: sha256 over them, sorted."""
-    return _combined_version(pairs)
-
-
-def _combined_version(pairs: Sequence[tuple[str, str]]) -> str:
     h = hashlib.sha256()
     for name, version in sorted(pairs):
         h.update(name.encode())
@@ -148,7 +144,7 @@ def _combined_version(pairs: Sequence[tuple[str, str]]) -> str:
 
 def combined_version(resources: Sequence[Resource]) -> str:
     """The version of a set of resources: sha256 over sorted (name, version) pairs."""
-    return _combined_version([(r.name, r.version) for r in resources])
+    return combined_pairs_version([(r.name, r.version) for r in resources])
 
 
 FILE_NAME_PREFIXES = ("file-cert:", "file-root:")
@@ -158,7 +154,7 @@ def _snapshot_version(resources: Mapping[str, Resource], plain: Mapping[str, Res
     """A snapshot's version: its resources and the per-node plain (``trusted_ca``) variants."""
     pairs = [(r.name, r.version) for r in resources.values()]
     pairs += [("plain\0" + n, r.version if r is not None else "") for n, r in plain.items()]
-    return _combined_version(pairs)
+    return combined_pairs_version(pairs)
 
 
 NOT_BEFORE_GRACE = timedelta(seconds=1)  # clock skew tolerated before a not-yet-valid SVID is served

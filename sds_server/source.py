@@ -142,9 +142,7 @@ class SnapshotPublisher:
     async def aclose(self) -> None:
         """Stop (on the loop): disarm the timer."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._arm_timer()  # closed: cancels the timer, arms none
 
     def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
         """Run ``callback(*args)`` on the loop, from any thread (dropped before :meth:`attach`)."""

@@ -20,14 +20,16 @@ Chain *verification* (signatures against a bundle) is the TLS stack's job; these
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtensionOID
 
 from sds_server.errors import SpiffeIdError, SvidError
 from sds_server.spiffe_id import SpiffeId
+
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 __all__ = [
     "der_certificates",
@@ -71,38 +73,28 @@ def key_matches_certificate(key: PrivateKeyTypes, cert: x509.Certificate) -> boo
     return key.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
 
 
-def _uri_sans(cert: x509.Certificate) -> list[str]:
+def _extension(cert: x509.Certificate, kind: type[_E], where: str) -> _E | None:
     try:
-        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    except x509.ExtensionNotFound:
-        return []
-    except ValueError as exc:  # a malformed extension: cryptography parses lazily
-        raise SvidError(f"subjectAltName: {str(exc)!r}: extension cannot be parsed") from exc
-    san = ext.value
-    assert isinstance(san, x509.SubjectAlternativeName)
-    return [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
-
-
-def _basic_constraints(cert: x509.Certificate, what: str) -> x509.BasicConstraints | None:
-    try:
-        value = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError as exc:
-        raise SvidError(f"{what} basicConstraints: {str(exc)!r}: extension cannot be parsed") from exc
-    return value
+    except ValueError as exc:  # a malformed extension: cryptography parses lazily
+        raise SvidError(f"{where}: {str(exc)!r}: extension cannot be parsed") from exc
+
+
+def _uri_sans(cert: x509.Certificate) -> list[str]:
+    san = _extension(cert, x509.SubjectAlternativeName, "subjectAltName")
+    return [] if san is None else [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
 def _key_usage(cert: x509.Certificate, what: str) -> x509.KeyUsage:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound as exc:
+    ku = _extension(cert, x509.KeyUsage, f"{what} keyUsage")
+    if ku is None:
         raise SvidError(
             f"{what} keyUsage: 'absent': an X509-SVID or signing certificate must carry the keyUsage "
             "extension (X509-SVID §4.3)"
-        ) from exc
-    except ValueError as exc:
-        raise SvidError(f"{what} keyUsage: {str(exc)!r}: extension cannot be parsed") from exc
+        )
+    return ku
 
 
 def leaf_spiffe_id(cert: x509.Certificate, what: str = "chain[0]") -> SpiffeId:
@@ -121,7 +113,7 @@ def leaf_spiffe_id(cert: x509.Certificate, what: str = "chain[0]") -> SpiffeId:
 
 def _validate_leaf(cert: x509.Certificate, what: str) -> SpiffeId:
     spiffe_id = leaf_spiffe_id(cert, what)
-    bc = _basic_constraints(cert, what)
+    bc = _extension(cert, x509.BasicConstraints, f"{what} basicConstraints")
     if bc is not None and bc.ca:
         raise SvidError(
             f"{what} basicConstraints: 'cA=true': a leaf X509-SVID must not be a CA (X509-SVID §4.1)"
@@ -138,7 +130,7 @@ def _validate_leaf(cert: x509.Certificate, what: str) -> SpiffeId:
 
 
 def _validate_signing(cert: x509.Certificate, what: str) -> None:
-    bc = _basic_constraints(cert, what)
+    bc = _extension(cert, x509.BasicConstraints, f"{what} basicConstraints")
     if bc is None or not bc.ca:
         value = "absent" if bc is None else "cA=false"
         raise SvidError(
