@@ -55,6 +55,8 @@ from bridge.spire_local import (
     SpireError,
     SpireServer,
 )
+from sds_server.errors import SvidError
+from sds_server.x509svid import der_certificates
 
 GID_BASE = 61000
 """Side ``i`` (in registration order) runs in group ``GID_BASE + i``: groups no account on a usual
@@ -93,22 +95,10 @@ def preflight() -> None:
 
 # ---- reading ``spire-agent api fetch x509 -output json`` ------------------------------------------------
 def _der_certs(data: bytes) -> list[x509.Certificate]:
-    """Certificates from concatenated DER (how the Workload API carries chains and bundles)."""
-    certs: list[x509.Certificate] = []
-    i = 0
-    while i < len(data):
-        if data[i] != 0x30 or i + 2 > len(data):
-            raise DemoError("spire-agent api fetch x509: malformed DER certificate list")
-        first = data[i + 1]
-        if first < 0x80:
-            header, length = 2, first
-        else:
-            n = first & 0x7F
-            header, length = 2 + n, int.from_bytes(data[i + 2 : i + 2 + n], "big")
-        end = i + header + length
-        certs.append(x509.load_der_x509_certificate(data[i:end]))
-        i = end
-    return certs
+    try:
+        return der_certificates(data, "spire-agent api fetch x509")
+    except SvidError as exc:
+        raise DemoError(str(exc)) from exc
 
 
 def _pem(certs: Sequence[x509.Certificate]) -> str:
