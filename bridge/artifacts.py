@@ -58,6 +58,11 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in as_list(value))
 
 
+def _trust_domains(value: object) -> tuple[str, ...]:
+    """Trust domain names (a ``spiffe://`` prefix, which SPIRE accepts too, removed)."""
+    return tuple(t.removeprefix("spiffe://") for t in _strings(value))
+
+
 def _labels(value: object) -> dict[str, str]:
     return {str(k): str(v) for k, v in as_dict(value).items()}
 
@@ -177,9 +182,7 @@ def cluster_spiffe_ids(rendering: Rendered) -> tuple[ClusterSpiffeId, ...]:
                 name=str(get(doc, "metadata", "name")),
                 spiffe_id_template=get(spec, "spiffeIDTemplate"),
                 dns_name_templates=get(spec, "dnsNameTemplates"),
-                federates_with=tuple(
-                    t.removeprefix("spiffe://") for t in _strings(get(spec, "federatesWith"))
-                ),
+                federates_with=_trust_domains(get(spec, "federatesWith")),
                 pod_selector=None if pod_sel is None else LabelSelector.parse(pod_sel),
                 namespace_selector=None if ns_sel is None else LabelSelector.parse(ns_sel),
             )
@@ -365,7 +368,7 @@ def register_entries(rendering: Rendered) -> tuple[RegisterEntry, ...]:
                     f"{get(s, 'type')}:{get(s, 'value')}" if isinstance(s, dict) else str(s)
                     for s in as_list(e.get("selectors"))
                 )
-                feds = tuple(t.removeprefix("spiffe://") for t in _strings(e.get("federates_with")))
+                feds = _trust_domains(e.get("federates_with"))
                 out.append(RegisterEntry(path, str(e.get("spiffe_id")), selectors, feds))
     for path, text in rendering.items():
         if not (isinstance(text, str) and "entry create" in text):
@@ -373,6 +376,6 @@ def register_entries(rendering: Rendered) -> tuple[RegisterEntry, ...]:
         for cmd in re.split(r"(?<!\\)\n", text):
             ids = _flag_values(cmd, "spiffeID")
             if ids and not ids[0].startswith("$"):
-                feds = tuple(t.removeprefix("spiffe://") for t in _flag_values(cmd, "federatesWith"))
+                feds = _trust_domains(_flag_values(cmd, "federatesWith"))
                 out.append(RegisterEntry(path, ids[0], tuple(_flag_values(cmd, "selector")), feds))
     return tuple(out)

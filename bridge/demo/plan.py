@@ -126,10 +126,8 @@ class AppPlan:
     def injection_files(self) -> dict[str, str]:
         """Rendered in-enclave path → content (with ``$$SCONE::…$$`` injections) of every image."""
         out: dict[str, str] = {}
-        images = self.session.get("images", [])
-        for image in images if isinstance(images, list) else []:
-            files = image.get("injection_files", []) if isinstance(image, dict) else []
-            for f in files if isinstance(files, list) else []:
+        for image in artifacts.as_list(self.session.get("images")):
+            for f in artifacts.as_list(artifacts.get(image, "injection_files")):
                 if isinstance(f, dict) and isinstance(f.get("path"), str):
                     out[str(f["path"])] = str(f.get("content", ""))
         return out
@@ -231,9 +229,8 @@ def _mesh_side(
     matching = artifacts.selecting(crds, pod.namespace, pod.labels)
     if len(matching) != 1:
         raise DemoError(
-            f"rendering: {len(matching)} ClusterSPIFFEIDs select the {pod.service_name} pods "
-            f"(labels {dict(pod.labels)}, "
-            f"namespace {pod.namespace!r}); exactly one must, or its pods get no SVID"
+            f"rendering: {len(matching)} ClusterSPIFFEIDs select the {pod.service_name} pods (labels "
+            f"{dict(pod.labels)}, namespace {pod.namespace!r}); exactly one must, or its pods get no SVID"
         )
     crd = matching[0]
     path, tpl = crd.path, crd.spiffe_id_template
