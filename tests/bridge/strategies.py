@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import get_args
 
 from hypothesis import strategies as st
+
+from scone.model import Toleration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "httpbin" / "bridge.yaml"
 
 _NAME = st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True)
 _NAMESPACES = st.sampled_from(["default", "prod", "team-a", "istio-system"])
 _HEX64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
-_TOLERATIONS = [
-    "debug-mode",
-    "hyperthreading",
-    "outdated-tcb",
-    "insecure-igpu",
-    "software-hardening-needed",
-    "insecure-configuration",
-]
+_TOLERATIONS = list(get_args(Toleration))
 
 
 @st.composite
