@@ -21,12 +21,8 @@ import pytest
 import yaml
 
 from bridge.binaries import REPO_ROOT
-from bridge.kube import Cluster
-from bridge.render import render
-from bridge.spec import load_spec
-from bridge.writer import write_tree
 from tests.bridge.strategies import EXAMPLE
-from tests.support.istioctl import Manifest, manifest_generate
+from tests.support.istioctl import Manifest, manifest_generate, render_spec
 from tests.support.kube import ApiServer, Etcd, run_apiserver, run_etcd
 from tests.support.peers import require_peer
 
@@ -55,7 +51,7 @@ def spire_controller_manager_crds() -> list[dict[str, Any]]:
 
 def install(server: ApiServer, objects: list[dict[str, Any]]) -> None:
     """Apply ``objects`` (for real); wait until every CRD among them is Established and served."""
-    with Cluster.connect(kubeconfig=str(server.kubeconfig)) as cluster:
+    with server.connect() as cluster:
         for obj in objects:
             cluster.apply(obj)
         crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
@@ -65,7 +61,7 @@ def install(server: ApiServer, objects: list[dict[str, Any]]) -> None:
             pending = [c for c in pending if not _established(cluster.get(c))]
             time.sleep(0.2 if pending else 0)
         assert not pending, f"CRDs not Established: {[c['metadata']['name'] for c in pending]}"
-    with Cluster.connect(kubeconfig=str(server.kubeconfig)) as cluster:
+    with server.connect() as cluster:
         for crd in crds:
             version = next(v["name"] for v in crd["spec"]["versions"] if v.get("served", True))
             api_version = f"{crd['spec']['group']}/{version}"
@@ -79,9 +75,7 @@ def _established(crd: dict[str, Any] | None) -> bool:
 
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("render") / "out"
-    write_tree(out, render(load_spec(EXAMPLE)))
-    return out
+    return render_spec(EXAMPLE, tmp_path_factory.mktemp("render") / "out")
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import yaml
 
 from bridge.apply import plan
 from bridge.binaries import REPO_ROOT
-from bridge.kube import Cluster, ObjectRef
+from bridge.kube import ObjectRef
 from bridge.render import render
 from bridge.spec import load_spec
 from tests.bridge.strategies import EXAMPLE
@@ -92,7 +92,7 @@ def test_apply_diff_prune_lifecycle(kube: ApiServer, tmp_path: Path) -> None:
     kept = {ObjectRef.of(o) for o in without_echo}
     echo = sorted((o for o in with_echo if ObjectRef.of(o) not in kept), key=ObjectRef.of)
     assert {(o["kind"], o["metadata"]["name"]) for o in echo} >= {("ClusterSPIFFEID", "meshbridge-apps-echo")}
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         for ns in sorted({o["metadata"].get("namespace") for o in with_echo} - {None}):
             cluster.apply(_obj("v1", "Namespace", ns))
         for obj in with_echo:  # a clean slate, whichever test of the session ran first
@@ -105,7 +105,7 @@ def test_apply_diff_prune_lifecycle(kube: ApiServer, tmp_path: Path) -> None:
         NOT_APPLIED,
         *[_line(o, "created (server dry run)") for o in with_echo],
     ]
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         assert [cluster.get(o) for o in with_echo] == [None] * len(with_echo)
 
     # diff before anything exists: every object is new
@@ -119,7 +119,7 @@ def test_apply_diff_prune_lifecycle(kube: ApiServer, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == [_line(o, "created") for o in with_echo]
     v2_hash = hashlib.sha256(v2.read_bytes()).hexdigest()[:40]
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         for obj in with_echo:
             live = cluster.get(obj)
             assert live is not None, obj
@@ -148,7 +148,7 @@ def test_apply_diff_prune_lifecycle(kube: ApiServer, tmp_path: Path) -> None:
         "app.kubernetes.io/managed-by": "meshbridge",
         "meshbridge.io/bridge": "other.org",
     }
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         cluster.apply(not_ours)
         cluster.apply(other_bridge)
 
@@ -168,7 +168,7 @@ def test_apply_diff_prune_lifecycle(kube: ApiServer, tmp_path: Path) -> None:
     result = meshbridge("apply", "-f", str(v1), "--prune", "--dry-run=server", *kc)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-len(echo) :] == [_line(o, "pruned (server dry run)") for o in echo]
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         assert all(cluster.get(o) is not None for o in echo)
 
     # --prune: exactly the echo objects go
@@ -178,7 +178,7 @@ def test_apply_diff_prune_lifecycle(kube: ApiServer, tmp_path: Path) -> None:
         *[_line(o, "unchanged") for o in without_echo],
         *[_line(o, "pruned") for o in echo],
     ]
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         assert [cluster.get(o) for o in echo] == [None] * len(echo)
         assert cluster.get(not_ours) is not None
         assert cluster.get(other_bridge) is not None
@@ -196,7 +196,7 @@ def test_field_conflicts_need_force(kube: ApiServer, tmp_path: Path) -> None:
     spec.write_bytes(EXAMPLE.read_bytes())
     kc = ["--kubeconfig", str(kube.kubeconfig)]
     theirs = {**PA, "spec": {"mtls": {"mode": "PERMISSIVE"}}}
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         cluster.delete(PA)
         cluster._dyn.server_side_apply(  # another field manager, as kubectl would be
             cluster._served("security.istio.io/v1", "PeerAuthentication"),
@@ -212,7 +212,7 @@ def test_field_conflicts_need_force(kube: ApiServer, tmp_path: Path) -> None:
     assert "--force-conflicts" in line
     result = meshbridge("apply", "-f", str(spec), "--force-conflicts", *kc)
     assert result.returncode == 0, result.stderr
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         live = cluster.get(PA)
         assert live is not None
         assert live["spec"]["mtls"]["mode"] == "STRICT"

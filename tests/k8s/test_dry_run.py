@@ -13,12 +13,9 @@ import pytest
 import yaml
 
 from bridge.apply import PRUNABLE
-from bridge.kube import Cluster, KubeError, ObjectRef
-from bridge.render import render
-from bridge.spec import load_spec
-from bridge.writer import write_tree
+from bridge.kube import KubeError, ObjectRef
 from tests.bridge.strategies import EXAMPLE
-from tests.support.istioctl import Manifest, kube_inject
+from tests.support.istioctl import Manifest, kube_inject, render_spec
 from tests.support.kube import ApiServer
 from tests.support.peers import require_peer
 
@@ -40,7 +37,7 @@ def _documents(out: Path) -> dict[str, list[dict[str, Any]]]:
 def _dry_run(server: ApiServer, objects: list[dict[str, Any]]) -> list[str]:
     """Server dry-run apply each object; the refusals (``ref: message``)."""
     problems = []
-    with Cluster.connect(kubeconfig=str(server.kubeconfig)) as cluster:
+    with server.connect() as cluster:
         for obj in objects:
             before = cluster.get(obj)
             try:
@@ -56,9 +53,7 @@ def _dry_run(server: ApiServer, objects: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.parametrize("spec", ["bridge.yaml", "bridge-federated.yaml"])
 def test_every_rendered_document_passes_server_dry_run(kube: ApiServer, spec: str, tmp_path: Path) -> None:
-    rendered = tmp_path / "out"
-    write_tree(rendered, render(load_spec(EXAMPLE.parent / spec)))
-    docs = _documents(rendered)
+    docs = _documents(render_spec(EXAMPLE.parent / spec, tmp_path / "out"))
     objects = []
     for path, items in docs.items():
         for doc in items:
@@ -69,7 +64,7 @@ def test_every_rendered_document_passes_server_dry_run(kube: ApiServer, spec: st
     kinds = {o["kind"] for o in objects}
     assert {"AuthorizationPolicy", "ClusterSPIFFEID", "IstioOperator", "PeerAuthentication"} <= kinds
     assert kinds <= {k for _, k in PRUNABLE} | {"IstioOperator"}  # apply/--prune know every kind
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         # Istio ships no IstioOperator CRD any more: only istioctl reads the overlay (why apply skips it)
         assert not cluster.serves("install.istio.io/v1alpha1", "IstioOperator")
     assert _dry_run(kube, [o for o in objects if o["kind"] != "IstioOperator"]) == []
@@ -98,7 +93,7 @@ def test_kube_injected_httpbin_passes_server_dry_run(
         "spec": template["spec"],
     }
     service_account = next(d for d in docs if d["kind"] == "ServiceAccount")
-    with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+    with kube.connect() as cluster:
         cluster.apply(service_account)  # Pod admission (ServiceAccount plugin) looks the account up
     assert _dry_run(kube, [d for d in docs if d["kind"] != "ServiceAccount"]) == []
     assert _dry_run(kube, [pod]) == []

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.kube import Cluster
 from bridge.spire_local import Entry, SpireServer
 from tests.bridge.strategies import EXAMPLE
 from tests.k8s.test_apply import meshbridge
@@ -88,7 +87,7 @@ def test_cluster_spiffeids_register_pending_pods(kube: ApiServer, rendered: Path
     class_names = {d["spec"].get("className") for d in ids}
     assert len(class_names) == 1
     gateway_sa = "istio-ingressgateway-service-account"
-    with Cluster.connect(kubeconfig=kubeconfig) as cluster:
+    with kube.connect() as cluster:
         node = cluster.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
         for ns, sa in (("default", "httpbin"), ("istio-system", gateway_sa)):
             cluster.apply(
@@ -125,6 +124,6 @@ def test_cluster_spiffeids_register_pending_pods(kube: ApiServer, rendered: Path
             assert len(entries) == 2, entries
         finally:
             stop_process(proc)
-            with Cluster.connect(kubeconfig=str(kube.kubeconfig)) as cluster:
+            with kube.connect() as cluster:
                 for pod in (httpbin, gateway, other):
                     cluster.delete(pod)

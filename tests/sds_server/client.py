@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from sds_server.secrets import SECRET_TYPE_URL
 SERVICE = "/envoy.service.secret.v3.SecretDiscoveryService/"
 NODE = {"id": "sidecar~127.0.0.1~test.default~default.svc.cluster.local", "cluster": "test"}
 _Req = TypeVar("_Req", DiscoveryRequest, DeltaDiscoveryRequest)
+_S = TypeVar("_S")
 
 
 def secrets_of(resp: Any) -> dict[str, Secret]:
@@ -96,8 +97,8 @@ class Sotw(_Stream):
 class Delta(_Stream):
     async def request(
         self,
-        subscribe: list[str] = (),  # type: ignore[assignment]
-        unsubscribe: list[str] = (),  # type: ignore[assignment]
+        subscribe: Sequence[str] = (),
+        unsubscribe: Sequence[str] = (),
         *,
         nonce: str = "",
         error: str | None = None,
@@ -123,21 +124,20 @@ async def channel(sock: Path) -> AsyncIterator[Channel]:
 
 
 @asynccontextmanager
-async def sotw(ch: Channel) -> AsyncIterator[Sotw]:
-    async with ch.request(
-        SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
-    ) as stream:
-        yield Sotw(stream)
+async def _open(
+    ch: Channel, method: str, wrap: Callable[[Any], _S], req: Any, resp: Any
+) -> AsyncIterator[_S]:
+    async with ch.request(SERVICE + method, Cardinality.STREAM_STREAM, req, resp) as stream:
+        yield wrap(stream)
         await stream.cancel()
 
 
-@asynccontextmanager
-async def delta(ch: Channel) -> AsyncIterator[Delta]:
-    async with ch.request(
-        SERVICE + "DeltaSecrets", Cardinality.STREAM_STREAM, DeltaDiscoveryRequest, DeltaDiscoveryResponse
-    ) as stream:
-        yield Delta(stream)
-        await stream.cancel()
+def sotw(ch: Channel) -> AbstractAsyncContextManager[Sotw]:
+    return _open(ch, "StreamSecrets", Sotw, DiscoveryRequest, DiscoveryResponse)
+
+
+def delta(ch: Channel) -> AbstractAsyncContextManager[Delta]:
+    return _open(ch, "DeltaSecrets", Delta, DeltaDiscoveryRequest, DeltaDiscoveryResponse)
 
 
 async def fetch(ch: Channel, names: list[str]) -> DiscoveryResponse:

@@ -53,6 +53,11 @@ def _eventually(read: Callable[[], float], want: float = 1, timeout: float = 5.0
     return value
 
 
+def _acks_and_nacks(server: RunningServer, api: str) -> tuple[float, float]:
+    m = server.server.metrics
+    return _eventually(m.acks.labels(api)._value.get), _eventually(m.nacks.labels(api)._value.get)
+
+
 def test_first_response_then_ack_then_silence(static_server: RunningServer, ca: MiniCa) -> None:
     (svid,) = _publish(static_server, ca)
 
@@ -117,9 +122,7 @@ def test_nack_is_counted_and_rejected_version_not_resent(static_server: RunningS
             await s.nothing()
 
     asyncio.run(scenario())
-    metrics = static_server.server.metrics
-    assert _eventually(metrics.nacks.labels("sotw")._value.get) == 1
-    assert _eventually(metrics.acks.labels("sotw")._value.get) == 1
+    assert _acks_and_nacks(static_server, "sotw") == (1, 1)
 
 
 def test_stale_nonce_ignored_and_name_change_honoured(static_server: RunningServer, ca: MiniCa) -> None:
@@ -225,9 +228,7 @@ def test_delta_subscribe_push_unsubscribe_remove(static_server: RunningServer, c
             await d.nothing()
 
     asyncio.run(scenario())
-    m = static_server.server.metrics
-    assert _eventually(m.nacks.labels("delta")._value.get) == 1
-    assert _eventually(m.acks.labels("delta")._value.get) == 1
+    assert _acks_and_nacks(static_server, "delta") == (1, 1)
 
 
 def test_delta_initial_versions_skip_what_the_client_has(static_server: RunningServer, ca: MiniCa) -> None:

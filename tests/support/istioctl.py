@@ -15,6 +15,10 @@ from typing import Any
 
 import yaml
 
+from bridge.render import render
+from bridge.spec import load_spec
+from bridge.writer import write_tree
+
 TIMEOUT = 120
 
 
@@ -32,6 +36,12 @@ class Manifest:
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [d for d in self.documents if d.get("kind") == kind]
+
+
+def render_spec(spec: Path, out: Path) -> Path:
+    """``meshbridge render`` of ``spec`` into ``out`` (the overlay is ``out/istio/istio-operator.yaml``)."""
+    write_tree(out, render(load_spec(spec)))
+    return out
 
 
 def _env(workdir: Path) -> dict[str, str]:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bridge import spire_local
+from bridge.kube import Cluster
 from tests.support.pki import key_pem, pem, self_signed_ca, sign_leaf
 
 START_TIMEOUT = 90.0
@@ -221,6 +222,9 @@ class ApiServer:
     pki: KubePki
     proc: subprocess.Popen[bytes]
     log: Path
+
+    def connect(self) -> Cluster:
+        return Cluster.connect(kubeconfig=str(self.kubeconfig))
 
 
 def _write_kubeconfig(path: Path, url: str, pki: KubePki, context: str = "meshbridge-test") -> None:

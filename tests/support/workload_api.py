@@ -38,11 +38,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,6 +55,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from bridge.spire_local import connectable, log_since, stop_process
+from tests.support.tmp import short_dir
 
 __all__ = [
     "HEADER",
@@ -259,21 +258,18 @@ def running_workload_api(
 ) -> Iterator[WorkloadApiHandle]:
     """Start ``meshbridge workload-api serve`` for ``config``; yield its handle; always stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
-    short_dir = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
-    try:
+    with short_dir() as sockets_dir:
         if "sockets" in config:
             # relative socket paths are taken from the config file's directory, as the server does
             paths = {s["name"]: workdir / Path(s["path"]) for s in config["sockets"]}
         else:
-            paths = {name: short_dir / f"{name}.sock" for name in sockets}
+            paths = {name: sockets_dir / f"{name}.sock" for name in sockets}
         handle = WorkloadApiHandle(config, workdir, paths, extra_args, socket_mode, log_level)
         try:
             handle.start()
             yield handle
         finally:
             handle.stop()
-    finally:
-        shutil.rmtree(short_dir, ignore_errors=True)
 
 
 def sds_serving(sock: Path) -> bool:
