@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bridge.demo.errors import DemoError
+from bridge.envoy.bootstrap import static_cluster, tcp_proxy_listener, tls_socket
 
 PREFIX = "SCONE_NETWORK_SHIELD"
 SHIELD_ALPN = "scone-shield-standin"
@@ -45,7 +46,6 @@ _HOST = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-_TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,57 +185,12 @@ def shield_bootstrap(
                 "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": c.host}}],
             }
         cluster = f"dest-{c.name}"
-        clusters.append(
-            {
-                "name": cluster,
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {
-                    "cluster_name": cluster,
-                    "endpoints": [
-                        {
-                            "lb_endpoints": [
-                                {
-                                    "endpoint": {
-                                        "address": {
-                                            "socket_address": {"address": target[0], "port_value": target[1]}
-                                        }
-                                    }
-                                }
-                            ]
-                        }
-                    ],
-                },
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": _UPSTREAM_TLS,
-                        "sni": c.host,
-                        "common_tls_context": common,
-                    },
-                },
-            }
+        tls: dict[str, object] = {"@type": _UPSTREAM_TLS, "sni": c.host, "common_tls_context": common}
+        clusters.append(static_cluster(cluster, target[0], target[1], tls_socket(tls)))
+        listener = tcp_proxy_listener(
+            f"shield-{c.name}", "127.0.0.1", 0, cluster=cluster, stat_prefix=f"shield_{c.name}"
         )
-        listeners.append(
-            {
-                "name": f"shield-{c.name}",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [
-                    {
-                        "filters": [
-                            {
-                                "name": "envoy.filters.network.tcp_proxy",
-                                "typed_config": {
-                                    "@type": _TCP_PROXY,
-                                    "stat_prefix": f"shield_{c.name}",
-                                    "cluster": cluster,
-                                },
-                            }
-                        ]
-                    }
-                ],
-            }
-        )
+        listeners.append(listener)
     return {
         "node": {"id": node_id, "cluster": "network-shield-standin"},
         "static_resources": {"listeners": listeners, "clusters": clusters},

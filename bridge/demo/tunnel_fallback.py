@@ -17,9 +17,9 @@ from bridge.demo.plan import AppPlan
 from bridge.demo.setup import Tunnel, start_envoy
 from bridge.demo.supervisor import Supervisor
 from bridge.demo.tunnel import GhostunnelCommand, LocalTunnel, free_port, localize, split_host_port
+from bridge.envoy.bootstrap import static_cluster, tcp_proxy_listener, tls_socket
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-_TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
 def envoy_tunnel_bootstrap(cmd: GhostunnelCommand, *, node_id: str) -> dict[str, object]:
@@ -32,7 +32,7 @@ def envoy_tunnel_bootstrap(cmd: GhostunnelCommand, *, node_id: str) -> dict[str,
     thost, tport = split_host_port(target, what="--target")
     sni = cmd.get("override-server-name") or thost
     matchers = [{"san_type": "URI", "matcher": {"exact": uri}} for uri in cmd.all("verify-uri")]
-    tls = {
+    tls: dict[str, object] = {
         "@type": _TLS + "UpstreamTlsContext",
         "sni": sni,
         "common_tls_context": {
@@ -43,42 +43,11 @@ def envoy_tunnel_bootstrap(cmd: GhostunnelCommand, *, node_id: str) -> dict[str,
             },
         },
     }
-    endpoint = {"endpoint": {"address": {"socket_address": {"address": thost, "port_value": tport}}}}
     return {
         "node": {"id": node_id, "cluster": "ghostunnel-fallback"},
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "tunnel",
-                    "address": {"socket_address": {"address": lhost, "port_value": lport}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.tcp_proxy",
-                                    "typed_config": {
-                                        "@type": _TCP_PROXY,
-                                        "stat_prefix": "tunnel",
-                                        "cluster": "target",
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "target",
-                    "type": "STATIC",
-                    "connect_timeout": "2s",
-                    "load_assignment": {
-                        "cluster_name": "target",
-                        "endpoints": [{"lb_endpoints": [endpoint]}],
-                    },
-                    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-                }
-            ],
+            "listeners": [tcp_proxy_listener("tunnel", lhost, lport, cluster="target", stat_prefix="tunnel")],
+            "clusters": [static_cluster("target", thost, tport, tls_socket(tls))],
         },
     }
 

@@ -111,7 +111,13 @@ def sds_cluster(sds_socket: str | Path, name: str = SDS_CLUSTER) -> JsonDict:
     }
 
 
-def _static_cluster(name: str, host: str, port: int, transport_socket: JsonDict | None = None) -> JsonDict:
+def tls_socket(typed_config: JsonDict) -> JsonDict:
+    """A ``transport_socket`` with the TLS context ``typed_config`` (Up- or DownstreamTlsContext)."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": typed_config}
+
+
+def static_cluster(name: str, host: str, port: int, transport_socket: JsonDict | None = None) -> JsonDict:
+    """A STATIC cluster of one TCP endpoint, optionally with a transport socket (:func:`tls_socket`)."""
     cluster: JsonDict = {
         "name": name,
         "type": "STATIC",
@@ -124,6 +130,28 @@ def _static_cluster(name: str, host: str, port: int, transport_socket: JsonDict 
     if transport_socket is not None:
         cluster["transport_socket"] = transport_socket
     return cluster
+
+
+def tcp_proxy_listener(name: str, host: str, port: int, *, cluster: str, stat_prefix: str) -> JsonDict:
+    """A plain TCP listener whose connections go to ``cluster`` (``tcp_proxy``)."""
+    return {
+        "name": name,
+        "address": _address(host, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": stat_prefix,
+                            "cluster": cluster,
+                        },
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def _common_tls_context(
@@ -365,7 +393,7 @@ def sidecar_bootstrap(
         "filter_chains": [
             {
                 "filter_chain_match": {"transport_protocol": "tls"},
-                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls_context},
+                "transport_socket": tls_socket(tls_context),
                 "filters": [*network_filters, hcm],
             }
         ],
@@ -375,7 +403,7 @@ def sidecar_bootstrap(
         "admin": _admin(),
         "static_resources": {
             "listeners": [listener],
-            "clusters": [sds_cluster(sds_socket), _static_cluster("backend", backend_host, backend_port)],
+            "clusters": [sds_cluster(sds_socket), static_cluster("backend", backend_host, backend_port)],
         },
     }
 
@@ -419,30 +447,10 @@ def egress_bootstrap(
     }
     if sni:
         upstream_tls["sni"] = sni
-    listener: JsonDict = {
-        "name": listener_name,
-        "address": _address(listen_host, listen_port),
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.tcp_proxy",
-                        "typed_config": {
-                            "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                            "stat_prefix": "outbound",
-                            "cluster": "upstream",
-                        },
-                    }
-                ]
-            }
-        ],
-    }
-    upstream = _static_cluster(
-        "upstream",
-        upstream_host,
-        upstream_port,
-        {"name": "envoy.transport_sockets.tls", "typed_config": upstream_tls},
+    listener = tcp_proxy_listener(
+        listener_name, listen_host, listen_port, cluster="upstream", stat_prefix="outbound"
     )
+    upstream = static_cluster("upstream", upstream_host, upstream_port, tls_socket(upstream_tls))
     return {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": _admin(),
