@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -24,10 +26,7 @@ BATCH = 770  # names per request (under the 1,024 names-per-stream cap)
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return int(psutil.Process(pid).memory_info().rss) // 1024
 
 
 async def _streams(sock: Path, batches: list[list[list[str]]]) -> None:

@@ -10,8 +10,6 @@ import importlib.metadata
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,16 +194,7 @@ def test_container_runs_as_1337_read_only_without_capabilities(mesh: Mesh) -> No
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (PROXY_UID, 0o600)
 
 
-def _require_sds_probe() -> None:
-    has_probe = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "sds", "probe", "--help"], capture_output=True, check=False
-    )
-    if has_probe.returncode != 0:
-        pytest.skip("`meshbridge sds probe` is not in this checkout yet (the image has no `test` binary)")
-
-
 def test_sds_probe_passes_in_the_container_and_fails_without_a_server(mesh: Mesh) -> None:
-    _require_sds_probe()
     mounts = mesh.pod.spec["volumeMounts"]
     socket = next(m["mountPath"] for m in mounts if m["name"] == WORKLOAD_SOCKET_VOLUME)
     ok = mesh.pod.container.exec(["meshbridge", "sds", "probe", "--listen", f"{socket}/socket"])
@@ -216,7 +205,6 @@ def test_sds_probe_passes_in_the_container_and_fails_without_a_server(mesh: Mesh
 
 def test_rendered_startup_probe_passes_in_the_container(mesh: Mesh) -> None:
     """The probe ``istio.mesh.sds_container`` renders must run in this image (no shell, no coreutils)."""
-    _require_sds_probe()
     probe = mesh.pod.spec["startupProbe"]["exec"]["command"]
     result = mesh.pod.container.exec(probe)
     assert result.returncode == 0, (probe, result.stdout, result.stderr)
