@@ -1,14 +1,16 @@
-"""Stopping a child process, written once for the SPIRE harness, the Envoy runner and the demo's
-supervisor: a shutdown, not an outage — SIGTERM, a grace period, then SIGKILL; always reaped."""
+"""Child processes, written once for the SPIRE harness, the Envoy runner and the demo's supervisor:
+stopping one (a shutdown, not an outage — SIGTERM, a grace period, then SIGKILL; always reaped) and a
+free loopback port for programs that cannot report a port-0 bind back."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from typing import AnyStr
 
-__all__ = ["stop_process"]
+__all__ = ["free_port", "stop_process"]
 
 
 def stop_process(
@@ -27,3 +29,10 @@ def stop_process(
             proc.kill()
             proc.wait(timeout)
     return proc.returncode
+
+
+def free_port() -> int:
+    """A loopback port free right now (for programs that cannot report a port-0 bind back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -292,7 +292,7 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
     for index, service in enumerate(bridge.services):
         try:
             params = authorization_params(bridge, service)
-            if bridge.callers_of(service) and (service.mesh_principals or service.mesh_namespaces):
+            if bridge.callers_of(service) and service.lists_mesh_callers:
                 # the spec lists the in-mesh callers: one ALLOW policy admits them and the apps
                 policies.append(istio.render_authorization_policy(params))
                 mesh_td_others: tuple[str, ...] = ()  # the ALLOW policy already refuses them

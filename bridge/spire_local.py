@@ -53,7 +53,7 @@ from typing import IO, Any, Self
 
 from bridge.binaries import find_peer
 from bridge.errors import BridgeError
-from bridge.processes import stop_process
+from bridge.processes import free_port, stop_process
 
 __all__ = [
     "AgentSettings",
@@ -197,13 +197,6 @@ def _binary(name: str) -> Path:
             "'make peers' builds it (needs go)"
         )
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def connectable(path: Path) -> bool:
@@ -388,7 +381,7 @@ class SpireServer(_Daemon):
         """Write ``server.conf`` with a free port for the agent API (SPIRE refuses ``bind_port = 0``; a
         start that finds the port taken meanwhile is retried with another)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.config_path.write_text(
             render_server_hcl(
                 trust_domain=self.trust_domain,

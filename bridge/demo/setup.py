@@ -49,7 +49,6 @@ from bridge.demo.supervisor import Child, Supervisor
 from bridge.demo.tunnel import (
     GhostunnelCommand,
     LocalTunnel,
-    free_port,
     localize,
     to_workload_api_variant,
     with_verify_uri,
@@ -57,6 +56,7 @@ from bridge.demo.tunnel import (
 )
 from bridge.envoy import EnvoyError, EnvoyProcess
 from bridge.envoy.bootstrap import sidecar_bootstrap
+from bridge.processes import free_port
 
 MESH_SOCKET = "mesh"
 INTRUDER_SOCKET = "intruder"

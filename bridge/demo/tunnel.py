@@ -17,7 +17,6 @@ Everything else (``--verify-uri``, ``--timed-reload``, …) is kept as rendered.
 from __future__ import annotations
 
 import shlex
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +90,6 @@ class GhostunnelCommand:
         out = [program or self.program, "client"]
         out += [f"--{n}" if v is None else f"--{n}={v}" for n, v in self.flags]
         return out
-
-
-def free_port() -> int:
-    """A loopback port free right now (for programs that cannot report a port-0 bind back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def split_host_port(addr: str, *, what: str) -> tuple[str, int]:

@@ -16,8 +16,9 @@ from bridge.demo.errors import DemoError
 from bridge.demo.plan import AppPlan
 from bridge.demo.setup import Tunnel, start_envoy
 from bridge.demo.supervisor import Supervisor
-from bridge.demo.tunnel import GhostunnelCommand, LocalTunnel, free_port, localize, split_host_port
+from bridge.demo.tunnel import GhostunnelCommand, LocalTunnel, localize, split_host_port
 from bridge.envoy.bootstrap import static_cluster, tcp_proxy_listener, tls_socket
+from bridge.processes import free_port
 
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from spiffe import WorkloadApiClient
 
+from bridge.processes import free_port
 from scone import (
     Attestation,
     CertFiles,
@@ -240,12 +241,6 @@ def test_session_errors(app: GhostunnelApp, message: str) -> None:
 # --- the rendered argv against a real STRICT mTLS peer --------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _mtls_server(cert: Path, key: Path, ca: Path) -> Iterator[tuple[int, list[str]]]:
     """A STRICT peer: requires a client certificate from the CA and answers with the client's URI SAN."""
@@ -357,7 +352,7 @@ def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
 
 def _run_tunnel(binary: Path, d: Path, files: CertFiles, verify: str) -> tuple[bytes | None, list[str]]:
     with _mtls_server(d / "server.pem", d / "server-key.pem", d / "ca.pem") as (port, seen):
-        listen, status = _free_port(), _free_port()
+        listen, status = free_port(), free_port()
         tunnel = replace(
             FILES_TUNNEL,
             target=replace(HTTPBIN, spiffe_id=verify),
@@ -450,7 +445,7 @@ def test_both_sources_with_svids_from_the_embedded_workload_api(
             port,
             seen,
         ):
-            listen, status = _free_port(), _free_port()
+            listen, status = free_port(), free_port()
             tunnel = GhostunnelTunnel(
                 HTTPBIN,
                 listen_port=listen,
