@@ -137,10 +137,6 @@ class WorkloadApiHandle:
         """``unix:///path`` — the form of ``SPIFFE_ENDPOINT_SOCKET`` and ``--use-workload-api-addr``."""
         return "unix://" + str(self._sockets[name])
 
-    @property
-    def socket_names(self) -> tuple[str, ...]:
-        return tuple(self._sockets)
-
     def bundle_pem(self) -> bytes:
         """The current X.509 trust bundle as PEM (requires ``data_dir`` in the config)."""
         data_dir = self.config.get("data_dir")
