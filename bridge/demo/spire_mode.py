@@ -42,7 +42,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bridge.binaries import find_peer
+from bridge.binaries import find_peer, not_found
 from bridge.demo.errors import DemoError
 from bridge.demo.identities import Identity, SvidMaterial
 from bridge.demo.setup import WorkloadApi
@@ -78,10 +78,7 @@ NEEDS_ROOT = (
 def _binary(name: str) -> Path:
     found = find_peer(name)
     if found is None:
-        raise DemoError(
-            f"{name}: no binary ($MESHBRIDGE_{name.upper().replace('-', '_')}, .peers/bin, PATH): "
-            "'make peers' builds it (needs go)"
-        )
+        raise DemoError(not_found(name))
     return found
 
 

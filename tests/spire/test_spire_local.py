@@ -89,7 +89,9 @@ def test_agent_config_is_hcl_with_unix_attestor_disk_keys_and_default_sds_names(
 
 def test_missing_binary_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MESHBRIDGE_SPIRE_SERVER", str(tmp_path / "absent"))
-    with pytest.raises(SpireError, match=r"^spire-server: None: not found .*make peers"):
+    with pytest.raises(
+        SpireError, match=r"^spire-server: not found \(\$MESHBRIDGE_SPIRE_SERVER, .*make peers"
+    ):
         SpireServer("example.org", tmp_path)
 
 
