@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.render import render
 from bridge.spec import load_spec
-from bridge.writer import write_tree
 from tests.bridge.strategies import EXAMPLE
-from tests.support.istioctl import Manifest, manifest_generate
+from tests.support.istioctl import Manifest, manifest_generate, render_spec
 from tests.support.peers import require_peer
 
 pytestmark = pytest.mark.slow
@@ -28,9 +26,7 @@ COMPLAINTS = re.compile(r"unknown field|ignor|not (?:supported|allowed)|deprecat
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("render") / "out"
-    write_tree(out, render(load_spec(EXAMPLE)))
-    return out
+    return render_spec(EXAMPLE, tmp_path_factory.mktemp("render") / "out")
 
 
 @pytest.fixture(scope="module")

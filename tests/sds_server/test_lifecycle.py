@@ -8,25 +8,17 @@ sets ``stop`` and the second cancels the serving task, as a second Ctrl-C during
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from sds_server.lifecycle import EXIT_FORCED
 from tests.sds_server.wl import mesh_config
-from tests.support.workload_api import running_workload_api, wait_for
+from tests.support.workload_api import log_events, running_sds_serve, running_workload_api
 
 
 def _events(log: Path) -> list[str]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line)["event"])
-        except (ValueError, KeyError):
-            continue
-    return out
+    return [record["event"] for record in log_events(log.read_text()) if "event" in record]
 
 
 def _signal_twice(proc: subprocess.Popen[bytes]) -> int:
@@ -37,19 +29,12 @@ def _signal_twice(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(10)
 
 
-def _sds_serve(workload_api: str, sock: Path, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "bridge.cli", "--log-format", "json", "sds", "serve",
-           "--workload-api", workload_api, "--listen", str(sock)]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    wait_for(lambda: "svid.received" in _events(log) or None, 20, "the SDS server's first SVID")
-    return proc
-
-
 def test_sds_serve_one_signal_drains_and_exits_0(tmp_path: Path, short_dir: Path) -> None:
-    with running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api:
-        sock, log = short_dir / "sds.sock", tmp_path / "sds.log"
-        proc = _sds_serve(api.address("mesh"), sock, log)
+    sock, log = short_dir / "sds.sock", tmp_path / "sds.log"
+    with (
+        running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api,
+        running_sds_serve(api.address("mesh"), sock, log) as proc,
+    ):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert _events(log)[-2:] == ["sds.signal", "sds.stopped"]
@@ -57,15 +42,12 @@ def test_sds_serve_one_signal_drains_and_exits_0(tmp_path: Path, short_dir: Path
 
 
 def test_sds_serve_second_signal_exits_1_and_removes_the_socket(tmp_path: Path, short_dir: Path) -> None:
-    with running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api:
-        sock, log = short_dir / "sds.sock", tmp_path / "sds.log"
-        proc = _sds_serve(api.address("mesh"), sock, log)
-        try:
-            assert _signal_twice(proc) == EXIT_FORCED, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    sock, log = short_dir / "sds.sock", tmp_path / "sds.log"
+    with (
+        running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api,
+        running_sds_serve(api.address("mesh"), sock, log) as proc,
+    ):
+        assert _signal_twice(proc) == EXIT_FORCED, log.read_text()
         assert [e for e in _events(log) if e.startswith("sds.signal")] == ["sds.signal", "sds.signal.again"]
         assert not sock.exists()
 

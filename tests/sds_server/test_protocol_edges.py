@@ -22,12 +22,11 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
 from sds_server.limits import SdsLimits
-from sds_server.secrets import SECRET_TYPE_URL
 from sds_server.server import ServerConfig
 from sds_server.snapshot import Bundle, ResourceNames
 from sds_server.status import fetch_status, probe
 from sds_server.testing import RunningServer, run_in_thread
-from tests.sds_server.client import NODE, SERVICE, channel, delta, fetch, secrets_of, sotw
+from tests.sds_server.client import NODE, SERVICE, channel, delta, fetch, secrets_of, sotw, sotw_request
 from tests.support.pki import MiniCa
 
 
@@ -52,10 +51,8 @@ async def _refusal(ch: Channel, names: list[str]) -> GRPCError:
     async with ch.request(
         SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
     ) as stream:
-        req = DiscoveryRequest(resource_names=names, type_url=SECRET_TYPE_URL)
-        req.node.id = NODE["id"]
         try:
-            await stream.send_message(req, end=True)
+            await stream.send_message(sotw_request(names), end=True)
             await asyncio.wait_for(stream.recv_message(), 5)
             await stream.recv_trailing_metadata()
         except GRPCError as exc:
@@ -162,21 +159,15 @@ def test_node_disabling_spiffe_validation_gets_trusted_ca(make_server: object, c
     _publish(server, ca, "/w")
 
     async def ask(disable: bool) -> str:
-        async with channel(server.server.config.listen) as ch:
-            async with ch.request(
-                SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
-            ) as stream:
-                req = DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE_URL)
-                req.node.id = NODE["id"]
-                if disable:
-                    req.node.metadata.fields["disable_spiffe_cert_validation"].CopyFrom(
-                        struct_pb2.Value(bool_value=True)
-                    )
-                await stream.send_message(req)
-                resp = await asyncio.wait_for(stream.recv_message(), 5)
-                await stream.cancel()
-                vc = secrets_of(resp)["ROOTCA"].validation_context
-                return "trusted_ca" if vc.HasField("trusted_ca") else vc.custom_validator_config.name
+        req = sotw_request(["ROOTCA"])
+        if disable:
+            req.node.metadata.fields["disable_spiffe_cert_validation"].CopyFrom(
+                struct_pb2.Value(bool_value=True)
+            )
+        async with channel(server.server.config.listen) as ch, sotw(ch) as s:
+            await s.stream.send_message(req)
+            vc = secrets_of(await s.recv())["ROOTCA"].validation_context
+        return "trusted_ca" if vc.HasField("trusted_ca") else vc.custom_validator_config.name
 
     assert asyncio.run(ask(False)) == "envoy.tls.cert_validator.spiffe"
     assert asyncio.run(ask(True)) == "trusted_ca"
@@ -241,8 +232,7 @@ def test_client_that_stops_reading_is_cut_off_without_delaying_others(
                 SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
             )
             stuck = await stuck_call.__aenter__()
-            req = DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE_URL)
-            await stuck.send_message(req)  # ... and never reads again
+            await stuck.send_message(sotw_request(["ROOTCA"], node=""))  # ... and never reads again
             async with sotw(ch) as live:
                 await live.request(["ROOTCA"])
                 await live.recv()

@@ -31,7 +31,7 @@ from sds_server.testing import publish_mismatched_key, run_in_thread
 from tests.sds_server.client import channel, secrets_of, sotw
 from tests.sds_server.wl import mesh_config
 from tests.support.pki import MiniCa
-from tests.support.workload_api import running_workload_api
+from tests.support.workload_api import running_sds_serve, running_workload_api
 
 
 def _health(sock: Path, service: str = "") -> int:
@@ -234,53 +234,34 @@ def test_logs_never_contain_key_material(tmp_path: Path, short_dir: Path) -> Non
 
 
 def test_cli_sigterm_drains_and_exits_0_within_5s(tmp_path: Path, short_dir: Path) -> None:
-    with running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api:
-        sock = short_dir / "sds.sock"
-        cmd = [
-            sys.executable, "-m", "bridge.cli", "--log-format", "json", "sds", "serve",
-            "--workload-api", api.address("mesh"), "--listen", str(sock), "--socket-mode", "0640",
-        ]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if sock.exists():
-                    try:
-                        if _health(sock) == HealthCheckResponse.SERVING:
-                            break
-                    except (GRPCError, OSError):
-                        pass
-                time.sleep(0.1)
-            assert stat.S_IMODE(sock.stat().st_mode) == 0o640
-            assert _health_grpcio(sock) == "SERVING"
+    sock, log = short_dir / "sds.sock", tmp_path / "sds.log"
+    with (
+        running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api,
+        running_sds_serve(api.address("mesh"), sock, log, "--socket-mode", "0640") as proc,
+    ):
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o640
+        assert _health_grpcio(sock) == "SERVING"
 
-            async def hold_stream_then_terminate() -> float:
-                elapsed = -1.0
-                try:
-                    async with channel(sock) as ch, sotw(ch) as s:
-                        await s.request(["default"])
-                        await s.recv()
-                        t0 = time.monotonic()
-                        proc.send_signal(signal.SIGTERM)
-                        await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
-                        elapsed = time.monotonic() - t0
-                except StreamTerminatedError:
-                    pass  # the server closed our stream while draining: expected
-                return elapsed
+        async def hold_stream_then_terminate() -> float:
+            elapsed = -1.0
+            try:
+                async with channel(sock) as ch, sotw(ch) as s:
+                    await s.request(["default"])
+                    await s.recv()
+                    t0 = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.get_running_loop().run_in_executor(None, proc.wait, 10)
+                    elapsed = time.monotonic() - t0
+            except StreamTerminatedError:
+                pass  # the server closed our stream while draining: expected
+            return elapsed
 
-            elapsed = asyncio.run(hold_stream_then_terminate())
-            assert proc.returncode == 0
-            print(f"\nSIGTERM → exit: {elapsed:.2f} s")
-            assert 0 <= elapsed < 5
-            assert not sock.exists()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            assert proc.stdout is not None
-            out = proc.stdout.read().decode()
-            proc.stdout.close()
-        assert '"event": "sds.stopped"' in out
+        elapsed = asyncio.run(hold_stream_then_terminate())
+        assert proc.returncode == 0
+        print(f"\nSIGTERM → exit: {elapsed:.2f} s")
+        assert 0 <= elapsed < 5
+        assert not sock.exists()
+    assert '"event": "sds.stopped"' in log.read_text()
 
 
 def test_cli_bad_options_exit_2(short_dir: Path) -> None:
