@@ -44,7 +44,3 @@ class SdsLimits(Limits):
             raise SdsConfigError(
                 f"rotation_overdue_fraction: {self.rotation_overdue_fraction!r}: must be between 0 and 1"
             )
-
-    def transport(self) -> Limits:
-        """The transport part, for :class:`sds_server.grpc_server.Server` (an ``SdsLimits`` is one)."""
-        return self

@@ -252,7 +252,7 @@ class SdsServer:
             self._grpc = Server(
                 [self.servicer, admin, health],
                 codec=PassThroughProtoCodec(),
-                limits=self.config.limits.transport(),
+                limits=self.config.limits,
             )
             if self.config.allowed_uids is not None:
                 listen(self._grpc, RecvRequest, self._check_caller)

@@ -37,16 +37,8 @@ _T = TypeVar("_T")
 
 
 class StaticSource(SnapshotPublisher):
-    """Secrets handed in by the caller (:meth:`publish`); for benches and protocol tests."""
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.attach(loop)
-
-    def close(self) -> None:
-        """Nothing to stop."""
-
-    async def aclose(self) -> None:
-        """Nothing to stop."""
+    """Secrets handed in by the caller (:meth:`publish`); for benches and protocol tests. Starting and
+    stopping are the publisher's own (its timer: NotAfter and pending NotBefore apply here too)."""
 
 
 def static_server(config: ServerConfig) -> SdsServer:

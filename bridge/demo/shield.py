@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bridge.demo.errors import DemoError
 from bridge.envoy.bootstrap import static_cluster, tcp_proxy_listener, tls_socket
+from sds_server.x509svid import key_matches_certificate
 
 PREFIX = "SCONE_NETWORK_SHIELD"
 SHIELD_ALPN = "scone-shield-standin"
@@ -89,10 +90,7 @@ def _split_identity(value: str, *, var: str) -> tuple[str, str]:
         leaf = x509.load_pem_x509_certificate(certs[0].encode())
     except ValueError as exc:
         raise DemoError(f"{var}: does not parse: {exc}") from exc
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(serialization.Encoding.DER, pub) != leaf.public_key().public_bytes(
-        serialization.Encoding.DER, pub
-    ):
+    if not key_matches_certificate(key, leaf):
         raise DemoError(f"{var}: the private key does not match the end-entity certificate")
     return "".join(certs), keys[0]
 
