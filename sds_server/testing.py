@@ -23,13 +23,13 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sds_server.metrics import Metrics
 from sds_server.server import SdsServer, ServerConfig, build_server, serve
 from sds_server.snapshot import SecretSnapshot
 from sds_server.source import SecretSource, SnapshotPublisher
+from sds_server.x509svid import private_key_pem
 
 __all__ = ["RunningServer", "StaticSource", "publish_mismatched_key", "run_in_thread", "static_server"]
 
@@ -56,9 +56,7 @@ def publish_mismatched_key(source: SnapshotPublisher) -> SecretSnapshot:
     previous = source.current()
     if previous is None or previous.default_svid is None:
         raise RuntimeError("publish_mismatched_key: no default SVID is being served")
-    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    other = private_key_pem(ec.generate_private_key(ec.SECP256R1()))
     default = previous.default_svid
     svids = [replace(s, key_pem=other) if s == default else s for s in previous.svids]
     source.publish(svids, previous.bundles)

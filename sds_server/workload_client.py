@@ -29,7 +29,7 @@ Asyncio model: everything runs on the loop that calls it; no threads. Create the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,7 +54,7 @@ from sds_server.workload_proto import (
     X509SVIDRequest,
     X509SVIDResponse,
 )
-from sds_server.x509svid import der_certificates, validate_x509_svid
+from sds_server.x509svid import certificates_pem, der_certificates, private_key_pem, validate_x509_svid
 
 __all__ = [
     "FETCH_X509_BUNDLES",
@@ -94,15 +94,13 @@ def _certificates(data: bytes, what: str) -> list[x509.Certificate]:
         raise WorkloadApiResponseError(str(exc)) from exc
 
 
-def _pem(certs: Iterable[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
 def _bundle(trust_domain: str, der: bytes, what: str) -> Bundle:
     authorities = {c.public_bytes(serialization.Encoding.DER): c for c in _certificates(der, what)}
     if not authorities:
         raise WorkloadApiResponseError(f"{what}: b'': a bundle needs at least one X.509 authority")
-    return Bundle(trust_domain=trust_domain, roots_pem=_pem(authorities[k] for k in sorted(authorities)))
+    return Bundle(
+        trust_domain=trust_domain, roots_pem=certificates_pem(authorities[k] for k in sorted(authorities))
+    )
 
 
 def _svid(msg: Any, index: int) -> tuple[Svid, Bundle | None]:
@@ -118,13 +116,11 @@ def _svid(msg: Any, index: int) -> tuple[Svid, Bundle | None]:
         raise WorkloadApiResponseError(
             f"{where}.x509_svid_key: {str(exc)!r}: not an unencrypted PKCS#8 DER private key"
         ) from exc
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    key_pem = private_key_pem(key)
     leaf = chain[0]
     svid = Svid(
         spiffe_id=str(spiffe_id),
-        chain_pem=_pem(chain),
+        chain_pem=certificates_pem(chain),
         key_pem=key_pem,
         not_after=leaf.not_valid_after_utc,
         serial=leaf.serial_number,

@@ -19,7 +19,7 @@ Chain *verification* (signatures against a bundle) is the TLS stack's job; these
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from cryptography import x509
@@ -32,9 +32,11 @@ from sds_server.spiffe_id import SpiffeId
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 __all__ = [
+    "certificates_pem",
     "der_certificates",
     "key_matches_certificate",
     "leaf_spiffe_id",
+    "private_key_pem",
     "validate_signing_certificate",
     "validate_x509_svid",
 ]
@@ -65,6 +67,19 @@ def der_certificates(data: bytes, what: str) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(der) for der in ders]
     except ValueError as exc:  # cryptography's parse error
         raise SvidError(f"{what}: {str(exc)!r}: not an X.509 certificate") from exc
+
+
+def certificates_pem(certs: Iterable[x509.Certificate]) -> bytes:
+    """Certificates as concatenated PEM blocks, in the order given (a chain, or a bundle)."""
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def private_key_pem(key: PrivateKeyTypes) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (what Envoy, Ghostunnel and the SDS ``Secret`` take);
+    callers write it 0600 or send it only over the SDS socket, never to a log."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def key_matches_certificate(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:

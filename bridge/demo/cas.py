@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bridge.artifacts import session_name_of
 from bridge.demo.errors import DemoError
+from sds_server.x509svid import private_key_pem
 
 PLACEHOLDER_SVID = "<\\svid>"
 PLACEHOLDER_SVID_KEY = "<\\svid-key>"
@@ -231,9 +232,7 @@ def _pkcs8(value: str, *, what: str) -> str:
         key = serialization.load_pem_private_key(value.encode(), password=None)
     except (ValueError, TypeError) as exc:
         raise DemoError(f"{what}: not a PEM private key: {exc}") from exc
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return private_key_pem(key).decode()
 
 
 def _render(secrets: Mapping[str, Secret], name: str, fmt: str, *, where: str) -> str:

@@ -30,6 +30,7 @@ from bridge.demo.probe import HttpResult, TlsProbe, http_get
 from bridge.demo.report import Reporter
 from bridge.demo.setup import MESH_SOCKET, Sidecar, Tunnel, WorkloadApi, materialise_files
 from bridge.demo.supervisor import Supervisor
+from sds_server.x509svid import private_key_pem
 
 _XFCC_HASH = re.compile(r"Hash=([0-9a-f]+)")
 
@@ -99,9 +100,7 @@ def foreign_ca_svid(spiffe_id: str) -> tuple[str, str]:
         .sign(ca_key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    key_pem = private_key_pem(key).decode()
     return pem, key_pem
 
 

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from bridge.demo.errors import DemoError
 from sds_server.workload_api.ca import key_usage
+from sds_server.x509svid import certificates_pem, private_key_pem
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +142,14 @@ def upstream_ca(trust_domain: str, directory: Path) -> tuple[Path, Path]:
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    key_path.write_bytes(private_key_pem(key))
     return cert_path, key_path
 
 
 def _material(ctx: object, trust_domain: str) -> SvidMaterial:
     svid = ctx.default_svid  # type: ignore[attr-defined]
-    chain = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in svid.cert_chain)
-    key = svid.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    chain = certificates_pem(svid.cert_chain).decode()
+    key = private_key_pem(svid.private_key).decode()
     from spiffe import TrustDomain  # noqa: PLC0415 - keep grpc out of module import time
 
     bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain(trust_domain))  # type: ignore[attr-defined]
@@ -186,7 +181,7 @@ def _material(ctx: object, trust_domain: str) -> SvidMaterial:
 
 def _bundle_pem(bundle: object) -> str:
     authorities = sorted(bundle.x509_authorities, key=lambda c: c.serial_number)  # type: ignore[attr-defined]
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in authorities)
+    return certificates_pem(authorities).decode()
 
 
 def fetch_svid(

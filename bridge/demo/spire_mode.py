@@ -56,7 +56,7 @@ from bridge.spire_local import (
     SpireServer,
 )
 from sds_server.errors import SvidError
-from sds_server.x509svid import der_certificates
+from sds_server.x509svid import certificates_pem, der_certificates, private_key_pem
 
 GID_BASE = 61000
 """Side ``i`` (in registration order) runs in group ``GID_BASE + i``: groups no account on a usual
@@ -98,12 +98,8 @@ def _der_certs(data: bytes) -> list[x509.Certificate]:
         raise DemoError(str(exc)) from exc
 
 
-def _pem(certs: Sequence[x509.Certificate]) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
-
-
 def _bundle_pem(b64: str) -> str:
-    return _pem(sorted(_der_certs(base64.b64decode(b64)), key=lambda c: c.serial_number))
+    return certificates_pem(sorted(_der_certs(base64.b64decode(b64)), key=lambda c: c.serial_number)).decode()
 
 
 def material_from_json(doc: Mapping[str, Any]) -> SvidMaterial:
@@ -114,9 +110,7 @@ def material_from_json(doc: Mapping[str, Any]) -> SvidMaterial:
     first = svids[0]
     chain = _der_certs(base64.b64decode(first["x509_svid"]))
     key = serialization.load_der_private_key(base64.b64decode(first["x509_svid_key"]), password=None)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    key_pem = private_key_pem(key).decode()
     leaf = chain[0]
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -129,7 +123,7 @@ def material_from_json(doc: Mapping[str, Any]) -> SvidMaterial:
     }
     return SvidMaterial(
         spiffe_id=str(first["spiffe_id"]),
-        chain_pem=_pem(chain),
+        chain_pem=certificates_pem(chain).decode(),
         key_pem=key_pem,
         bundle_pem=_bundle_pem(first["bundle"]),
         serial=leaf.serial_number,

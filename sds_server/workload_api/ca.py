@@ -40,7 +40,7 @@ from sds_server.files import atomic_write
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.errors import CaError
 from sds_server.workload_api.jwt import JwtKey, PublicKey, sign_jwt_svid
-from sds_server.x509svid import key_matches_certificate
+from sds_server.x509svid import key_matches_certificate, private_key_pem
 
 __all__ = [
     "CaGeneration",
@@ -82,12 +82,6 @@ def generate_key(key_type: KeyType) -> PrivateKey:
 
 def _key_type_of(key: PrivateKey) -> KeyType:
     return "ec-p256" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa-2048"
-
-
-def _pem_key(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _load_key(data: bytes, what: str) -> PrivateKey:
@@ -385,9 +379,9 @@ class LocalCa:
             "generations": [
                 {
                     "cert": g.certificate.public_bytes(serialization.Encoding.PEM).decode(),
-                    "key": _pem_key(g.key).decode(),
+                    "key": private_key_pem(g.key).decode(),
                     "jwt_kid": g.jwt_key.kid,
-                    "jwt_key": _pem_key(g.jwt_key.private_key).decode(),
+                    "jwt_key": private_key_pem(g.jwt_key.private_key).decode(),
                     "issued_at": g.issued_at.isoformat(),
                 }
                 for g in self._generations
