@@ -8,18 +8,18 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from bridge.spire_local import SpireServer, connectable, stop_process
-from tests.support.workload_api import log_events
+from tests.support.workload_api import log_events, running_sds_serve
 
 NOBODY = 65534
 STRANGER = 65533  # a uid no entry selects
@@ -46,52 +46,14 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval:
         time.sleep(interval)
 
 
+@dataclass(frozen=True)
 class SdsProcess:
-    """``meshbridge sds serve`` (JSON logs) as a real subprocess."""
+    """A running ``meshbridge sds serve`` (JSON logs at debug level, metrics on a free port)."""
 
-    def __init__(self, workload_api: str, listen: Path, log_path: Path, extra: Sequence[str] = ()) -> None:
-        self.listen = listen
-        self.log_path = log_path
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "sds",
-            "serve",
-            "--workload-api",
-            workload_api,
-            "--listen",
-            str(listen),
-            "--metrics",
-            "127.0.0.1:0",
-            *extra,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> SdsProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        wait_for("sds serve listening", lambda: self._check() and connectable(self.listen), timeout)
-        return self
-
-    def _check(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"sds serve exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-        return bool(self.events("sds.listening"))
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 15)
+    proc: subprocess.Popen[bytes]
+    log_path: Path
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        if not self.log_path.exists():
-            return []
         return log_events(self.log_path.read_text(errors="replace"), name)
 
     def metrics(self) -> dict[str, float]:
@@ -110,11 +72,10 @@ class SdsProcess:
 def sds_serve(
     workload_api: str, listen: Path, log_path: Path, extra: Sequence[str] = ()
 ) -> Iterator[SdsProcess]:
-    proc = SdsProcess(workload_api, listen, log_path, extra)
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
+    """:func:`running_sds_serve` with debug logs and a metrics port, once it serves a default SVID."""
+    args = ("--metrics", "127.0.0.1:0", *extra)
+    with running_sds_serve(workload_api, listen, log_path, *args, log_level="debug") as proc:
+        yield SdsProcess(proc, log_path)
 
 
 def runnable_copy(binary: Path, directory: Path) -> Path:
@@ -216,11 +177,6 @@ def http_get_unix(
     except ValueError:
         data = {"raw": body.decode(errors="replace")}
     return status, data
-
-
-def open_dir_for(path: Path) -> None:
-    """Let other uids traverse ``path`` (temp dirs are 0700)."""
-    path.chmod(0o755)
 
 
 def create_mesh_entries(
