@@ -16,7 +16,7 @@ import istio
 import scone
 from bridge import names
 from bridge.errors import SpecError
-from bridge.model import SVIDSTORE_PLUGINS, TOLERATIONS
+from bridge.model import SVIDSTORE_PLUGINS, TOLERATIONS, GhostunnelSettings
 from bridge.params import (
     IstioOverlayParams,
     IstioPolicyParams,
@@ -25,8 +25,8 @@ from bridge.params import (
     SconeNetworkShieldParams,
     SpireEntriesParams,
     SpireSvidstoreParams,
-    SvidstoreTemplate,
 )
+from bridge.render import SESSION_TEMPLATES, ghostunnel_tunnels
 from bridge.spec import DEFAULT_SDS_IMAGE, DEFAULT_WORKLOAD_API_SOCKET
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId, TrustDomain
@@ -202,13 +202,6 @@ def spire_entries(params: SpireEntriesParams) -> Output:
     return _rendered(lambda: Output([istio.render_entries_json(entries, hashes)]))
 
 
-_SESSION_TEMPLATES: dict[SvidstoreTemplate, Callable[[scone.SvidStoreSessions], str]] = {
-    "svid": scone.render_svid_session_template,
-    "bundle": scone.render_bundle_session_template,
-    "federated-bundles": scone.render_federated_bundles_session_template,
-}
-
-
 def spire_svidstore(params: SpireSvidstoreParams) -> Output:
     f = _Flags()
     for flag, value in (
@@ -230,7 +223,7 @@ def spire_svidstore(params: SpireSvidstoreParams) -> Output:
 
     def build() -> Output:
         if params.template is not None:
-            return Output(_SESSION_TEMPLATES[params.template](sessions))
+            return Output(SESSION_TEMPLATES[params.template.replace("-", "_")](sessions))
         hcl = scone.render_svidstore_hcl(
             scone.SvidStoreConfig(
                 cas_address=params.cas,
@@ -330,24 +323,17 @@ def scone_ghostunnel(params: SconeGhostunnelParams) -> Output:
     f.check("--cert-dir", params.cert_dir, names.absolute_path)
     f.check("--binary", params.binary, names.absolute_path)
     f.done()
+    settings = GhostunnelSettings(
+        binary=params.binary,
+        cert_source=params.cert_source,
+        workload_api_addr=params.workload_api_addr,
+        workload_api_selectors=(),
+        cert_dir=params.cert_dir,
+        timed_reload=params.timed_reload,
+        status_port=params.status_port,
+    )
     listen = params.listen_ports or tuple(t.port for t in targets)
-    files = scone.CertFiles(
-        cert=f"{params.cert_dir}/svid.pem",
-        key=f"{params.cert_dir}/svid-key.pem",
-        cacert=f"{params.cert_dir}/bundle.pem",
-    )
-    tunnels = tuple(
-        scone.GhostunnelTunnel(
-            target=t,
-            listen_port=port,
-            cert_source=params.cert_source,
-            files=files,
-            workload_api_addr=params.workload_api_addr,
-            timed_reload=params.timed_reload,
-            status_port=params.status_port + i,
-        )
-        for i, (t, port) in enumerate(zip(targets, listen, strict=True))
-    )
+    tunnels = ghostunnel_tunnels(settings, zip(targets, listen, strict=True))
     app = scone.GhostunnelApp(
         session_name=params.app.session,
         mrenclaves=tuple(m.lower() for m in params.app.mrenclaves),

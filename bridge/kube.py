@@ -20,10 +20,11 @@ Blocking and synchronous: one request at a time, each with the connection's time
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,15 @@ class Cluster:
 
     # -- objects -----------------------------------------------------------------------------------------
 
-    def _errors(self, what: str) -> _ErrorMap:
-        return _ErrorMap(self.server, what)
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Map the client's exceptions inside the block to :class:`KubeError` naming ``what``."""
+        try:
+            yield
+        except (ApiException, ResourceNotFoundError, ResourceNotUniqueError) as exc:
+            raise KubeError(f"{what}: {_reason(exc)}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(f"{what}: {self.server}: API server unreachable ({type(exc).__name__})") from exc
 
     def _object(
         self, obj: dict[str, Any], call: Callable[..., Any], what: str | None = None, **kwargs: Any
@@ -270,24 +278,3 @@ class Cluster:
         except KubeError as exc:
             if not isinstance(exc.__cause__, NotFoundError):
                 raise
-
-
-class _ErrorMap:
-    """``with`` block mapping the client's exceptions to :class:`KubeError` naming ``what``."""
-
-    def __init__(self, server: str, what: str) -> None:
-        self._server = server
-        self._what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, Exception):
-            return
-        if isinstance(exc, ApiException | ResourceNotFoundError | ResourceNotUniqueError):
-            raise KubeError(f"{self._what}: {_reason(exc)}") from exc
-        if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
-            raise KubeError(
-                f"{self._what}: {self._server}: API server unreachable ({type(exc).__name__})"
-            ) from exc

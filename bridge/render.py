@@ -36,13 +36,14 @@ naming the app or service, so callers see one error type for "this spec cannot b
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import istio
 import scone
 from bridge.errors import SpecError
-from bridge.model import Bridge, ExternalApp, MeshService
+from bridge.model import Bridge, ExternalApp, GhostunnelSettings, MeshService
 from bridge.readme import render_readme
 from bridge.rendering import Document, Rendering
 from bridge.spec_scone import DEFAULT_GHOSTUNNEL_WORKLOAD_API
@@ -75,6 +76,12 @@ ENTRIES_SCRIPT = "spire/register-entries.sh"
 SVIDSTORE_HCL = "spire/agent-svidstore.hcl"
 SVIDSTORE_TEMPLATES = {k: f"spire/svidstore-templates/{file}" for k, file in scone.TEMPLATE_FILES.items()}
 """The three SVIDStore session templates, named as ``spire/agent-svidstore.hcl`` refers to them."""
+SESSION_TEMPLATES: Mapping[str, Callable[[scone.SvidStoreSessions], str]] = {
+    "svid": scone.render_svid_session_template,
+    "bundle": scone.render_bundle_session_template,
+    "federated_bundles": scone.render_federated_bundles_session_template,
+}
+"""The renderer of each of :data:`SVIDSTORE_TEMPLATES`."""
 
 
 def session_path(app_name: str) -> str:
@@ -234,31 +241,38 @@ def attestation(app: ExternalApp) -> scone.Attestation:
     return scone.Attestation(tolerate=app.scone.tolerations, ignore_advisories=app.scone.ignore_advisories)
 
 
+def ghostunnel_tunnels(
+    gt: GhostunnelSettings, targets: Iterable[tuple[scone.MeshTarget, int]]
+) -> tuple[scone.GhostunnelTunnel, ...]:
+    """One Ghostunnel per ``(target, local listen port)``, fed the SVID files CAS injects into
+    ``gt.cert_dir`` (or the Workload API)."""
+    d = gt.cert_dir
+    files = scone.CertFiles(cert=f"{d}/svid.pem", key=f"{d}/svid-key.pem", cacert=f"{d}/bundle.pem")
+    addr = gt.workload_api_addr if gt.workload_api_addr is not None else DEFAULT_GHOSTUNNEL_WORKLOAD_API
+    return tuple(
+        scone.GhostunnelTunnel(
+            target=target,
+            listen_port=port,
+            cert_source=gt.cert_source,
+            files=files,
+            workload_api_addr=addr,
+            timed_reload=gt.timed_reload,
+            # one status listener per tunnel: the first gets statusPort, the next ones count up
+            status_port=gt.status_port + i,
+        )
+        for i, (target, port) in enumerate(targets)
+    )
+
+
 def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
     gt = app.ghostunnel
     if gt is None:  # pragma: no cover - the loader guarantees it for mode 'ghostunnel'
         raise SpecError([f"{app.name}: mode 'ghostunnel' without ghostunnel settings"])
-    files = scone.CertFiles(
-        cert=f"{gt.cert_dir}/svid.pem", key=f"{gt.cert_dir}/svid-key.pem", cacert=f"{gt.cert_dir}/bundle.pem"
-    )
-    tunnels = []
-    for i, t in enumerate(app.targets):
-        tunnels.append(
-            scone.GhostunnelTunnel(
-                target=mesh_target(bridge, t.service),
-                listen_port=t.listen_port or t.service.port,
-                cert_source=gt.cert_source,
-                files=files,
-                workload_api_addr=gt.workload_api_addr or DEFAULT_GHOSTUNNEL_WORKLOAD_API,
-                timed_reload=gt.timed_reload,
-                # one status listener per tunnel: the first gets statusPort, the next ones count up
-                status_port=gt.status_port + i,
-            )
-        )
+    targets = [(mesh_target(bridge, t.service), t.listen_port or t.service.port) for t in app.targets]
     return scone.GhostunnelApp(
         session_name=app.scone.qualified_session_name,
         mrenclaves=app.scone.mrenclaves,
-        tunnels=tuple(tunnels),
+        tunnels=ghostunnel_tunnels(gt, targets),
         binary=gt.binary,
         pwd=app.scone.pwd,
         attestation=attestation(app),
@@ -269,28 +283,28 @@ def ghostunnel_app(bridge: Bridge, app: ExternalApp) -> scone.GhostunnelApp:
 # --- rendering --------------------------------------------------------------------------------------
 
 
-def _where_app(index: int, app: ExternalApp) -> str:
-    return f"externalApps[{index}] ({app.name})"
-
-
 def _where_service(index: int, service: MeshService) -> str:
     return f"meshServices[{index}] ({service.key})"
 
 
-def _renderer_failed(where: str, exc: Exception) -> SpecError:
-    return SpecError([f"{where}: {line}" for line in str(exc).splitlines() or [type(exc).__name__]])
+@contextlib.contextmanager
+def _refused(where: str) -> Iterator[None]:
+    """A renderer refusing what the loader accepted becomes a :class:`SpecError` naming ``where``."""
+    try:
+        yield
+    except (istio.IstioError, scone.SconeError) as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        raise SpecError([f"{where}: {line}" for line in lines]) from exc
 
 
 def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
-    try:
+    with _refused("mesh"):
         docs[ISTIO_OPERATOR] = istio.render_istio_operator(overlay_params(bridge))
         docs[PEER_AUTHENTICATION] = istio.render_peer_authentication(bridge.mesh.istio_namespace)
-    except istio.IstioError as exc:
-        raise _renderer_failed("mesh", exc) from exc
     policies: list[dict[str, object]] = []
     crds: list[dict[str, object]] = []
     for index, service in enumerate(bridge.services):
-        try:
+        with _refused(_where_service(index, service)):
             params = authorization_params(bridge, service)
             if bridge.callers_of(service) and service.lists_mesh_callers:
                 # the spec lists the in-mesh callers: one ALLOW policy admits them and the apps
@@ -314,64 +328,49 @@ def _render_istio(bridge: Bridge, docs: dict[str, Document]) -> None:
             if deny is not None:
                 policies.append(deny)
             crds.append(istio.render_cluster_spiffe_id(cluster_spiffe_id_params(bridge, service)))
-        except istio.IstioError as exc:
-            raise _renderer_failed(_where_service(index, service), exc) from exc
     # The overlay puts every declared gateway on SPIRE too: without a matching entry its SDS server
     # gets no SVID and the gateway never becomes Ready (Istio's SPIRE guide), so it gets a ClusterSPIFFEID.
     for index, gateway in enumerate(overlay_params(bridge).gateways):
-        try:
+        with _refused(f"mesh.gateways[{index}] ({gateway.name})"):
             crds.append(
                 istio.render_gateway_cluster_spiffe_id(
                     gateway, bridge.mesh.istio_namespace, bridge.spire.class_name
                 )
             )
-        except istio.IstioError as exc:
-            raise _renderer_failed(f"mesh.gateways[{index}] ({gateway.name})", exc) from exc
     docs[AUTHORIZATION_POLICIES] = policies
     docs[CLUSTER_SPIFFEIDS] = crds
     for peer in peer_trust_domains(bridge):
-        try:
+        with _refused("federation"):
             docs[CLUSTER_FEDERATED_TRUST_DOMAINS] = istio.render_cluster_federated_trust_domain(
                 istio.FederatedTrustDomainParams(peer=peer, class_name=bridge.spire.class_name)
             )
-        except istio.IstioError as exc:
-            raise _renderer_failed("federation", exc) from exc
 
 
 def _render_spire(
     bridge: Bridge, docs: dict[str, Document], session_hashes: Mapping[str, str] | None
 ) -> list[str]:
-    warnings: list[str] = []
     params = entries_params(bridge)
-    try:
+    with _refused("externalApps (SPIRE entries)"):
         docs[ENTRIES_SCRIPT] = istio.render_entries_script(params, prog="register-entries.sh")
         needed = {e.cas_session for e in params.entries if e.cas_session is not None}
         hashes = dict(session_hashes or {})
         if needed <= set(hashes):
             docs[ENTRIES_JSON] = istio.render_entries_json(params, hashes)
-    except istio.IstioError as exc:
-        raise _renderer_failed("externalApps (SPIRE entries)", exc) from exc
     unknown = sorted(set(session_hashes or {}) - {a.scone.qualified_session_name for a in bridge.apps})
     if unknown:
         raise SpecError([f"--session-hash: {u!r}: no external app has this CAS session" for u in unknown])
     sessions = svidstore_sessions(bridge)
-    try:
+    with _refused("spire"):
         hcl = scone.render_svidstore_hcl(svidstore_config(bridge))
         docs[SVIDSTORE_HCL] = hcl.text
-        warnings += [f"spire: {w}" for w in hcl.warnings]
-        docs[SVIDSTORE_TEMPLATES["svid"]] = scone.render_svid_session_template(sessions)
-        docs[SVIDSTORE_TEMPLATES["bundle"]] = scone.render_bundle_session_template(sessions)
-        docs[SVIDSTORE_TEMPLATES["federated_bundles"]] = scone.render_federated_bundles_session_template(
-            sessions
-        )
-    except scone.SconeError as exc:
-        raise _renderer_failed("spire", exc) from exc
-    return warnings
+        for kind, path in SVIDSTORE_TEMPLATES.items():
+            docs[path] = SESSION_TEMPLATES[kind](sessions)
+    return [f"spire: {w}" for w in hcl.warnings]
 
 
 def _render_app(bridge: Bridge, index: int, app: ExternalApp, docs: dict[str, Document]) -> list[str]:
-    where = _where_app(index, app)
-    try:
+    where = f"externalApps[{index}] ({app.name})"
+    with _refused(where):
         if app.mode == "network-shield":
             rendered = scone.render_network_shield_session(network_shield_app(bridge, app))
         else:
@@ -379,8 +378,6 @@ def _render_app(bridge: Bridge, index: int, app: ExternalApp, docs: dict[str, Do
             rendered = scone.render_ghostunnel_session(gapp)
             lines = [scone.ghostunnel_command_line(t, gapp.binary) for t in gapp.tunnels]
             docs[ghostunnel_command_path(app.name)] = "\n".join(lines) + "\n"
-    except scone.SconeError as exc:
-        raise _renderer_failed(where, exc) from exc
     docs[session_path(app.name)] = rendered.session
     return [f"{where}: {w}" for w in rendered.warnings]
 
