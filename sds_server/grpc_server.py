@@ -127,22 +127,10 @@ class _Connection:
         self.transport: BaseTransport | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
 
-
-def _capped(recv_data: Callable[[int], Awaitable[bytes]], limit: int) -> Callable[[int], Awaitable[bytes]]:
-    """``recv_data`` refusing a read larger than ``limit``.
-
-    ``grpclib.stream.recv_message`` reads the 5-byte prefix, then calls ``recv_data(length)`` with the
-    announced length: refusing that call is refusing the body before a byte of it is buffered.
-    """
-
-    async def recv(size: int) -> bytes:
-        if size > limit:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({size} vs. {limit})"
-            )
-        return await recv_data(size)
-
-    return recv
+    def stop_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
 
 
 class Server(_GrpclibServer):
@@ -181,17 +169,13 @@ class Server(_GrpclibServer):
         def connection_lost(exc: BaseException | None) -> None:
             if conn.transport is not None:
                 self._transports.discard(conn.transport)
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
+            conn.stop_idle_timer()
             lost(exc)
 
         def accepting(stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
             conn.streams += 1
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
-            stream.recv_data = self._counting(_capped(stream.recv_data, limits.max_message_bytes))
+            conn.stop_idle_timer()
+            stream.recv_data = self._capped(stream.recv_data)
             accept(stream, headers, release_stream)
 
         protocol.connection_made = connection_made  # type: ignore[method-assign]
@@ -199,17 +183,23 @@ class Server(_GrpclibServer):
         handler.accept = accepting  # type: ignore[method-assign]
         return protocol
 
-    def _counting(self, recv: Callable[[int], Awaitable[bytes]]) -> Callable[[int], Awaitable[bytes]]:
-        async def counted(size: int) -> bytes:
-            try:
-                return await recv(size)
-            except GRPCError as exc:
-                if exc.status is Status.RESOURCE_EXHAUSTED:
-                    self.oversized += 1
-                    log.warning("grpc.message.too_large", message=exc.message)
-                raise
+    def _capped(self, recv_data: Callable[[int], Awaitable[bytes]]) -> Callable[[int], Awaitable[bytes]]:
+        """``recv_data`` refusing (counted, logged) a read larger than :attr:`Limits.max_message_bytes`.
 
-        return counted
+        ``grpclib.stream.recv_message`` reads the 5-byte prefix, then calls ``recv_data(length)`` with the
+        announced length: refusing that call is refusing the body before a byte of it is buffered.
+        """
+        limit = self.limits.max_message_bytes
+
+        async def recv(size: int) -> bytes:
+            if size > limit:
+                message = f"grpc: received message larger than max ({size} vs. {limit})"
+                self.oversized += 1
+                log.warning("grpc.message.too_large", message=message)
+                raise GRPCError(Status.RESOURCE_EXHAUSTED, message)
+            return await recv_data(size)
+
+        return recv
 
     async def start(self, *args: Any, **kwargs: Any) -> None:
         """grpclib's ``start``, with ``backlog`` = :attr:`Limits.backlog` unless given."""

@@ -21,8 +21,8 @@ from sds_server.snapshot import SecretSnapshot
 
 
 class _ExpiryCollector(Collector):
-    def __init__(self, current: Callable[[], SecretSnapshot | None]) -> None:
-        self._current = current
+    def __init__(self) -> None:
+        self.current: Callable[[], SecretSnapshot | None] = lambda: None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -30,7 +30,7 @@ class _ExpiryCollector(Collector):
             "Seconds until the SVID's NotAfter (negative: expired, withheld)",
             labels=["spiffe_id", "serial"],
         )
-        snap = self._current()
+        snap = self.current()
         if snap is not None:
             now = time.time()
             for svid in snap.svids:
@@ -49,6 +49,7 @@ class _CallbackGauge(Collector):
 
 _MAX_REQUEST_HEAD = 8 * 1024
 _REQUEST_TIMEOUT = 5.0
+_RESPONSE_HEAD = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
 
 
 class Metrics:
@@ -103,16 +104,13 @@ class Metrics:
             self.nacks.labels(api)
         for api in ("sotw", "delta", "fetch"):
             self.responses_sent.labels(api)
-        self._snapshot: Callable[[], SecretSnapshot | None] = lambda: None
-        r.register(_ExpiryCollector(self._current_snapshot))
+        self._expiry = _ExpiryCollector()
+        r.register(self._expiry)
         self._http: asyncio.Server | None = None
-
-    def _current_snapshot(self) -> SecretSnapshot | None:
-        return self._snapshot()
 
     def track_snapshot(self, current: Callable[[], SecretSnapshot | None]) -> None:
         """Where the expiry gauge reads the current snapshot from."""
-        self._snapshot = current
+        self._expiry.current = current
 
     def track_held(self, read: Callable[[], float]) -> None:
         """Where the ``sds_held_names`` gauge is read from at scrape time."""
@@ -140,16 +138,7 @@ class Metrics:
             else:
                 status, ctype = b"200 OK", CONTENT_TYPE_LATEST.encode()
                 body = self.render() if method == b"GET" else b""
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + ctype
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
-            )
+            writer.write(_RESPONSE_HEAD % (status, ctype, len(body)) + body)
             async with asyncio.timeout(_REQUEST_TIMEOUT):
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):

@@ -68,6 +68,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
+from google.protobuf.message import Message
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.server import Stream
@@ -104,11 +105,9 @@ def node_disables_spiffe_validation(node: Any) -> bool:
         return False
     value = fields[DISABLE_SPIFFE_KEY]
     kind = value.WhichOneof("kind")
-    if kind == "bool_value":
-        return bool(value.bool_value)
     if kind == "string_value":  # Go strconv.ParseBool
         return value.string_value in ("1", "t", "T", "TRUE", "true", "True")
-    return False
+    return kind == "bool_value" and bool(value.bool_value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +118,14 @@ class Nack:
     version: str
     message: str
     at: float  # wall clock
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "version": self.version[:16],
+            "message": self.message,
+            "at": self.at,
+        }
 
 
 @dataclass(slots=True)
@@ -162,6 +169,13 @@ class _Stream:
     held_timer: asyncio.TimerHandle | None = None
     last_nack: Nack | None = None
     opened: float = field(default_factory=time.time)
+
+
+def _not_authorized(names: list[str]) -> GRPCError:
+    """SPIRE's refusal of names it serves nothing for (``sdsv3/handler.go`` ``buildResponse``)."""
+    return GRPCError(
+        Status.INVALID_ARGUMENT, f"workload is not authorized for the requested identities {names!r}"
+    )
 
 
 def _logs_debug(logger: Any) -> bool:
@@ -222,10 +236,9 @@ class SecretDiscoveryServicer:
         loop = asyncio.get_running_loop()
         for st in affected:
             task = loop.create_task(self._push(st))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            st.pushes.add(task)
-            task.add_done_callback(st.pushes.discard)
+            for tasks in (self._tasks, st.pushes):
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
 
     async def _push(self, st: _Stream) -> None:
         try:
@@ -256,12 +269,7 @@ class SecretDiscoveryServicer:
 
     def held_names(self) -> int:
         """(stream, name) pairs subscribed but not servable now (scrape-time gauge; any thread)."""
-        held = 0
-        for st in list(self._streams):
-            for name in st.ordered:
-                if self._resolve(st, name) is None:
-                    held += 1
-        return held
+        return sum(1 for st in list(self._streams) for name in st.ordered if self._resolve(st, name) is None)
 
     def plan(self, st: _Stream) -> tuple[list[Resource], list[str]]:
         """Resources to send (changed, not rejected) and names to report removed (delta only)."""
@@ -288,9 +296,7 @@ class SecretDiscoveryServicer:
 
     def _absent_is_final(self, name: str) -> bool:
         """Whether a missing name can be reported as nonexistent (not just: no snapshot yet)."""
-        if file_credentials.is_file_name(name):
-            return True
-        return self._snapshot is not None
+        return file_credentials.is_file_name(name) or self._snapshot is not None
 
     async def close(self) -> None:
         """Cancel in-flight pushes and timers (server shutdown)."""
@@ -365,7 +371,7 @@ class SecretDiscoveryServicer:
         if next_due is not None:
             self._arm_held_timer(st, max(0.05, next_due - now))
 
-    def _check_names(self, st: _Stream, names: frozenset[str]) -> None:
+    def _check_names(self, names: frozenset[str]) -> None:
         cap = self.limits.max_names_per_stream
         if len(names) > cap:
             self._metrics.refused.labels("names_per_stream").inc()
@@ -381,10 +387,7 @@ class SecretDiscoveryServicer:
         unknown = sorted(n for n in names if not self._known(n))
         if unknown:
             self._metrics.refused.labels("unknown_names").inc()
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"workload is not authorized for the requested identities {unknown!r}",
-            )
+            raise _not_authorized(unknown)
 
     def _forget(self, st: _Stream) -> None:
         if st.held_timer is not None:
@@ -401,10 +404,10 @@ class SecretDiscoveryServicer:
         self._streams.discard(st)
 
     # ---- encoding (once per version, shared by streams) ---------------------------------------
-    def _encoded(self, key: tuple[object, ...], build: Callable[[], bytes]) -> bytes:
+    def _encoded(self, key: tuple[object, ...], build: Callable[[], Message]) -> bytes:
         data = self._cache.get(key)
         if data is None:
-            data = build()
+            data = build().SerializeToString()
             self.encodings += 1
             self._cache[key] = data
             if len(self._cache) > _CACHE_ENTRIES:
@@ -413,23 +416,20 @@ class SecretDiscoveryServicer:
 
     def _sotw_bytes(self, changed: list[Resource], version_info: str) -> bytes:
         key = ("sotw", version_info, *((r.name, r.version) for r in changed))
-
-        def build() -> bytes:
-            msg = DiscoveryResponse(
+        return self._encoded(
+            key,
+            lambda: DiscoveryResponse(
                 version_info=version_info,
                 type_url=SECRET_TYPE_URL,
                 resources=[pack_secret_bytes(r.secret) for r in changed],
-            )
-            data: bytes = msg.SerializeToString()
-            return data
-
-        return self._encoded(key, build)
+            ),
+        )
 
     def _delta_bytes(self, changed: list[Resource], removed: list[str], system_version: str) -> bytes:
         key = ("delta", system_version, tuple(removed), *((r.name, r.version) for r in changed))
-
-        def build() -> bytes:
-            msg = DeltaDiscoveryResponse(
+        return self._encoded(
+            key,
+            lambda: DeltaDiscoveryResponse(
                 system_version_info=system_version,
                 type_url=SECRET_TYPE_URL,
                 resources=[
@@ -439,11 +439,8 @@ class SecretDiscoveryServicer:
                     for r in changed
                 ],
                 removed_resources=removed,
-            )
-            data: bytes = msg.SerializeToString()
-            return data
-
-        return self._encoded(key, build)
+            ),
+        )
 
     def _held_version(self, st: _Stream) -> str:
         """SotW ``version_info``: hash of the (name, version) pairs the client holds (cached)."""
@@ -472,12 +469,11 @@ class SecretDiscoveryServicer:
         for r in changed:
             st.known[r.name] = r.version
         nonce = str(next(st.counter))
+        version_info = self._held_version(st)
         if st.api == "sotw":
-            version_info = self._held_version(st)
             shared = self._sotw_bytes(changed, version_info)
             data = shared + DiscoveryResponse(nonce=nonce).SerializeToString()
         else:
-            version_info = self._held_version(st)
             shared = self._delta_bytes(changed, removed, version_info)
             data = shared + DeltaDiscoveryResponse(nonce=nonce).SerializeToString()
         st.last = _Sent(nonce, previous, {r.name: r.version for r in changed}, version_info)
@@ -624,7 +620,7 @@ class SecretDiscoveryServicer:
             return False
         # First request carrying a nonce: it answers a previous connection's response; not stale.
         names = frozenset(req.resource_names)
-        self._check_names(st, names)
+        self._check_names(names)
         if names == st.names and not first:
             snap = self._snapshot
             # A plain ACK with nothing new since our last plan: no work (the common case at scale).
@@ -645,7 +641,7 @@ class SecretDiscoveryServicer:
         subscribe = frozenset(req.resource_names_subscribe)
         unsubscribe = frozenset(req.resource_names_unsubscribe)
         names = (st.names | subscribe) - unsubscribe
-        self._check_names(st, names)
+        self._check_names(names)
         self._check_unknown(subscribe - st.names)
         resubscribed = subscribe & st.names
         if names != st.names:
@@ -673,24 +669,14 @@ class SecretDiscoveryServicer:
         names = sorted({n for n in req.resource_names if n})  # SPIRE ignores empty names
         if not names:  # SPIRE: an empty list asks for everything
             names = sorted(set(snap.resources) | set(snap.plain))
-        found: list[Resource] = []
-        missing: list[str] = []
-        for name in names:
-            res = self._fetch_one(snap, name, plain)
-            if res is None:
-                if req.resource_names:
-                    missing.append(name)
-            else:
-                found.append(res)
-        if missing:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"workload is not authorized for the requested identities {missing!r}",
-            )
+        fetched = {name: self._fetch_one(snap, name, plain) for name in names}
+        missing = [name for name, res in fetched.items() if res is None]
+        if missing and req.resource_names:
+            raise _not_authorized(missing)
+        found = [res for res in fetched.values() if res is not None]
         version_info = combined_version(found)
         nonce = DiscoveryResponse(nonce=version_info[:16]).SerializeToString()
-        data = self._sotw_bytes(found, version_info) + nonce
-        await stream.send_message(data)
+        await stream.send_message(self._sotw_bytes(found, version_info) + nonce)
         self._metrics.responses_sent.labels("fetch").inc()
 
     def _fetch_one(self, snap: SecretSnapshot, name: str, plain: bool) -> Resource | None:
@@ -721,7 +707,6 @@ class SecretDiscoveryServicer:
                         "serial": res.serial,
                         "not_after": res.not_after.isoformat() if res.not_after else None,
                     }
-            nack = st.last_nack
             out.append(
                 {
                     "api": st.api,
@@ -733,14 +718,7 @@ class SecretDiscoveryServicer:
                     "certificates": certs,
                     "responses": st.responses,
                     "plain_validation": st.plain,
-                    "last_nack": None
-                    if nack is None
-                    else {
-                        "names": list(nack.names),
-                        "version": nack.version[:16],
-                        "message": nack.message,
-                        "at": nack.at,
-                    },
+                    "last_nack": None if st.last_nack is None else st.last_nack.report(),
                 }
             )
         return out

@@ -68,11 +68,6 @@ class Svid:
         return x509.load_pem_x509_certificate(self.chain_pem).not_valid_before_utc
 
     @property
-    def pem(self) -> tuple[bytes, bytes]:
-        """(chain PEM, key PEM)."""
-        return self.chain_pem, self.key_pem
-
-    @property
     def trust_domain(self) -> str:
         return self.spiffe_id[len(SCHEME_PREFIX) :].split("/", 1)[0]
 
@@ -135,10 +130,7 @@ def combined_pairs_version(pairs: Sequence[tuple[str, str]]) -> str:
     """The version of a set of (name, version) pairs: sha256 over them, sorted."""
     h = hashlib.sha256()
     for name, version in sorted(pairs):
-        h.update(name.encode())
-        h.update(b"\0")
-        h.update(version.encode())
-        h.update(b"\n")
+        h.update(f"{name}\0{version}\n".encode())
     return h.hexdigest()
 
 
@@ -150,10 +142,14 @@ def combined_version(resources: Sequence[Resource]) -> str:
 FILE_NAME_PREFIXES = ("file-cert:", "file-root:")
 
 
+def _version(resource: Resource | None) -> str:
+    return "" if resource is None else resource.version
+
+
 def _snapshot_version(resources: Mapping[str, Resource], plain: Mapping[str, Resource | None]) -> str:
     """A snapshot's version: its resources and the per-node plain (``trusted_ca``) variants."""
     pairs = [(r.name, r.version) for r in resources.values()]
-    pairs += [("plain\0" + n, r.version if r is not None else "") for n, r in plain.items()]
+    pairs += [("plain\0" + n, _version(r)) for n, r in plain.items()]
     return combined_pairs_version(pairs)
 
 
@@ -179,7 +175,7 @@ def _svid_resource(name: str, s: Svid) -> Resource:
     return make_resource(
         name,
         "tls_certificate",
-        secrets.tls_certificate_secret(name, *s.pem),
+        secrets.tls_certificate_secret(name, s.chain_pem, s.key_pem),
         serial=format(s.serial, "x"),
         not_after=s.not_after,
     )
@@ -309,9 +305,7 @@ class SecretSnapshot:
     @property
     def default_svid(self) -> Svid | None:
         """The default SVID if it is servable (present and not expired)."""
-        if self.names.default in self.resources:
-            return self.default
-        return None
+        return self.default if self.names.default in self.resources else None
 
     def get(self, name: str, *, plain: bool = False) -> Resource | None:
         """The resource for ``name`` (``plain``: for a node that disabled SPIFFE validation), or ``None``
@@ -324,18 +318,11 @@ class SecretSnapshot:
         """Names whose content differs from ``previous`` (added, changed or gone), either form."""
         if previous is None:
             return frozenset(self.resources) | frozenset(self.plain)
-        names = set(self.resources) | set(previous.resources)
-        changed = {
-            n
-            for n in names
-            if (self.resources.get(n) or _MISSING).version != (previous.resources.get(n) or _MISSING).version
-        }
-        for n in set(self.plain) | set(previous.plain):
-            if (self.get(n, plain=True) or _MISSING).version != (
-                previous.get(n, plain=True) or _MISSING
-            ).version:
-                changed.add(n)
-        return frozenset(changed)
 
+        def differs(name: str, plain: bool) -> bool:
+            return _version(self.get(name, plain=plain)) != _version(previous.get(name, plain=plain))
 
-_MISSING = Resource(name="", secret=b"", version="", kind="")
+        return frozenset(
+            {n for n in self.resources.keys() | previous.resources.keys() if differs(n, False)}
+            | {n for n in self.plain.keys() | previous.plain.keys() if differs(n, True)}
+        )

@@ -80,40 +80,36 @@ class AdminService:
         }
 
 
-async def fetch_status(path: Path, deadline: float = 5.0) -> dict[str, Any]:
-    """The status JSON of the SDS server listening on ``path``."""
+async def _unary(path: Path, method: str, request: Any, response_type: Any, deadline: float) -> Any:
+    """One unary call to the server on ``path``: its response (``None`` if it sent none)."""
     channel = Channel(path=str(path), codec=PassThroughProtoCodec())
     try:
         async with channel.request(
-            STATUS_METHOD, grpclib.const.Cardinality.UNARY_UNARY, bytes, bytes, timeout=deadline
+            method, grpclib.const.Cardinality.UNARY_UNARY, type(request), response_type, timeout=deadline
         ) as stream:
-            await stream.send_message(b"", end=True)
-            data = await stream.recv_message()
+            await stream.send_message(request, end=True)
+            response = await stream.recv_message()
             await stream.recv_trailing_metadata()
     finally:
         channel.close()
+    return response
+
+
+async def fetch_status(path: Path, deadline: float = 5.0) -> dict[str, Any]:
+    """The status JSON of the SDS server listening on ``path``."""
+    data = await _unary(path, STATUS_METHOD, b"", bytes, deadline)
     report: dict[str, Any] = json.loads(data or b"{}")
     return report
 
 
 async def probe(path: Path, service: str = "", deadline: float = 3.0) -> tuple[bool, str]:
     """(serving?, message) from the ``grpc.health.v1`` check of the server on ``path``."""
-    channel = Channel(path=str(path))
     try:
-        async with channel.request(
-            HEALTH_METHOD,
-            grpclib.const.Cardinality.UNARY_UNARY,
-            HealthCheckRequest,
-            HealthCheckResponse,
-            timeout=deadline,
-        ) as stream:
-            await stream.send_message(HealthCheckRequest(service=service), end=True)
-            resp = await stream.recv_message()
-            await stream.recv_trailing_metadata()
+        resp = await _unary(
+            path, HEALTH_METHOD, HealthCheckRequest(service=service), HealthCheckResponse, deadline
+        )
     except (OSError, TimeoutError, grpclib.exceptions.GRPCError, grpclib.exceptions.ProtocolError) as exc:
         return False, f"{path}: health check failed: {type(exc).__name__}: {exc}"
-    finally:
-        channel.close()
     if resp is None:
         return False, f"{path}: health check returned nothing"
     name = HealthCheckResponse.ServingStatus.Name(resp.status)

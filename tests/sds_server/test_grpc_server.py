@@ -110,7 +110,7 @@ _INTERNALS: list[tuple[str, str, Callable[[], bool]]] = [
      lambda: "self.handler = handler" in _source(grpclib.protocol.H2Protocol)),
     ("grpclib.server.Handler.accept", "Server._protocol_factory counts streams and caps messages",
      lambda: "def accept" in _source(grpclib.server.Handler)),
-    ("grpclib.stream.recv_message -> recv_data(message_len)", "_capped (message cap before the body)",
+    ("grpclib.stream.recv_message -> recv_data(message_len)", "Server._capped (message cap before the body)",
      lambda: "recv_data(message_len)" in _source(grpclib.stream.recv_message)),
     ("grpclib.protocol.Peer._transport", "peer_transport / peer_socket (SO_PEERCRED)",
      lambda: "self._transport = transport" in _source(grpclib.protocol.Peer)),
