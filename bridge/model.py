@@ -193,6 +193,11 @@ class ExternalApp:
             return self.server_auth
         return self.ghostunnel is not None and self.ghostunnel.cert_source == "files"
 
+    @property
+    def stores_svid_in_cas(self) -> bool:
+        """Whether the app's SVID reaches it through CAS (SVIDStore), not a Workload API socket."""
+        return not (self.ghostunnel is not None and self.ghostunnel.cert_source == "workload-api")
+
 
 @dataclass(frozen=True, slots=True)
 class SpireSettings:

@@ -18,6 +18,7 @@ import json
 import shlex
 from collections.abc import Mapping
 
+from bridge import artifacts
 from bridge.model import Bridge
 from bridge.rendering import Document
 
@@ -29,16 +30,12 @@ def _q(value: str) -> str:
     return shlex.quote(value)
 
 
-def _service_names(session: Document | None) -> list[str]:
-    """The ``services[].name`` of a rendered CAS session (what ``SCONE_CONFIG_ID`` names)."""
-    if not isinstance(session, dict):
-        return []
-    services = session.get("services")
-    return [str(s["name"]) for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+def _session(docs: Mapping[str, Document], app_name: str) -> Mapping[str, object]:
+    return artifacts.as_dict(docs.get(f"scone/{app_name}/session.yaml"))
 
 
-def _namespace(session_name: str) -> str | None:
-    return session_name.rpartition("/")[0] or None
+def _namespace(session_name: str) -> str:
+    return session_name.rpartition("/")[0]
 
 
 def _cas_namespaces(
@@ -46,24 +43,13 @@ def _cas_namespaces(
 ) -> tuple[set[str], set[str]]:
     """CAS namespaces the apps' sessions live in, and those the SVIDStore plugin posts into (the SVID
     sessions the app sessions import; the bundle and federated-bundles sessions when ``svidstore``)."""
-    apps: set[str] = set()
-    plugin: set[str] = set()
-    for a in bridge.apps:
-        session = docs.get(f"scone/{a.name}/session.yaml")
-        if not isinstance(session, dict):
-            continue
-        if (ns := _namespace(str(session.get("name", "")))) is not None:
-            apps.add(ns)
-        secrets = session.get("secrets")
-        for secret in secrets if isinstance(secrets, list) else []:
-            imp = secret.get("import") if isinstance(secret, dict) else None
-            if isinstance(imp, dict) and (ns := _namespace(str(imp.get("session", "")))) is not None:
-                plugin.add(ns)
+    sessions = [_session(docs, a.name) for a in bridge.apps]
+    apps = {_namespace(str(s.get("name", ""))) for s in sessions}
+    plugin = {_namespace(source) for s in sessions for _, source in artifacts.session_imports(s)}
     if svidstore:
-        for name in (bridge.spire.bundle_session_name, bridge.spire.federated_bundles_session_name):
-            if (ns := _namespace(name)) is not None:
-                plugin.add(ns)
-    return apps, plugin
+        names = (bridge.spire.bundle_session_name, bridge.spire.federated_bundles_session_name)
+        plugin |= {_namespace(name) for name in names}
+    return apps - {""}, plugin - {""}
 
 
 def _parent_id_notes(bridge: Bridge) -> list[str]:
@@ -141,7 +127,7 @@ def _federation_notes(bridge: Bridge) -> list[str]:
 
 def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[str]) -> str:
     """Markdown for ``DIR/README.md``; ``docs`` are the other rendered documents (paths decide steps)."""
-    cas_apps = [a for a in bridge.apps if not (a.ghostunnel and a.ghostunnel.cert_source == "workload-api")]
+    cas_apps = [a for a in bridge.apps if a.stores_svid_in_cas]
     out: list[str] = [
         "# meshbridge output",
         "",
@@ -291,8 +277,8 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
         else:
             source = a.ghostunnel.cert_source if a.ghostunnel else "files"
             config_ids = ", ".join(
-                f"`SCONE_CONFIG_ID={a.scone.qualified_session_name}/{name}`"
-                for name in _service_names(docs.get(f"scone/{a.name}/session.yaml"))
+                f"`SCONE_CONFIG_ID={a.scone.qualified_session_name}/{artifacts.get(service, 'name')}`"
+                for service in artifacts.as_list(_session(docs, a.name).get("services"))
             )
             out.append(
                 f"- `{a.name}` (`{a.spiffe_id}`): confidential Ghostunnel ({source}) to {targets}; start "

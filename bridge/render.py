@@ -162,19 +162,14 @@ def cluster_spiffe_id_params(bridge: Bridge, service: MeshService) -> istio.Clus
     )
 
 
-def stores_svid_in_cas(app: ExternalApp) -> bool:
-    """Whether the app's SVID reaches it through CAS (SVIDStore), not a Workload API socket."""
-    return not (app.ghostunnel is not None and app.ghostunnel.cert_source == "workload-api")
-
-
 def app_entry(bridge: Bridge, app: ExternalApp) -> istio.ExternalAppEntry:
     selectors: tuple[istio.Selector, ...] = ()
-    if app.ghostunnel is not None and not stores_svid_in_cas(app):
+    if app.ghostunnel is not None and not app.stores_svid_in_cas:
         selectors = tuple(istio.Selector(t, v) for t, v in app.ghostunnel.workload_api_selectors)
     return istio.ExternalAppEntry(
         spiffe_id=app.spiffe_id,
         parent_id=app.parent_id,
-        cas_session=app.scone.qualified_session_name if stores_svid_in_cas(app) else None,
+        cas_session=app.scone.qualified_session_name if app.stores_svid_in_cas else None,
         selectors=selectors,
         x509_svid_ttl=bridge.spire.svid_ttl,
         # an app in its own trust domain federates with the mesh's: the SVIDStore plugin then posts

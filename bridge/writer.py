@@ -52,9 +52,8 @@ def dump_yaml(doc: Document) -> str:
     """YAML text of one mapping, or a ``---``-separated stream of a list of mappings."""
     if isinstance(doc, str):
         return doc
-    if isinstance(doc, list):
-        return yaml.dump_all(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+    docs = doc if isinstance(doc, list) else [doc]
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
 def dump_json(doc: Document) -> str:
