@@ -83,10 +83,7 @@ def _status(args: argparse.Namespace) -> int:
         raise SdsConfigError(
             f"--listen: {args.listen!r}: no SDS status: {type(exc).__name__}: {exc}"
         ) from exc
-    if args.output == "json":
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(render_text(report))
+    print(json.dumps(report, indent=2, sort_keys=True) if args.output == "json" else render_text(report))
     return 0
 
 

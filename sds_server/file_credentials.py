@@ -139,15 +139,13 @@ class FileCredentials:
         if parts is None:
             self._refuse(name, "", "malformed: file-cert:<cert>~<key> or file-root:<path>")
             return None
-        paths = []
         for part in parts:
             real = Path(os.path.realpath(part))
             if not any(real.is_relative_to(d) for d in self.dirs):
                 allowed = [str(d) for d in self.dirs] or "none configured"
                 self._refuse(name, part, f"not under any --file-credentials-dir ({allowed})")
                 return None
-            paths.append(Path(part))
-        return tuple(paths)
+        return tuple(Path(part) for part in parts)
 
     def _refuse(self, name: str, path: str, reason: str) -> None:
         if name not in self._refused:
@@ -203,22 +201,19 @@ class FileCredentials:
         return data
 
     def _build(self, name: str, paths: tuple[Path, ...]) -> Resource:
-        if len(paths) == 1:
-            pem = self._read(paths[0])
-            try:
-                # Only "is there a PEM certificate" is checked; Envoy parses the roots. OS stores hold
-                # roots cryptography warns about (Debian's: a serial <= 0), which must not fail this.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-                    x509.load_pem_x509_certificates(pem)
-            except ValueError as exc:
-                raise FileCredentialError(f"{paths[0]}: no PEM certificate: {exc}") from exc
-            return make_resource(name, "trusted_ca", secrets.trusted_ca_secret(name, pem))
-        chain_pem, key_pem = self._read(paths[0]), self._read(paths[1])
+        pems = [self._read(p) for p in paths]
         try:
-            leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+            with warnings.catch_warnings():
+                if len(paths) == 1:
+                    # Only "is there a PEM certificate" is checked; Envoy parses the roots. OS stores hold
+                    # roots cryptography warns about (Debian's: a serial <= 0), which must not fail this.
+                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                leaf = x509.load_pem_x509_certificates(pems[0])[0]
         except ValueError as exc:
             raise FileCredentialError(f"{paths[0]}: no PEM certificate: {exc}") from exc
+        if len(paths) == 1:
+            return make_resource(name, "trusted_ca", secrets.trusted_ca_secret(name, pems[0]))
+        chain_pem, key_pem = pems
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:

@@ -216,12 +216,13 @@ class SdsServer:
         await self._first_secret.wait()
 
     def _bind(self) -> socket.socket:
-        path = self.config.listen
+        cfg = self.config
         try:
-            cfg = self.config
-            return bind_unix_socket(path, cfg.socket_mode, owner=cfg.socket_owner, backlog=cfg.limits.backlog)
+            return bind_unix_socket(
+                cfg.listen, cfg.socket_mode, owner=cfg.socket_owner, backlog=cfg.limits.backlog
+            )
         except UnixSocketError as exc:
-            raise SdsConfigError(f"listen: {str(path)!r}: {exc}") from exc
+            raise SdsConfigError(f"listen: {str(cfg.listen)!r}: {exc}") from exc
 
     async def _serve_metrics(self) -> None:
         if self.config.metrics_address is None:

@@ -132,12 +132,10 @@ class SnapshotPublisher:
         if snap is not None:
             self._call_soon(callback, snap)
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to ``loop`` (from any thread): subscribers and the timer run there."""
         self._loop = loop
         self._call_soon(self._arm_timer)
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.attach(loop)
 
     async def aclose(self) -> None:
         """Stop (on the loop): disarm the timer."""
@@ -145,7 +143,7 @@ class SnapshotPublisher:
         self._arm_timer()  # closed: cancels the timer, arms none
 
     def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
-        """Run ``callback(*args)`` on the loop, from any thread (dropped before :meth:`attach`)."""
+        """Run ``callback(*args)`` on the loop, from any thread (dropped before :meth:`start`)."""
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # loop closed: shutting down
                 self._loop.call_soon_threadsafe(callback, *args)
@@ -279,7 +277,7 @@ class WorkloadApiSource(SnapshotPublisher):
             return False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.attach(loop)
+        super().start(loop)
 
         def begin() -> None:
             if not self._closed and self._task is None:
@@ -329,14 +327,9 @@ class WorkloadApiSource(SnapshotPublisher):
         self.publish(update.svids, update.bundles)
 
     async def _supervise(self) -> None:
-        first = True
         client: WorkloadApiClient | None = None
         try:
             while True:
-                if not first:
-                    self._metrics.workload_api_reconnects.inc()
-                first = False
-                error: WorkloadApiCallError | WorkloadApiResponseError | None = None
                 try:
                     if client is None:
                         client = WorkloadApiClient(self.address)
@@ -344,25 +337,21 @@ class WorkloadApiSource(SnapshotPublisher):
                     async with contextlib.aclosing(updates):
                         async for update in updates:
                             self._on_update(update)
-                except (WorkloadApiCallError, WorkloadApiResponseError) as exc:
-                    error = exc
-                self._report_loss(error)
+                except (WorkloadApiCallError, WorkloadApiResponseError) as exc:  # the watch never ends else
+                    self._report_loss(exc)
                 delay = self._retry.delay(self._attempt, self._rand.random())
                 self._attempt += 1
                 await asyncio.sleep(delay)
+                self._metrics.workload_api_reconnects.inc()
         finally:
             if client is not None:
                 client.close()
 
-    def _report_loss(self, error: WorkloadApiCallError | WorkloadApiResponseError | None) -> None:
+    def _report_loss(self, error: WorkloadApiCallError | WorkloadApiResponseError) -> None:
         was_up = self.connected
         self._set_connected(False)
-        code = error.code if isinstance(error, WorkloadApiCallError) else ""
         serving = self._current is not None
-        if code == "PERMISSION_DENIED":
-            self._metrics.workload_api_permission_denied.inc()
-            self._report_denied(error.detail if isinstance(error, WorkloadApiCallError) else "")
-        elif isinstance(error, WorkloadApiResponseError):
+        if isinstance(error, WorkloadApiResponseError):
             log.error(
                 "sds.source.response.invalid",
                 address=self.address,
@@ -372,17 +361,20 @@ class WorkloadApiSource(SnapshotPublisher):
                 serving_cached=serving,
                 attempt=self._attempt,
             )
+        elif error.code == "PERMISSION_DENIED":
+            self._metrics.workload_api_permission_denied.inc()
+            self._report_denied(error.detail)
         elif was_up or self._attempt == 0:
             log.warning(
                 "sds.source.stream.lost" if was_up else "sds.source.unavailable",
                 address=self.address,
-                code=code or None,
-                error=error.detail if isinstance(error, WorkloadApiCallError) else None,
+                code=error.code,
+                error=error.detail,
                 serving_cached=serving,
                 attempt=self._attempt,
             )
         else:
-            log.debug("sds.source.retry", address=self.address, code=code or None, attempt=self._attempt)
+            log.debug("sds.source.retry", address=self.address, code=error.code, attempt=self._attempt)
 
     def _serving(self) -> tuple[str, object]:
         """What is still served while the Workload API denies us: a sentence, and its state key."""

@@ -90,21 +90,16 @@ def run_in_thread(config: ServerConfig, source: SecretSource | None = None) -> I
         server = build_server(config, source)
     loop = asyncio.new_event_loop()
     started = threading.Event()
-    stop: asyncio.Event | None = None
+    stop, ready = asyncio.Event(), asyncio.Event()  # bound to the loop that first waits on them
     failure: list[BaseException] = []
 
     async def main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        ready = asyncio.Event()
         task = asyncio.ensure_future(serve(config, ready=ready, stop=stop, server=server))
         waiter = asyncio.ensure_future(ready.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():  # start failed: its exception must be recorded before the caller is released
             waiter.cancel()
             await task
-            started.set()
-            return
         started.set()
         await task
 
@@ -127,7 +122,7 @@ def run_in_thread(config: ServerConfig, source: SecretSource | None = None) -> I
     try:
         yield RunningServer(server, loop)
     finally:
-        if stop is not None and not loop.is_closed():
+        if not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
         thread.join(15)

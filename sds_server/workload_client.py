@@ -33,7 +33,6 @@ from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
@@ -87,15 +86,20 @@ class X509Update:
     bundles: tuple[Bundle, ...]
 
 
-def _certificates(data: bytes, what: str) -> list[x509.Certificate]:
+@contextlib.contextmanager
+def _refused(where: str = "") -> Iterator[None]:
+    """The X509-SVID profile's and the SPIFFE ID parser's errors → :class:`WorkloadApiResponseError`,
+    prefixed with ``where``."""
     try:
-        return der_certificates(data, what)
-    except SvidError as exc:
-        raise WorkloadApiResponseError(str(exc)) from exc
+        yield
+    except (SvidError, SpiffeIdError) as exc:
+        raise WorkloadApiResponseError(f"{where}{exc}") from exc
 
 
 def _bundle(trust_domain: str, der: bytes, what: str) -> Bundle:
-    authorities = {c.public_bytes(serialization.Encoding.DER): c for c in _certificates(der, what)}
+    with _refused():
+        certs = der_certificates(der, what)
+    authorities = {c.public_bytes(serialization.Encoding.DER): c for c in certs}
     if not authorities:
         raise WorkloadApiResponseError(f"{what}: b'': a bundle needs at least one X.509 authority")
     return Bundle(
@@ -105,23 +109,21 @@ def _bundle(trust_domain: str, der: bytes, what: str) -> Bundle:
 
 def _svid(msg: Any, index: int) -> tuple[Svid, Bundle | None]:
     where = f"svids[{index}]"
-    chain = _certificates(bytes(msg.x509_svid), f"{where}.x509_svid")
-    try:
+    with _refused():
+        chain = der_certificates(bytes(msg.x509_svid), f"{where}.x509_svid")
+    with _refused(f"{where}.x509_svid: "):
         spiffe_id = validate_x509_svid(chain)
-    except SvidError as exc:
-        raise WorkloadApiResponseError(f"{where}.x509_svid: {exc}") from exc
     try:
         key = serialization.load_der_private_key(bytes(msg.x509_svid_key), password=None)
     except (ValueError, TypeError) as exc:  # cryptography: not PKCS#8 DER / unsupported / encrypted
         raise WorkloadApiResponseError(
             f"{where}.x509_svid_key: {str(exc)!r}: not an unencrypted PKCS#8 DER private key"
         ) from exc
-    key_pem = private_key_pem(key)
     leaf = chain[0]
     svid = Svid(
         spiffe_id=str(spiffe_id),
         chain_pem=certificates_pem(chain),
-        key_pem=key_pem,
+        key_pem=private_key_pem(key),
         not_after=leaf.not_valid_after_utc,
         serial=leaf.serial_number,
         not_before=leaf.not_valid_before_utc,
@@ -132,18 +134,13 @@ def _svid(msg: Any, index: int) -> tuple[Svid, Bundle | None]:
     return svid, bundle
 
 
-def _trust_domain(key: str, what: str) -> str:
-    try:
-        return TrustDomain.parse(key).name
-    except SpiffeIdError as exc:
-        raise WorkloadApiResponseError(f"{what}: {exc}") from exc
-
-
 def _bundle_map(bundles: Mapping[str, bytes], what: str) -> dict[str, Bundle]:
     out: dict[str, Bundle] = {}
     for key in sorted(bundles):
-        td = _trust_domain(key, f"{what}[{key!r}]")
-        out[td] = _bundle(td, bytes(bundles[key]), f"{what}[{key!r}]")
+        where = f"{what}[{key!r}]"
+        with _refused(f"{where}: "):
+            td = TrustDomain.parse(key).name
+        out[td] = _bundle(td, bytes(bundles[key]), where)
     return out
 
 
@@ -169,12 +166,7 @@ def x509_update_from_response(resp: Any) -> X509Update:
 
 def parse_address(address: str) -> str:
     """``unix:///path``, ``unix:/path`` or ``/path`` → the socket path (SPIFFE_ENDPOINT_SOCKET forms)."""
-    if address.startswith("unix://"):
-        path = address[len("unix://") :]
-    elif address.startswith("unix:"):
-        path = address[len("unix:") :]
-    else:
-        path = address
+    path = address.removeprefix("unix://" if address.startswith("unix://") else "unix:")
     if not path.startswith("/") or len(path) < 2:
         raise WorkloadApiCallError(
             "INVALID_ARGUMENT", f"{address!r}: expected unix:///absolute/path (a Unix socket)"
@@ -201,9 +193,7 @@ class WorkloadApiClient:
     """
 
     def __init__(self, address: str) -> None:
-        self.address = address
-        self.path = parse_address(address)
-        self._channel = Channel(path=self.path)
+        self._channel = Channel(path=parse_address(address))
 
     def close(self) -> None:
         self._channel.close()

@@ -144,7 +144,8 @@ def _validate_leaf(cert: x509.Certificate, what: str) -> SpiffeId:
     return spiffe_id
 
 
-def _validate_signing(cert: x509.Certificate, what: str) -> None:
+def validate_signing_certificate(cert: x509.Certificate, what: str = "signing certificate") -> None:
+    """Check a CA certificate that signs X509-SVIDs (X509-SVID §3, §4.1, §4.3)."""
     bc = _extension(cert, x509.BasicConstraints, f"{what} basicConstraints")
     if bc is None or not bc.ca:
         value = "absent" if bc is None else "cA=false"
@@ -171,16 +172,11 @@ def _validate_signing(cert: x509.Certificate, what: str) -> None:
             )
 
 
-def validate_signing_certificate(cert: x509.Certificate) -> None:
-    """Check a CA certificate that signs X509-SVIDs (X509-SVID §3, §4.1, §4.3)."""
-    _validate_signing(cert, "signing certificate")
-
-
 def validate_x509_svid(chain: Sequence[x509.Certificate]) -> SpiffeId:
     """Check an X509-SVID chain (leaf first, then intermediates); return the leaf's SPIFFE ID."""
     if not chain:
         raise SvidError("chain: []: an X509-SVID chain needs at least the leaf certificate")
     spiffe_id = _validate_leaf(chain[0], "chain[0]")
     for index, cert in enumerate(chain[1:], start=1):
-        _validate_signing(cert, f"chain[{index}]")
+        validate_signing_certificate(cert, f"chain[{index}]")
     return spiffe_id
