@@ -40,7 +40,7 @@ from sds_server.files import atomic_write
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.errors import CaError
 from sds_server.workload_api.jwt import JwtKey, PublicKey, sign_jwt_svid
-from sds_server.x509svid import key_matches_certificate, private_key_pem
+from sds_server.x509svid import certificates_pem, key_matches_certificate, private_key_pem
 
 __all__ = [
     "CaGeneration",
@@ -325,16 +325,17 @@ class LocalCa:
 
     def _load(self) -> tuple[CaGeneration, ...]:
         path = self._state_path()
+        where = f"data_dir: {str(path)!r}"
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return ()
         except OSError as exc:
-            raise CaError(f"data_dir: {str(path)!r}: cannot read the CA state ({exc.strerror})") from exc
+            raise CaError(f"{where}: cannot read the CA state ({exc.strerror})") from exc
         try:
             state = json.loads(raw)
             if state.get("version") != _STATE_VERSION:
-                raise CaError(f"data_dir: {str(path)!r}: unknown CA state version {state.get('version')!r}")
+                raise CaError(f"{where}: unknown CA state version {state.get('version')!r}")
             if state.get("trust_domain") != self.trust_domain.name:
                 log.warning(
                     "workload_api.ca.state.discarded",
@@ -350,21 +351,20 @@ class LocalCa:
             gens = []
             for g in state["generations"]:
                 cert = x509.load_pem_x509_certificate(g["cert"].encode())
-                jwt_key = _load_key(g["jwt_key"].encode(), f"data_dir: {str(path)!r}")
+                jwt_key = _load_key(g["jwt_key"].encode(), where)
                 if not isinstance(jwt_key, ec.EllipticCurvePrivateKey):
-                    raise CaError(f"data_dir: {str(path)!r}: JWT keys must be EC")
+                    raise CaError(f"{where}: JWT keys must be EC")
                 gens.append(
                     CaGeneration(
                         certificate=cert,
-                        key=_load_key(g["key"].encode(), f"data_dir: {str(path)!r}"),
+                        key=_load_key(g["key"].encode(), where),
                         jwt_key=JwtKey(g["jwt_kid"], jwt_key, cert.not_valid_after_utc),
                         issued_at=datetime.fromisoformat(g["issued_at"]),
                     )
                 )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CaError(
-                f"data_dir: {str(path)!r}: CA state is corrupt ({type(exc).__name__}); "
-                "move it away to start a new CA"
+                f"{where}: CA state is corrupt ({type(exc).__name__}); move it away to start a new CA"
             ) from exc
         log.info("workload_api.ca.loaded", path=str(path), generations=len(gens))
         return tuple(gens)
@@ -419,16 +419,15 @@ class LocalCa:
         now = self._clock()
         key = generate_key(self.key_type)
         not_after = now + self.ttl
-        if self.upstream is not None:
-            not_after = min(not_after, self.upstream.chain[0].not_valid_after_utc)
+        issuer_cert = self.upstream.chain[0] if self.upstream else None
+        if issuer_cert is not None:
+            not_after = min(not_after, issuer_cert.not_valid_after_utc)
             if not_after <= now:
                 raise CaError(
-                    f"ca.upstream.cert: {self.upstream.chain[0].subject.rfc4514_string()!r}: "
-                    "the upstream CA has expired"
+                    f"ca.upstream.cert: {issuer_cert.subject.rfc4514_string()!r}: the upstream CA has expired"
                 )
         serial = x509.random_serial_number()
         subject = _name(f"meshbridge CA {self.trust_domain.name} {serial:x}"[:64])
-        issuer_cert = self.upstream.chain[0] if self.upstream else None
         signer: PrivateKey = self.upstream.key if self.upstream else key
         builder = (
             x509.CertificateBuilder()
@@ -487,8 +486,7 @@ class LocalCa:
 
     def next_event_at(self) -> datetime:
         """When the CA next needs attention: half-life of the current generation or an expiry."""
-        times = [self.current.rotate_at, *(g.not_after for g in self._generations)]
-        return min(times)
+        return min(self.current.rotate_at, *(g.not_after for g in self._generations))
 
     def maintain(self) -> bool:
         """Rotate at half-life and prune expired generations; return whether the bundle changed."""
@@ -510,19 +508,22 @@ class LocalCa:
         return b"".join(c.public_bytes(serialization.Encoding.DER) for c in self.x509_authorities())
 
     def bundle_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.x509_authorities())
+        return certificates_pem(self.x509_authorities())
 
     def jwt_authorities(self) -> tuple[tuple[str, PublicKey], ...]:
         """The JWT bundle's keys ``(kid, public key)``, one per unexpired generation."""
         return tuple((g.jwt_key.kid, g.jwt_key.private_key.public_key()) for g in self._generations)
 
     # ---- minting --------------------------------------------------------------------------------
+    def _check_member(self, spiffe_id: SpiffeId) -> None:
+        if spiffe_id.trust_domain != self.trust_domain:
+            raise CaError(f"spiffe_id: {str(spiffe_id)!r}: not in trust domain {self.trust_domain.name!r}")
+
     def mint_x509_svid(
         self, spiffe_id: SpiffeId, ttl: timedelta = timedelta(hours=1), dns_names: Sequence[str] = ()
     ) -> X509Svid:
         """Mint an X509-SVID signed by the newest generation; it never outlives its CA."""
-        if spiffe_id.trust_domain != self.trust_domain:
-            raise CaError(f"spiffe_id: {str(spiffe_id)!r}: not in trust domain {self.trust_domain.name!r}")
+        self._check_member(spiffe_id)
         if ttl <= timedelta(0):
             raise CaError(f"ttl: {ttl.total_seconds()!r}: must be positive")
         gen = self.current
@@ -560,8 +561,7 @@ class LocalCa:
 
     def mint_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str], ttl: timedelta) -> str:
         """Mint an ES256 JWT-SVID signed by the newest generation's JWT key."""
-        if spiffe_id.trust_domain != self.trust_domain:
-            raise CaError(f"spiffe_id: {str(spiffe_id)!r}: not in trust domain {self.trust_domain.name!r}")
+        self._check_member(spiffe_id)
         now = self._clock()
         gen = self.current
         expires = min(now + ttl, gen.not_after)

@@ -130,9 +130,6 @@ class Config:
     sockets: tuple[SocketConfig, ...] = ()
     source: Path | None = None
 
-    def federated(self, trust_domain: TrustDomain) -> FederatedBundle | None:
-        return next((f for f in self.federation if f.trust_domain == trust_domain), None)
-
 
 class _Rule(Exception):  # private: caught in this module and turned into a problem line
     """The rule a value breaks, in the config's words."""
@@ -213,15 +210,37 @@ class _Collector:
             return None
         return cast(Mapping[str, object], value)
 
-    def parsed(self, path: str, value: object, parse: Callable[[object], _T], default: _T) -> _T:
-        """``parse(value)``, or ``default`` when absent or (a problem recorded) invalid."""
-        if value is None:
-            return default
+    def check(self, path: str, value: object, parse: Callable[[object], _T]) -> _T | None:
+        """``parse(value)``, or None with the broken rule recorded."""
         try:
             return parse(value)
         except _Rule as exc:
             self.add(path, value, str(exc))
-            return default
+        except SpiffeIdError as exc:  # its message names the value and the rule
+            self.add_raw(path, str(exc))
+        return None
+
+    def parsed(self, path: str, value: object, parse: Callable[[object], _T], default: _T) -> _T:
+        """``parse(value)``, or ``default`` when absent or (a problem recorded) invalid."""
+        result = None if value is None else self.check(path, value, parse)
+        return default if result is None else result
+
+    def required(self, path: str, value: object, parse: Callable[[object], _T]) -> _T | None:
+        if value is None:
+            self.add(path, None, "required")
+            return None
+        return self.check(path, value, parse)
+
+    def each(
+        self, path: str, value: object, parse: Callable[[object], _T], rule: str, *, required: bool = False
+    ) -> list[_T] | None:
+        """``parse`` of each item of the list ``value``; None (problems recorded) if any is invalid."""
+        if not isinstance(value, list) or (required and not value):
+            self.add(path, value, rule)
+            return None
+        items = [self.check(f"{path}[{i}]", item, parse) for i, item in enumerate(value)]
+        valid = [item for item in items if item is not None]
+        return valid if len(valid) == len(items) else None
 
     def string(self, path: str, value: object) -> str | None:
         if not isinstance(value, str) or not value:
@@ -241,29 +260,48 @@ _TOP_KEYS = frozenset(
 _ENTRY_KEYS = frozenset({"spiffe_id", "selectors", "ttl", "dns_names", "hint", "federates_with"})
 
 
-def _selector_problem(selector: str) -> str | None:
+def _trust_domain(value: object) -> TrustDomain:
+    return TrustDomain.parse(value)  # type: ignore[arg-type]  # it rejects a non-string itself
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Rule("must be a string")
+    return value
+
+
+def _dns_name(value: object) -> str:
+    if not isinstance(value, str) or not _DNS_RE.match(value):
+        raise _Rule("must be a DNS name (letters, digits, '-', dots)")
+    return value
+
+
+def _selector(value: object) -> str:
+    selector = _string(value)
     kind, sep, rest = selector.partition(":")
     if not sep or not rest:
-        return "a selector reads '<type>:<value>', e.g. 'unix:uid:1000' or 'socket:mesh'"
+        raise _Rule("a selector reads '<type>:<value>', e.g. 'unix:uid:1000' or 'socket:mesh'")
     if kind == "socket":
-        return None if _SOCKET_NAME_RE.match(rest) else "socket names are letters, digits, '.', '-', '_'"
+        if not _SOCKET_NAME_RE.match(rest):
+            raise _Rule("socket names are letters, digits, '.', '-', '_'")
+        return selector
     if kind != "unix":
-        return (
+        raise _Rule(
             f"unknown selector type {kind!r}: this server attests 'unix:*' (SPIRE's unix workload "
             "attestor) and 'socket:<name>'"
         )
-    sub, sep, value = rest.partition(":")
+    sub, sep, arg = rest.partition(":")
     if sub not in UNIX_SELECTORS:
-        return f"unknown unix selector {sub!r} (allowed: {', '.join(sorted(UNIX_SELECTORS))})"
-    if not sep or not value:
-        return f"'unix:{sub}' needs a value"
-    if sub in _NUMERIC_UNIX and not value.isdigit():
-        return f"'unix:{sub}' takes a number"
-    if sub == "sha256" and not _SHA256_RE.match(value):
-        return "'unix:sha256' takes 64 lowercase hex digits"
-    if sub == "path" and not value.startswith("/"):
-        return "'unix:path' takes an absolute path"
-    return None
+        raise _Rule(f"unknown unix selector {sub!r} (allowed: {', '.join(sorted(UNIX_SELECTORS))})")
+    if not sep or not arg:
+        raise _Rule(f"'unix:{sub}' needs a value")
+    if sub in _NUMERIC_UNIX and not arg.isdigit():
+        raise _Rule(f"'unix:{sub}' takes a number")
+    if sub == "sha256" and not _SHA256_RE.match(arg):
+        raise _Rule("'unix:sha256' takes 64 lowercase hex digits")
+    if sub == "path" and not arg.startswith("/"):
+        raise _Rule("'unix:path' takes an absolute path")
+    return selector
 
 
 def _entry(
@@ -275,73 +313,38 @@ def _entry(
             c.add(path, raw, "an entry must be a mapping with spiffe_id and selectors")
         return None
     c.unknown_keys(path, data, _ENTRY_KEYS)
-    ok = True
-    spiffe_id: SpiffeId | None = None
-    raw_id = data.get("spiffe_id")
-    if raw_id is None:
-        c.add(f"{path}.spiffe_id", None, "required")
-        ok = False
-    else:
-        try:
-            spiffe_id = SpiffeId.parse(raw_id)  # type: ignore[arg-type]
-        except SpiffeIdError as exc:
-            c.add_raw(f"{path}.spiffe_id", str(exc))
-            ok = False
-        else:
-            if td is not None and spiffe_id.trust_domain != td:
-                c.add(f"{path}.spiffe_id", raw_id, f"must be in the trust domain {td.name!r}")
-                ok = False
-    selectors: list[str] = []
-    raw_sel = data.get("selectors")
-    if not isinstance(raw_sel, list) or not raw_sel:
-        c.add(f"{path}.selectors", raw_sel, "must be a non-empty list of selectors")
-        ok = False
-    else:
-        for i, sel in enumerate(raw_sel):
-            problem = "must be a string" if not isinstance(sel, str) else _selector_problem(sel)
-            if problem:
-                c.add(f"{path}.selectors[{i}]", sel, problem)
-                ok = False
-            else:
-                selectors.append(cast(str, sel))
+
+    def member(value: object) -> SpiffeId:
+        spiffe_id = SpiffeId.parse(value)  # type: ignore[arg-type]  # it rejects a non-string itself
+        if td is not None and spiffe_id.trust_domain != td:
+            raise _Rule(f"must be in the trust domain {td.name!r}")
+        return spiffe_id
+
+    def federated(value: object) -> TrustDomain:
+        fed = _trust_domain(value)
+        if fed not in federation:
+            raise _Rule("not a trust domain listed under 'federation'")
+        return fed
+
+    spiffe_id = c.required(f"{path}.spiffe_id", data.get("spiffe_id"), member)
+    selectors = c.each(
+        f"{path}.selectors",
+        data.get("selectors"),
+        _selector,
+        "must be a non-empty list of selectors",
+        required=True,
+    )
     ttl = c.parsed(f"{path}.ttl", data.get("ttl"), _duration, None)
-    dns_names: list[str] = []
-    raw_dns = data.get("dns_names", [])
-    if not isinstance(raw_dns, list):
-        c.add(f"{path}.dns_names", raw_dns, "must be a list of DNS names")
-        ok = False
-    else:
-        for i, name in enumerate(raw_dns):
-            if not isinstance(name, str) or not _DNS_RE.match(name):
-                c.add(f"{path}.dns_names[{i}]", name, "must be a DNS name (letters, digits, '-', dots)")
-                ok = False
-            else:
-                dns_names.append(name)
-    hint = data.get("hint", "")
-    if not isinstance(hint, str):
-        c.add(f"{path}.hint", hint, "must be a string")
-        ok = False
-    feds: list[TrustDomain] = []
-    raw_feds = data.get("federates_with", [])
-    if not isinstance(raw_feds, list):
-        c.add(f"{path}.federates_with", raw_feds, "must be a list of trust domains")
-        ok = False
-    else:
-        for i, name in enumerate(raw_feds):
-            where = f"{path}.federates_with[{i}]"
-            try:
-                fed = TrustDomain.parse(name)
-            except SpiffeIdError as exc:
-                c.add_raw(where, str(exc))
-                ok = False
-                continue
-            if fed not in federation:
-                c.add(where, name, "not a trust domain listed under 'federation'")
-                ok = False
-            feds.append(fed)
-    if not ok or spiffe_id is None:
+    dns_names = c.each(
+        f"{path}.dns_names", data.get("dns_names", []), _dns_name, "must be a list of DNS names"
+    )
+    hint = c.check(f"{path}.hint", data.get("hint", ""), _string)
+    feds = c.each(
+        f"{path}.federates_with", data.get("federates_with", []), federated, "must be a list of trust domains"
+    )
+    if spiffe_id is None or selectors is None or dns_names is None or hint is None or feds is None:
         return None
-    return Entry(spiffe_id, frozenset(selectors), ttl, tuple(dns_names), cast(str, hint), tuple(feds))
+    return Entry(spiffe_id, frozenset(selectors), ttl, tuple(dns_names), hint, tuple(feds))
 
 
 def _ca(c: _Collector, raw: object, base: Path) -> CaConfig:
@@ -377,10 +380,8 @@ def _federation(
     out = []
     for name, file in data.items():
         where = f"federation.{name}"
-        try:
-            fed_td = TrustDomain.parse(name)
-        except SpiffeIdError as exc:
-            c.add_raw(where, str(exc))
+        fed_td = c.check(where, name, _trust_domain)
+        if fed_td is None:
             continue
         if fed_td == td:
             c.add(where, name, "cannot federate with our own trust domain")
@@ -444,15 +445,7 @@ def parse_config(
         raise ConfigError([f"<top>: {type(data).__name__!r}: the config must be a YAML mapping"], source)
     top = cast(Mapping[str, object], data)
     c.unknown_keys("", top, _TOP_KEYS)
-    td: TrustDomain | None = None
-    raw_td = top.get("trust_domain")
-    if raw_td is None:
-        c.add("trust_domain", None, "required")
-    else:
-        try:
-            td = TrustDomain.parse(raw_td)  # type: ignore[arg-type]
-        except SpiffeIdError as exc:
-            c.add_raw("trust_domain", str(exc))
+    td = c.required("trust_domain", top.get("trust_domain"), _trust_domain)
     data_dir = None
     if top.get("data_dir") is not None:
         raw_dir = c.string("data_dir", top["data_dir"])

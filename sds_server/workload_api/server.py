@@ -67,14 +67,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -97,7 +98,7 @@ from sds_server.grpc_server import (
 from sds_server.lifecycle import until_signalled
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.attestor import UnixAttestor
-from sds_server.workload_api.ca import LocalCa, Upstream, X509Svid
+from sds_server.workload_api.ca import Clock, LocalCa, Upstream, X509Svid
 from sds_server.workload_api.config import Config, Entry, SocketConfig, check_sockets, load_config
 from sds_server.workload_api.errors import (
     CaError,
@@ -115,7 +116,6 @@ log = structlog.get_logger(__name__)
 
 SECURITY_HEADER = "workload.spiffe.io"
 SERVICE = "/SpiffeWorkloadAPI/"
-Clock = Callable[[], datetime]
 _MAX_SLEEP = 3600.0
 _EMPTY_JWKS = jwks_document(())
 
@@ -158,12 +158,74 @@ class WorkloadApiLimits(Limits):
             raise ConfigError(problems, "limits")
 
 
-def _caller_socket(stream: Stream[Any, Any]) -> Any:
-    """The accepted connection behind a grpclib call; fail closed if it cannot be found."""
-    sock = peer_socket(stream)
-    if sock is None:
-        raise GRPCError(Status.UNAVAILABLE, "cannot identify the caller's connection")
-    return sock
+# ---- the streamed views: a cheap fingerprint of what a caller sees, and the message itself ------------
+def _federated(snap: _Snapshot, entries: list[Entry]) -> dict[TrustDomain, bytes]:
+    """Bundles of the foreign trust domains the caller's entries federate with."""
+    tds = sorted({td for e in entries for td in e.federates_with})
+    return {td: snap.federated_der[td] for td in tds if td in snap.federated_der}
+
+
+def _unique(entries: list[Entry], *, per_spiffe_id: bool = False) -> Iterator[Entry]:
+    """API §5.2.1: hints are unique within a response; the first one wins (and, if asked, the first entry
+    of each SPIFFE ID)."""
+    hints: set[str] = set()
+    seen: set[SpiffeId] = set()
+    for entry in entries:
+        if (per_spiffe_id and entry.spiffe_id in seen) or (entry.hint and entry.hint in hints):
+            continue
+        seen.add(entry.spiffe_id)
+        hints.add(entry.hint)
+        yield entry
+
+
+def _x509_fingerprint(snap: _Snapshot, entries: list[Entry]) -> object:
+    return (
+        tuple((e, snap.svids[e].serial) for e in entries),
+        snap.bundle_der,
+        tuple(_federated(snap, entries).items()),
+    )
+
+
+def _x509_response(snap: _Snapshot, entries: list[Entry]) -> Any:
+    resp = pb.X509SVIDResponse()
+    for entry in _unique(entries):
+        svid = snap.svids[entry]
+        resp.svids.add(
+            spiffe_id=str(entry.spiffe_id),
+            x509_svid=svid.chain_der(),
+            x509_svid_key=svid.key_der(),
+            bundle=snap.bundle_der,
+            hint=entry.hint,
+        )
+    for td, der in _federated(snap, entries).items():
+        resp.federated_bundles[td.id] = der
+    return resp
+
+
+def _bundles_fingerprint(snap: _Snapshot, entries: list[Entry]) -> object:
+    return (snap.bundle_der, tuple(_federated(snap, entries).items()))
+
+
+def _bundles_response(snap: _Snapshot, entries: list[Entry]) -> Any:
+    resp = pb.X509BundlesResponse()
+    resp.bundles[snap.config.trust_domain.id] = snap.bundle_der
+    for td, der in _federated(snap, entries).items():
+        resp.bundles[td.id] = der
+    return resp
+
+
+def _jwt_fingerprint(snap: _Snapshot, entries: list[Entry]) -> object:
+    return snap.jwks, tuple(_federated(snap, entries))
+
+
+def _jwt_bundles_response(snap: _Snapshot, entries: list[Entry]) -> Any:
+    resp = pb.JWTBundlesResponse(bundles={snap.config.trust_domain.id: snap.jwks})
+    # Federated trust domains come as X.509 PEM bundles only, so they carry no JWT keys; SPIRE's agent
+    # still lists each one the caller federates with, as an empty JWKS (spiffe/spire v1.13
+    # pkg/agent/endpoints/workload/handler.go, composeJWTBundlesResponse), and so do we.
+    for td in _federated(snap, entries):
+        resp.bundles[td.id] = _EMPTY_JWKS
+    return resp
 
 
 def _build_ca(config: Config, clock: Clock) -> LocalCa:
@@ -224,9 +286,12 @@ class _Servicer:
         if header != "true":
             self._denied(rpc, "missing security header")
             raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+        sock = peer_socket(stream)
+        if sock is None:  # fail closed
+            raise GRPCError(Status.UNAVAILABLE, "cannot identify the caller's connection")
         try:
             creds, selectors = self._server.attestor.attest_connection(
-                _caller_socket(stream), self._socket_name, with_sha256=self._server.snapshot.uses_sha256
+                sock, self._socket_name, with_sha256=self._server.snapshot.uses_sha256
             )
         except OSError as exc:
             raise GRPCError(Status.UNAVAILABLE, "cannot read the caller's credentials") from exc
@@ -260,8 +325,8 @@ class _Servicer:
         self,
         stream: Stream[Any, Any],
         rpc: str,
-        build: Callable[[_Snapshot, frozenset[str]], Any],
-        fingerprint: Callable[[_Snapshot, frozenset[str]], object],
+        build: Callable[[_Snapshot, list[Entry]], Any],
+        fingerprint: Callable[[_Snapshot, list[Entry]], object],
     ) -> None:
         """Send the caller's current view, then a new message whenever its content changes (API §4.3)."""
         async with self._call(stream, rpc) as selectors:
@@ -270,128 +335,56 @@ class _Servicer:
             while True:
                 changed = self._server.changed
                 snap = self._server.snapshot
+                entries = self._entries(snap, selectors, rpc)
                 # Cheap content fingerprint first: unchanged content is never rebuilt nor re-sent.
-                key = fingerprint(snap, selectors)
+                key = fingerprint(snap, entries)
                 if key != last:
-                    await stream.send_message(build(snap, selectors))
+                    await stream.send_message(build(snap, entries))
                     log.debug("workload_api.push", rpc=rpc, socket=self._socket_name, version=snap.version)
                     last = key
                 await changed.wait()
 
-    @staticmethod
-    def _federated(snap: _Snapshot, entries: list[Entry]) -> dict[TrustDomain, bytes]:
-        """Bundles of the foreign trust domains the caller's entries federate with."""
-        tds = sorted({td for e in entries for td in e.federates_with})
-        return {td: snap.federated_der[td] for td in tds if td in snap.federated_der}
-
-    def _x509_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
-        entries = self._entries(snap, selectors, "FetchX509SVID")
-        return (
-            tuple((e, snap.svids[e].serial) for e in entries),
-            snap.bundle_der,
-            tuple(self._federated(snap, entries).items()),
-        )
-
-    def _bundles_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
-        entries = self._entries(snap, selectors, "FetchX509Bundles")
-        return (snap.bundle_der, tuple(self._federated(snap, entries).items()))
-
-    def _jwt_fingerprint(self, snap: _Snapshot, selectors: frozenset[str]) -> object:
-        entries = self._entries(snap, selectors, "FetchJWTBundles")
-        return snap.jwks, tuple(self._federated(snap, entries))
-
-    def _x509_response(self, snap: _Snapshot, selectors: frozenset[str]) -> Any:
-        entries = self._entries(snap, selectors, "FetchX509SVID")
-        resp = pb.X509SVIDResponse()
-        hints: set[str] = set()
-        for entry in entries:
-            if entry.hint and entry.hint in hints:
-                continue  # API §5.2.1: hints are unique within a response; the first one wins
-            hints.add(entry.hint)
-            svid = snap.svids[entry]
-            resp.svids.add(
-                spiffe_id=str(entry.spiffe_id),
-                x509_svid=svid.chain_der(),
-                x509_svid_key=svid.key_der(),
-                bundle=snap.bundle_der,
-                hint=entry.hint,
-            )
-        for td, der in self._federated(snap, entries).items():
-            resp.federated_bundles[td.id] = der
-        return resp
-
-    def _bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> Any:
-        entries = self._entries(snap, selectors, "FetchX509Bundles")
-        resp = pb.X509BundlesResponse()
-        resp.bundles[snap.config.trust_domain.id] = snap.bundle_der
-        for td, der in self._federated(snap, entries).items():
-            resp.bundles[td.id] = der
-        return resp
-
-    def _jwt_bundles_response(self, snap: _Snapshot, selectors: frozenset[str]) -> Any:
-        entries = self._entries(snap, selectors, "FetchJWTBundles")
-        resp = pb.JWTBundlesResponse(bundles={snap.config.trust_domain.id: snap.jwks})
-        # Federated trust domains come as X.509 PEM bundles only, so they carry no JWT keys; SPIRE's agent
-        # still lists each one the caller federates with, as an empty JWKS (spiffe/spire v1.13
-        # pkg/agent/endpoints/workload/handler.go, composeJWTBundlesResponse), and so do we.
-        for td in self._federated(snap, entries):
-            resp.bundles[td.id] = _EMPTY_JWKS
-        return resp
-
     async def fetch_x509_svid(self, stream: Stream[Any, Any]) -> None:
-        await self._stream_updates(stream, "FetchX509SVID", self._x509_response, self._x509_fingerprint)
+        await self._stream_updates(stream, "FetchX509SVID", _x509_response, _x509_fingerprint)
 
     async def fetch_x509_bundles(self, stream: Stream[Any, Any]) -> None:
-        await self._stream_updates(
-            stream, "FetchX509Bundles", self._bundles_response, self._bundles_fingerprint
-        )
+        await self._stream_updates(stream, "FetchX509Bundles", _bundles_response, _bundles_fingerprint)
 
     async def fetch_jwt_bundles(self, stream: Stream[Any, Any]) -> None:
-        await self._stream_updates(
-            stream, "FetchJWTBundles", self._jwt_bundles_response, self._jwt_fingerprint
-        )
+        await self._stream_updates(stream, "FetchJWTBundles", _jwt_bundles_response, _jwt_fingerprint)
 
     async def fetch_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         async with self._call(stream, "FetchJWTSVID") as selectors:
             request = await stream.recv_message()
             assert request is not None
-            await self._fetch_jwt_svid(stream, request, selectors)
-
-    async def _fetch_jwt_svid(
-        self, stream: Stream[Any, Any], request: Any, selectors: frozenset[str]
-    ) -> None:
-        audience = [a for a in request.audience if a]
-        if not audience:
-            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
-        wanted: SpiffeId | None = None
-        if request.spiffe_id:
-            # Checked before the entries, in SPIRE's words (spiffe/spire v1.13
-            # pkg/agent/endpoints/workload/handler.go, FetchJWTSVID).
-            try:
-                wanted = SpiffeId.parse(request.spiffe_id)
-            except SpiffeIdError as exc:
-                raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
-        snap = self._server.snapshot
-        entries = self._entries(snap, selectors, "FetchJWTSVID")
-        if wanted is not None:
-            entries = [e for e in entries if e.spiffe_id == wanted]
-            if not entries:
-                self._denied("FetchJWTSVID", "identity not entitled", spiffe_id=str(wanted))
-                raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")  # as SPIRE says it
-        resp = pb.JWTSVIDResponse()
-        hints: set[str] = set()
-        seen: set[SpiffeId] = set()
-        for entry in entries:
-            if entry.spiffe_id in seen or (entry.hint and entry.hint in hints):
-                continue
-            seen.add(entry.spiffe_id)
-            hints.add(entry.hint)
-            token = self._server.ca.mint_jwt_svid(entry.spiffe_id, audience, snap.config.jwt_svid_ttl)
-            resp.svids.add(spiffe_id=str(entry.spiffe_id), svid=token, hint=entry.hint)
-        log.info(
-            "workload_api.jwt_svid.issued", spiffe_ids=[s.spiffe_id for s in resp.svids], audience=audience
-        )
-        await stream.send_message(resp)
+            audience = [a for a in request.audience if a]
+            if not audience:
+                raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+            wanted: SpiffeId | None = None
+            if request.spiffe_id:
+                # Checked before the entries, in SPIRE's words (spiffe/spire v1.13
+                # pkg/agent/endpoints/workload/handler.go, FetchJWTSVID).
+                try:
+                    wanted = SpiffeId.parse(request.spiffe_id)
+                except SpiffeIdError as exc:
+                    raise GRPCError(Status.INVALID_ARGUMENT, f"invalid requested SPIFFE ID: {exc}") from exc
+            snap = self._server.snapshot
+            entries = self._entries(snap, selectors, "FetchJWTSVID")
+            if wanted is not None:
+                entries = [e for e in entries if e.spiffe_id == wanted]
+                if not entries:
+                    self._denied("FetchJWTSVID", "identity not entitled", spiffe_id=str(wanted))
+                    raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")  # as SPIRE says it
+            resp = pb.JWTSVIDResponse()
+            for entry in _unique(entries, per_spiffe_id=True):
+                token = self._server.ca.mint_jwt_svid(entry.spiffe_id, audience, snap.config.jwt_svid_ttl)
+                resp.svids.add(spiffe_id=str(entry.spiffe_id), svid=token, hint=entry.hint)
+            log.info(
+                "workload_api.jwt_svid.issued",
+                spiffe_ids=[s.spiffe_id for s in resp.svids],
+                audience=audience,
+            )
+            await stream.send_message(resp)
 
     async def validate_jwt_svid(self, stream: Stream[Any, Any]) -> None:
         # No entry is needed to validate: only the trust bundle is used, and SPIRE's agent validates for
@@ -399,23 +392,19 @@ class _Servicer:
         async with self._call(stream, "ValidateJWTSVID"):
             request = await stream.recv_message()
             assert request is not None
-            await self._validate_jwt_svid(stream, request)
-
-    async def _validate_jwt_svid(self, stream: Stream[Any, Any], request: Any) -> None:
-        if not request.audience:
-            raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
-        if not request.svid:
-            raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
-        snap = self._server.snapshot
-        keys = {snap.config.trust_domain: dict(self._server.ca.jwt_authorities())}
-        try:
-            spiffe_id, claims = validate_jwt_svid(request.svid, request.audience, keys, now=_utcnow())
-        except JwtSvidError as exc:
-            log.info("workload_api.jwt_svid.invalid", reason=str(exc))
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
-        resp = pb.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id))
-        resp.claims.update(claims)
-        await stream.send_message(resp)
+            if not request.audience:
+                raise GRPCError(Status.INVALID_ARGUMENT, "audience must be specified")
+            if not request.svid:
+                raise GRPCError(Status.INVALID_ARGUMENT, "svid must be specified")
+            keys = {self._server.config.trust_domain: dict(self._server.ca.jwt_authorities())}
+            try:
+                spiffe_id, claims = validate_jwt_svid(request.svid, request.audience, keys, now=_utcnow())
+            except JwtSvidError as exc:
+                log.info("workload_api.jwt_svid.invalid", reason=str(exc))
+                raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
+            resp = pb.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id))
+            resp.claims.update(claims)
+            await stream.send_message(resp)
 
 
 class WorkloadApiServer:
@@ -455,9 +444,6 @@ class WorkloadApiServer:
     def sockets(self) -> tuple[SocketConfig, ...]:
         return tuple(s for s, *_ in self._listeners)
 
-    def _ttl(self, entry: Entry, config: Config) -> timedelta:
-        return entry.ttl if entry.ttl is not None else config.svid_ttl
-
     def _publish(self, config: Config, svids: Mapping[Entry, X509Svid]) -> None:
         federated = {
             f.trust_domain: b"".join(c.public_bytes(serialization.Encoding.DER) for c in f.certificates)
@@ -492,7 +478,8 @@ class WorkloadApiServer:
         for entry in config.entries:
             old = current.get(entry)
             if old is None or force or old.rotate_at <= now:
-                svid = self.ca.mint_x509_svid(entry.spiffe_id, self._ttl(entry, config), entry.dns_names)
+                ttl = entry.ttl if entry.ttl is not None else config.svid_ttl
+                svid = self.ca.mint_x509_svid(entry.spiffe_id, ttl, entry.dns_names)
                 out[entry] = svid
                 minted.append(str(entry.spiffe_id))
                 if per_svid:
@@ -509,13 +496,18 @@ class WorkloadApiServer:
             batch_log.info("workload_api.svids.issued", count=len(minted), reason=reason, spiffe_ids=minted)
         return out
 
+    def _remint(self, reason: str) -> None:
+        """Re-mint every SVID of the current config and publish them."""
+        config = self._snapshot.config
+        self._publish(config, self._svids_for(config, force=True, reason=reason))
+
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Mint every SVID, bind every socket (stale ones replaced) and start serving."""
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
+        self._remint("start")
         config = self._snapshot.config
-        self._publish(config, self._svids_for(config, force=True, reason="start"))
         try:
             for sock_cfg in config.sockets:
                 try:
@@ -600,15 +592,13 @@ class WorkloadApiServer:
 
     async def rotate_svids(self) -> None:
         """Re-mint every SVID now (new serials) and push them."""
-        config = self._snapshot.config
-        self._publish(config, self._svids_for(config, force=True, reason="forced"))
-        log.info("workload_api.rotated", svids=len(config.entries), version=self._snapshot.version)
+        self._remint("forced")
+        log.info("workload_api.rotated", svids=len(self.config.entries), version=self._snapshot.version)
 
     async def rotate_ca(self) -> None:
         """Start a new CA generation (old one stays in the bundle until expiry), re-mint and push."""
         self.ca.rotate()
-        config = self._snapshot.config
-        self._publish(config, self._svids_for(config, force=True, reason="ca_rotated"))
+        self._remint("ca_rotated")
 
     async def reload(self, config: Config) -> None:
         """Swap in a new config: new entries are minted, changed ones re-minted, bundles updated; push."""
@@ -638,11 +628,6 @@ class WorkloadApiServer:
         )
 
 
-def _set_event(event: asyncio.Event | threading.Event | None) -> None:
-    if event is not None:
-        event.set()
-
-
 async def serve(
     config: Config,
     *,
@@ -667,11 +652,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop_event = stop if stop is not None else asyncio.Event()
     if loader is None and config.source is not None:
-        source = config.source
-
-        def loader() -> Config:
-            return load_config(source)
-
+        loader = functools.partial(load_config, config.source)
     server = WorkloadApiServer(config, limits=limits)
     tasks: set[asyncio.Task[None]] = set()
 
@@ -696,7 +677,8 @@ async def serve(
         installed += [signal.SIGHUP, signal.SIGUSR1]
     try:
         await server.start()
-        _set_event(ready)
+        if ready is not None:
+            ready.set()
         await stop_event.wait()
     finally:
         for sig in installed:
