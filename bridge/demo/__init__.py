@@ -13,15 +13,9 @@ from __future__ import annotations
 import argparse
 
 from bridge.demo.errors import DemoError
-from bridge.demo.run import DemoOptions, run
+from bridge.demo.run import DemoOptions, main_from_args, run
 
 __all__ = ["DemoError", "DemoOptions", "register", "run"]
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from bridge.demo.run import main_from_args  # noqa: PLC0415
-
-    return main_from_args(args.spec, args.out, args.keep_running, args.no_ghostunnel, args.workload_api)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,4 +46,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="where the SVIDs come from: the embedded Workload API (default), or a real spire-server + "
         "spire-agent per trust domain (needs root and the SPIRE binaries: make peers)",
     )
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=main_from_args)

@@ -32,16 +32,10 @@ from bridge.demo.setup import MESH_SOCKET, Sidecar, Tunnel, WorkloadApi, materia
 from bridge.demo.supervisor import Supervisor
 from sds_server.x509svid import private_key_pem
 
-_XFCC_HASH = re.compile(r"Hash=([0-9a-f]+)")
 
-
-def _xfcc_uri(xfcc: str | None) -> str | None:
-    m = re.search(r"URI=([^;,]+)", xfcc or "")
-    return m.group(1) if m else None
-
-
-def _xfcc_hash(xfcc: str | None) -> str | None:
-    m = _XFCC_HASH.search(xfcc or "")
+def _xfcc(xfcc: str | None, key: str) -> str | None:
+    """One field of an ``X-Forwarded-Client-Cert`` value: ``URI`` (the SPIFFE ID) or ``Hash``."""
+    m = re.search(rf"{key}=([^;,]+)", xfcc or "")
     return m.group(1) if m else None
 
 
@@ -66,7 +60,7 @@ def check_tunnels(rep: Reporter, tunnels: Sequence[Tunnel]) -> dict[str, str | N
     for t in tunnels:
         res = http_get(t.port, "/headers")
         xfcc = res.xfcc()
-        uri = _xfcc_uri(xfcc)
+        uri = _xfcc(xfcc, "URI")
         ok = res.ok and uri == t.app.spiffe_id
         evidence = (
             f"GET http://127.0.0.1:{t.port}/headers → {res.describe()}, X-Forwarded-Client-Cert URI={uri}"
@@ -76,7 +70,7 @@ def check_tunnels(rep: Reporter, tunnels: Sequence[Tunnel]) -> dict[str, str | N
         if not ok:
             evidence += diagnose(t)
         rep.check(f"{t.label} → httpbin", ok, evidence)
-        seen[t.label] = _xfcc_hash(xfcc)
+        seen[t.label] = _xfcc(xfcc, "Hash")
     return seen
 
 
@@ -214,7 +208,7 @@ def check_mesh_caller(rep: Reporter, sup: Supervisor, *, sidecar: Sidecar, calle
     res = _probe(sup.subdir("probes-mesh-caller"), caller.bundle_pem, caller).get(
         sidecar.port, sni=service.sni
     )
-    uri = _xfcc_uri(res.xfcc())
+    uri = _xfcc(res.xfcc(), "URI")
     policies = ", ".join(service.policy_paths) or "none"
     rep.check(
         f"in-mesh caller {caller.spiffe_id} (no meshCallers entry) → {service.name}",
@@ -317,7 +311,7 @@ def check_rotation(
             total_requests += 1
             if res.ok:
                 ok_requests += 1
-                after[t.label] = _xfcc_hash(res.xfcc())
+                after[t.label] = _xfcc(res.xfcc(), "Hash")
             else:
                 failures.append(f"{t.label}: {res.describe()}")
         if served_after != mesh_after.serial:

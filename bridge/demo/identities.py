@@ -12,18 +12,23 @@ import contextlib
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from bridge.demo.errors import DemoError
 from sds_server.workload_api.ca import key_usage
 from sds_server.x509svid import certificates_pem, private_key_pem
+
+if TYPE_CHECKING:
+    from spiffe.workloadapi.x509_context import X509Context
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +43,23 @@ class Identity:
 
     @property
     def trust_domain(self) -> str:
-        return self.spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+        return trust_domain_of(self.spiffe_id)
+
+
+def trust_domain_of(spiffe_id: str) -> str:
+    return spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+
+
+def by_trust_domain(identities: Sequence[Identity]) -> dict[str, list[Identity]]:
+    """``identities`` grouped by trust domain (one Workload API server or SPIRE each), refused when one
+    federates with a trust domain that none of them has."""
+    grouped: dict[str, list[Identity]] = {}
+    for ident in identities:
+        grouped.setdefault(ident.trust_domain, []).append(ident)
+    unknown = sorted({td for i in identities for td in i.federates_with} - set(grouped))
+    if unknown:
+        raise DemoError(f"federatesWith {unknown}: no trust domain of this demo serves that bundle")
+    return grouped
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,42 +167,59 @@ def upstream_ca(trust_domain: str, directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _material(ctx: object, trust_domain: str) -> SvidMaterial:
-    svid = ctx.default_svid  # type: ignore[attr-defined]
-    chain = certificates_pem(svid.cert_chain).decode()
-    key = private_key_pem(svid.private_key).decode()
-    from spiffe import TrustDomain  # noqa: PLC0415 - keep grpc out of module import time
-
-    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain(trust_domain))  # type: ignore[attr-defined]
-    if bundle is None:
-        raise DemoError(f"workload API: no bundle for trust domain {trust_domain!r}")
-    bundle_pem = _bundle_pem(bundle)
-    federated = {
-        str(b.trust_domain.name): _bundle_pem(b)
-        for b in ctx.x509_bundle_set.bundles  # type: ignore[attr-defined]
-        if b.trust_domain.name != trust_domain
-    }
-    leaf: x509.Certificate = svid.leaf
+def svid_material(
+    spiffe_id: str,
+    chain: Sequence[x509.Certificate],
+    key: PrivateKeyTypes,
+    bundle: Iterable[x509.Certificate],
+    *,
+    all_ids: tuple[str, ...],
+    federated: Mapping[str, Iterable[x509.Certificate]],
+) -> SvidMaterial:
+    """An X509-SVID as the demo keeps it, however it was fetched (py-spiffe here, ``spire-agent api fetch``
+    in the SPIRE mode): PEM, bundles ordered by serial, the leaf's serial and DNS SANs."""
+    leaf = chain[0]
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = tuple(sans.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         dns = ()
     return SvidMaterial(
-        spiffe_id=str(svid.spiffe_id),
-        chain_pem=chain,
-        key_pem=key,
-        bundle_pem=bundle_pem,
+        spiffe_id=spiffe_id,
+        chain_pem=certificates_pem(chain).decode(),
+        key_pem=private_key_pem(key).decode(),
+        bundle_pem=_bundle_pem(bundle),
         serial=leaf.serial_number,
         dns_names=dns,
-        all_ids=tuple(str(s.spiffe_id) for s in ctx.x509_svids),  # type: ignore[attr-defined]
-        federated=federated,
+        all_ids=all_ids,
+        federated={td: _bundle_pem(certs) for td, certs in federated.items()},
     )
 
 
-def _bundle_pem(bundle: object) -> str:
-    authorities = sorted(bundle.x509_authorities, key=lambda c: c.serial_number)  # type: ignore[attr-defined]
-    return certificates_pem(authorities).decode()
+def _bundle_pem(certs: Iterable[x509.Certificate]) -> str:
+    return certificates_pem(sorted(certs, key=lambda c: c.serial_number)).decode()
+
+
+def _material(ctx: X509Context, trust_domain: str) -> SvidMaterial:
+    from spiffe import TrustDomain  # noqa: PLC0415 - keep grpc out of module import time
+
+    bundles = ctx.x509_bundle_set
+    bundle = bundles.get_bundle_for_trust_domain(TrustDomain(trust_domain))
+    if bundle is None:
+        raise DemoError(f"workload API: no bundle for trust domain {trust_domain!r}")
+    svid = ctx.default_svid
+    return svid_material(
+        str(svid.spiffe_id),
+        svid.cert_chain,
+        svid.private_key,
+        bundle.x509_authorities,
+        all_ids=tuple(str(s.spiffe_id) for s in ctx.x509_svids),
+        federated={
+            str(b.trust_domain.name): b.x509_authorities
+            for b in bundles.bundles
+            if b.trust_domain.name != trust_domain
+        },
+    )
 
 
 def fetch_svid(

@@ -16,6 +16,7 @@ every socket) removed.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -45,7 +46,6 @@ from bridge.demo.setup import (
     MESH_SOCKET,
     Tunnel,
     WorkloadApi,
-    ghostunnel_command,
     ghostunnel_variants,
     materialise_files,
     mesh_socket,
@@ -149,7 +149,8 @@ def _external_side(
     good: list[Tunnel] = []
     bad: list[Tunnel] = []
     reload_s = 0.0
-    wrong_id = plan.mesh.spiffe_id.rsplit("/", 1)[0] + "/not-" + plan.mesh.spiffe_id.rsplit("/", 1)[1]
+    head, _, tail = plan.mesh.spiffe_id.rpartition("/")
+    wrong_id = f"{head}/not-{tail}"
     for app in plan.apps:
         svid = wa.fetch(app.socket_name)
         if app.mode == "network-shield":
@@ -159,7 +160,7 @@ def _external_side(
             good.append(t)
             continue
         rep.step(f"{app.name}: confidential Ghostunnel with the rendered command from {app.session_path}")
-        cmd: GhostunnelCommand = ghostunnel_command(app)
+        cmd = GhostunnelCommand.parse(app.command, what=f"{app.session_path}: services[0].command")
         rendered_reload = cmd.get("timed-reload")
         if rendered_reload is not None:
             reload_s = parse_duration(rendered_reload, what=f"{app.session_path}: --timed-reload")
@@ -176,16 +177,32 @@ def _external_side(
             f"CAS stand-in: {len(files)} injection_files materialised from the Workload API SVID "
             f"into a 0700 dir: {', '.join(sorted(files))}"
         )
-        variants = ghostunnel_variants(cmd, wrong_id)
         if ghostunnel_bin is None:
             why = "--no-ghostunnel" if not opts.ghostunnel else not_found("ghostunnel")
             rep.detail(
                 f"{why}: FALLBACK to an Envoy client tunnel built from the same command "
                 "(the Workload-API variant needs Ghostunnel and is skipped)"
             )
-            for kind, variant in variants.items():
-                if kind == "workload-api":
-                    continue
+        else:
+            rep.detail(f"Ghostunnel binary: {ghostunnel_bin}")
+        for kind, variant in ghostunnel_variants(cmd, wrong_id).items():
+            kind_files = files_dir if kind == "files" else None
+            if ghostunnel_bin is not None:
+                t = start_ghostunnel(
+                    sup,
+                    ghostunnel_bin,
+                    app,
+                    variant,
+                    label=f"{app.name} (ghostunnel, {kind})",
+                    sidecar_port=sidecar_port,
+                    files=files,
+                    files_dir=kind_files,
+                    workload_api_addr=wa.address(app.socket_name),
+                    gid=wa.run_as(app.socket_name),
+                )
+            elif kind == "workload-api":
+                continue
+            else:
                 t = start_envoy_tunnel(
                     sup,
                     envoy_bin,
@@ -193,27 +210,9 @@ def _external_side(
                     variant,
                     sidecar_port=sidecar_port,
                     files=files,
-                    files_dir=files_dir if kind == "files" else None,
+                    files_dir=kind_files,
                     label=f"{app.name} (Envoy tunnel fallback, {kind})",
                 )
-                rep.detail(f"{kind}: {t.detail}")
-                (bad if kind == "wrong-server-id" else good).append(t)
-            continue
-        rep.detail(f"Ghostunnel binary: {ghostunnel_bin}")
-        for kind, variant in variants.items():
-            label = f"{app.name} (ghostunnel, {kind})"
-            t = start_ghostunnel(
-                sup,
-                ghostunnel_bin,
-                app,
-                variant,
-                label=label,
-                sidecar_port=sidecar_port,
-                files=files,
-                files_dir=files_dir if kind == "files" else None,
-                workload_api_addr=wa.address(app.socket_name),
-                gid=wa.run_as(app.socket_name),
-            )
             rep.detail(f"{kind}: {t.detail}")
             (bad if kind == "wrong-server-id" else good).append(t)
     return good, bad, reload_s
@@ -388,20 +387,15 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
     return 0 if rep.all_passed else 1
 
 
-def main_from_args(
-    spec: str | None,
-    out: str,
-    keep_running: bool,
-    no_ghostunnel: bool,
-    workload_api: Literal["embedded", "spire"] = "embedded",
-) -> int:
+def main_from_args(args: argparse.Namespace) -> int:
+    """``meshbridge demo``: the options from its command line; Ctrl-C and SIGTERM exit 130 and 143."""
     opts = DemoOptions(
-        spec=Path(spec) if spec else EXAMPLE_DIR / DEFAULT_SPEC,
+        spec=Path(args.spec) if args.spec else EXAMPLE_DIR / DEFAULT_SPEC,
         manifests=MANIFESTS,
-        out_dir=Path(out),
-        keep_running=keep_running,
-        ghostunnel=not no_ghostunnel,
-        workload_api=workload_api,
+        out_dir=Path(args.out),
+        keep_running=args.keep_running,
+        ghostunnel=not args.no_ghostunnel,
+        workload_api=args.workload_api,
     )
     try:
         return run(opts)

@@ -26,7 +26,6 @@ from typing import Literal
 import yaml
 
 from bridge.demo.cas import (
-    PostedSession,
     Secret,
     inject,
     post_bundle_session,
@@ -38,6 +37,7 @@ from bridge.demo.errors import DemoError
 from bridge.demo.identities import (
     Identity,
     SvidMaterial,
+    by_trust_domain,
     fetch_svid,
     socket_path,
     upstream_ca,
@@ -76,7 +76,6 @@ class WorkloadApi:
     mode (:mod:`bridge.demo.spire_mode`) one agent socket per trust domain, each side told apart by the
     group its processes run in."""
 
-    kind: str = "Workload API"
     rotation: str = "forced rotation of every SVID"
 
     def address(self, name: str) -> str:
@@ -111,7 +110,6 @@ class EmbeddedWorkloadApi(WorkloadApi):
     trust_domains: Mapping[str, str]
     """Socket name → the trust domain of the process serving it."""
 
-    kind = "embedded Workload API"
     rotation = "forced rotation of every SVID (SIGUSR1 to the Workload API)"
 
     def socket(self, name: str) -> Path:
@@ -144,23 +142,17 @@ def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> Embed
     are federated with each other as two SPIRE servers exchanging bundles would be.
     """
     directory = sup.subdir("wa", 0o700)
-    by_td: dict[str, list[Identity]] = {}
-    for ident in identities:
-        by_td.setdefault(ident.trust_domain, []).append(ident)
+    by_td = by_trust_domain(identities)
     upstreams = {td: upstream_ca(td, directory) for td in by_td} if len(by_td) > 1 else {}
     children = []
     for td, idents in by_td.items():
-        wanted = {f for i in idents for f in i.federates_with}
-        unknown = sorted(wanted - set(upstreams))
-        if unknown:
-            raise DemoError(f"federatesWith {unknown}: no trust domain of this demo serves that bundle")
         config = directory / f"config-{td}.yaml"
         doc = workload_api_config(
             td,
             idents,
             directory,
             upstream=upstreams.get(td),
-            federation={f: upstreams[f][0] for f in sorted(wanted)},
+            federation={f: upstreams[f][0] for i in idents for f in i.federates_with},
         )
         config.write_text(yaml.safe_dump(doc))
         children.append(
@@ -288,8 +280,7 @@ def session_hash(session: AppPlan) -> str:
 def cas_secrets(plan: DemoPlan, app: AppPlan, svid: SvidMaterial) -> dict[str, Secret]:
     """SVIDStore plugin + CAS stand-in: post the filled templates, resolve the app session's imports."""
     digest = session_hash(app)
-    posted: dict[str, PostedSession] = {}
-    for p in (
+    posted = [
         post_svid_session(
             plan.svid_template,
             svid_chain_pem=svid.chain_pem,
@@ -298,12 +289,10 @@ def cas_secrets(plan: DemoPlan, app: AppPlan, svid: SvidMaterial) -> dict[str, S
             session_hash=digest,
         ),
         post_bundle_session(plan.bundle_template, bundle_pem=svid.bundle_pem),
-    ):
-        posted[p.name] = p
+    ]
     if plan.federated_template is not None:
-        fed = post_federated_bundles_session(plan.federated_template, bundles_pem=svid.federated_pem)
-        posted[fed.name] = fed
-    return dict(resolve_imports(app.session, posted, session_hash=digest))
+        posted.append(post_federated_bundles_session(plan.federated_template, bundles_pem=svid.federated_pem))
+    return resolve_imports(app.session, {p.name: p for p in posted}, session_hash=digest)
 
 
 TunnelKind = Literal["network-shield", "ghostunnel-files", "ghostunnel-workload-api", "envoy-fallback"]
@@ -376,10 +365,6 @@ def _wait_port(sup: Supervisor, child: Child, port: int, timeout: float = 10.0) 
     )
 
 
-def ghostunnel_command(app: AppPlan) -> GhostunnelCommand:
-    return GhostunnelCommand.parse(app.command, what=f"{app.session_path}: services[0].command")
-
-
 def materialise_files(plan: DemoPlan, app: AppPlan, svid: SvidMaterial, directory: Path) -> dict[str, Path]:
     """CAS stand-in for ``images[].injection_files``: resolve injections, write 0600 files atomically."""
     secrets = cas_secrets(plan, app, svid)
@@ -429,9 +414,8 @@ def start_ghostunnel(
 
 def ghostunnel_variants(cmd: GhostunnelCommand, wrong_server_id: str) -> dict[str, GhostunnelCommand]:
     """The rendered command (files), its Workload-API variant, and one expecting another server ID."""
-    variants = {"files": cmd, "workload-api": to_workload_api_variant(cmd), "wrong-server-id": cmd}
     if cmd.has("use-workload-api-addr") or cmd.has("use-workload-api"):
-        variants.pop("files")
-        variants["workload-api"] = cmd
-    variants["wrong-server-id"] = with_verify_uri(variants.get("files", cmd), wrong_server_id)
-    return variants
+        variants = {"workload-api": cmd}
+    else:
+        variants = {"files": cmd, "workload-api": to_workload_api_variant(cmd)}
+    return variants | {"wrong-server-id": with_verify_uri(cmd, wrong_server_id)}

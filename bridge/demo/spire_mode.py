@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bridge.binaries import find_peer, not_found
 from bridge.demo.errors import DemoError
-from bridge.demo.identities import Identity, SvidMaterial
+from bridge.demo.identities import Identity, SvidMaterial, by_trust_domain, svid_material
 from bridge.demo.setup import WorkloadApi
 from bridge.demo.supervisor import Child, Supervisor, in_group
 from bridge.spire_local import (
@@ -56,7 +56,7 @@ from bridge.spire_local import (
     SpireServer,
 )
 from sds_server.errors import SvidError
-from sds_server.x509svid import certificates_pem, der_certificates, private_key_pem
+from sds_server.x509svid import der_certificates
 
 GID_BASE = 61000
 """Side ``i`` (in registration order) runs in group ``GID_BASE + i``: groups no account on a usual
@@ -91,15 +91,11 @@ def preflight() -> None:
 
 
 # ---- reading ``spire-agent api fetch x509 -output json`` ------------------------------------------------
-def _der_certs(data: bytes) -> list[x509.Certificate]:
+def _der_certs(b64: str) -> list[x509.Certificate]:
     try:
-        return der_certificates(data, "spire-agent api fetch x509")
+        return der_certificates(base64.b64decode(b64), "spire-agent api fetch x509")
     except SvidError as exc:
         raise DemoError(str(exc)) from exc
-
-
-def _bundle_pem(b64: str) -> str:
-    return certificates_pem(sorted(_der_certs(base64.b64decode(b64)), key=lambda c: c.serial_number)).decode()
 
 
 def material_from_json(doc: Mapping[str, Any]) -> SvidMaterial:
@@ -108,28 +104,16 @@ def material_from_json(doc: Mapping[str, Any]) -> SvidMaterial:
     if not svids:
         raise DemoError("spire-agent api fetch x509: no X509-SVID in the response")
     first = svids[0]
-    chain = _der_certs(base64.b64decode(first["x509_svid"]))
-    key = serialization.load_der_private_key(base64.b64decode(first["x509_svid_key"]), password=None)
-    key_pem = private_key_pem(key).decode()
-    leaf = chain[0]
-    try:
-        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = tuple(sans.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        dns = ()
-    federated = {
-        str(td).removeprefix("spiffe://"): _bundle_pem(str(b64))
-        for td, b64 in (doc.get("federated_bundles") or {}).items()
-    }
-    return SvidMaterial(
-        spiffe_id=str(first["spiffe_id"]),
-        chain_pem=certificates_pem(chain).decode(),
-        key_pem=key_pem,
-        bundle_pem=_bundle_pem(first["bundle"]),
-        serial=leaf.serial_number,
-        dns_names=dns,
+    return svid_material(
+        str(first["spiffe_id"]),
+        _der_certs(first["x509_svid"]),
+        serialization.load_der_private_key(base64.b64decode(first["x509_svid_key"]), password=None),
+        _der_certs(first["bundle"]),
         all_ids=tuple(str(s["spiffe_id"]) for s in svids),
-        federated=federated,
+        federated={
+            str(td).removeprefix("spiffe://"): _der_certs(str(b64))
+            for td, b64 in (doc.get("federated_bundles") or {}).items()
+        },
     )
 
 
@@ -144,7 +128,6 @@ class _Side:
 class SpireWorkloadApi(WorkloadApi):
     """The demo's sides on real SPIRE agents: one agent socket per trust domain, one group per side."""
 
-    kind = "SPIRE (spire-server + spire-agent per trust domain)"
     rotation = (
         "forced rotation of every SVID (spire-server entry update of every entry; the agents re-sign on "
         "their next sync)"
@@ -266,9 +249,7 @@ def start_spire_workload_api(
 ) -> SpireWorkloadApi:
     """Start SPIRE per trust domain of ``identities``, federate, register every side, wait for every SVID."""
     preflight()
-    by_td: dict[str, list[Identity]] = {}
-    for ident in identities:
-        by_td.setdefault(ident.trust_domain, []).append(ident)
+    by_td = by_trust_domain(identities)
     base = sup.subdir("spire")
     servers = {td: _start_server(sup, td, base / td / "server") for td in by_td}
     for td, server in servers.items():
@@ -286,9 +267,6 @@ def start_spire_workload_api(
     gids = {ident.socket_name: GID_BASE + i for i, ident in enumerate(identities)}
     entries: dict[str, Entry] = {}
     for ident in identities:
-        unknown = sorted(set(ident.federates_with) - set(servers))
-        if unknown:
-            raise DemoError(f"federatesWith {unknown}: no trust domain of this demo serves that bundle")
         selectors = ["unix:uid:0", f"unix:gid:{gids[ident.socket_name]}"]
         try:
             entries[ident.socket_name] = servers[ident.trust_domain].entry_create(
