@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bridge import artifacts
 from bridge.kube import Cluster, KindsMissing, ObjectRef
 from bridge.rendering import Rendering
 from bridge.writer import dumps
@@ -124,9 +125,7 @@ class Plan:
         return list(dict.fromkeys((str(o["apiVersion"]), str(o["kind"])) for o in self.objects))
 
 
-def _is_object(doc: object) -> bool:
-    if not isinstance(doc, dict):
-        return False
+def _is_object(doc: Mapping[str, object]) -> bool:
     meta = doc.get("metadata")
     return (
         isinstance(doc.get("apiVersion"), str)
@@ -143,21 +142,18 @@ def plan(rendering: Rendering, *, trust_domain: str, source: bytes) -> Plan:
     labels = {MANAGED_BY_LABEL: MANAGER, BRIDGE_LABEL: bridge, SPEC_HASH_LABEL: digest}
     objects: list[dict[str, Any]] = []
     not_applied: list[str] = []
-    for path, doc in rendering.items():
-        if isinstance(doc, str):
+    for path, doc in artifacts.documents(rendering):
+        if not _is_object(doc):
             continue
-        for item in doc if isinstance(doc, list) else [doc]:
-            if not _is_object(item):
-                continue
-            obj: dict[str, Any] = copy.deepcopy(item)
-            kind = str(obj["kind"])
-            meta: dict[str, Any] = obj["metadata"]
-            if kind in NOT_APPLIED_KINDS:
-                why = NOT_APPLIED_KINDS[kind].format(path=path)
-                not_applied.append(f"{path}: {kind} {meta['name']} is not applied: {why}")
-                continue
-            meta["labels"] = {**(meta.get("labels") or {}), **labels}
-            objects.append(obj)
+        obj: dict[str, Any] = copy.deepcopy(dict(doc))
+        kind = str(obj["kind"])
+        meta: dict[str, Any] = obj["metadata"]
+        if kind in NOT_APPLIED_KINDS:
+            why = NOT_APPLIED_KINDS[kind].format(path=path)
+            not_applied.append(f"{path}: {kind} {meta['name']} is not applied: {why}")
+            continue
+        meta["labels"] = {**(meta.get("labels") or {}), **labels}
+        objects.append(obj)
     return Plan(tuple(objects), tuple(not_applied), bridge, digest)
 
 

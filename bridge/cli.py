@@ -342,14 +342,6 @@ def _register_scone(sub: Sub) -> None:
     _command(tunnel, SconeGhostunnelParams, commands.cmd_scone_ghostunnel, app=app)
 
 
-def _register_bridge(sub: Sub) -> None:
-    """Add ``render``, ``check``, ``apply``, ``diff``, ``istio``, ``spire``, ``scone`` to ``meshbridge``."""
-    _register_spec_commands(sub)
-    _register_istio(sub)
-    _register_spire(sub)
-    _register_scone(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshbridge",
@@ -365,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     registrars: Sequence[Callable[[Sub], None]] = (
         workload_api_command.register,
         sds_command.register,
-        _register_bridge,
+        _register_spec_commands,
+        _register_istio,
+        _register_spire,
+        _register_scone,
         demo_command.register,
     )
     for register in registrars:

@@ -160,7 +160,7 @@ def parse_document(raw: object) -> Bridge:
     # an invalid federation block is reported once; the apps' trust domain is then unknown (no cascade)
     apps_td = federation.trust_domain if federation is not None else (td if raw_federation is None else None)
     spire = _spire(r, r.mapping(top.get("spire"), "spire", _SPIRE_KEYS), apps_td)
-    apps = _apps(r, top, services, spire, td=td, apps_td=apps_td)
+    apps = _apps(r, top, {s.key: s for s in services}, spire, td=td, apps_td=apps_td)
     if isinstance(raw, dict) and "spire" not in top:
         r.note("spire", "required (SVIDStore plugin and CAS connection)")
     _cross_checks(r, services, apps, spire)
@@ -215,10 +215,10 @@ def _federation(r: Reader, m: Mapping[str, object], mesh_td: str | None) -> Fede
 def _bundle_url(value: str) -> str | None:
     if not value.startswith("https://"):
         return "must be an https:// URL (SPIFFE bundle endpoints are served over TLS)"
-    rest = value.removeprefix("https://")
-    if "@" in rest.split("/", 1)[0]:
+    authority = value.removeprefix("https://").split("/", 1)[0]
+    if "@" in authority:
         return "must not contain user info"
-    return names.host_port(rest.split("/", 1)[0], port_required=False)
+    return names.host_port(authority, port_required=False)
 
 
 def _trust_domain(r: Reader, top: Mapping[str, object]) -> str | None:
@@ -330,11 +330,11 @@ def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str
     return tuple(out)
 
 
-def _resolve(r: Reader, ref: str, path: str, services: tuple[MeshService, ...]) -> MeshService | None:
-    by_key = r.service_index(services)
-    if ref in by_key:
-        return by_key[ref]
-    matches = [s for s in services if s.name == ref]
+def _resolve(r: Reader, ref: str, path: str, services: Mapping[str, MeshService]) -> MeshService | None:
+    """The service ``ref`` names: its ``namespace/name`` key, or a name no other service has."""
+    if ref in services:
+        return services[ref]
+    matches = [s for s in services.values() if s.name == ref]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -343,13 +343,13 @@ def _resolve(r: Reader, ref: str, path: str, services: tuple[MeshService, ...]) 
         return None
     if ref in r.invalid_services:
         return None  # the service itself is reported already
-    choices = sorted({s.name for s in services} | set(by_key))
+    choices = sorted({s.name for s in services.values()} | set(services))
     r.note(path, f"no mesh service {ref!r}{suggest(ref, choices)}")
     return None
 
 
 def _targets(
-    r: Reader, m: Mapping[str, object], path: str, services: tuple[MeshService, ...], mode: str
+    r: Reader, m: Mapping[str, object], path: str, services: Mapping[str, MeshService], mode: str
 ) -> tuple[Target, ...]:
     out: list[Target] = []
     for j, raw in enumerate(r.seq(m, "targets", path, required=True)):
@@ -394,7 +394,7 @@ def _targets(
 def _apps(
     r: Reader,
     top: Mapping[str, object],
-    services: tuple[MeshService, ...],
+    services: Mapping[str, MeshService],
     spire: SpireSettings,
     *,
     td: str | None,

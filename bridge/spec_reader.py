@@ -16,7 +16,6 @@ from typing import TypeVar
 import yaml
 
 from bridge.errors import SpecError
-from bridge.model import MeshService
 from sds_server.errors import SpiffeIdError
 from sds_server.spiffe_id import SpiffeId, TrustDomain
 
@@ -84,17 +83,8 @@ class Reader:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
-        self._index: dict[str, MeshService] = {}
-        self._index_for: tuple[MeshService, ...] | None = None
         self.invalid_services: set[str] = set()
         """Names and keys of declared mesh services that had problems (references to them stay quiet)."""
-
-    def service_index(self, services: tuple[MeshService, ...]) -> dict[str, MeshService]:
-        """``namespace/name`` -> service, built once per services tuple."""
-        if self._index_for is not services:
-            self._index = {s.key: s for s in services}
-            self._index_for = services
-        return self._index
 
     def bad(self, path: str, value: object, rule: str) -> None:
         self.problems.append(f"{path}: {show(value)}: {rule}")

@@ -141,21 +141,20 @@ def ghostunnel_settings(r: Reader, raw: object, path: str) -> GhostunnelSettings
     m = r.mapping(raw, path, _GHOSTUNNEL_KEYS)
     source: CertSource = r.choice(m, "certSource", path, CERT_SOURCES, "files")  # type: ignore[assignment]
     addr: str | None = None
+    selectors: list[tuple[str, str]] = []
     if source == "workload-api":
         addr = r.string(
             m, "workloadApiAddr", path, default=DEFAULT_GHOSTUNNEL_WORKLOAD_API, check=names.unix_address
         )
-    elif "workloadApiAddr" in m:
-        r.note(f"{path}.workloadApiAddr", "only for certSource 'workload-api'")
-    selectors: list[tuple[str, str]] = []
-    if source == "workload-api":
         for value in r.strings(m, "workloadApiSelectors", path, _selector, required=True):
             kind, _, rest = value.partition(":")
             selectors.append((kind, rest))
-    elif "workloadApiSelectors" in m:
-        r.note(f"{path}.workloadApiSelectors", "only for certSource 'workload-api'")
-    if source == "workload-api" and "timedReload" in m:
-        r.note(f"{path}.timedReload", "only for certSource 'files' (the Workload API pushes rotations)")
+        if "timedReload" in m:
+            r.note(f"{path}.timedReload", "only for certSource 'files' (the Workload API pushes rotations)")
+    else:
+        for key in ("workloadApiAddr", "workloadApiSelectors"):
+            if key in m:
+                r.note(f"{path}.{key}", "only for certSource 'workload-api'")
     return GhostunnelSettings(
         binary=r.string_or(m, "binary", path, DEFAULT_GHOSTUNNEL_BINARY, names.absolute_path),
         cert_source=source,
