@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 from bridge.binaries import find_peer, not_found
 from bridge.errors import BridgeError
@@ -189,13 +189,6 @@ plugins {{
 
 
 # ---- processes ---------------------------------------------------------------------------------------------
-def _binary(name: str) -> Path:
-    found = find_peer(name)
-    if found is None:
-        raise SpireError(not_found(name))
-    return found
-
-
 def connectable(path: Path) -> bool:
     """Whether something accepts connections on the Unix socket ``path`` (a readiness probe)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -222,11 +215,17 @@ class _Daemon:
     ``<role>.conf`` and ``<role>.log``; a process run on that config (SIGTERM then SIGKILL to stop);
     a CLI on the socket."""
 
+    _attempts = 1
+    """How often :meth:`start` tries when the log says "address already in use"."""
+
     def __init__(self, role: str, trust_domain: str, directory: Path) -> None:
         self.name = f"spire-{role}"
         self.trust_domain = trust_domain
         self.directory = directory
-        self.binary = _binary(self.name)
+        binary = find_peer(self.name)
+        if binary is None:
+            raise SpireError(not_found(self.name))
+        self.binary = binary
         self.data_dir = directory / "data"
         self.socket_path = directory / "api.sock"
         self.config_path = directory / f"{role}.conf"
@@ -259,7 +258,6 @@ class _Daemon:
         """Run the daemon and wait until it is healthy (``None``); a start that fails is stopped, and
         its log returned."""
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log: IO[bytes]
         with open(self.log_path, "ab") as log:
             try:
                 proc = subprocess.Popen(
@@ -283,9 +281,6 @@ class _Daemon:
         self.stop()
         return failed
 
-    def _not_ready(self, log: str) -> SpireError:
-        return SpireError(f"{self.name}: {self.trust_domain!r}: did not become ready; log:\n{log[-4000:]}")
-
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; the exit code (``None``: not running)."""
         proc, self._proc = self._proc, None
@@ -298,8 +293,22 @@ class _Daemon:
             proc.kill()
             proc.wait(5)
 
-    def start(self, timeout: float = START_TIMEOUT) -> Self:
+    def _prepare(self) -> None:
+        """Make the directory and config ready for a launch (each attempt)."""
         raise NotImplementedError
+
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
+        """Start and wait until :meth:`healthy`."""
+        log = ""
+        for _attempt in range(self._attempts):
+            self._prepare()
+            failed = self._launch(timeout)
+            if failed is None:
+                return self
+            log = failed
+            if "address already in use" not in log:
+                break
+        raise SpireError(f"{self.name}: {self.trust_domain!r}: did not become ready; log:\n{log[-4000:]}")
 
     def __enter__(self) -> Self:
         return self.start()
@@ -365,6 +374,8 @@ class Entry:
 class SpireServer(_Daemon):
     """A running spire-server and its CLI. Use :func:`local_spire`, or ``with SpireServer(...)``."""
 
+    _attempts = 3  # a start that finds the agent API port taken meanwhile is retried with another
+
     def __init__(self, trust_domain: str, directory: Path, settings: ServerSettings | None = None) -> None:
         super().__init__("server", trust_domain, directory)
         self.settings = settings or ServerSettings()
@@ -389,16 +400,8 @@ class SpireServer(_Daemon):
             )
         )
 
-    def start(self, timeout: float = START_TIMEOUT) -> Self:
-        failed: str | None = None
-        for _attempt in range(3):
-            self.configure()
-            failed = self._launch(timeout)
-            if failed is None or "address already in use" not in failed:
-                break
-        if failed is not None:
-            raise self._not_ready(failed)
-        return self
+    def _prepare(self) -> None:
+        self.configure()
 
     # ---- CLI ----------------------------------------------------------------------------------------------
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -423,7 +426,6 @@ class SpireServer(_Daemon):
         *,
         parent_id: str | None = None,
         x509_svid_ttl: int | None = None,
-        jwt_svid_ttl: int | None = None,
         federates_with: Sequence[str] = (),
         hint: str | None = None,
         dns_names: Sequence[str] = (),
@@ -431,22 +433,12 @@ class SpireServer(_Daemon):
         entry_id: str | None = None,
     ) -> Entry:
         """``entry create``; the parent defaults to the local agent's alias. Returns the created entry."""
-        args = [
-            "entry",
-            "create",
-            "-output",
-            "json",
-            "-spiffeID",
-            spiffe_id,
-            "-parentID",
-            parent_id or agent_alias(self.trust_domain),
-        ]
+        args = ["entry", "create", "-output", "json", "-spiffeID", spiffe_id]
+        args += ["-parentID", parent_id or agent_alias(self.trust_domain)]
         for sel in selectors:
             args += ["-selector", sel]
         if x509_svid_ttl is not None:
             args += ["-x509SVIDTTL", str(x509_svid_ttl)]
-        if jwt_svid_ttl is not None:
-            args += ["-jwtSVIDTTL", str(jwt_svid_ttl)]
         for td in federates_with:
             args += ["-federatesWith", td]
         if hint:
@@ -484,10 +476,6 @@ class SpireServer(_Daemon):
     def bundle_set(self, trust_domain_id: str, data: str, fmt: str = "spiffe") -> None:
         """``bundle set -id spiffe://td -format …`` with the bundle on stdin (a federated bundle)."""
         self._run(["bundle", "set", "-id", trust_domain_id, "-format", fmt], stdin=data)
-
-    def bundle_list(self) -> str:
-        """``bundle list -format pem``: the federated bundles, as SPIRE prints them."""
-        return self._run(["bundle", "list", "-format", "pem"]).stdout
 
     def bundle_delete(self, trust_domain_id: str, mode: str = "dissociate") -> None:
         """``bundle delete -id … -mode restrict|dissociate|delete`` (``dissociate`` drops the federation
@@ -532,17 +520,13 @@ class SpireAgent(_Daemon):
             )
         )
 
-    def start(self, timeout: float = START_TIMEOUT) -> Self:
-        """Start (first time: configure); wait until the Workload API answers."""
+    def _prepare(self) -> None:
+        """Configure the first time only (a restart keeps the agent's identity, see the module doc)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)  # workloads running as other users must reach the socket (mode 0777)
         if not self.config_path.exists():
             self.configure()
         self.socket_path.unlink(missing_ok=True)
-        failed = self._launch(timeout)
-        if failed is not None:
-            raise self._not_ready(failed)
-        return self
 
     def fetch_x509_ids(self) -> list[str]:
         """SPIFFE IDs the agent issues to *this* process's uid now (``spire-agent api fetch x509``);

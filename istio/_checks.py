@@ -20,6 +20,10 @@ def is_label(value: str) -> bool:
     return len(value) <= 63 and bool(DNS1123_LABEL.match(value))
 
 
+def is_subdomain(value: str) -> bool:
+    return len(value) <= 253 and bool(DNS1123_SUBDOMAIN.match(value))
+
+
 def label_key_ok(key: str) -> bool:
     prefix, sep, name = key.rpartition("/")
     if sep and (not prefix or len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
@@ -37,7 +41,7 @@ def check_service(problems: list[str], svc: MeshService, path: str = "service") 
         problems.append(f"{path}.name: {svc.name!r}: a Service name (DNS-1035 label: a-z, 0-9, '-')")
     if not is_label(svc.namespace):
         problems.append(f"{path}.namespace: {svc.namespace!r}: a namespace name (DNS-1123 label)")
-    if len(svc.service_account) > 253 or not DNS1123_SUBDOMAIN.match(svc.service_account):
+    if not is_subdomain(svc.service_account):
         problems.append(f"{path}.service_account: {svc.service_account!r}: a DNS-1123 subdomain")
     if not 1 <= svc.port <= 65535:
         problems.append(f"{path}.port: {svc.port!r}: a TCP port 1-65535")

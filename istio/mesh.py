@@ -45,7 +45,7 @@ import re
 
 import yaml
 
-from istio._checks import DNS1123_LABEL, TRUST_DOMAIN
+from istio._checks import DNS1123_LABEL, TRUST_DOMAIN, is_label
 from istio.errors import raise_problems
 from istio.model import Gateway, OverlayParams, PeerTrustDomain
 
@@ -74,8 +74,7 @@ def _check(params: OverlayParams) -> None:
         )
     if not params.sds_image.strip() or any(c.isspace() for c in params.sds_image) or "{{" in params.sds_image:
         problems.append(f"sds_image: {params.sds_image!r}: an image reference without spaces or '{{{{'")
-    rev = params.revision
-    if rev is not None and (len(rev) > 63 or not DNS1123_LABEL.match(rev)):
+    if params.revision is not None and not is_label(params.revision):
         problems.append(f"revision: {params.revision!r}: a DNS-1123 label (istioctl validateRevision)")
     if not DNS1123_LABEL.match(params.template_name):
         problems.append(f"template_name: {params.template_name!r}: a DNS-1123 label")

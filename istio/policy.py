@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from istio._checks import DNS1123_LABEL, DNS1123_SUBDOMAIN, TRUST_DOMAIN, check_service, is_label
+from istio._checks import DNS1123_LABEL, TRUST_DOMAIN, check_service, is_label, is_subdomain
 from istio.errors import IstioError, raise_problems
 from istio.model import AuthorizationParams, MeshService
 
@@ -91,7 +91,7 @@ def render_authorization_policy(params: AuthorizationParams) -> dict[str, object
     svc = params.service
     problems: list[str] = []
     check_service(problems, svc)  # label syntax excludes '*' and empty keys (Istio's CEL rule) too
-    if params.name is not None and (len(params.name) > 253 or not DNS1123_SUBDOMAIN.match(params.name)):
+    if params.name is not None and not is_subdomain(params.name):
         problems.append(f"name: {params.name!r}: a DNS-1123 subdomain")
     if not params.allowed_spiffe_ids:
         problems.append(f"allowed_spiffe_ids: {params.allowed_spiffe_ids!r}: at least one external SPIFFE ID")
@@ -186,8 +186,7 @@ def source_matches(source: Mapping[str, object], peer: str) -> bool | None:
     ``None`` when the source uses fields this evaluator does not model (namespaces, IP blocks, request
     principals), so callers can refuse to guess.
     """
-    modelled = {"principals", "notPrincipals"}
-    if set(source) - modelled:
+    if set(source) - {"principals", "notPrincipals"}:
         return None
     principals = _strings(source.get("principals"))
     not_principals = _strings(source.get("notPrincipals"))

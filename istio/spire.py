@@ -23,7 +23,7 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from istio._checks import DNS1123_SUBDOMAIN, SPIFFE_ID, TRUST_DOMAIN, check_service
+from istio._checks import DNS1123_SUBDOMAIN, SPIFFE_ID, TRUST_DOMAIN, check_service, is_subdomain
 from istio.errors import IstioError, raise_problems
 from istio.model import (
     ClusterSpiffeIdParams,
@@ -133,7 +133,7 @@ def render_gateway_cluster_spiffe_id(
     problems: list[str] = []
     check_service(problems, MeshService("gateway", namespace, "gateway", 1, gateway.labels), path="gateway")
     name = f"meshbridge-gateway-{namespace}-{gateway.name}"
-    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+    if not is_subdomain(name):
         problems.append(f"gateway.name: {gateway.name!r}: gives the invalid ClusterSPIFFEID name {name!r}")
     raise_problems(problems)
     return _spire_resource("ClusterSPIFFEID", name, _istio_id_spec(namespace, gateway.labels), class_name)
@@ -165,7 +165,7 @@ def render_cluster_federated_trust_domain(params: FederatedTrustDomainParams) ->
             "(required by the https_spiffe profile)"
         )
     name = params.name if params.name is not None else peer.trust_domain.replace("_", "-")
-    if len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+    if not is_subdomain(name):
         problems.append(f"name: {name!r}: a DNS-1123 subdomain")
     raise_problems(problems)
     profile: dict[str, object] = {"type": peer.profile}

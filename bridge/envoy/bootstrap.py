@@ -211,8 +211,10 @@ def _authenticated(matcher: JsonDict) -> JsonDict:
     return {"authenticated": {"principal_name": matcher}}
 
 
-def _principals_of(arg: str, ids: Sequence[str]) -> list[JsonDict]:
-    return [_authenticated({"exact": _spiffe_id(f"{arg}[{i}]", p)}) for i, p in enumerate(ids)]
+def _or_ids(arg: str, values: Sequence[str]) -> JsonDict:
+    """``or_ids`` of one :func:`_principal_matcher` per value (``arg[i]`` names each in errors)."""
+    matchers = [_authenticated(_principal_matcher(f"{arg}[{i}]", v)) for i, v in enumerate(values)]
+    return {"or_ids": {"ids": matchers}}
 
 
 def _source_principal(arg: str, rule: SourceRule) -> JsonDict:
@@ -224,17 +226,9 @@ def _source_principal(arg: str, rule: SourceRule) -> JsonDict:
         raise EnvoyError(f"{arg}: an empty source would match every caller")
     ids: list[JsonDict] = []
     if rule.principals:
-        ors = [
-            _authenticated(_principal_matcher(f"{arg}.principals[{i}]", p))
-            for i, p in enumerate(rule.principals)
-        ]
-        ids.append({"or_ids": {"ids": ors}})
+        ids.append(_or_ids(f"{arg}.principals", rule.principals))
     if rule.not_principals:
-        nots = [
-            _authenticated(_principal_matcher(f"{arg}.not_principals[{i}]", p))
-            for i, p in enumerate(rule.not_principals)
-        ]
-        ids.append({"not_id": {"or_ids": {"ids": nots}}})
+        ids.append({"not_id": _or_ids(f"{arg}.not_principals", rule.not_principals)})
     return {"and_ids": {"ids": ids}}
 
 
@@ -245,7 +239,8 @@ def _rbac_rules(
     policies: JsonDict = {}
     if ids or (action == "ALLOW" and not sources):
         # an ALLOW with no principals admits nobody; a DENY with none denies nobody
-        policies[name] = {"permissions": [{"any": True}], "principals": _principals_of(arg, ids)}
+        principals = [_authenticated({"exact": _spiffe_id(f"{arg}[{i}]", p)}) for i, p in enumerate(ids)]
+        policies[name] = {"permissions": [{"any": True}], "principals": principals}
     if sources:
         policies[f"{action.lower()}-sources"] = {
             "permissions": [{"any": True}],
@@ -257,23 +252,27 @@ def _rbac_rules(
 def _rbac_filter(
     layer: Literal["http", "network"], action: Literal["ALLOW", "DENY"], rules: JsonDict
 ) -> JsonDict:
-    if layer == "http":
-        return {
-            "name": f"envoy.filters.http.rbac.{action.lower()}",
-            "typed_config": {"@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC", "rules": rules},
-        }
-    return {
-        "name": f"envoy.filters.network.rbac.{action.lower()}",
-        "typed_config": {
-            "@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
-            "stat_prefix": f"inbound_rbac_{action.lower()}",
-            "rules": rules,
-        },
-    }
+    typed_config: JsonDict = {"@type": _T + f"envoy.extensions.filters.{layer}.rbac.v3.RBAC"}
+    if layer == "network":  # the network filter requires a stat_prefix
+        typed_config["stat_prefix"] = f"inbound_rbac_{action.lower()}"
+    typed_config["rules"] = rules
+    return {"name": f"envoy.filters.{layer}.rbac.{action.lower()}", "typed_config": typed_config}
 
 
-def _admin() -> JsonDict:
+def loopback_admin() -> JsonDict:
+    """The admin endpoint on 127.0.0.1, any free port (:class:`EnvoyProcess` reads it back)."""
     return {"address": _address("127.0.0.1", 0)}
+
+
+def _bootstrap(
+    node_id: str, node_cluster: str, sds_socket: str | Path, listener: JsonDict, cluster: JsonDict
+) -> JsonDict:
+    """One listener, the SDS cluster and one more cluster, with a loopback admin endpoint."""
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": loopback_admin(),
+        "static_resources": {"listeners": [listener], "clusters": [sds_cluster(sds_socket), cluster]},
+    }
 
 
 def sidecar_bootstrap(
@@ -324,11 +323,8 @@ def sidecar_bootstrap(
     if trust_domains is not None and not trust_domains:
         raise EnvoyError("trust_domains: []: Istio always validates at least the mesh trust domain")
     if san_prefixes is None:
-        tds: list[str] = []
-        for i, name in enumerate(trust_domains if trust_domains is not None else [td]):
-            checked = _trust_domain(name, f"trust_domains[{i}]")
-            if checked not in tds:
-                tds.append(checked)
+        listed = trust_domains if trust_domains is not None else [td]
+        tds = dict.fromkeys(_trust_domain(name, f"trust_domains[{i}]") for i, name in enumerate(listed))
         san_prefixes = [f"spiffe://{t}/" for t in tds] if validation == "rootca" or trust_domains else []
     sds = sds_config(delta=delta)
     tls_context: JsonDict = {
@@ -398,14 +394,8 @@ def sidecar_bootstrap(
             }
         ],
     }
-    return {
-        "node": {"id": node_id, "cluster": node_cluster},
-        "admin": _admin(),
-        "static_resources": {
-            "listeners": [listener],
-            "clusters": [sds_cluster(sds_socket), static_cluster("backend", backend_host, backend_port)],
-        },
-    }
+    backend = static_cluster("backend", backend_host, backend_port)
+    return _bootstrap(node_id, node_cluster, sds_socket, listener, backend)
 
 
 def egress_bootstrap(
@@ -451,8 +441,4 @@ def egress_bootstrap(
         listener_name, listen_host, listen_port, cluster="upstream", stat_prefix="outbound"
     )
     upstream = static_cluster("upstream", upstream_host, upstream_port, tls_socket(upstream_tls))
-    return {
-        "node": {"id": node_id, "cluster": node_cluster},
-        "admin": _admin(),
-        "static_resources": {"listeners": [listener], "clusters": [sds_cluster(sds_socket), upstream]},
-    }
+    return _bootstrap(node_id, node_cluster, sds_socket, listener, upstream)

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from bridge.binaries import find_envoy, not_found
+from bridge.envoy.bootstrap import loopback_admin
 from bridge.envoy.errors import EnvoyError
 from bridge.processes import stop_process
 
@@ -46,14 +47,11 @@ class EnvoyProcess:
         name: str = "envoy",
         binary: Path | None = None,
         log_level: str = "warning",
-        concurrency: int = 1,
         extra_args: Sequence[str] = (),
         launch: Launcher | None = None,
     ) -> None:
         self.bootstrap = dict(bootstrap)
-        self.bootstrap.setdefault(
-            "admin", {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
-        )
+        self.bootstrap.setdefault("admin", loopback_admin())
         self.workdir = Path(workdir)
         self.name = name
         found = binary or find_envoy()
@@ -61,7 +59,6 @@ class EnvoyProcess:
             raise EnvoyError(not_found("envoy"))
         self.binary = found
         self.log_level = log_level
-        self.concurrency = concurrency
         self.extra_args = tuple(extra_args)
         self.launch = launch
         self.config_path = self.workdir / f"{name}.json"
@@ -85,7 +82,7 @@ class EnvoyProcess:
             str(self.admin_path),
             "--disable-hot-restart",
             "--concurrency",
-            str(self.concurrency),
+            "1",
             "-l",
             self.log_level,
             *self.extra_args,
@@ -155,12 +152,12 @@ class EnvoyProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     # ---- admin API -------------------------------------------------------------------------------
-    def admin(self, path: str, *, method: str = "GET", timeout: float = 5.0) -> bytes:
+    def admin(self, path: str, *, timeout: float = 5.0) -> bytes:
         """Raw admin response body for ``path`` (e.g. ``/certs``)."""
         if not self.admin_address:
             raise EnvoyError(f"envoy: {self.name!r}: not started")
-        req = urllib.request.Request(f"http://{self.admin_address}{path}", method=method)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback admin
+        url = f"http://{self.admin_address}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             body: bytes = resp.read()
             return body
 
@@ -170,12 +167,6 @@ class EnvoyProcess:
     def certs(self) -> dict[str, Any]:
         """``/certs``: the certificates Envoy holds (serials, SANs, expiry)."""
         data: dict[str, Any] = self.admin_json("/certs")
-        return data
-
-    def config_dump(self, resource: str | None = None) -> dict[str, Any]:
-        """``/config_dump`` (optionally ``?resource=dynamic_active_secrets`` etc.)."""
-        suffix = f"?resource={resource}" if resource else ""
-        data: dict[str, Any] = self.admin_json("/config_dump" + suffix)
         return data
 
     def stats(self, filter_regex: str | None = None) -> dict[str, int]:
@@ -206,10 +197,8 @@ class EnvoyProcess:
 
     def active_secrets(self) -> dict[str, dict[str, Any]]:
         """``{secret name: its dynamic_active_secrets entry}`` (``version_info``, ``secret``)."""
-        out: dict[str, dict[str, Any]] = {}
-        for config in self.config_dump("dynamic_active_secrets").get("configs", []):
-            out[config.get("name", "")] = config
-        return out
+        dump = self.admin_json("/config_dump?resource=dynamic_active_secrets")
+        return {config.get("name", ""): config for config in dump.get("configs", [])}
 
     # ---- waiting ---------------------------------------------------------------------------------
     def wait_for(
@@ -273,13 +262,12 @@ class EnvoyProcess:
 
     def cert_serials(self) -> set[str]:
         """Serial numbers (hex, lowercase, no leading zeros) of every certificate Envoy presents."""
-        serials: set[str] = set()
-        for entry in self.certs().get("certificates", []):
-            for chain in entry.get("cert_chain", []):
-                serial = str(chain.get("serial_number", "")).lower().lstrip("0")
-                if serial:
-                    serials.add(serial)
-        return serials
+        serials = {
+            str(cert.get("serial_number", "")).lower().lstrip("0")
+            for entry in self.certs().get("certificates", [])
+            for cert in entry.get("cert_chain", [])
+        }
+        return serials - {""}
 
 
 def running_envoy(bootstrap: Mapping[str, object], workdir: Path, **kwargs: Any) -> EnvoyProcess:
