@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -30,6 +32,15 @@ pytestmark = pytest.mark.usefixtures("envoy_bin")
 APPS_TD = "apps.example.org"
 APP_ID = f"spiffe://{APPS_TD}/external/app"
 OTHER_APP_ID = f"spiffe://{APPS_TD}/external/other"
+BOTH_TDS = ["example.org", APPS_TD]
+_offline = partial(sidecar_bootstrap, sds_socket="/s", trust_domain="example.org", backend_port=1)
+"""A bootstrap to read, never run."""
+
+
+def _http_filters(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    listener = bootstrap["static_resources"]["listeners"][0]
+    filters: list[dict[str, Any]] = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    return filters
 
 
 def _serial(pem: bytes) -> str:
@@ -92,11 +103,14 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
             def get(port: int, who: Identity) -> int:
                 return https_get(port, mtls_context(mesh_bundle, who.chain_pem, who.key_pem)).status
 
-            # Istio's default list: only the mesh trust domain (no caCertificates trustDomains)
-            only_mesh = sidecar_bootstrap(
-                sds_socket=short_dir / "sds.sock", trust_domain="example.org", backend_port=backend.port
+            bootstrap = partial(
+                sidecar_bootstrap,
+                sds_socket=short_dir / "sds.sock",
+                trust_domain="example.org",
+                backend_port=backend.port,
             )
-            with EnvoyProcess(only_mesh, short_dir / "a") as envoy:
+            # Istio's default list: only the mesh trust domain (no caCertificates trustDomains)
+            with EnvoyProcess(bootstrap(), short_dir / "a") as envoy:
                 want = {_serial(app.bundle_pem), _serial(mesh_bundle)}
                 assert _wait_ca_serials(envoy, want) >= want  # ROOTCA: both
                 port = envoy.listener_port("inbound")
@@ -108,13 +122,7 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
                 assert sum(after.values()) == sum(before.values()) + 1, (before, after)
 
             # the overlay's caCertificates[].trustDomains: admitted; a DENY principal gets 403 first
-            listed = sidecar_bootstrap(
-                sds_socket=short_dir / "sds.sock",
-                trust_domain="example.org",
-                trust_domains=["example.org", APPS_TD],
-                backend_port=backend.port,
-                denied_principals=[f"{APPS_TD}/external/other"],
-            )
+            listed = bootstrap(trust_domains=BOTH_TDS, denied_principals=[f"{APPS_TD}/external/other"])
             with EnvoyProcess(listed, short_dir / "b") as envoy:
                 port = envoy.listener_port("inbound")
                 assert get(port, app) == 200
@@ -123,11 +131,8 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
 
             # the rendered DENY of the apps' trust domain: '<td>/*' except the declared caller (Istio's
             # and_ids [prefix spiffe://<td>/, not_id(or_ids exact)]): every other identity of it gets 403
-            trust_domain_deny = sidecar_bootstrap(
-                sds_socket=short_dir / "sds.sock",
-                trust_domain="example.org",
-                trust_domains=["example.org", APPS_TD],
-                backend_port=backend.port,
+            trust_domain_deny = bootstrap(
+                trust_domains=BOTH_TDS,
                 denied_sources=[SourceRule((f"{APPS_TD}/*",), (f"{APPS_TD}/external/app",))],
             )
             with EnvoyProcess(trust_domain_deny, short_dir / "d") as envoy:
@@ -139,11 +144,8 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
                 assert sum(envoy.stats("rbac.denied").values()) == before + 1
 
             # DENY before ALLOW: a principal in both is denied; ALLOW alone still turns others away
-            both = sidecar_bootstrap(
-                sds_socket=short_dir / "sds.sock",
-                trust_domain="example.org",
-                trust_domains=["example.org", APPS_TD],
-                backend_port=backend.port,
+            both = bootstrap(
+                trust_domains=BOTH_TDS,
                 allowed_principals=[APP_ID, OTHER_APP_ID],
                 denied_principals=[OTHER_APP_ID],
             )
@@ -155,13 +157,7 @@ def test_trust_domain_rootca_trusts_but_the_san_list_omits_is_refused_and_deny_g
 
 
 def test_san_matchers_follow_istio_trust_domain_list() -> None:
-    b = sidecar_bootstrap(
-        sds_socket="/s",
-        trust_domain="example.org",
-        trust_domains=["example.org", APPS_TD, APPS_TD],
-        backend_port=1,
-        denied_principals=[],
-    )
+    b = _offline(trust_domains=[*BOTH_TDS, APPS_TD], denied_principals=[])
     listener = b["static_resources"]["listeners"][0]  # type: ignore[index]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     ctx = tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
@@ -169,53 +165,36 @@ def test_san_matchers_follow_istio_trust_domain_list() -> None:
         {"san_type": "URI", "matcher": {"prefix": "spiffe://example.org/"}},
         {"san_type": "URI", "matcher": {"prefix": f"spiffe://{APPS_TD}/"}},
     ]
-    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    filters = _http_filters(b)
     assert [f["typed_config"]["rules"]["action"] for f in filters[:-1]] == ["DENY"]
     assert filters[0]["typed_config"]["rules"]["policies"] == {}  # a DENY naming nobody denies nobody
 
 
 def test_trust_domain_list_errors() -> None:
     with pytest.raises(EnvoyError, match=r"trust_domains\[1\]: 'Apps\.org': not a trust domain"):
-        sidecar_bootstrap(
-            sds_socket="/s",
-            trust_domain="example.org",
-            trust_domains=["example.org", "Apps.org"],
-            backend_port=1,
-        )
+        _offline(trust_domains=["example.org", "Apps.org"])
     with pytest.raises(EnvoyError, match=r"trust_domains: \[\]"):
-        sidecar_bootstrap(sds_socket="/s", trust_domain="example.org", trust_domains=[], backend_port=1)
+        _offline(trust_domains=[])
     with pytest.raises(EnvoyError, match="give one"):
-        sidecar_bootstrap(
-            sds_socket="/s",
-            trust_domain="example.org",
-            trust_domains=["example.org"],
-            san_prefixes=[],
-            backend_port=1,
-        )
+        _offline(trust_domains=["example.org"], san_prefixes=[])
     with pytest.raises(EnvoyError, match=r"denied_principals\[0\]: 'x y'"):
-        sidecar_bootstrap(
-            sds_socket="/s", trust_domain="example.org", backend_port=1, denied_principals=["x y"]
-        )
+        _offline(denied_principals=["x y"])
 
 
 def test_deny_sources_compile_as_istio_does() -> None:
     """``pilot/pkg/security/authz/model``: a source's principals OR-ed, AND NOT its notPrincipals OR-ed;
     ``matcher.StringMatcherWithPrefix(v, "spiffe://")`` for each value."""
-    b = sidecar_bootstrap(
-        sds_socket="/s",
-        trust_domain="example.org",
-        backend_port=1,
+    b = _offline(
         denied_sources=[
             SourceRule((f"{APPS_TD}/*",), (f"{APPS_TD}/external/a", f"spiffe://{APPS_TD}/external/b")),
             SourceRule(("*/sa/sleep", "*")),
         ],
     )
-    listener = b["static_resources"]["listeners"][0]  # type: ignore[index]
-    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    filters = _http_filters(b)
     assert [f["typed_config"]["rules"]["action"] for f in filters[:-1]] == ["DENY"]
 
-    def authn(matcher: dict[str, object]) -> dict[str, object]:
-        return {"authenticated": {"principal_name": matcher}}
+    def or_ids(*matchers: dict[str, object]) -> dict[str, object]:
+        return {"or_ids": {"ids": [{"authenticated": {"principal_name": m}} for m in matchers]}}
 
     assert filters[0]["typed_config"]["rules"]["policies"] == {
         "deny-sources": {
@@ -224,16 +203,12 @@ def test_deny_sources_compile_as_istio_does() -> None:
                 {
                     "and_ids": {
                         "ids": [
-                            {"or_ids": {"ids": [authn({"prefix": f"spiffe://{APPS_TD}/"})]}},
+                            or_ids({"prefix": f"spiffe://{APPS_TD}/"}),
                             {
-                                "not_id": {
-                                    "or_ids": {
-                                        "ids": [
-                                            authn({"exact": f"spiffe://{APPS_TD}/external/a"}),
-                                            authn({"exact": f"spiffe://{APPS_TD}/external/b"}),
-                                        ]
-                                    }
-                                }
+                                "not_id": or_ids(
+                                    {"exact": f"spiffe://{APPS_TD}/external/a"},
+                                    {"exact": f"spiffe://{APPS_TD}/external/b"},
+                                )
                             },
                         ]
                     }
@@ -241,14 +216,10 @@ def test_deny_sources_compile_as_istio_does() -> None:
                 {
                     "and_ids": {
                         "ids": [
-                            {
-                                "or_ids": {
-                                    "ids": [
-                                        authn({"safe_regex": {"regex": "spiffe://.*/sa/sleep"}}),
-                                        authn({"safe_regex": {"regex": ".+"}}),
-                                    ]
-                                }
-                            }
+                            or_ids(
+                                {"safe_regex": {"regex": "spiffe://.*/sa/sleep"}},
+                                {"safe_regex": {"regex": ".+"}},
+                            )
                         ]
                     }
                 },
@@ -260,6 +231,4 @@ def test_deny_sources_compile_as_istio_does() -> None:
 @pytest.mark.parametrize("bad", ["a*b/x", "**", "apps.example.org/x/*/y", "Bad TD/*"])
 def test_deny_source_values_follow_istio_wildcard_rules(bad: str) -> None:
     with pytest.raises(EnvoyError, match=r"denied_principals_sources\[0\]\.principals\[0\]"):
-        sidecar_bootstrap(
-            sds_socket="/s", trust_domain="example.org", backend_port=1, denied_sources=[SourceRule((bad,))]
-        )
+        _offline(denied_sources=[SourceRule((bad,))])

@@ -204,22 +204,11 @@ def fake_server(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return log, env
 
 
-def _all_calls(log: Path) -> list[list[str]]:
-    if not log.exists():
-        return []
-    calls, current = [], []
-    for line in log.read_text().splitlines():
-        if line == "--":
-            calls.append(current)
-            current = []
-        else:
-            current.append(line)
-    return calls
-
-
 def _calls(log: Path) -> list[list[str]]:
     """The calls that change something (the script looks entries up with ``entry show`` first)."""
-    return [c for c in _all_calls(log) if c[:2] != ["entry", "show"]]
+    text = log.read_text() if log.exists() else ""
+    calls = [chunk.splitlines() for chunk in text.split("--\n")[:-1]]
+    return [c for c in calls if c[:2] != ["entry", "show"]]
 
 
 def _create(spiffe_id: str, selectors: str, flags: str = "", *, socket: tuple[str, ...] = ()) -> list[str]:

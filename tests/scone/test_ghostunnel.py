@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from spiffe import WorkloadApiClient
 
-from bridge.processes import free_port
+from bridge.processes import free_port, stop_process
 from scone import (
     Attestation,
     CertFiles,
@@ -294,12 +294,7 @@ def _ghostunnel(binary: Path, args: list[str]) -> Iterator[subprocess.Popen[byte
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         if proc.stderr is not None:
             proc.stderr.close()
 
@@ -335,7 +330,12 @@ def _exchange(port: int, deadline: float) -> bytes:
     raise AssertionError(f"no answer through the tunnel: {last!r}")
 
 
-def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
+def _files(d: Path) -> CertFiles:
+    """The tunnel's own SVID and the CA, as files in ``d`` (next to the peer's ``server*.pem``)."""
+    return CertFiles(cert=str(d / "svid.pem"), key=str(d / "svid-key.pem"), cacert=str(d / "ca.pem"))
+
+
+def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> None:
     ca = MiniCa.create()
     server = ca.issue(MESH_ID, server_dns)
     client = ca.issue(CLIENT_ID)
@@ -347,24 +347,21 @@ def _write_pki(d: Path, *, server_dns: tuple[str, ...]) -> CertFiles:
         "svid-key.pem": client.key_text,
     }.items():
         (d / name).write_text(text)
-    return CertFiles(cert=str(d / "svid.pem"), key=str(d / "svid-key.pem"), cacert=str(d / "ca.pem"))
 
 
-def _run_tunnel(binary: Path, d: Path, files: CertFiles, verify: str) -> tuple[bytes | None, list[str]]:
+def _run_tunnel(
+    binary: Path, d: Path, tunnel: GhostunnelTunnel, wait: float = 3
+) -> tuple[bytes | None, list[str]]:
+    """``tunnel`` to a STRICT peer with the certificates in ``d``; what came back (``None``: nothing
+    within ``wait`` seconds) and the client SPIFFE IDs the peer saw."""
     with _mtls_server(d / "server.pem", d / "server-key.pem", d / "ca.pem") as (port, seen):
         listen, status = free_port(), free_port()
-        tunnel = replace(
-            FILES_TUNNEL,
-            target=replace(HTTPBIN, spiffe_id=verify),
-            listen_port=listen,
-            status_port=status,
-            files=files,
-            connect_to=f"127.0.0.1:{port}",  # the only changes from the rendered tunnel
-        )
+        # the only changes from the rendered tunnel
+        tunnel = replace(tunnel, listen_port=listen, status_port=status, connect_to=f"127.0.0.1:{port}")
         with _ghostunnel(binary, ghostunnel_args(tunnel)) as proc:
             _wait_status(status, proc)
             try:
-                return _exchange(listen, time.monotonic() + 3), seen
+                return _exchange(listen, time.monotonic() + wait), seen
             except AssertionError:
                 return None, seen
 
@@ -373,9 +370,10 @@ def _run_tunnel(binary: Path, d: Path, files: CertFiles, verify: str) -> tuple[b
 def test_rendered_argv_tunnels_to_a_strict_peer_only_with_the_right_spiffe_id(
     ghostunnel_bin: Path, short_dir: Path, verify_ok: bool
 ) -> None:
-    files = _write_pki(short_dir, server_dns=("httpbin.default.svc.cluster.local",))
+    _write_pki(short_dir, server_dns=("httpbin.default.svc.cluster.local",))
     verify = MESH_ID if verify_ok else "spiffe://example.org/ns/default/sa/impostor"
-    answer, seen = _run_tunnel(ghostunnel_bin, short_dir, files, verify)
+    tunnel = replace(FILES_TUNNEL, target=replace(HTTPBIN, spiffe_id=verify), files=_files(short_dir))
+    answer, seen = _run_tunnel(ghostunnel_bin, short_dir, tunnel)
     if verify_ok:
         assert answer == f"peer={CLIENT_ID} got=hello\n".encode()
         assert seen == [CLIENT_ID]  # the peer saw our SVID as client certificate
@@ -386,8 +384,8 @@ def test_rendered_argv_tunnels_to_a_strict_peer_only_with_the_right_spiffe_id(
 
 def test_files_source_needs_the_dns_name_in_the_mesh_svid(ghostunnel_bin: Path, short_dir: Path) -> None:
     # ghostunnel.md: with --cert/--key/--cacert Go checks the host name first; a URI-only SVID fails.
-    files = _write_pki(short_dir, server_dns=())
-    answer, seen = _run_tunnel(ghostunnel_bin, short_dir, files, MESH_ID)
+    _write_pki(short_dir, server_dns=())
+    answer, seen = _run_tunnel(ghostunnel_bin, short_dir, replace(FILES_TUNNEL, files=_files(short_dir)))
     assert answer is None
     assert seen == []
 
@@ -434,29 +432,15 @@ def test_both_sources_with_svids_from_the_embedded_workload_api(
         _fetch_svid(
             api.address("mesh"), short_dir / "server.pem", short_dir / "server-key.pem", short_dir / "ca.pem"
         )
-        files = CertFiles(
-            cert=str(short_dir / "svid.pem"),
-            key=str(short_dir / "svid-key.pem"),
-            cacert=str(short_dir / "ca.pem"),
-        )
+        files = _files(short_dir)
         if source == "files":
             _fetch_svid(api.address("ext"), Path(files.cert), Path(files.key))
-        with _mtls_server(short_dir / "server.pem", short_dir / "server-key.pem", short_dir / "ca.pem") as (
-            port,
-            seen,
-        ):
-            listen, status = free_port(), free_port()
-            tunnel = GhostunnelTunnel(
-                HTTPBIN,
-                listen_port=listen,
-                status_port=status,
-                cert_source=source,  # type: ignore[arg-type]
-                files=files,
-                workload_api_addr=api.address("ext"),
-                connect_to=f"127.0.0.1:{port}",
-            )
-            with _ghostunnel(ghostunnel_bin, ghostunnel_args(tunnel)) as proc:
-                _wait_status(status, proc)
-                answer = _exchange(listen, time.monotonic() + 15)
+        tunnel = replace(
+            FILES_TUNNEL,
+            cert_source=source,  # type: ignore[arg-type]
+            files=files,
+            workload_api_addr=api.address("ext"),
+        )
+        answer, seen = _run_tunnel(ghostunnel_bin, short_dir, tunnel, wait=15)
     assert answer == f"peer={CLIENT_ID} got=hello\n".encode()
     assert seen == [CLIENT_ID]

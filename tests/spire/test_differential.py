@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -212,46 +213,29 @@ def _status(call: Any) -> tuple[str, str]:
 
 
 def observe_errors(t: Target) -> dict[str, Any]:
+    token = _token(t)
     with raw_stub(t.socket) as stub:
-        no_header = {name: _status(call) for name, call in rpc_calls(stub, metadata=None).items()}
+
+        def fetch_jwt(**request: Any) -> tuple[str, str]:
+            return _status(
+                lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(**request), metadata=HEADER, timeout=10)
+            )
+
+        def validate(**request: Any) -> tuple[str, str]:
+            return _status(
+                lambda: stub.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(**request), metadata=HEADER, timeout=10
+                )
+            )
+
         return {
-            "no_header": no_header,
-            "jwt_no_audience": _status(
-                lambda: stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(), metadata=HEADER, timeout=10)
-            ),
-            "jwt_not_entitled": _status(
-                lambda: stub.FetchJWTSVID(
-                    workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="spiffe://example.org/not-mine"),
-                    metadata=HEADER,
-                    timeout=10,
-                )
-            ),
-            "jwt_bad_spiffe_id": _status(
-                lambda: stub.FetchJWTSVID(
-                    workload_pb2.JWTSVIDRequest(audience=["svc"], spiffe_id="not a spiffe id"),
-                    metadata=HEADER,
-                    timeout=10,
-                )
-            ),
-            "validate_wrong_audience": _status(
-                lambda: stub.ValidateJWTSVID(
-                    workload_pb2.ValidateJWTSVIDRequest(audience="nope", svid=_token(t)),
-                    metadata=HEADER,
-                    timeout=10,
-                )
-            )[0],
-            "validate_garbage": _status(
-                lambda: stub.ValidateJWTSVID(
-                    workload_pb2.ValidateJWTSVIDRequest(audience="svc", svid="a.b.c"),
-                    metadata=HEADER,
-                    timeout=10,
-                )
-            )[0],
-            "validate_no_svid": _status(
-                lambda: stub.ValidateJWTSVID(
-                    workload_pb2.ValidateJWTSVIDRequest(audience="svc"), metadata=HEADER, timeout=10
-                )
-            ),
+            "no_header": {name: _status(call) for name, call in rpc_calls(stub, metadata=None).items()},
+            "jwt_no_audience": fetch_jwt(),
+            "jwt_not_entitled": fetch_jwt(audience=["svc"], spiffe_id="spiffe://example.org/not-mine"),
+            "jwt_bad_spiffe_id": fetch_jwt(audience=["svc"], spiffe_id="not a spiffe id"),
+            "validate_wrong_audience": validate(audience="nope", svid=token)[0],
+            "validate_garbage": validate(audience="svc", svid="a.b.c")[0],
+            "validate_no_svid": validate(audience="svc"),
         }
 
 
@@ -404,28 +388,18 @@ def test_ghostunnel_go_spiffe_gets_an_svid_from_both_and_is_refused_by_both_as_u
 ) -> None:
     short_dir.chmod(0o755)
     for t in targets.values():
-        with ghostunnel_client(
+        client = partial(
+            ghostunnel_client,
             ghostunnel_bin,
-            uid=0,
             workload_api=t.address,
             target_port=1,
             verify_uri=A,
             directory=short_dir,
-            name=f"{t.name}-root",
-        ) as (proc, listen):
+        )
+        with client(uid=0, name=f"{t.name}-root") as (proc, listen):
             assert proc.poll() is None
             assert listen.exists()
-        with ghostunnel_client(
-            ghostunnel_bin,
-            uid=STRANGER,
-            workload_api=t.address,
-            target_port=1,
-            verify_uri=A,
-            directory=short_dir,
-            name=f"{t.name}-stranger",
-            wait=False,
-            api_timeout="3s",
-        ) as (proc, listen):
+        with client(uid=STRANGER, name=f"{t.name}-stranger", wait=False, api_timeout="3s") as (proc, listen):
             assert proc.wait(60) != 0
         log = (short_dir / f"gt-{t.name}-stranger.log").read_text(errors="replace")
         assert "no identity issued" in log, (t.name, log[-1500:])

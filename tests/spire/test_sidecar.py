@@ -81,20 +81,17 @@ def mesh_with_spire(short_dir: Path, *, mesh_ttl: int | None = None) -> Iterator
                 yield Mesh(spire, sds, envoy, port, short_dir)
 
 
+def _chain_certs(envoy: EnvoyProcess) -> list[dict[str, Any]]:
+    """The certificates Envoy presents (admin ``/certs``)."""
+    return [cert for entry in envoy.certs().get("certificates", []) for cert in entry.get("cert_chain", [])]
+
+
 def _envoy_cert_expiries(envoy: EnvoyProcess) -> list[datetime]:
-    out = []
-    for entry in envoy.certs().get("certificates", []):
-        for cert in entry.get("cert_chain", []):
-            out.append(datetime.fromisoformat(cert["expiration_time"].replace("Z", "+00:00")))
-    return out
+    return [datetime.fromisoformat(c["expiration_time"].replace("Z", "+00:00")) for c in _chain_certs(envoy)]
 
 
 def _default_san(envoy: EnvoyProcess) -> list[str]:
-    sans = []
-    for entry in envoy.certs().get("certificates", []):
-        for cert in entry.get("cert_chain", []):
-            sans += [s.get("uri", "") for s in cert.get("subject_alt_names", [])]
-    return sans
+    return [s.get("uri", "") for c in _chain_certs(envoy) for s in c.get("subject_alt_names", [])]
 
 
 def _handshakes(envoy: EnvoyProcess) -> int:
