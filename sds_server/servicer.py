@@ -131,7 +131,7 @@ class Nack:
 @dataclass(slots=True)
 class _Sent:
     nonce: str
-    previous: dict[str, str | None]
+    previous: dict[str, str | None]  # the sent names' versions before this response
     versions: dict[str, str]
     version_info: str
 
@@ -198,7 +198,7 @@ class SecretDiscoveryServicer:
         self.limits = limits or SdsLimits()
         self._files = files
         if files is not None:
-            files.on_change = self.files_changed
+            files.on_change = self._push_names  # file credentials whose content changed
         self._per_uid = PerUidCap(self.limits.max_streams_per_uid, "SDS streams")
         self._snapshot: SecretSnapshot | None = None
         self._by_name: dict[str, set[_Stream]] = {}
@@ -223,11 +223,8 @@ class SecretDiscoveryServicer:
         log.info("sds.snapshot", version=snapshot.version[:16], changed=sorted(changed))
         self._push_names(changed)
 
-    def files_changed(self, names: frozenset[str]) -> None:
-        """File credentials whose content changed: push them to their streams (on the loop)."""
-        self._push_names(names)
-
     def _push_names(self, names: Iterable[str]) -> None:
+        """Push to the streams subscribed to any of ``names`` (on the loop)."""
         affected: set[_Stream] = set()
         for name in names:
             affected |= self._by_name.get(name, set())
@@ -463,9 +460,9 @@ class SecretDiscoveryServicer:
             removed = []  # SotW: absence is not deletion for SDS; Envoy keeps what it has
         if not changed and not removed:
             return
-        previous: dict[str, str | None] = {r.name: st.known.get(r.name) for r in changed}
+        previous = {r.name: st.known.get(r.name) for r in changed}
         for name in removed:
-            previous[name] = st.known.pop(name, None)
+            st.known.pop(name, None)
         for r in changed:
             st.known[r.name] = r.version
         nonce = str(next(st.counter))
@@ -520,10 +517,10 @@ class SecretDiscoveryServicer:
             return False
         if error is not None:
             st.synced = ""
-            for name, old in last.previous.items():
-                if name not in last.versions:
-                    continue  # a removal: not repeated (the client keeps or drops it as it decided)
-                st.rejected[name] = last.versions[name]
+            # Sent resources are rolled back, removals are not (the client keeps or drops them as it decided).
+            for name, version in last.versions.items():
+                st.rejected[name] = version
+                old = last.previous[name]
                 if old is None:
                     st.known.pop(name, None)
                 else:
@@ -556,16 +553,18 @@ class SecretDiscoveryServicer:
 
     # ---- RPCs ----------------------------------------------------------------------------------
     async def StreamSecrets(self, stream: Stream[DiscoveryRequest, Any]) -> None:
-        await self._run(stream, self._new_stream("sotw", stream), self._on_sotw)
+        await self._run("sotw", stream, self._on_sotw)
 
     async def DeltaSecrets(self, stream: Stream[DeltaDiscoveryRequest, Any]) -> None:
-        await self._run(stream, self._new_stream("delta", stream), self._on_delta)
+        await self._run("delta", stream, self._on_delta)
 
-    def _new_stream(self, api: str, stream: Stream[Any, Any]) -> _Stream:
+    async def _run(
+        self, api: str, stream: Stream[Any, Any], on_request: Callable[[_Stream, Any], bool]
+    ) -> None:
         m = self._metrics
         logger = log.bind(api=api)
         sock = peer_socket(stream)
-        return _Stream(
+        st = _Stream(
             api=api,
             send=stream.send_message,
             log=logger,
@@ -578,27 +577,21 @@ class SecretDiscoveryServicer:
             task=asyncio.current_task(),
         )
 
-    async def _run(
-        self, stream: Stream[Any, Any], st: _Stream, on_request: Callable[[_Stream, Any], bool]
-    ) -> None:
         def refused(count: int) -> None:
-            self._metrics.refused.labels("streams_per_uid").inc()
+            m.refused.labels("streams_per_uid").inc()
             log.warning("sds.stream.refused", uid=st.uid, streams=count, reason="streams per UID")
 
         with self._per_uid.hold(st.uid, refused):
             self._streams.add(st)
-            self._metrics.streams_open.labels(st.api).inc()
+            m.streams_open.labels(api).inc()
             try:
-                while True:
-                    req = await stream.recv_message()
-                    if req is None:
-                        break
+                async for req in stream:
                     async with st.lock:
                         if on_request(st, req):
                             await self._sync(st)
             finally:
                 self._forget(st)
-                self._metrics.streams_open.labels(st.api).dec()
+                m.streams_open.labels(api).dec()
                 st.log.debug("sds.stream.closed", responses=st.responses)
 
     def _begin(self, st: _Stream, req: Any) -> tuple[bool, Any | None]:
@@ -650,9 +643,7 @@ class SecretDiscoveryServicer:
             st.known.pop(name, None)  # answered even if up to date (the client may have dropped it)
             st.absent.discard(name)
         if first:
-            for name, version in req.initial_resource_versions.items():
-                if name in st.names:
-                    st.known[name] = version
+            st.known.update({n: v for n, v in req.initial_resource_versions.items() if n in st.names})
         elif req.initial_resource_versions:
             st.log.debug("sds.delta.initial_versions_ignored", names=len(req.initial_resource_versions))
         return answered or bool(subscribe or unsubscribe)
