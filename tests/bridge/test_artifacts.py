@@ -12,17 +12,12 @@ and read ``git diff tests/bridge/golden`` before committing.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import scone
 from bridge import render as layout
@@ -31,6 +26,7 @@ from bridge.rendering import Rendering
 from bridge.spec import load_spec
 from bridge.writer import serialize
 from tests.bridge.strategies import EXAMPLE
+from tests.support.pki import key_pem, pem, self_signed_ca
 from tests.support.schemas import problems, scone_problems
 
 GOLDEN = Path(__file__).parent / "golden" / "httpbin"
@@ -115,34 +111,14 @@ def test_sessions_validate_against_the_scone_schema(rendering: Rendering) -> Non
         assert scone_problems(session) == [], path
 
 
-def _pem_pair() -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
-
-
 @pytest.mark.parametrize("plugin", ["sconecas_sessionmanager", "scone_cas_secretsmanager"])
 def test_svidstore_templates_filled_are_valid_sessions(plugin: str) -> None:
     bridge = load_spec(EXAMPLE)
     rendering = render(
         dataclasses.replace(bridge, spire=dataclasses.replace(bridge.spire, svidstore_plugin=plugin))
     )
-    cert, key = _pem_pair()
+    ca, ca_key = self_signed_ca("test")
+    cert, key = pem(ca).decode(), key_pem(ca_key).decode()
     values = {
         "svid": cert,
         "svid-key": key,

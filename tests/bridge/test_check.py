@@ -30,8 +30,8 @@ def _bridge(mutate: Callable[[dict[str, object]], None], example: Path = FEDERAT
     return parse_document(raw)
 
 
-def _tampered(edit: Callable[[dict[str, Document]], None]) -> Rendering:
-    docs = {p: copy.deepcopy(d) for p, d in render(BRIDGE).items()}
+def _tampered(rendering: Rendering, edit: Callable[[dict[str, Document]], None]) -> Rendering:
+    docs = {p: copy.deepcopy(d) for p, d in rendering.items()}
     edit(docs)
     return Rendering(docs)
 
@@ -79,43 +79,33 @@ def _status_port_clash(docs: dict[str, Document]) -> None:
         (
             _drop_dns,
             [
-                "externalApps[0] (shielded-client): 'httpbin.default.svc.cluster.local': authenticated by "
-                "DNS name "
+                f"externalApps[{i}] ({app}): 'httpbin.default.svc.cluster.local': authenticated by DNS name "
                 "but no ClusterSPIFFEID of default/httpbin puts it in the SVID (dnsNameTemplates): the "
-                "handshake "
-                "would fail",
-                "externalApps[1] (tunnel-client): 'httpbin.default.svc.cluster.local': authenticated by DNS "
-                "name "
-                "but no ClusterSPIFFEID of default/httpbin puts it in the SVID (dnsNameTemplates): the "
-                "handshake "
-                "would fail",
+                "handshake would fail"
+                for i, app in enumerate(("shielded-client", "tunnel-client"))
             ],
         ),
         (
             _drop_principal,
             [
                 "externalApps[1] (tunnel-client): 'example.org/external/tunnel-client': no "
-                "AuthorizationPolicy "
-                "selecting default/httpbin admits it (STRICT mTLS would pass, the request would get 403)"
+                "AuthorizationPolicy selecting default/httpbin admits it (STRICT mTLS would pass, the "
+                "request would get 403)"
             ],
         ),
         (
             _other_selector,
             [
-                "externalApps[0] (shielded-client): 'example.org/external/shielded-client': no "
-                "AuthorizationPolicy "
-                "selecting default/httpbin admits it (STRICT mTLS would pass, the request would get 403)",
-                "externalApps[1] (tunnel-client): 'example.org/external/tunnel-client': no "
-                "AuthorizationPolicy "
-                "selecting default/httpbin admits it (STRICT mTLS would pass, the request would get 403)",
+                f"externalApps[{i}] ({app}): 'example.org/external/{app}': no AuthorizationPolicy selecting "
+                "default/httpbin admits it (STRICT mTLS would pass, the request would get 403)"
+                for i, app in enumerate(("shielded-client", "tunnel-client"))
             ],
         ),
         (
             _wrong_verify_uri,
             [
                 "externalApps[1] (tunnel-client): --verify-uri=spiffe://example.org/ns/default/sa/default "
-                "is not "
-                "default/httpbin's SPIFFE ID 'spiffe://example.org/ns/default/sa/httpbin'"
+                "is not default/httpbin's SPIFFE ID 'spiffe://example.org/ns/default/sa/httpbin'"
             ],
         ),
         (
@@ -141,7 +131,7 @@ def _status_port_clash(docs: dict[str, Document]) -> None:
 )
 def test_each_rule_fires(edit: Callable[[dict[str, Document]], None], expected: list[str]) -> None:
     assert consistency_problems(BRIDGE, render(BRIDGE)) == []
-    assert consistency_problems(BRIDGE, _tampered(edit)) == expected
+    assert consistency_problems(BRIDGE, _tampered(render(BRIDGE), edit)) == expected
 
 
 def test_example_checks_clean() -> None:
@@ -162,12 +152,6 @@ def test_one_trust_domain_explains_the_exposure() -> None:
         "policy naming them accepts their requests. Declare 'federation:' to give the apps their own trust "
         "domain, trusted only by their targets and refused by every other mesh service's DENY policy",
     )
-
-
-def _federated(edit: Callable[[dict[str, Document]], None]) -> Rendering:
-    docs = {p: copy.deepcopy(d) for p, d in render(FEDERATED).items()}
-    edit(docs)
-    return Rendering(docs)
 
 
 def _no_federates_with(docs: dict[str, Document]) -> None:
@@ -338,7 +322,7 @@ def test_each_federation_rule_fires(edit: Callable[[dict[str, Document]], None],
     """``_alias_instead`` passes the SAN check but is the wrong tool: aliases also widen AuthorizationPolicy
     principals (Istio ``trustdomain.Bundle.ReplaceTrustDomainAliases``); ``check`` accepts it as working."""
     assert consistency_problems(FEDERATED, render(FEDERATED)) == []
-    assert consistency_problems(FEDERATED, _federated(edit)) == expected
+    assert consistency_problems(FEDERATED, _tampered(render(FEDERATED), edit)) == expected
 
 
 def test_overlapping_selectors_warn() -> None:
@@ -362,8 +346,8 @@ def test_overlapping_selectors_warn() -> None:
     )
     assert report.warnings == (
         "meshServices (default/httpbin): labels {'app': 'httpbin'} also select the pods of "
-        "default/httpbin-admin: "
-        "its AuthorizationPolicy admits default/httpbin's callers to default/httpbin-admin too",
+        "default/httpbin-admin: its AuthorizationPolicy admits default/httpbin's callers to "
+        "default/httpbin-admin too",
     )
 
 
@@ -377,8 +361,7 @@ def test_shared_service_account_warns() -> None:
     assert report.warnings == (
         "meshServices (default/httpbin, default/echo): share the SPIFFE ID "
         "'spiffe://example.org/ns/default/sa/httpbin' (same service account): Ghostunnel's --verify-uri "
-        "cannot "
-        "tell them apart",
+        "cannot tell them apart",
     )
 
 
@@ -415,10 +398,8 @@ def test_federation_denies_the_apps_trust_domain_next_to_an_allow_policy() -> No
         ("inventory-meshbridge-deny", "DENY"),
     ]
     assert consistency_problems(fed, rendering) == []
-    docs = {p: copy.deepcopy(d) for p, d in rendering.items()}
-    _no_deny_at_target(docs)
     # the ALLOW policy alone admits 'apps.example.org/ns/default/sa/…' through its namespaces rule
-    assert consistency_problems(fed, Rendering(docs)) == [
+    assert consistency_problems(fed, _tampered(rendering, _no_deny_at_target)) == [
         "meshServices[0] (default/httpbin): its AuthorizationPolicies admit "
         "'apps.example.org/ns/default/sa/meshbridge-check-undeclared': identities of 'apps.example.org' that "
         "no app declares for it; every mesh service must refuse the apps' trust domain except its declared "
