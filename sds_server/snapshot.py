@@ -187,9 +187,7 @@ def _choose_default(svids: Sequence[Svid], names: ResourceNames) -> Svid | None:
     if names.default_spiffe_id is not None:
         return next((s for s in svids if s.spiffe_id == names.default_spiffe_id), None)
     if names.default_hint:
-        hinted = next((s for s in svids if s.hint == names.default_hint), None)
-        if hinted is not None:
-            return hinted
+        return next((s for s in svids if s.hint == names.default_hint), svids[0])
     return svids[0]
 
 
@@ -286,15 +284,10 @@ class SecretSnapshot:
         chosen = _choose_default(self.svids, self.names)
         if chosen is not None and chosen in self.pending:
             names.add(self.names.default)
-        res = dict(self.resources)
-        carried = False
-        for name in names:
-            old = previous.resources.get(name)
-            if name not in res and old is not None:
-                res[name] = old
-                carried = True
+        carried = {n: previous.resources[n] for n in names - self.resources.keys() if n in previous.resources}
         if not carried:
             return self
+        res = {**self.resources, **carried}
         default = self.default
         if default is None and self.names.default in res and previous.default is not None:
             default = previous.default
