@@ -15,8 +15,8 @@ The order matters (istio.io "ops/integrations/spire", spire-controller-manager d
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Mapping
+from shlex import quote
 
 from bridge import artifacts
 from bridge.model import Bridge
@@ -24,10 +24,6 @@ from bridge.rendering import Document
 
 _ANNOTATION = "inject.istio.io/templates"
 _NATIVE_SIDECAR = "sidecar.istio.io/nativeSidecar"  # per pod, Istio >= 1.24
-
-
-def _q(value: str) -> str:
-    return shlex.quote(value)
 
 
 def _session(docs: Mapping[str, Document], app_name: str) -> Mapping[str, object]:
@@ -203,7 +199,7 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
         separators=(",", ":"),
     )
     for s in bridge.services:
-        out.append(f"kubectl -n {_q(s.namespace)} patch deployment {_q(s.name)} -p {_q(patch)}")
+        out.append(f"kubectl -n {quote(s.namespace)} patch deployment {quote(s.name)} -p {quote(patch)}")
     out += ["```", ""]
     if cas_apps:
         tdir = bridge.spire.templates_dir
@@ -216,8 +212,8 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
             "start, and without the predecessor hashes it can never update its CAS sessions again.",
             "",
             "```sh",
-            f"install -d -m 0700 {_q(tdir)} {_q(bridge.spire.cas_predecessor_dir)}",
-            f"install -m 0600 spire/svidstore-templates/*.template {_q(tdir)}/",
+            f"install -d -m 0700 {quote(tdir)} {quote(bridge.spire.cas_predecessor_dir)}",
+            f"install -m 0600 spire/svidstore-templates/*.template {quote(tdir)}/",
             "```",
             "",
             *_parent_id_notes(bridge),
@@ -248,9 +244,9 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
     for a in bridge.apps:
         if a.scone.cas_address != cas:
             cas = a.scone.cas_address
-            out.append(f"scone cas set-default {_q(cas)}")
+            out.append(f"scone cas set-default {quote(cas)}")
         hash_file = f"{a.name}.session-hash"
-        out.append(f"scone session create scone/{a.name}/session.yaml | tee {_q(hash_file)}")
+        out.append(f"scone session create scone/{a.name}/session.yaml | tee {quote(hash_file)}")
     out += ["```", "", "## 6. SPIRE entries of the external apps", ""]
     if bridge.federation is not None:
         out += [
@@ -259,7 +255,9 @@ def render_readme(bridge: Bridge, docs: Mapping[str, Document], warnings: list[s
             "",
         ]
     out += ["```sh"]
-    args = " ".join(f"{_q(a.scone.qualified_session_name)}=@{_q(a.name + '.session-hash')}" for a in cas_apps)
+    args = " ".join(
+        f"{quote(a.scone.qualified_session_name)}=@{quote(a.name + '.session-hash')}" for a in cas_apps
+    )
     out.append(f"spire/register-entries.sh {args}".rstrip())
     out += ["```", ""]
     if "spire/entries.json" in docs:

@@ -12,7 +12,7 @@ A :class:`Rendering` is an immutable :class:`~collections.abc.Mapping`; document
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 Document = dict[str, object] | list[dict[str, object]] | str
@@ -24,31 +24,29 @@ class Rendering(Mapping[str, Document]):
 
     documents: Mapping[str, Document]
     warnings: tuple[str, ...] = ()
-    _frozen: Mapping[str, Document] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_frozen", MappingProxyType(dict(self.documents)))
-        object.__setattr__(self, "documents", self._frozen)
+        object.__setattr__(self, "documents", MappingProxyType(dict(self.documents)))
 
     def __getitem__(self, path: str) -> Document:
-        return self._frozen[path]
+        return self.documents[path]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._frozen)
+        return iter(self.documents)
 
     def __len__(self) -> int:
-        return len(self._frozen)
+        return len(self.documents)
 
     def yaml_documents(self, path: str) -> list[dict[str, object]]:
         """The document(s) at ``path`` as a list of mappings (one-document files give a one-item list)."""
-        doc = self._frozen[path]
+        doc = self.documents[path]
         if isinstance(doc, str):
             raise TypeError(f"{path}: a text document, not YAML/JSON data")
         return doc if isinstance(doc, list) else [doc]
 
     def text(self, path: str) -> str:
         """The text document at ``path`` (scripts, HCL, README, SVIDStore templates)."""
-        doc = self._frozen[path]
+        doc = self.documents[path]
         if not isinstance(doc, str):
             raise TypeError(f"{path}: structured data, not text; use yaml_documents()")
         return doc
