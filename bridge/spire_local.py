@@ -564,10 +564,6 @@ class LocalSpire:
     directory: Path
 
     @property
-    def trust_domain(self) -> str:
-        return self.server.trust_domain
-
-    @property
     def trust_domain_id(self) -> str:
         return self.server.trust_domain_id
 

@@ -76,7 +76,7 @@ def _check_tunnel(problems: list[str], t: GhostunnelTunnel, where: str = "tunnel
         problems.append(f"{where}.listen_host: {t.listen_host!r}: a host name or IP address")
     if t.status_port is not None and not 1 <= t.status_port <= 65535:
         problems.append(f"{where}.status_port: {t.status_port!r}: a TCP port 1-65535")
-    if t.status_port is not None and t.status_port == t.listen_port:
+    if t.status_port == t.listen_port:
         problems.append(f"{where}.status_port: {t.status_port!r}: must differ from listen_port")
     if t.connect_to is not None and _host_port(t.connect_to) is None:
         problems.append(f"{where}.connect_to: {t.connect_to!r}: 'host:port'")

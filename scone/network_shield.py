@@ -77,8 +77,7 @@ def render_network_shield_session(app: NetworkShieldApp) -> RenderedSession:
         _check_target(problems, i, target)
     destinations = [(t.dns_name, t.port) for t in app.targets]
     for i, dest in enumerate(destinations):
-        if destinations.index(dest) != i:
-            first = destinations.index(dest)
+        if (first := destinations.index(dest)) != i:
             problems.append(f"targets[{i}]: '{dest[0]}:{dest[1]}': same destination as targets[{first}]")
     user_env: dict[str, str] = {}
     for i, (key, value) in enumerate(app.environment):

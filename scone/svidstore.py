@@ -88,23 +88,23 @@ def _ph(name: str) -> str:
     return f"<\\{name}>"
 
 
-def _check_sessions(sessions: SvidStoreSessions, path: str = "sessions") -> None:
+def _check_sessions(sessions: SvidStoreSessions) -> None:
     problems: list[str] = []
     if not _PREFIX.match(sessions.svid_session_prefix):
         problems.append(
-            f"{path}.svid_session_prefix: {sessions.svid_session_prefix!r}: a letter, then letters, digits, "
-            "'_', '-' or '/', ending with '-', '_' or '/' (e.g. 'spire-svid-')"
+            f"sessions.svid_session_prefix: {sessions.svid_session_prefix!r}: a letter, then letters, "
+            "digits, '_', '-' or '/', ending with '-', '_' or '/' (e.g. 'spire-svid-')"
         )
     for field in ("bundle_session", "federated_bundles_session"):
         value = getattr(sessions, field)
         if not SESSION_NAME.match(value):
-            problems.append(f"{path}.{field}: {value!r}: a CAS session name ([A-Za-z0-9_-] parts and '/')")
+            problems.append(f"sessions.{field}: {value!r}: a CAS session name ([A-Za-z0-9_-] parts and '/')")
         elif yaml.safe_load(f"name: {value}") != {"name": value}:
             # the plugin reads the name from the unquoted `name:` line: it must read back as this string
-            problems.append(f"{path}.{field}: {value!r}: YAML reads it as a non-string; pick another name")
+            problems.append(f"sessions.{field}: {value!r}: YAML reads it as a non-string; pick another name")
     if sessions.bundle_session == sessions.federated_bundles_session:
         problems.append(
-            f"{path}.federated_bundles_session: {sessions.federated_bundles_session!r}: "
+            f"sessions.federated_bundles_session: {sessions.federated_bundles_session!r}: "
             "must differ from bundle_session"
         )
     raise_problems(problems)
@@ -185,7 +185,7 @@ def _hcl_string(value: str, path: str) -> str:
 
 def render_svidstore_hcl(config: SvidStoreConfig) -> RenderedText:
     """The agent's ``SVIDStore "<plugin>" { plugin_data { … } }`` block (goes into ``plugins { }``)."""
-    _check_sessions(config.sessions, "sessions")
+    _check_sessions(config.sessions)
     plugin = config.sessions.plugin
     warnings: list[RenderWarning] = []
     if not config.cas_address.startswith("https://"):

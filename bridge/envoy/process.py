@@ -74,19 +74,8 @@ class EnvoyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.bootstrap, indent=1))
         self.admin_path.unlink(missing_ok=True)
-        cmd = [
-            str(self.binary),
-            "-c",
-            str(self.config_path),
-            "--admin-address-path",
-            str(self.admin_path),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            self.log_level,
-            *self.extra_args,
-        ]
+        cmd = [str(self.binary), "-c", str(self.config_path), "--admin-address-path", str(self.admin_path)]
+        cmd += ["--disable-hot-restart", "--concurrency", "1", "-l", self.log_level, *self.extra_args]
         try:
             if self.launch is not None:
                 self._proc, self.log_path = self.launch(cmd)
