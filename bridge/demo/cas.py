@@ -69,7 +69,7 @@ def _indent_pem(pem: str) -> str:
     return "\n        ".join(pem.split("\n"))
 
 
-def session_name_of_template(template: str, *, what: str) -> str:
+def _session_name(template: str, *, what: str) -> str:
     """The session ``template`` posts (:func:`bridge.artifacts.session_name_of`); refused without one."""
     name = session_name_of(template)
     if name is None:
@@ -93,7 +93,7 @@ def post_svid_session(
     template: str, *, svid_chain_pem: str, key_pem: str, session_name: str, session_hash: str
 ) -> PostedSession:
     """Fill the SVID template as the plugin does for an entry with these SVIDStore selectors."""
-    name = session_name_of_template(template, what="SVID session template").replace(
+    name = _session_name(template, what="SVID session template").replace(
         PLACEHOLDER_SESSION_NAME, session_name
     )
     text = template.replace(PLACEHOLDER_PREDECESSOR, "~")
@@ -111,7 +111,7 @@ def post_svid_session(
 
 def post_bundle_session(template: str, *, bundle_pem: str) -> PostedSession:
     """Fill the trust-bundle template (its name is literal: the plugin never substitutes it)."""
-    name = session_name_of_template(template, what="bundle session template")
+    name = _session_name(template, what="bundle session template")
     text = template.replace(PLACEHOLDER_PREDECESSOR, "~")
     text = text.replace(PLACEHOLDER_TRUST_BUNDLE_SESSION, name)
     text = text.replace(PLACEHOLDER_TRUST_BUNDLE, _indent_pem(bundle_pem))
@@ -126,7 +126,7 @@ def post_federated_bundles_session(template: str, *, bundles_pem: str) -> Posted
             "federated bundles session: the app's entry received no federated bundle (its SPIRE entry "
             "must federate with the mesh's trust domain): the session would import an empty CA list"
         )
-    name = session_name_of_template(template, what="federated bundles session template")
+    name = _session_name(template, what="federated bundles session template")
     text = template.replace(PLACEHOLDER_PREDECESSOR, "~")
     text = text.replace(PLACEHOLDER_FEDERATED_BUNDLES, _indent_pem(bundles_pem))
     return PostedSession(name=name, document=_load_session(text, what=f"federated bundles session {name!r}"))

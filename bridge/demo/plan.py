@@ -28,7 +28,9 @@ from typing import Literal
 import yaml
 
 from bridge import artifacts
+from bridge.demo.cas import PLACEHOLDER_SVID, PLACEHOLDER_TRUST_BUNDLE, PLACEHOLDER_TRUST_BUNDLE_CA
 from bridge.demo.errors import DemoError
+from bridge.demo.identities import trust_domain_of
 from bridge.envoy.bootstrap import SourceRule
 from bridge.rendering import Rendering
 
@@ -36,6 +38,8 @@ AppMode = Literal["network-shield", "ghostunnel"]
 Doc = Mapping[str, object]
 
 _TEMPLATE_VAR = re.compile(r"\{\{\s*\.([A-Za-z.]+)\s*\}\}")
+_BUNDLE_MARKERS = (PLACEHOLDER_TRUST_BUNDLE, PLACEHOLDER_TRUST_BUNDLE_CA)
+"""The bundle session template's placeholder: the sconecas plugin's, else the tutorial plugin's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,16 +161,12 @@ class DemoPlan:
     @property
     def apps_trust_domain(self) -> str:
         """The apps' trust domain (the mesh's in one-trust-domain mode)."""
-        return _td_of(self.apps[0].spiffe_id) if self.apps else self.trust_domain
+        return trust_domain_of(self.apps[0].spiffe_id) if self.apps else self.trust_domain
 
     @property
     def trust_domains(self) -> tuple[str, ...]:
         """Every trust domain an embedded Workload API must serve: the mesh's, then the apps'."""
-        return tuple(dict.fromkeys((self.trust_domain, *(_td_of(a.spiffe_id) for a in self.apps))))
-
-
-def _td_of(spiffe_id: str) -> str:
-    return spiffe_id.removeprefix("spiffe://").split("/", 1)[0]
+        return tuple(dict.fromkeys((self.trust_domain, *(trust_domain_of(a.spiffe_id) for a in self.apps))))
 
 
 def load_pod(manifests: Path) -> Pod:
@@ -370,12 +370,11 @@ def build_plan(rendering: Rendering, pod: Pod, others: Sequence[Pod] = ()) -> De
         d for p, d in rendering.items() if isinstance(d, str) and "template" in p and "federated" in p
     ]
     fed_name = artifacts.session_name_of(federated[0]) if len(federated) == 1 else None
-    bundle_markers = [
-        m
-        for m in ("<\\trust-bundle>", "<\\trust-bundle-ca>")
-        if any(isinstance(d, str) and m in d and "federated" not in p for p, d in rendering.items())
-    ]
     svid_rendering = {p: d for p, d in rendering.items() if "federated" not in p}
+    bundle_marker = next(
+        (m for m in _BUNDLE_MARKERS if any(isinstance(d, str) and m in d for d in svid_rendering.values())),
+        PLACEHOLDER_TRUST_BUNDLE,
+    )
     crds, policies = artifacts.cluster_spiffe_ids(rendering), artifacts.authorization_policies(rendering)
     mesh, apps = _mesh_side(crds, policies, td, pod), _apps(rendering, entries)
     uses_federated = fed_name is not None and any(
@@ -386,10 +385,8 @@ def build_plan(rendering: Rendering, pod: Pod, others: Sequence[Pod] = ()) -> De
         pod=pod,
         mesh=mesh,
         apps=apps,
-        svid_template=_template(svid_rendering, "<\\svid>", "SVID session"),
-        bundle_template=_template(
-            svid_rendering, bundle_markers[0] if bundle_markers else "<\\trust-bundle>", "bundle session"
-        ),
+        svid_template=_template(svid_rendering, PLACEHOLDER_SVID, "SVID session"),
+        bundle_template=_template(svid_rendering, bundle_marker, "bundle session"),
         others=tuple(
             _mesh_side(crds, policies, td, p)
             for p in others

@@ -26,7 +26,6 @@ class HttpResult:
     body: str
     error: str | None = None
     server_serial: int | None = None
-    server_uris: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -44,10 +43,7 @@ class HttpResult:
             headers = json.loads(self.body)["headers"]
         except (ValueError, KeyError, TypeError):
             return None
-        for name, value in headers.items():
-            if name.lower() == "x-forwarded-client-cert":
-                return str(value)
-        return None
+        return next((str(v) for k, v in headers.items() if k.lower() == "x-forwarded-client-cert"), None)
 
 
 def _error(exc: BaseException) -> str:
@@ -92,7 +88,6 @@ class TlsProbe:
 
     def get(self, port: int, path: str = "/headers", *, sni: str, timeout: float = 5.0) -> HttpResult:
         serial: int | None = None
-        uris: tuple[str, ...] = ()
         try:
             with (
                 socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
@@ -100,23 +95,17 @@ class TlsProbe:
             ):
                 der = tls.getpeercert(binary_form=True)
                 if der:
-                    cert = x509.load_der_x509_certificate(der)
-                    serial = cert.serial_number
-                    try:
-                        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
-                    except x509.ExtensionNotFound:
-                        pass
+                    serial = x509.load_der_x509_certificate(der).serial_number
                 request = f"GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
                 tls.sendall(request.encode())
                 data = b""
                 while chunk := tls.recv(65536):
                     data += chunk
         except (OSError, ssl.SSLError) as exc:
-            return HttpResult(None, "", _error(exc), serial, uris)
+            return HttpResult(None, "", _error(exc), serial)
         head, _, body = data.partition(b"\r\n\r\n")
         if not head:
             # TLS 1.3: a refused client certificate surfaces as a closed stream after the handshake.
-            return HttpResult(None, "", "connection closed by the sidecar (no HTTP response)", serial, uris)
+            return HttpResult(None, "", "connection closed by the sidecar (no HTTP response)", serial)
         status = int(head.split(b" ", 2)[1])
-        return HttpResult(status, body.decode("utf-8", "replace"), None, serial, uris)
+        return HttpResult(status, body.decode("utf-8", "replace"), None, serial)

@@ -28,7 +28,6 @@ from typing import Literal
 
 from bridge.binaries import find_envoy, find_ghostunnel, not_found
 from bridge.demo.checks import (
-    RotationInputs,
     check_intruders,
     check_mesh_caller,
     check_not_targeted,
@@ -371,9 +370,8 @@ def run(opts: DemoOptions, rep: Reporter | None = None) -> int:
         for other in sidecars[1:]:
             check_not_targeted(rep, sup, plan=plan, sidecar=other, callers=external, control=caller)
         rep.step(wa.rotation)
-        client = wa.fetch(plan.apps[0].socket_name)
         check_rotation(
-            rep, sup, RotationInputs(plan, wa, sidecar, good, mesh_svid.bundle_pem, client, reload_s), before
+            rep, sup, plan=plan, wa=wa, sidecar=sidecar, tunnels=good, reload_s=reload_s, before=before
         )
         sup.check_alive()
         rep.step(f"rendered artifacts in {opts.out_dir}/")

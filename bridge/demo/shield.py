@@ -41,7 +41,8 @@ SHIELD_ALPN = "scone-shield-standin"
 the sidecar does not require Istio's ALPN (``istio-peer-exchange``/``istio``)."""
 
 _CLIENT_VAR = re.compile(rf"^{PREFIX}_CLIENT_([A-Za-z0-9_]+)$")
-_SUFFIXES = ("_DESTINATION_IP", "_DESTINATION", "_SERVER_DNS_NAME", "_IDENTITY", "_SERVER_AUTH")
+_SUFFIXES = ("DESTINATION_IP", "DESTINATION", "SERVER_DNS_NAME", "IDENTITY", "SERVER_AUTH")
+"""Settings of a client (``…_CLIENT_<n>_<suffix>``), not clients themselves."""
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----\n?", re.DOTALL)
 _HOST = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -68,18 +69,20 @@ class ShieldClient:
         return self.server_ca_pem is not None
 
 
+def _pem_blocks(value: str) -> list[tuple[str, str]]:
+    """(type, block ending in a newline) of each PEM block in ``value``."""
+    return [(m.group(1), m.group(0).rstrip("\n") + "\n") for m in _PEM_BLOCK.finditer(value)]
+
+
 def _split_identity(value: str, *, var: str) -> tuple[str, str]:
     keys, certs = [], []
-    for m in _PEM_BLOCK.finditer(value):
-        block = m.group(0) if m.group(0).endswith("\n") else m.group(0) + "\n"
-        if m.group(1) == "PRIVATE KEY":
+    for kind, block in _pem_blocks(value):
+        if kind == "PRIVATE KEY":
             keys.append(block)
-        elif m.group(1) == "CERTIFICATE":
+        elif kind == "CERTIFICATE":
             certs.append(block)
         else:
-            raise DemoError(
-                f"{var}: PEM block {m.group(1)!r}: only PKCS#8 'PRIVATE KEY' and 'CERTIFICATE' allowed"
-            )
+            raise DemoError(f"{var}: PEM block {kind!r}: only PKCS#8 'PRIVATE KEY' and 'CERTIFICATE' allowed")
     if len(keys) != 1 or not certs:
         raise DemoError(
             f"{var}: found {len(keys)} PKCS#8 key(s) and {len(certs)} certificate(s): the shield needs "
@@ -96,7 +99,7 @@ def _split_identity(value: str, *, var: str) -> tuple[str, str]:
 
 
 def _server_cas(value: str, *, var: str) -> str:
-    blocks = [m.group(0) for m in _PEM_BLOCK.finditer(value) if m.group(1) == "CERTIFICATE"]
+    blocks = [block for kind, block in _pem_blocks(value) if kind == "CERTIFICATE"]
     if not blocks:
         raise DemoError(f"{var}: {value[:40]!r}: must be 'disabled' or a PEM list of server CA certificates")
     for i, pem in enumerate(blocks):
@@ -109,7 +112,7 @@ def _server_cas(value: str, *, var: str) -> str:
             raise DemoError(
                 f"{var}: certificate {i} ({cert.subject.rfc4514_string()!r}): not a CA certificate"
             )
-    return "".join(b if b.endswith("\n") else b + "\n" for b in blocks)
+    return "".join(blocks)
 
 
 def parse_shield_env(env: Mapping[str, str]) -> tuple[ShieldClient, ...]:
@@ -118,9 +121,7 @@ def parse_shield_env(env: Mapping[str, str]) -> tuple[ShieldClient, ...]:
     if mode not in ("unprotected", "protected"):
         raise DemoError(f"{PREFIX}: {mode!r}: must be 'unprotected' or 'protected' for the shield to run")
     names = sorted(
-        m.group(1)
-        for var in env
-        if (m := _CLIENT_VAR.match(var)) and not m.group(1).endswith(tuple(s.lstrip("_") for s in _SUFFIXES))
+        m.group(1) for var in env if (m := _CLIENT_VAR.match(var)) and not m.group(1).endswith(_SUFFIXES)
     )
     clients = []
     for name in names:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -119,8 +119,7 @@ class Child:
 class Supervisor:
     """Owns a private temp dir and every child process of one demo run."""
 
-    def __init__(self, prefix: str = "mb-demo-") -> None:
-        self._prefix = prefix
+    def __init__(self) -> None:
         self._children: list[Child] = []
         self._dir: Path | None = None
         self._owner = threading.get_ident()
@@ -128,7 +127,7 @@ class Supervisor:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Supervisor:
-        self._dir = Path(tempfile.mkdtemp(prefix=self._prefix, dir="/tmp"))
+        self._dir = Path(tempfile.mkdtemp(prefix="mb-demo-", dir="/tmp"))
         self._dir.chmod(0o700)
         try:
             self._janitor = self._start_janitor(self._dir)
@@ -187,7 +186,6 @@ class Supervisor:
         name: str,
         argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
         stdout_pipe: bool = False,
         gid: int | None = None,
     ) -> Child:
@@ -206,9 +204,6 @@ class Supervisor:
         while log_path.exists():
             n += 1
             log_path = logs / f"{name}-{n}.log"
-        full_env = dict(os.environ)
-        if env:
-            full_env.update(env)
         preexec = _die_with_parent if gid is None else _as_group_then_die_with_parent(gid)
         # Ctrl-C / SIGTERM are held back while forking: with a preexec_fn, CPython runs its at-fork
         # hooks (logging's lock release) in the parent, and a KeyboardInterrupt raised inside one is
@@ -222,7 +217,6 @@ class Supervisor:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE if stdout_pipe else out,
                     stderr=out,
-                    env=full_env,
                     process_group=0,
                     preexec_fn=preexec,  # noqa: PLW1509 - prctl (and setgid) must run in the child
                     close_fds=True,

@@ -59,9 +59,8 @@ class GhostunnelCommand:
         if len(args) < 2 or args[1] != "client":
             raise DemoError(f"{what}: {' '.join(args[:2])!r}: must be '<ghostunnel> client …'")
         flags: list[tuple[str, str | None]] = []
-        i = 2
-        while i < len(args):
-            arg = args[i]
+        rest = iter(args[2:])
+        for arg in rest:
             if not arg.startswith("--"):
                 raise DemoError(f"{what}: {arg!r}: expected a --flag")
             name, eq, value = arg[2:].partition("=")
@@ -69,12 +68,10 @@ class GhostunnelCommand:
                 flags.append((name, value))
             elif name in _BOOL_FLAGS:
                 flags.append((name, None))
+            elif (following := next(rest, None)) is not None:
+                flags.append((name, following))
             else:
-                if i + 1 >= len(args):
-                    raise DemoError(f"{what}: --{name}: missing its value")
-                flags.append((name, args[i + 1]))
-                i += 1
-            i += 1
+                raise DemoError(f"{what}: --{name}: missing its value")
         return cls(program=args[0], flags=tuple(flags))
 
     def get(self, name: str) -> str | None:
