@@ -71,18 +71,10 @@ def test_session_is_valid_and_authenticates_the_server_by_default() -> None:
 def test_every_injected_secret_is_declared() -> None:
     session = render_network_shield_session(APP).session
     declared = {s["name"] for s in session["secrets"]}  # type: ignore[attr-defined]
-    used = {
-        m.group(1)
-        for v in session["services"][0]["environment"].values()  # type: ignore[index]
-        for m in INJECTION.finditer(v)
-    }
-    assert used == declared == {"svid", "spire-ca"}
-    formats = {
-        m.group(2)
-        for v in session["services"][0]["environment"].values()  # type: ignore[index]
-        for m in INJECTION.finditer(v)
-    }
-    assert formats == {"privatekey:pkcs8:pem", "crt", "chain"}
+    env = session["services"][0]["environment"]  # type: ignore[index]
+    injected = [m for v in env.values() for m in INJECTION.finditer(v)]
+    assert {m.group(1) for m in injected} == declared == {"svid", "spire-ca"}
+    assert {m.group(2) for m in injected} == {"privatekey:pkcs8:pem", "crt", "chain"}
 
 
 def test_import_matches_the_name_the_svidstore_template_gives_the_svid_session() -> None:

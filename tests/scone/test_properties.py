@@ -53,6 +53,11 @@ svidstores = st.builds(
 )
 
 
+def _template_name(template: str) -> str:
+    """The session name on a template's first line (``name: …``)."""
+    return template.splitlines()[0].removeprefix("name: ")
+
+
 @PROPS
 @given(
     name=session_name,
@@ -93,15 +98,11 @@ def test_network_shield_sessions(
         assert (env[f"SCONE_NETWORK_SHIELD_CLIENT_{n}_SERVER_AUTH"] == "disabled") is (not server_auth)
     imports = {s["name"]: s["import"]["session"] for s in rendered.session["secrets"]}  # type: ignore[attr-defined]
     # the SVID import names the session the SVIDStore template produces for this app
-    template = render_svid_session_template(store)
-    assert imports["svid"] == template.splitlines()[0].removeprefix("name: ").replace(
-        "<\\session-name-selector>", name
-    )
+    svid_session = _template_name(render_svid_session_template(store))
+    assert imports["svid"] == svid_session.replace("<\\session-name-selector>", name)
     assert ("spire-ca" in imports) is server_auth
     if server_auth:
-        assert imports["spire-ca"] == render_bundle_session_template(store).splitlines()[0].removeprefix(
-            "name: "
-        )
+        assert imports["spire-ca"] == _template_name(render_bundle_session_template(store))
     assert any(w.path == "server_auth" for w in rendered.warnings) is (not server_auth)
     assert any(w.value == "debug-mode" for w in rendered.warnings) is ("debug-mode" in tolerate)
 
