@@ -157,26 +157,26 @@ class UnixAttestor:
         connected, :class:`CallerChangedError` (the server answers ``Unauthenticated``, as SPIRE does).
         """
         creds = peer_credentials(sock)
+        pidfd: int | None = None
         try:
             pidfd = int(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
         except OSError as exc:
-            if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):  # kernel < 6.5: no pidfd to check with
-                selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
-                _check_same_owner(creds)
-                return creds, selectors
-            raise _caller_exited(creds) from exc
+            if exc.errno not in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):  # else kernel < 6.5: no pidfd
+                raise _caller_exited(creds) from exc
         try:
             selectors = self.attest(creds, socket_name, with_sha256=with_sha256)
-            try:
-                signal.pidfd_send_signal(pidfd, 0)  # signal 0: existence check only
-            except ProcessLookupError as exc:
-                raise _caller_exited(creds) from exc
-            except PermissionError:
-                pass  # it exists (we may just not signal it)
+            if pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(pidfd, 0)  # signal 0: existence check only
+                except ProcessLookupError as exc:
+                    raise _caller_exited(creds) from exc
+                except PermissionError:
+                    pass  # it exists (we may just not signal it)
             _check_same_owner(creds)
             return creds, selectors
         finally:
-            os.close(pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
 
     def attest(
         self, creds: PeerCredentials, socket_name: str | None = None, *, with_sha256: bool = True

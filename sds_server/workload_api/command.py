@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from pathlib import Path
 
 from sds_server.cli_common import positive_int
@@ -77,11 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sds_server.workload_api.server import WorkloadApiLimits, serve  # noqa: PLC0415
 
     config = effective_config(args)
-    sockets = config.sockets
-
-    def loader() -> Config:
-        return load_config(args.config, sockets=sockets)
-
+    loader = functools.partial(load_config, args.config, sockets=config.sockets)
     limits = WorkloadApiLimits(
         max_streams_per_uid=args.max_streams_per_uid, idle_connection_seconds=args.idle_connection_seconds
     )

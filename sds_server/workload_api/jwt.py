@@ -152,10 +152,8 @@ def sign_jwt_svid(
         "exp": int(expires_at.timestamp()),
         "iat": int(issued_at.timestamp()),
     }
-    signing_input = (
-        _b64(json.dumps(header, separators=(",", ":")).encode())
-        + "."
-        + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = ".".join(
+        _b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
     )
     der = key.private_key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)

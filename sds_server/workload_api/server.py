@@ -135,9 +135,6 @@ class _Snapshot:
     jwks: bytes
     federated_der: Mapping[TrustDomain, bytes]
 
-    def entries_for(self, selectors: frozenset[str]) -> list[Entry]:
-        return [e for e in self.config.entries if e.matches(selectors)]
-
     @property
     def uses_sha256(self) -> bool:
         """Whether any entry selects on the executable's hash (else attestation skips hashing)."""
@@ -315,7 +312,7 @@ class _Servicer:
         log.log(level, "workload_api.denied", rpc=rpc, reason=reason, socket=self._socket_name, **fields)
 
     def _entries(self, snap: _Snapshot, selectors: frozenset[str], rpc: str) -> list[Entry]:
-        entries = snap.entries_for(selectors)
+        entries = [e for e in snap.config.entries if e.matches(selectors)]
         if not entries:
             self._denied(rpc, "no matching entry")
             raise GRPCError(Status.PERMISSION_DENIED, "no identity issued")

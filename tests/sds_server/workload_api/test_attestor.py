@@ -9,7 +9,8 @@ import pwd
 import socket
 import subprocess
 import sys
-import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,27 +20,32 @@ from sds_server.workload_api.config import Entry
 from sds_server.workload_api.errors import CallerChangedError
 
 
+@pytest.fixture
+def listener(short_dir: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A listening Unix socket and its path."""
+    path = str(short_dir / "s.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(path)
+        srv.listen(2)
+        yield srv, path
+
+
+def _connected_child(path: str) -> subprocess.Popen[bytes]:
+    """A child process that connects to ``path`` and waits until its stdin is closed."""
+    code = f"import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); sys.stdin.read()"
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+
+
 def test_peer_credentials_are_the_kernels() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
         assert peer_credentials(a) == PeerCredentials(os.getpid(), os.geteuid(), os.getegid())
 
 
-def test_selectors_of_another_process() -> None:
+def test_selectors_of_another_process(listener: tuple[socket.socket, str]) -> None:
     """A child connects to our listening socket; we attest it as SPIRE's unix attestor would."""
-    d = tempfile.mkdtemp(prefix="mb-", dir="/tmp")
-    path = os.path.join(d, "s.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-    )
+    srv, path = listener
+    child = _connected_child(path)
     try:
         conn, _ = srv.accept()
         with conn:
@@ -50,12 +56,8 @@ def test_selectors_of_another_process() -> None:
         assert child.stdin is not None
         child.stdin.close()
         child.wait(10)
-        srv.close()
-        os.unlink(path)
-        os.rmdir(d)
     exe = os.readlink(f"/proc/{os.getpid()}/exe")  # the child runs the same interpreter
-    with open(exe, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
+    digest = hashlib.sha256(Path(exe).read_bytes()).hexdigest()
     uid, gid = os.geteuid(), os.getegid()
     expected = {
         f"unix:uid:{uid}",
@@ -93,25 +95,14 @@ def _peerpidfd_supported() -> bool:
     not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK) or not _peerpidfd_supported(),
     reason="needs root (ns_last_pid, to hand the caller's PID to another process) and SO_PEERPIDFD",
 )
-def test_a_reused_pid_is_not_attested_as_the_caller() -> None:
+def test_a_reused_pid_is_not_attested_as_the_caller(listener: tuple[socket.socket, str]) -> None:
     """The caller connects and exits; its PID goes to another program (``sleep``). Attestation must not
     describe that other program as the caller: refused, as SPIRE's peertracker does ("caller exit
     suspected"); the server answers Unauthenticated and drops the connection."""
-    d = tempfile.mkdtemp(prefix="mb-", dir="/tmp")
-    path = os.path.join(d, "s.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(2)
+    srv, path = listener
     squatter: subprocess.Popen[bytes] | None = None
     try:
-        live = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                f"import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect({path!r}); sys.stdin.read()",
-            ],
-            stdin=subprocess.PIPE,
-        )
+        live = _connected_child(path)
         conn_live, _ = srv.accept()
         with conn_live:
             creds, selectors = UnixAttestor().attest_connection(conn_live, "mesh")
@@ -145,20 +136,15 @@ def test_a_reused_pid_is_not_attested_as_the_caller() -> None:
         if squatter is not None:
             squatter.kill()
             squatter.wait(10)
-        srv.close()
-        os.unlink(path)
-        os.rmdir(d)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid after connecting")
-def test_a_caller_that_changed_uid_after_connecting_is_refused_like_spire() -> None:
+def test_a_caller_that_changed_uid_after_connecting_is_refused_like_spire(
+    listener: tuple[socket.socket, str],
+) -> None:
     """Connected as root, then became 65534: not attested as root (SPIRE peertracker: "process uid …
     does not match original caller"); the server answers Unauthenticated (tests/spire differential)."""
-    d = tempfile.mkdtemp(prefix="mb-", dir="/tmp")
-    path = os.path.join(d, "s.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
+    srv, path = listener
     code = (
         f"import os, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect({path!r}); "
         "os.setgroups([]); os.setgid(65534); os.setuid(65534); print('dropped', flush=True); sys.stdin.read()"
@@ -179,6 +165,3 @@ def test_a_caller_that_changed_uid_after_connecting_is_refused_like_spire() -> N
         child.stdin.close()
         child.stdout.close()
         child.wait(10)
-        srv.close()
-        os.unlink(path)
-        os.rmdir(d)

@@ -21,7 +21,7 @@ from sds_server.spiffe_id import SpiffeId, TrustDomain
 from sds_server.workload_api.ca import LocalCa, Upstream
 from sds_server.workload_api.errors import CaError
 from sds_server.x509svid import validate_signing_certificate, validate_x509_svid
-from tests.support.pki import key_usage, make_upstream
+from tests.support.pki import key_pem, key_usage, make_upstream, pem
 
 TD = TrustDomain.parse("example.org")
 SEGMENT = st.text(
@@ -188,10 +188,7 @@ def test_mint_refuses_foreign_trust_domain() -> None:
 
 def test_repr_never_shows_key_material() -> None:
     svid = _EC_CA.mint_x509_svid(SpiffeId.parse("spiffe://example.org/a"))
-    pem = svid.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    body = "".join(pem.splitlines()[1:-1])
+    body = "".join(key_pem(svid.private_key).decode().splitlines()[1:-1])
     for text in (repr(svid), repr(_EC_CA), repr(_EC_CA.current), repr(_EC_CA.current.jwt_key)):
         assert "PRIVATE" not in text
         assert body[:40] not in text
@@ -247,12 +244,8 @@ def test_upstream_file_with_its_own_chain(tmp_path: Path) -> None:
         .sign(root_key, hashes.SHA256())
     )
     chain_file, key_file = tmp_path / "int.pem", tmp_path / "int.key"
-    chain_file.write_bytes(inter.public_bytes(serialization.Encoding.PEM) + root_cert_path.read_bytes())
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    chain_file.write_bytes(pem(inter) + root_cert_path.read_bytes())
+    key_file.write_bytes(key_pem(key))
     upstream = Upstream.load(chain_file, key_file)
     assert upstream.roots == (root,)
     assert upstream.intermediates == (inter,)

@@ -8,16 +8,14 @@ import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import WorkloadApiClient
 
-from tests.support.pki import key_usage, pem, self_signed_ca
+from sds_server.x509svid import certificates_pem, private_key_pem
+from tests.support.pki import key_pem, pem, self_signed_ca, sign_leaf
 from tests.support.workload_api import WorkloadApiHandle, entry, running_workload_api
 
 A = "spiffe://example.org/ns/default/sa/a"
@@ -48,40 +46,20 @@ def _fetch_identity(api: WorkloadApiHandle, socket_name: str, d: Path) -> Identi
     svid = ctx.default_svid
     bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
     assert bundle is not None
-    key_pem = svid.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     return _write_identity(
         d,
         socket_name,
-        b"".join(pem(c) for c in svid.cert_chain),
-        key_pem,
-        b"".join(pem(c) for c in bundle.x509_authorities),
+        certificates_pem(svid.cert_chain),
+        private_key_pem(svid.private_key),
+        certificates_pem(bundle.x509_authorities),
     )
 
 
 def _foreign_identity(d: Path, real_bundle: Path) -> Identity:
     """Mallory knows the (public) trust bundle but holds an SVID for A's ID signed by her own CA."""
     ca_cert, ca_key = self_signed_ca("mallory root")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(MALLORY)]), critical=True)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return _write_identity(d, "mallory", pem(leaf), key_pem, real_bundle.read_bytes())
+    leaf, key = sign_leaf(ca_cert, ca_key, [x509.UniformResourceIdentifier(MALLORY)])
+    return _write_identity(d, "mallory", pem(leaf), key_pem(key), real_bundle.read_bytes())
 
 
 def _context(ident: Identity, side: ssl._SSLMethod) -> ssl.SSLContext:

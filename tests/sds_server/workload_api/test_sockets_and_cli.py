@@ -7,7 +7,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,16 @@ from spiffe import WorkloadApiClient
 
 from sds_server.x509svid import validate_x509_svid
 from tests.support.pki import make_upstream
-from tests.support.workload_api import UID, entry, running_workload_api
+from tests.support.workload_api import UID, entry, meshbridge_argv, running_workload_api
 
 A = "spiffe://example.org/a"
 CONFIG = {"trust_domain": "example.org", "entries": [entry(A, UID)]}
 
 
-def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "--log-format", "json", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def _serve(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``meshbridge workload-api serve --config CONFIG ARGS`` run to its end (each of these fails)."""
+    argv = meshbridge_argv("workload-api", "serve", "--config", str(config), *args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
 def _write(path: Path, data: object) -> Path:
@@ -52,7 +47,7 @@ def test_config_errors_exit_2_with_every_path(tmp_path: Path, short_dir: Path) -
             ],
         },
     )
-    out = _cli("workload-api", "serve", "--config", str(bad), "--socket", str(short_dir / "s.sock"))
+    out = _serve(bad, "--socket", str(short_dir / "s.sock"))
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"error: {bad}: 3 problems:\n"), out.stderr
     assert (
@@ -75,7 +70,7 @@ def test_config_errors_exit_2_with_every_path(tmp_path: Path, short_dir: Path) -
 )
 def test_bad_socket_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     cfg = _write(tmp_path / "c.yaml", CONFIG)
-    out = _cli("workload-api", "serve", "--config", str(cfg), *args)
+    out = _serve(cfg, *args)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr
     assert "Traceback" not in out.stderr
@@ -97,7 +92,7 @@ def test_stale_socket_is_replaced(tmp_path: Path, short_dir: Path) -> None:
 def test_live_socket_is_refused_and_left_alone(tmp_path: Path) -> None:
     with running_workload_api(CONFIG, tmp_path) as api:
         cfg = _write(tmp_path / "second.yaml", CONFIG)
-        out = _cli("workload-api", "serve", "--config", str(cfg), "--socket", str(api.socket()))
+        out = _serve(cfg, "--socket", str(api.socket()))
         assert out.returncode == 2, out.stderr
         assert f"error: socket '{api.socket()}': in use by a live server" in out.stderr
         with WorkloadApiClient(api.address()) as client:  # the first server is untouched
@@ -108,7 +103,7 @@ def test_a_regular_file_at_the_socket_path_is_not_replaced(tmp_path: Path, short
     path = short_dir / "api.sock"
     path.write_text("precious")
     cfg = _write(tmp_path / "c.yaml", CONFIG)
-    out = _cli("workload-api", "serve", "--config", str(cfg), "--socket", str(path))
+    out = _serve(cfg, "--socket", str(path))
     assert out.returncode == 2, out.stderr
     assert "exists and is not a socket" in out.stderr
     assert path.read_text() == "precious"
