@@ -176,9 +176,7 @@ def spire_entries(params: SpireEntriesParams) -> Output:
         if not sep or not kind or not value or " " in item:
             f.problems.append(f"--selector: {item!r}: must be TYPE:VALUE without spaces (e.g. unix:uid:1000)")
         selectors.append(istio.Selector(kind, value))
-    ttl = 0
-    if names.duration(f.check("--ttl", params.ttl, names.duration)) is None:
-        ttl = int(names.duration_seconds(params.ttl))
+    f.check("--ttl", params.ttl, names.duration)
     needs_hash = params.cas_session is not None and not params.script
     if needs_hash and params.session_hash is None:
         f.problems.append(
@@ -191,7 +189,7 @@ def spire_entries(params: SpireEntriesParams) -> Output:
         parent_id=parent,
         cas_session=params.cas_session,
         selectors=tuple(selectors),
-        x509_svid_ttl=ttl,
+        x509_svid_ttl=int(names.duration_seconds(params.ttl)),
     )
     entries = istio.EntriesParams(entries=(entry,), plugin=params.plugin)
     if params.script:
