@@ -245,7 +245,7 @@ class WorkloadApiSource(SnapshotPublisher):
     """Watches a Workload API (``unix:///path`` or ``/path``) and keeps a current snapshot.
 
     :meth:`start` schedules the watch on the given loop (from any thread); :meth:`aclose` (on the loop)
-    or :meth:`close` (from any other thread) stops it and closes the connection.
+    stops it and closes the connection.
     """
 
     def __init__(
@@ -270,12 +270,6 @@ class WorkloadApiSource(SnapshotPublisher):
         self._denied_logged_at = 0.0
         self._denied_since_logged = 0
 
-    def _on_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         super().start(loop)
 
@@ -283,10 +277,7 @@ class WorkloadApiSource(SnapshotPublisher):
             if not self._closed and self._task is None:
                 self._task = loop.create_task(self._supervise(), name="workload-api-watch")
 
-        if self._on_loop():
-            begin()
-        else:
-            loop.call_soon_threadsafe(begin)
+        loop.call_soon_threadsafe(begin)
 
     async def aclose(self) -> None:
         """Stop watching (on the loop): disarm the timer, cancel the watch, close the connection."""
@@ -297,19 +288,6 @@ class WorkloadApiSource(SnapshotPublisher):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._set_connected(False)
-
-    def close(self) -> None:
-        """Stop watching, from any thread. From another thread it waits (≤ 5 s) until the watch ended;
-        on the loop's own thread it only schedules the stop (use :meth:`aclose` there)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self._closed = True
-            return
-        if self._on_loop():
-            loop.create_task(self.aclose())
-            return
-        with contextlib.suppress(RuntimeError, TimeoutError):  # loop stopped meanwhile / slow stop
-            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(5)
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
@@ -410,13 +388,12 @@ class WorkloadApiSource(SnapshotPublisher):
         reminder = state == self._denied_logged
         self._denied_logged, self._denied_logged_at = state, now
         denials, self._denied_since_logged = self._denied_since_logged, 0
-        if self._had_identity:
-            why = (
-                "this process had an identity and no longer has one (registration entry deleted, or its "
-                "selectors changed?)"
-            )
-        else:
-            why = "no registration entry for this workload: no SVID was ever issued to this process"
+        why = (
+            "this process had an identity and no longer has one (registration entry deleted, or its "
+            "selectors changed?)"
+            if self._had_identity
+            else "no registration entry for this workload: no SVID was ever issued to this process"
+        )
         log.error(
             "sds.source.permission_denied",
             address=self.address,

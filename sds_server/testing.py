@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Coroutine, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sds_server.metrics import Metrics
 from sds_server.server import SdsServer, ServerConfig, build_server, serve
 from sds_server.snapshot import SecretSnapshot
-from sds_server.source import SecretSource, SnapshotPublisher
+from sds_server.source import SnapshotPublisher
 from sds_server.x509svid import private_key_pem
 
 __all__ = ["RunningServer", "StaticSource", "publish_mismatched_key", "run_in_thread", "static_server"]
@@ -63,12 +63,12 @@ def publish_mismatched_key(source: SnapshotPublisher) -> SecretSnapshot:
     return previous
 
 
+@dataclass(frozen=True, slots=True)
 class RunningServer:
     """A server running on its own loop in a background thread (tests, demo, benches)."""
 
-    def __init__(self, server: SdsServer, loop: asyncio.AbstractEventLoop) -> None:
-        self.server = server
-        self.loop = loop
+    server: SdsServer
+    loop: asyncio.AbstractEventLoop
 
     def call(self, coro: Coroutine[Any, Any, _T], timeout: float = 30) -> _T:
         """Run ``coro`` on the server's loop and wait for its result."""
@@ -79,15 +79,12 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def run_in_thread(config: ServerConfig, source: SecretSource | None = None) -> Iterator[RunningServer]:
+def run_in_thread(config: ServerConfig) -> Iterator[RunningServer]:
     """Start a server in a background thread; stop it (and the thread) on exit.
 
-    Without ``source`` and ``config.workload_api`` the server is fed by a :class:`StaticSource`.
+    Without ``config.workload_api`` the server is fed by a :class:`StaticSource`.
     """
-    if source is None and config.workload_api is None:
-        server = static_server(config)
-    else:
-        server = build_server(config, source)
+    server = static_server(config) if config.workload_api is None else build_server(config)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stop, ready = asyncio.Event(), asyncio.Event()  # bound to the loop that first waits on them

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,11 @@ FAST_RETRY = RetryPolicy(initial=0.05, multiplier=2.0, cap=0.5, jitter=0.0)
 
 async def _first(client: WorkloadApiClient, count: int = 1) -> list[X509Update]:
     out: list[X509Update] = []
-    updates = client.watch_x509()
-    try:
-        async with asyncio.timeout(20):
-            async for update in updates:
-                out.append(update)
-                if len(out) == count:
-                    break
-    finally:
-        await updates.aclose()
+    async with aclosing(client.watch_x509()) as updates, asyncio.timeout(20):
+        async for update in updates:
+            out.append(update)
+            if len(out) == count:
+                break
     return out
 
 
@@ -73,13 +69,10 @@ def test_client_sees_what_py_spiffe_sees_including_federated_bundles(tmp_path: P
         reference = fetch_identity(api.address("mesh"))  # py-spiffe, the test peer
 
         async def ours() -> tuple[X509Update, dict[str, bytes]]:
-            client = WorkloadApiClient(api.address("mesh"))
-            try:
+            with closing(WorkloadApiClient(api.address("mesh"))) as client:
                 (update,) = await _first(client)
                 async with asyncio.timeout(20):
                     bundles = await client.fetch_x509_bundles()
-            finally:
-                client.close()
             return update, {b.trust_domain: b.roots_pem for b in bundles}
 
         update, fetched_bundles = asyncio.run(ours())
@@ -100,19 +93,11 @@ def test_rotation_arrives_on_the_open_stream(tmp_path: Path) -> None:
     with running_workload_api(mesh_config(), tmp_path / "wl", sockets=("mesh", "ext")) as api:
 
         async def scenario() -> list[X509Update]:
-            loop = asyncio.get_running_loop()
-            client = WorkloadApiClient(api.address("mesh"))
-            updates = client.watch_x509()
-            got: list[X509Update] = []
-            try:
-                async with asyncio.timeout(30):
-                    got.append(await anext(updates))
-                    await loop.run_in_executor(None, api.rotate)
-                    got.append(await anext(updates))
-            finally:
-                await updates.aclose()
-                client.close()
-            return got
+            with closing(WorkloadApiClient(api.address("mesh"))) as client:
+                async with aclosing(client.watch_x509()) as updates, asyncio.timeout(30):
+                    first = await anext(updates)
+                    await asyncio.to_thread(api.rotate)
+                    return [first, await anext(updates)]
 
         first, second = asyncio.run(scenario())
     assert first.svids[0].spiffe_id == second.svids[0].spiffe_id == MESH_ID
@@ -127,12 +112,8 @@ def test_permission_denied_and_unreachable_socket_are_mapped_to_status_names(
         entry["selectors"] = [f"unix:uid:{os.getuid() + 4242}"]
 
     async def code_of(address: str) -> str:
-        client = WorkloadApiClient(address)
-        try:
-            with pytest.raises(WorkloadApiCallError) as info:
-                await _first(client)
-        finally:
-            client.close()
+        with closing(WorkloadApiClient(address)) as client, pytest.raises(WorkloadApiCallError) as info:
+            await _first(client)
         return info.value.code
 
     with running_workload_api(nobody, tmp_path / "wl", sockets=("mesh", "ext")) as api:
