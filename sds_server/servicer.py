@@ -368,20 +368,18 @@ class SecretDiscoveryServicer:
         if next_due is not None:
             self._arm_held_timer(st, max(0.05, next_due - now))
 
-    def _check_names(self, names: frozenset[str]) -> None:
+    def _check_names(self, names: frozenset[str], added: frozenset[str]) -> None:
+        """Refuse more ``names`` than the per-stream cap; with ``unknown_names="error"``, also ``added``
+        names this server does not serve (SPIRE's InvalidArgument)."""
         cap = self.limits.max_names_per_stream
         if len(names) > cap:
             self._metrics.refused.labels("names_per_stream").inc()
             raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"resource_names: {len(names)} names: at most {cap} per stream",
+                Status.RESOURCE_EXHAUSTED, f"resource_names: {len(names)} names: at most {cap} per stream"
             )
-
-    def _check_unknown(self, names: Iterable[str]) -> None:
-        """``unknown_names="error"``: refuse names this server does not serve (SPIRE's InvalidArgument)."""
         if self.limits.unknown_names != "error" or self._snapshot is None:
             return
-        unknown = sorted(n for n in names if not self._known(n))
+        unknown = sorted(n for n in added if not self._known(n))
         if unknown:
             self._metrics.refused.labels("unknown_names").inc()
             raise _not_authorized(unknown)
@@ -613,12 +611,11 @@ class SecretDiscoveryServicer:
             return False
         # First request carrying a nonce: it answers a previous connection's response; not stale.
         names = frozenset(req.resource_names)
-        self._check_names(names)
+        self._check_names(names, names - st.names)
         if names == st.names and not first:
             snap = self._snapshot
             # A plain ACK with nothing new since our last plan: no work (the common case at scale).
             return error is not None or snap is None or st.synced != snap.version
-        self._check_unknown(names - st.names)
         self._subscribe(st, names)
         if first and req.version_info:
             # Reconnected client: if it already holds exactly what we would send, send nothing.
@@ -634,8 +631,7 @@ class SecretDiscoveryServicer:
         subscribe = frozenset(req.resource_names_subscribe)
         unsubscribe = frozenset(req.resource_names_unsubscribe)
         names = (st.names | subscribe) - unsubscribe
-        self._check_names(names)
-        self._check_unknown(subscribe - st.names)
+        self._check_names(names, subscribe - st.names)
         resubscribed = subscribe & st.names
         if names != st.names:
             self._subscribe(st, names)
