@@ -118,15 +118,14 @@ async def probe(path: Path, service: str = "", deadline: float = 3.0) -> tuple[b
 
 def render_text(report: dict[str, Any]) -> str:
     """A human-readable view of :func:`fetch_status`'s report."""
-    lines = []
     d = report.get("default")
-    lines.append(
+    streams = report.get("streams", [])
+    lines = [
         f"snapshot {report.get('snapshot_version')}  default "
         + (f"{d['spiffe_id']} serial {d['serial']} expires {d['not_after']}" if d else "none")
-        + ("  ROTATION OVERDUE" if report.get("rotation_overdue") else "")
-    )
-    streams = report.get("streams", [])
-    lines.append(f"{len(streams)} stream(s)")
+        + ("  ROTATION OVERDUE" if report.get("rotation_overdue") else ""),
+        f"{len(streams)} stream(s)",
+    ]
     for st in streams:
         lines.append(f"- {st['api']} node={st['node'] or '?'} uid={st['uid']} responses={st['responses']}")
         for name in st["names"]:
