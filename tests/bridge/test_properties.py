@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -195,8 +194,8 @@ def _render_cli(spec_text: str, out: Path) -> tuple[int, str]:
 @given(mutated_specs())
 def test_render_command_on_broken_specs_leaves_nothing(raw: object) -> None:
     """In-process ``meshbridge render``: exit 2 with only ``error:`` lines and no output, or a full tree."""
-    base = Path(tempfile.mkdtemp(prefix="mb-fuzz-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="mb-fuzz-") as tmp:
+        base = Path(tmp)
         code, stderr = _render_cli(yaml.safe_dump(raw), base / "out")
         if code == 0:
             assert (base / "out" / "README.md").is_file()
@@ -206,8 +205,6 @@ def test_render_command_on_broken_specs_leaves_nothing(raw: object) -> None:
         assert lines
         assert all(line.startswith("error: ") for line in lines), stderr
         assert list(base.iterdir()) == []
-    finally:
-        shutil.rmtree(base)
 
 
 def _is_invalid(raw: object) -> bool:
@@ -222,10 +219,9 @@ def _is_invalid(raw: object) -> bool:
 @given(mutated_specs().filter(_is_invalid))
 def test_render_subprocess_on_broken_specs_leaves_nothing(raw: object) -> None:
     """The real ``meshbridge`` process: exit 2, ``error:`` lines, no traceback, no output directory."""
-    base = Path(tempfile.mkdtemp(prefix="mb-fuzz-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="mb-fuzz-") as tmp:
         result = subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "render", "-f", "-", "-o", str(base / "out")],
+            [sys.executable, "-m", "bridge.cli", "render", "-f", "-", "-o", f"{tmp}/out"],
             input=yaml.safe_dump(raw),
             capture_output=True,
             text=True,
@@ -234,9 +230,7 @@ def test_render_subprocess_on_broken_specs_leaves_nothing(raw: object) -> None:
         )
         assert result.returncode == 2
         assert all(line.startswith("error: ") for line in result.stderr.splitlines()), result.stderr
-        assert list(base.iterdir()) == []
-    finally:
-        shutil.rmtree(base)
+        assert list(Path(tmp).iterdir()) == []
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
