@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,26 +74,17 @@ class SvidMaterial:
     bundle_pem: str
     serial: int
     dns_names: tuple[str, ...]
-    all_ids: tuple[str, ...] = ()
+    leaf_sha256: str
+    """Hex SHA-256 of the leaf's DER: what Envoy puts in ``x-forwarded-client-cert`` as ``Hash``."""
+    all_ids: tuple[str, ...]
     """SPIFFE IDs of every X509-SVID the socket returned (scoping: exactly one expected)."""
-    federated: Mapping[str, str] = field(default_factory=dict)
+    federated: Mapping[str, str]
     """Trust domain → PEM bundle of every federated trust domain the socket returned."""
 
     @property
     def federated_pem(self) -> str:
         """Every federated bundle, by trust domain (what the SVIDStore plugin posts as federated bundles)."""
         return "".join(self.federated[td] for td in sorted(self.federated))
-
-    @property
-    def leaf_sha256(self) -> str:
-        """Hex SHA-256 of the leaf's DER: what Envoy puts in ``x-forwarded-client-cert`` as ``Hash``."""
-        der = x509.load_pem_x509_certificate(self.leaf_pem.encode()).public_bytes(serialization.Encoding.DER)
-        return hashlib.sha256(der).hexdigest()
-
-    @property
-    def leaf_pem(self) -> str:
-        end = "-----END CERTIFICATE-----\n"
-        return self.chain_pem.split(end, 1)[0] + end
 
 
 def socket_path(directory: Path, identity: Identity) -> Path:
@@ -105,7 +96,6 @@ def workload_api_config(
     identities: Sequence[Identity],
     directory: Path,
     *,
-    svid_ttl: str = "1h",
     upstream: tuple[Path, Path] | None = None,
     federation: Mapping[str, Path] | None = None,
 ) -> dict[str, object]:
@@ -116,7 +106,7 @@ def workload_api_config(
     """
     config: dict[str, object] = {
         "trust_domain": trust_domain,
-        "svid_ttl": svid_ttl,
+        "svid_ttl": "1h",
         "sockets": [
             {"name": i.socket_name, "path": str(socket_path(directory, i)), "mode": "0700"}
             for i in identities
@@ -191,6 +181,7 @@ def svid_material(
         bundle_pem=_bundle_pem(bundle),
         serial=leaf.serial_number,
         dns_names=dns,
+        leaf_sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
         all_ids=all_ids,
         federated={td: _bundle_pem(certs) for td, certs in federated.items()},
     )

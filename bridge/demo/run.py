@@ -285,7 +285,7 @@ def _keep_running(rep: Reporter, plan: DemoPlan, sidecar_port: int, tunnels: lis
     rep.say("Still running (Ctrl-C to stop everything). Try:")
     for t in tunnels:
         rep.say(f"  curl -s http://127.0.0.1:{t.port}/headers      # {t.label}")
-    host = plan.mesh.dns_names[0] if plan.mesh.dns_names else "httpbin"
+    host = plan.mesh.sni
     url = f"--resolve {host}:{sidecar_port}:127.0.0.1 https://{host}:{sidecar_port}/headers"
     rep.say(f"  curl -sk {url}      # no client certificate: refused by the STRICT sidecar")
     for t in tunnels:

@@ -173,24 +173,17 @@ def _wait_for_path(sup: Supervisor, path: Path, who: str, timeout: float = 15.0)
         time.sleep(0.05)
 
 
-def _read_json_line(child: Child, timeout: float) -> dict[str, object]:
+def start_httpbin(sup: Supervisor, timeout: float = 20.0) -> int:
+    """httpbin in a child process; returns the port from the JSON line it prints once listening."""
+    child = sup.start("httpbin", [sys.executable, "-m", "bridge.demo.httpbin_server"], stdout_pipe=True)
     assert child.popen.stdout is not None
-    ready, _, _ = select.select([child.popen.stdout], [], [], timeout)
-    if not ready:
+    if not select.select([child.popen.stdout], [], [], timeout)[0]:
         raise DemoError(f"{child.name}: said nothing within {timeout:.0f}s:\n{child.output_tail()}")
     line = child.popen.stdout.readline()
     try:
-        data = json.loads(line)
-    except ValueError as exc:
+        return int(json.loads(line)["port"])
+    except (ValueError, KeyError, TypeError) as exc:
         raise DemoError(f"{child.name}: unexpected output {line[:200]!r}:\n{child.output_tail()}") from exc
-    if not isinstance(data, dict):
-        raise DemoError(f"{child.name}: unexpected output {line[:200]!r}")
-    return data
-
-
-def start_httpbin(sup: Supervisor) -> int:
-    child = sup.start("httpbin", [sys.executable, "-m", "bridge.demo.httpbin_server"], stdout_pipe=True)
-    return int(str(_read_json_line(child, 20.0)["port"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +222,6 @@ def start_envoy(
 
 @dataclass(frozen=True, slots=True)
 class Sidecar:
-    sds: Child
     envoy: RunningEnvoy
     port: int
     service: MeshSide
@@ -253,7 +245,7 @@ def start_sidecar(
     argv = ["sds", "serve", "--workload-api", wa.address(side), "--listen", str(sds_sock)]
     if plan.rootca_all_bundles:
         argv.append("--rootca-all-bundles")
-    sds = sup.start(f"sds-server-{name}", meshbridge_argv(*argv), gid=wa.run_as(side))
+    sup.start(f"sds-server-{name}", meshbridge_argv(*argv), gid=wa.run_as(side))
     # Envoy backs off after a failed SDS connect: start it once the socket exists.
     _wait_for_path(sup, sds_sock, f"sds-server-{name}")
     pod = service.pod or plan.pod
@@ -269,7 +261,7 @@ def start_sidecar(
         node_cluster=f"{pod.service_name}.{pod.namespace}",
     )
     envoy = start_envoy(sup, envoy_bin, f"sidecar-{name}", bootstrap, timeout=20.0)
-    return Sidecar(sds, envoy, envoy.listeners["inbound"], service)
+    return Sidecar(envoy, envoy.listeners["inbound"], service)
 
 
 def session_hash(session: AppPlan) -> str:

@@ -222,37 +222,30 @@ def _wait(child: Child, what: str, ready: Callable[[], bool], timeout: float) ->
     raise DemoError(f"{what}: not ready after {timeout:.0f}s:\n{child.output_tail()}")
 
 
-def _start_server(sup: Supervisor, trust_domain: str, directory: Path) -> SpireServer:
-    server = SpireServer(trust_domain, directory, ServerSettings(log_level="INFO"))
+def _start(sup: Supervisor, daemon: SpireServer | SpireAgent) -> None:
+    """Run ``daemon`` under ``sup`` until it is healthy."""
+    what = f"{daemon.name} {daemon.trust_domain}"
     for _attempt in range(3):
-        server.configure()  # a free port each time: retried if another process takes it meanwhile
-        child = sup.start(f"spire-server-{trust_domain}", server.argv)
-        if _wait(child, f"spire-server {trust_domain}", server.healthy, START_TIMEOUT_S):
-            return server
+        daemon.configure()  # a free port each time: retried if another process takes it meanwhile
+        child = sup.start(f"{daemon.name}-{daemon.trust_domain}", daemon.argv)
+        if _wait(child, what, daemon.healthy, START_TIMEOUT_S):
+            return
         if "address already in use" not in child.output_tail():
             break
         sup.stop(child)
-    raise DemoError(f"spire-server {trust_domain}: exited at start:\n{child.output_tail()}")
-
-
-def _start_agent(sup: Supervisor, server: SpireServer, directory: Path) -> SpireAgent:
-    agent = SpireAgent(server, directory, AgentSettings(log_level="INFO"))
-    agent.configure()
-    child = sup.start(f"spire-agent-{server.trust_domain}", agent.argv)
-    if not _wait(child, f"spire-agent {server.trust_domain}", agent.healthy, START_TIMEOUT_S):
-        raise DemoError(f"spire-agent {server.trust_domain}: exited at start:\n{child.output_tail()}")
-    return agent
+    raise DemoError(f"{what}: exited at start:\n{child.output_tail()}")
 
 
 def start_spire_workload_api(
     sup: Supervisor, identities: Sequence[Identity], *, say: Callable[[str], None] = lambda _: None
 ) -> SpireWorkloadApi:
-    """Start SPIRE per trust domain of ``identities``, federate, register every side, wait for every SVID."""
-    preflight()
+    """Start SPIRE per trust domain of ``identities``, federate, register every side, wait for every SVID
+    (:func:`preflight` has passed)."""
     by_td = by_trust_domain(identities)
     base = sup.subdir("spire")
-    servers = {td: _start_server(sup, td, base / td / "server") for td in by_td}
+    servers = {td: SpireServer(td, base / td / "server", ServerSettings(log_level="INFO")) for td in by_td}
     for td, server in servers.items():
+        _start(sup, server)
         say(f"spire-server {td}: 127.0.0.1:{server.port}, admin socket {server.socket_path}")
     for td, server in servers.items():
         for other_td, other in servers.items():
@@ -284,7 +277,11 @@ def start_spire_workload_api(
             + "".join(f" -federatesWith spiffe://{t}" for t in ident.federates_with)
             + f" -x509SVIDTTL {SVID_TTL_S}"
         )
-    agents = {td: _start_agent(sup, server, base / td / "agent") for td, server in servers.items()}
+    agents = {
+        td: SpireAgent(s, base / td / "agent", AgentSettings(log_level="INFO")) for td, s in servers.items()
+    }
+    for agent in agents.values():
+        _start(sup, agent)
     sides = {
         ident.socket_name: _Side(
             gids[ident.socket_name],
