@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bridge.spire_local import stop_process
-from tests.support.kube import free_ports
+from bridge.processes import free_port, stop_process
 from tests.support.workload_api import WorkloadApiHandle, entry, running_workload_api
 
 SERVER_ID = "spiffe://example.org/ns/default/sa/httpbin"
@@ -102,7 +101,7 @@ def _http_get(unix_path: Path) -> bytes:
 def tunnel_server(gt: Path, api: WorkloadApiHandle, backend: Path, log: Path) -> Iterator[int]:
     """``ghostunnel server`` with the server identity, on a free 127.0.0.1 port (retried on a lost race)."""
     for attempt in range(3):
-        (port,) = free_ports(1)
+        port = free_port()
         cmd = [
             str(gt),
             "server",
