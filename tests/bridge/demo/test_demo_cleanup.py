@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 _TMP_MARK = "sockets and every other file of this run: "
 
 
-def _start_demo(out_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_demo(out_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "demo", "-o", str(out_dir), *extra],
         stdout=subprocess.PIPE,
@@ -33,9 +33,16 @@ def _start_demo(out_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 60.0) -> tuple[str, Path]:
+def tmp_dir(output: str) -> Path:
+    """The run's temp dir, as the demo's output names it."""
+    return Path(
+        next(ln.split(_TMP_MARK, 1)[1].split(" ")[0] for ln in output.splitlines() if _TMP_MARK in ln)
+    )
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 60.0) -> Path:
     """Read the demo's output (unbuffered: select and a buffered reader do not mix) until ``marker``;
-    return it and the run's temp dir."""
+    return the run's temp dir."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     data = b""
@@ -47,16 +54,14 @@ def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 60.
         chunk = os.read(fd, 65536) if ready else b""
         assert chunk or proc.poll() is None, f"demo ended early ({proc.returncode}):\n{data.decode()}"
         data += chunk
-    seen = data.decode(errors="replace")
-    tmp = next(line.split(_TMP_MARK, 1)[1].split(" ")[0] for line in seen.splitlines() if _TMP_MARK in line)
-    return seen, Path(tmp)
+    return tmp_dir(data.decode(errors="replace"))
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-def _assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None:
+def assert_all_gone(procs: list[psutil.Process], timeout: float = 15.0) -> None:
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     survivors = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     for p in survivors:
@@ -81,9 +86,9 @@ def test_signal_stops_every_process_and_removes_sockets(
     code: int,
     extra: tuple[str, ...],
 ) -> None:
-    proc = _start_demo(tmp_path / "out", *extra)
+    proc = start_demo(tmp_path / "out", *extra)
     try:
-        _, tmp = _read_until(proc, when)
+        tmp = read_until(proc, when)
         kids = _descendants(proc.pid)
         assert len(kids) >= 4, [k.cmdline() for k in kids]  # Workload API, httpbin, SDS, Envoy, …
         proc.send_signal(sig)
@@ -94,7 +99,7 @@ def test_signal_stops_every_process_and_removes_sockets(
             proc.kill()
             proc.communicate()
     assert proc.returncode == code, rest
-    _assert_all_gone(kids)
+    assert_all_gone(kids)
     assert not tmp.exists(), f"{tmp} left behind: {list(tmp.rglob('*'))}"
     assert "Traceback" not in rest
 
@@ -102,15 +107,15 @@ def test_signal_stops_every_process_and_removes_sockets(
 def test_sigkill_of_the_demo_takes_its_children_along(
     tmp_path: Path, envoy_bin: Path, ghostunnel_bin: Path
 ) -> None:
-    proc = _start_demo(tmp_path / "out")
+    proc = start_demo(tmp_path / "out")
     try:
-        _, tmp = _read_until(proc, "[7]")
+        tmp = read_until(proc, "[7]")
         kids = _descendants(proc.pid)
         sockets = list(tmp.rglob("*.sock"))
         assert sockets, "the demo's Unix sockets should exist while it runs"
         proc.kill()
         proc.communicate(timeout=10)
-        _assert_all_gone(kids)
+        assert_all_gone(kids)
         left = [s for s in sockets if s.exists()]
         assert not left, f"sockets not removed after the parent's death: {left}"
         deadline = time.monotonic() + 5

@@ -121,16 +121,22 @@ def test_demo_passes_every_check(tmp_path: Path, envoy_bin: Path, ghostunnel_bin
         assert f"  {path}  " in listed, path
 
 
+def _edit_docs(rendering: Rendering, path: str, edit: Callable[[list[dict[str, object]]], None]) -> Rendering:
+    docs = dict(rendering.documents)
+    changed = copy.deepcopy(rendering.yaml_documents(path))
+    edit(changed)
+    docs[path] = changed
+    return Rendering(docs, rendering.warnings)
+
+
 def _without_dns_names(rendering: Rendering) -> Rendering:
     """The ClusterSPIFFEID as if rendered without dnsNameTemplates (a URI-only mesh SVID)."""
-    docs = dict(rendering.documents)
-    broken = copy.deepcopy(rendering.yaml_documents("spire/cluster-spiffeids.yaml"))
-    for doc in broken:
-        spec = doc["spec"]
-        assert isinstance(spec, dict)
-        spec.pop("dnsNameTemplates", None)
-    docs["spire/cluster-spiffeids.yaml"] = broken
-    return Rendering(docs, rendering.warnings)
+
+    def drop(docs: list[dict[str, object]]) -> None:
+        for doc in docs:
+            doc["spec"].pop("dnsNameTemplates", None)  # type: ignore[attr-defined]
+
+    return _edit_docs(rendering, "spire/cluster-spiffeids.yaml", drop)
 
 
 def test_demo_fails_when_the_mesh_svid_lacks_the_dns_name(
@@ -180,14 +186,6 @@ def test_a_wrong_session_fails_the_demo_and_stops_everything(
 
 
 FEDERATED = EXAMPLE_DIR / "bridge-federated.yaml"
-
-
-def _edit_docs(rendering: Rendering, path: str, edit: Callable[[list[dict[str, object]]], None]) -> Rendering:
-    docs = dict(rendering.documents)
-    changed = copy.deepcopy(rendering.yaml_documents(path))
-    edit(changed)
-    docs[path] = changed
-    return Rendering(docs, rendering.warnings)
 
 
 def _inventory_federates(docs: list[dict[str, object]]) -> None:

@@ -10,7 +10,6 @@ SPIRE processes too. Without root the mode refuses with exit 2 (it must start pr
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from bridge.demo.report import OK
 from bridge.demo.spire_mode import GID_BASE, NEEDS_ROOT
+from tests.bridge.demo.test_demo_cleanup import assert_all_gone, read_until, start_demo, tmp_dir
 from tests.bridge.demo.test_demo_e2e import EXPECTED_CHECKS, check_lines
 
 pytestmark = [
@@ -29,14 +29,7 @@ pytestmark = [
     pytest.mark.usefixtures("envoy_bin", "spire_server_bin", "spire_agent_bin", "ghostunnel_bin"),
 ]
 
-_TMP_MARK = "sockets and every other file of this run: "
-_DEMO = [sys.executable, "-m", "bridge.cli", "demo", "--workload-api", "spire"]
-
-
-def _tmp_dir(stdout: str) -> Path:
-    return Path(
-        next(ln.split(_TMP_MARK, 1)[1].split(" ")[0] for ln in stdout.splitlines() if _TMP_MARK in ln)
-    )
+_SPIRE = ("--workload-api", "spire")
 
 
 def _processes_naming(path: Path) -> list[psutil.Process]:
@@ -53,7 +46,11 @@ def _processes_naming(path: Path) -> list[psutil.Process]:
 def test_demo_on_real_spire_passes_the_same_checks(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.run(
-        [*_DEMO, "-o", str(tmp_path / "demo-out")], capture_output=True, text=True, timeout=240, check=False
+        [sys.executable, "-m", "bridge.cli", "demo", *_SPIRE, "-o", str(tmp_path / "demo-out")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     if os.geteuid() != 0:
         assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -75,7 +72,7 @@ def test_demo_on_real_spire_passes_the_same_checks(tmp_path: Path) -> None:
     assert "spire/apps.example.org/agent/api.sock" in out  # Ghostunnel's Workload API is the agent's
     assert "spire-server entry update of every entry" in out
     # every process stopped, the temp dir (SPIRE data, sockets, keys) removed
-    tmp = _tmp_dir(out)
+    tmp = tmp_dir(out)
     assert not tmp.exists(), list(tmp.rglob("*"))
     assert not _processes_naming(tmp)
     assert time.monotonic() - started < 120, "SPIRE mode should finish well within two minutes"
@@ -84,21 +81,9 @@ def test_demo_on_real_spire_passes_the_same_checks(tmp_path: Path) -> None:
 def test_ctrl_c_mid_run_stops_spire_too(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("needs root: covered by the exit-2 branch of the test above")
-    proc = subprocess.Popen(
-        [*_DEMO, "-o", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0
-    )
+    proc = start_demo(tmp_path / "out", *_SPIRE)
     try:
-        assert proc.stdout is not None
-        fd, data = proc.stdout.fileno(), b""
-        deadline = time.monotonic() + 90
-        while b"[5]" not in data:  # SPIRE up, first sidecar started
-            left = deadline - time.monotonic()
-            assert left > 0, data.decode(errors="replace")
-            ready, _, _ = select.select([fd], [], [], left)
-            chunk = os.read(fd, 65536) if ready else b""
-            assert chunk or proc.poll() is None, data.decode(errors="replace")
-            data += chunk
-        tmp = _tmp_dir(data.decode(errors="replace"))
+        tmp = read_until(proc, "[5]", timeout=90)  # SPIRE up, first sidecar started
         kids = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(k.cmdline()) for k in kids)
         assert "spire-server" in names, names
@@ -110,9 +95,5 @@ def test_ctrl_c_mid_run_stops_spire_too(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, rest.decode(errors="replace")
-    _, alive = psutil.wait_procs(kids, timeout=15)
-    survivors = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for p in survivors:
-        p.kill()
-    assert not survivors, [p.pid for p in survivors]
+    assert_all_gone(kids)
     assert not tmp.exists()

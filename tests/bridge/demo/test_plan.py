@@ -21,10 +21,11 @@ def rendering() -> Rendering:
     return render(load_spec(EXAMPLE_DIR / "bridge.yaml"))
 
 
-def _with(rendering: Rendering, path: str, doc: object) -> Rendering:
+def _plan_with(rendering: Rendering, path: str, doc: object) -> None:
+    """Build httpbin's plan from ``rendering`` with artifact ``path`` replaced by ``doc``."""
     docs = dict(rendering.documents)
     docs[path] = doc  # type: ignore[assignment]
-    return Rendering(docs, rendering.warnings)
+    build_plan(Rendering(docs, rendering.warnings), load_pod(EXAMPLE_DIR / "httpbin.yaml"))
 
 
 def test_public_surface() -> None:
@@ -52,18 +53,14 @@ def test_cluster_spiffeid_must_select_the_pods(rendering: Rendering) -> None:
     docs = copy.deepcopy(rendering.yaml_documents("spire/cluster-spiffeids.yaml"))
     docs[0]["spec"]["podSelector"] = {"matchLabels": {"app": "httpbin-v2"}}  # type: ignore[index]
     with pytest.raises(DemoError, match="0 ClusterSPIFFEIDs select the httpbin pods"):
-        build_plan(
-            _with(rendering, "spire/cluster-spiffeids.yaml", docs), load_pod(EXAMPLE_DIR / "httpbin.yaml")
-        )
+        _plan_with(rendering, "spire/cluster-spiffeids.yaml", docs)
 
 
 def test_unknown_template_variable(rendering: Rendering) -> None:
     docs = copy.deepcopy(rendering.yaml_documents("spire/cluster-spiffeids.yaml"))
     docs[0]["spec"]["spiffeIDTemplate"] = "spiffe://{{ .TrustDomain }}/x/{{ .PodSpec.NodeName }}"  # type: ignore[index]
     with pytest.raises(DemoError, match=r"'\{\{ .PodSpec.NodeName \}\}': the demo cannot evaluate"):
-        build_plan(
-            _with(rendering, "spire/cluster-spiffeids.yaml", docs), load_pod(EXAMPLE_DIR / "httpbin.yaml")
-        )
+        _plan_with(rendering, "spire/cluster-spiffeids.yaml", docs)
 
 
 def test_session_without_spire_entry(rendering: Rendering) -> None:
@@ -71,18 +68,13 @@ def test_session_without_spire_entry(rendering: Rendering) -> None:
     with pytest.raises(
         DemoError, match="no SPIRE entry stores its SVID into session 'meshbridge/tunnel-client'"
     ):
-        build_plan(
-            _with(rendering, "spire/register-entries.sh", script), load_pod(EXAMPLE_DIR / "httpbin.yaml")
-        )
+        _plan_with(rendering, "spire/register-entries.sh", script)
 
 
 def test_operator_command_must_match_the_session(rendering: Rendering) -> None:
     text = rendering.text("scone/tunnel-client/ghostunnel-command.txt").replace("--timed-reload=1m", "")
     with pytest.raises(DemoError, match="operators and CAS would run different tunnels"):
-        build_plan(
-            _with(rendering, "scone/tunnel-client/ghostunnel-command.txt", text),
-            load_pod(EXAMPLE_DIR / "httpbin.yaml"),
-        )
+        _plan_with(rendering, "scone/tunnel-client/ghostunnel-command.txt", text)
 
 
 def test_every_artifact_is_described(rendering: Rendering) -> None:
