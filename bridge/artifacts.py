@@ -7,7 +7,11 @@ it) is read the way its consumers in a cluster read it, into small frozen values
   *both* selectors match (``api/v1alpha1/clusterspiffeid_parse.go``: an absent selector is no filter,
   so it selects everything; ``{}`` is ``labels.Everything()``); the namespace is matched on the label
   Kubernetes sets on every namespace, ``kubernetes.io/metadata.name``;
-* :class:`AuthorizationPolicy` - Istio's ``security.istio.io/v1`` policy as ALLOW/DENY source rules;
+* :class:`AuthorizationPolicy` - Istio's ``security.istio.io/v1`` policy as ALLOW/DENY source rules,
+  attached as istiod attaches it to a sidecar (``pilot/pkg/model/authorization.go``
+  ``ListAuthorizationPolicies``: policies of the root namespace and of the workload's namespace;
+  ``security/v1beta1/authorization.proto``: an absent or empty ``selector`` matches every workload
+  there, a policy with ``targetRef(s)`` applies to gateways/waypoints, not to sidecars);
 * :class:`Overlay` - the ``IstioOperator``: trust domains Istio's SAN check admits, and the command
   lines of the ``meshbridge-sds`` containers it injects (sidecar templates, gateway patches);
 * :class:`RegisterEntry` - the SPIRE entries (``entry create -data`` JSON or the entries script):
@@ -31,6 +35,7 @@ import yaml
 from istio.mesh import SDS_CONTAINER_NAME
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+ROOT_NAMESPACE = "istio-system"
 _SESSION_SELECTOR = re.compile(r"(?:sconecas_sessionmanager:session_name|cas_session_name):(\S+)")
 SESSION_PATH = re.compile(r"scone/([^/]+)/session\.ya?ml")
 
@@ -224,12 +229,17 @@ class AuthorizationPolicy:
     namespace: object
     action: str
     selector: Mapping[str, str]
-    """``spec.selector.matchLabels`` (empty when absent)."""
+    """``spec.selector.matchLabels`` (empty when absent: every workload)."""
     rules: tuple[PolicyRule, ...]
+    root_namespace: str = ROOT_NAMESPACE
+    """Istio's root namespace (``meshConfig.rootNamespace``): its policies apply in every namespace."""
+    targets: bool = False
+    """``spec.targetRef``/``targetRefs`` is set: the policy is not a sidecar's."""
 
     def selects(self, namespace: str, pod_labels: Mapping[str, str]) -> bool:
-        """The policy is in ``namespace`` and its (non-empty) selector selects the pods."""
-        return self.namespace == namespace and labels_select(self.selector, pod_labels)
+        """Istio attaches the policy to these pods' sidecars."""
+        in_scope = self.namespace in (namespace, self.root_namespace)
+        return in_scope and not self.targets and all(pod_labels.get(k) == v for k, v in self.selector.items())
 
 
 def _source(node: object) -> PolicySource:
@@ -242,8 +252,18 @@ def _source(node: object) -> PolicySource:
     )
 
 
+def root_namespace(rendering: Rendered) -> str:
+    """``meshConfig.rootNamespace`` of the rendered IstioOperator, else istiod's namespace (where the
+    operator installs it: ``spec.namespace``, else ``istio-system``)."""
+    for _, doc in documents(rendering, "IstioOperator"):
+        found = get(doc, "spec", "meshConfig", "rootNamespace") or get(doc, "spec", "namespace")
+        return found if isinstance(found, str) and found else ROOT_NAMESPACE
+    return ROOT_NAMESPACE
+
+
 def authorization_policies(rendering: Rendered) -> tuple[AuthorizationPolicy, ...]:
     out = []
+    root = root_namespace(rendering)
     for path, doc in documents(rendering, "AuthorizationPolicy"):
         spec = get(doc, "spec")
         rules = tuple(
@@ -260,6 +280,8 @@ def authorization_policies(rendering: Rendered) -> tuple[AuthorizationPolicy, ..
                 action=str(get(spec, "action") or "ALLOW"),
                 selector=_labels(get(spec, "selector", "matchLabels")),
                 rules=rules,
+                root_namespace=root,
+                targets=bool(get(spec, "targetRef") or get(spec, "targetRefs")),
             )
         )
     return tuple(out)

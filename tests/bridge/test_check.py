@@ -419,3 +419,45 @@ def test_one_trust_domain_names_the_services_open_to_undeclared_identities() -> 
         "declared apps, not a whole trust domain the mesh itself uses) admit every other SVID issued in "
         "'example.org', e.g. an undeclared external app's. Declare 'federation:'"
     ) in warning
+
+
+def _deny_apps(namespace: str, spec_extra: dict[str, object]) -> Callable[[dict[str, Document]], None]:
+    """Add a DENY policy in ``namespace`` refusing every identity of the apps' trust domain."""
+
+    def edit(docs: dict[str, Document]) -> None:
+        deny = {"action": "DENY", "rules": [{"from": [{"source": {"principals": ["apps.example.org/*"]}}]}]}
+        docs[layout.AUTHORIZATION_POLICIES].append(  # type: ignore[union-attr]
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "deny-apps", "namespace": namespace},
+                "spec": {**deny, **spec_extra},
+            }
+        )
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("namespace", "spec_extra", "refused"),
+    [
+        ("default", {}, True),  # no selector: every workload of its namespace (authorization.proto)
+        ("default", {"selector": {"matchLabels": {}}}, True),  # an empty selector matches all too
+        ("istio-system", {"selector": {"matchLabels": {"app": "httpbin"}}}, True),  # root: every namespace
+        ("istio-system", {}, True),  # root namespace, no selector: the whole mesh
+        ("prod", {}, False),  # another namespace's policy does not attach to httpbin's sidecar
+        (
+            "default",
+            {"targetRefs": [{"kind": "Gateway", "group": "", "name": "gw"}]},
+            False,
+        ),  # not a sidecar's
+    ],
+)
+def test_namespace_wide_and_root_namespace_policies_attach_as_istio_attaches_them(
+    namespace: str, spec_extra: dict[str, object], refused: bool
+) -> None:
+    problems = consistency_problems(
+        FEDERATED, _tampered(render(FEDERATED), _deny_apps(namespace, spec_extra))
+    )
+    httpbin = [p for p in problems if "no AuthorizationPolicy selecting default/httpbin admits it" in p]
+    assert bool(httpbin) is refused, problems
