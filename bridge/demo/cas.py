@@ -159,10 +159,7 @@ def _exported_to(secret: Mapping[str, object], session_name: str, session_hash: 
 
 
 def resolve_imports(
-    app_session: Mapping[str, object],
-    posted: Mapping[str, PostedSession],
-    *,
-    session_hash: str,
+    app_session: Mapping[str, object], posted: Mapping[str, PostedSession], *, session_hash: str
 ) -> dict[str, Secret]:
     """The app session's secrets with every ``import`` resolved against the posted sessions.
 

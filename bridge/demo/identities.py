@@ -87,10 +87,6 @@ class SvidMaterial:
         return "".join(self.federated[td] for td in sorted(self.federated))
 
 
-def socket_path(directory: Path, identity: Identity) -> Path:
-    return directory / f"{identity.socket_name}.sock"
-
-
 def workload_api_config(
     trust_domain: str,
     identities: Sequence[Identity],
@@ -108,7 +104,7 @@ def workload_api_config(
         "trust_domain": trust_domain,
         "svid_ttl": "1h",
         "sockets": [
-            {"name": i.socket_name, "path": str(socket_path(directory, i)), "mode": "0700"}
+            {"name": i.socket_name, "path": str(directory / f"{i.socket_name}.sock"), "mode": "0700"}
             for i in identities
         ],
         "entries": [
@@ -147,11 +143,9 @@ def upstream_ca(trust_domain: str, directory: Path) -> tuple[Path, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = (
-        directory / f"upstream-{trust_domain}.pem",
-        directory / f"upstream-{trust_domain}.key",
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert_path = directory / f"upstream-{trust_domain}.pem"
+    key_path = cert_path.with_suffix(".key")
+    cert_path.write_bytes(certificates_pem([cert]))
     key_path.touch(mode=0o600)
     key_path.write_bytes(private_key_pem(key))
     return cert_path, key_path

@@ -39,7 +39,6 @@ from bridge.demo.identities import (
     SvidMaterial,
     by_trust_domain,
     fetch_svid,
-    socket_path,
     upstream_ca,
     workload_api_config,
 )
@@ -141,7 +140,7 @@ def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> Embed
     ``federates_with`` names the other trust domain, whose bundle file is that CA: the two Workload APIs
     are federated with each other as two SPIRE servers exchanging bundles would be.
     """
-    directory = sup.subdir("wa", 0o700)
+    directory = sup.subdir("wa")
     by_td = by_trust_domain(identities)
     upstreams = {td: upstream_ca(td, directory) for td in by_td} if len(by_td) > 1 else {}
     children = []
@@ -160,7 +159,7 @@ def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> Embed
         )
     wa = EmbeddedWorkloadApi(tuple(children), directory, {i.socket_name: i.trust_domain for i in identities})
     for ident in identities:
-        _wait_for_path(sup, socket_path(directory, ident), "workload API")
+        _wait_for_path(sup, wa.socket(ident.socket_name), "workload API")
     return wa
 
 

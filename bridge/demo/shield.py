@@ -154,10 +154,7 @@ def parse_shield_env(env: Mapping[str, str]) -> tuple[ShieldClient, ...]:
 
 
 def shield_bootstrap(
-    clients: tuple[ShieldClient, ...],
-    routes: Mapping[tuple[str, int], tuple[str, int]],
-    *,
-    node_id: str,
+    clients: tuple[ShieldClient, ...], routes: Mapping[tuple[str, int], tuple[str, int]], *, node_id: str
 ) -> dict[str, object]:
     """Envoy static config: per client a plain loopback listener → TLS to the routed destination.
 

@@ -47,14 +47,7 @@ from bridge.demo.errors import DemoError
 from bridge.demo.identities import Identity, SvidMaterial, by_trust_domain, svid_material
 from bridge.demo.setup import WorkloadApi
 from bridge.demo.supervisor import Child, Supervisor, in_group
-from bridge.spire_local import (
-    AgentSettings,
-    Entry,
-    ServerSettings,
-    SpireAgent,
-    SpireError,
-    SpireServer,
-)
+from bridge.spire_local import AgentSettings, Entry, ServerSettings, SpireAgent, SpireError, SpireServer
 from sds_server.errors import SvidError
 from sds_server.x509svid import der_certificates
 

@@ -91,6 +91,15 @@ def _as_group_then_die_with_parent(gid: int) -> Callable[[], None]:
     return preexec
 
 
+def _fresh(directory: Path, name: str, suffix: str = "") -> Path:
+    """``directory/<name><suffix>``, or ``<name>-2<suffix>``… when that is taken."""
+    path, n = directory / f"{name}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{name}-{n}{suffix}"
+    return path
+
+
 @dataclass(slots=True)
 class Child:
     """A running child process with its captured output file."""
@@ -170,24 +179,16 @@ class Supervisor:
     def children(self) -> tuple[Child, ...]:
         return tuple(self._children)
 
-    def subdir(self, name: str, mode: int = 0o700) -> Path:
-        """A fresh directory inside the private temp dir, created with ``mode`` (``name-2``… if taken)."""
-        path, n = self.dir / name, 1
-        while path.exists():
-            n += 1
-            path = self.dir / f"{name}-{n}"
-        path.mkdir(mode=mode)
-        path.chmod(mode)
+    def subdir(self, name: str) -> Path:
+        """A fresh 0700 directory inside the private temp dir (``name-2``… if taken)."""
+        path = _fresh(self.dir, name)
+        path.mkdir(mode=0o700)
+        path.chmod(0o700)
         return path
 
     # -- children -----------------------------------------------------------------------------
     def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        stdout_pipe: bool = False,
-        gid: int | None = None,
+        self, name: str, argv: Sequence[str], *, stdout_pipe: bool = False, gid: int | None = None
     ) -> Child:
         """Start ``argv`` as a supervised child; its output goes to ``<tmp>/logs/<name>.log``.
 
@@ -199,11 +200,7 @@ class Supervisor:
             raise DemoError(f"supervisor: {name!r}: children must be started from the owner thread")
         logs = self.dir / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
-        log_path = logs / f"{name}.log"
-        n = 1
-        while log_path.exists():
-            n += 1
-            log_path = logs / f"{name}-{n}.log"
+        log_path = _fresh(logs, name, ".log")
         preexec = _die_with_parent if gid is None else _as_group_then_die_with_parent(gid)
         # Ctrl-C / SIGTERM are held back while forking: with a preexec_fn, CPython runs its at-fork
         # hooks (logging's lock release) in the parent, and a KeyboardInterrupt raised inside one is
