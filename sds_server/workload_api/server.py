@@ -80,6 +80,7 @@ from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import DecodeError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -306,7 +307,10 @@ class _Servicer:
             self._denied(rpc, "streams per UID", logging.WARNING, uid=creds.uid, streams=count)
 
         with self._server.per_uid.hold(creds.uid, refused):
-            yield selectors
+            try:
+                yield selectors
+            except DecodeError as exc:  # grpc-go's status and words (SPIRE): server.go processUnaryRPC
+                raise GRPCError(Status.INTERNAL, f"grpc: error unmarshalling request: {exc}") from exc
 
     def _denied(self, rpc: str, reason: str, level: int = logging.INFO, **fields: object) -> None:
         log.log(level, "workload_api.denied", rpc=rpc, reason=reason, socket=self._socket_name, **fields)

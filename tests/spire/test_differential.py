@@ -236,6 +236,19 @@ def observe_errors(t: Target) -> dict[str, Any]:
             "validate_wrong_audience": validate(audience="nope", svid=token)[0],
             "validate_garbage": validate(audience="svc", svid="a.b.c")[0],
             "validate_no_svid": validate(audience="svc"),
+            "undecodable_request": _undecodable(t.socket),
+        }
+
+
+def _undecodable(socket_path: Path) -> dict[str, tuple[str, str]]:
+    """An admitted caller (header set, registered uid) whose request bytes are no protobuf message."""
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        validate = channel.unary_unary("/SpiffeWorkloadAPI/ValidateJWTSVID")
+        fetch = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID")
+        garbage = b"\xff\xff\xff"  # field 31, wire type 7: not a valid tag
+        return {
+            "ValidateJWTSVID": _status(lambda: validate(garbage, metadata=HEADER, timeout=10)),
+            "FetchX509SVID": _status(lambda: next(fetch(garbage, metadata=HEADER, timeout=10))),
         }
 
 

@@ -79,17 +79,19 @@ def test_oversized_request_is_refused_from_its_length_prefix_without_buffering_i
 
 
 def test_caller_without_the_header_is_refused_before_its_request_is_read(tmp_path: Path) -> None:
-    """Garbage that does not parse as protobuf: with the header it reaches the decoder (grpclib answers
-    Unknown); without it the answer is InvalidArgument — the body was never decoded, nor even read (a
-    64 MiB one is refused for the header, not for its size)."""
+    """Garbage that does not parse as protobuf: with the header it reaches the decoder (Internal, with
+    grpc-go's words, as SPIRE answers: tests/spire/test_differential.py); without it the answer is
+    InvalidArgument — the body was never decoded, nor even read (a 64 MiB one is refused for the header,
+    not for its size)."""
     garbage = b"\xff" * MiB
     with running_workload_api(CONFIG, tmp_path, log_level="info") as api:
         code, message = _send_bytes(api.socket(), garbage, None)
         assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
         code, message = _send_bytes(api.socket(), _jwt_request(64 * MiB), None)
         assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
-        code, _ = _send_bytes(api.socket(), garbage, HEADER)
-        assert code is grpc.StatusCode.UNKNOWN  # decoded only once admitted: the decoder refuses it
+        code, message = _send_bytes(api.socket(), garbage, HEADER)
+        assert code is grpc.StatusCode.INTERNAL, message  # decoded only once admitted: the decoder refuses it
+        assert message.startswith("grpc: error unmarshalling request: "), message
 
 
 def test_open_calls_per_uid_are_capped(tmp_path: Path) -> None:
