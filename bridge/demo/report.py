@@ -48,11 +48,10 @@ class Reporter:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def check(self, name: str, ok: bool, evidence: str) -> Check:
+    def check(self, name: str, ok: bool, evidence: str) -> None:
         c = Check(name, ok, evidence)
         self.checks.append(c)
         self.say(c.line())
-        return c
 
     @property
     def all_passed(self) -> bool:
