@@ -64,10 +64,22 @@ while True:
 _STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent around the fork
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _dying_with_parent(gid: int | None = None) -> Callable[[], None]:
+    """A ``preexec_fn``: (switch to group ``gid``, then) ask for SIGTERM when this process dies. The
+    order matters: the kernel clears ``PR_SET_PDEATHSIG`` on any change of the effective group ID
+    (``prctl(2)``). A parent that died between the fork and the ``prctl`` sends no signal any more:
+    then the child's parent is no longer this process, and it ends itself before ``exec``."""
+    parent = os.getpid()
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
+        if gid is not None:
+            in_group(gid)()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent around the fork
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def in_group(gid: int) -> Callable[[], None]:
@@ -76,17 +88,6 @@ def in_group(gid: int) -> Callable[[], None]:
     def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
         os.setgroups([])
         os.setgid(gid)
-
-    return preexec
-
-
-def _as_group_then_die_with_parent(gid: int) -> Callable[[], None]:
-    """Switch to group ``gid``, *then* set the death signal: the kernel clears ``PR_SET_PDEATHSIG`` on
-    any change of the effective group ID (``prctl(2)``), so the order matters."""
-
-    def preexec() -> None:  # pragma: no cover - runs in the forked child before exec
-        in_group(gid)()
-        _die_with_parent()
 
     return preexec
 
@@ -154,7 +155,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl must run in the child
+            preexec_fn=_dying_with_parent(),  # noqa: PLW1509 - prctl must run in the child
             close_fds=True,
         )
         assert popen.stdout is not None
@@ -201,7 +202,7 @@ class Supervisor:
         logs = self.dir / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
         log_path = _fresh(logs, name, ".log")
-        preexec = _die_with_parent if gid is None else _as_group_then_die_with_parent(gid)
+        preexec = _dying_with_parent(gid)
         # Ctrl-C / SIGTERM are held back while forking: with a preexec_fn, CPython runs its at-fork
         # hooks (logging's lock release) in the parent, and a KeyboardInterrupt raised inside one is
         # printed as "Exception ignored" and lost — the demo then ran on to the end after a Ctrl-C.
