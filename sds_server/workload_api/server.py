@@ -303,8 +303,8 @@ class _Servicer:
             ) from exc
         log.debug("workload_api.call", rpc=rpc, pid=creds.pid, uid=creds.uid, socket=self._socket_name)
 
-        def refused(count: int) -> None:
-            self._denied(rpc, "streams per UID", logging.WARNING, uid=creds.uid, streams=count)
+        def refused(uid: int, count: int) -> None:
+            self._denied(rpc, "streams per UID", logging.WARNING, uid=uid, streams=count)
 
         with self._server.per_uid.hold(creds.uid, refused):
             try:
