@@ -273,10 +273,11 @@ class SecretSnapshot:
             plain=MappingProxyType(plain),
         )
 
-    def carry(self, previous: SecretSnapshot | None) -> SecretSnapshot:
+    def carry(self, previous: SecretSnapshot | None, now: datetime) -> SecretSnapshot:
         """This snapshot, serving ``previous``'s resources under names a *pending* SVID would take.
 
-        Used while a new SVID's NotBefore is ahead: the old one keeps being served (if not expired).
+        Used while a new SVID's NotBefore is ahead: the old one keeps being served until it expires (a
+        replacement whose NotBefore lies beyond the old NotAfter leaves the name unserved in between).
         """
         if not self.pending or previous is None:
             return self
@@ -284,7 +285,11 @@ class SecretSnapshot:
         chosen = _choose_default(self.svids, self.names)
         if chosen is not None and chosen in self.pending:
             names.add(self.names.default)
-        carried = {n: previous.resources[n] for n in names - self.resources.keys() if n in previous.resources}
+        carried = {
+            n: r
+            for n in names - self.resources.keys()
+            if (r := previous.resources.get(n)) is not None and (r.not_after is None or r.not_after > now)
+        }
         if not carried:
             return self
         res = {**self.resources, **carried}

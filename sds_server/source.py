@@ -166,6 +166,10 @@ class SnapshotPublisher:
         """
         now = self._clock()
         times = [t for s in self._svids for t in (s.not_after, s.valid_from() - NOT_BEFORE_GRACE) if t > now]
+        if self._current is not None:  # a carried SVID (held for a pending one) expires on its own
+            times += [
+                t for r in self._current.resources.values() if (t := r.not_after) is not None and t > now
+            ]
         return min(times) if times else None
 
     def _arm_timer(self) -> None:
@@ -185,7 +189,10 @@ class SnapshotPublisher:
         self._arm_timer()
 
     def _first_report(self, event: str, svids: Sequence[Svid]) -> list[Svid]:
-        """The SVIDs not yet logged under ``event``, marked as logged now."""
+        """The SVIDs not yet logged under ``event``, marked as logged now (marks kept only for SVIDs
+        still held, so the set does not grow with every SVID ever seen)."""
+        held = {(s.spiffe_id, s.serial) for s in self._svids}
+        self._reported = {r for r in self._reported if r[1:] in held}
         new = [s for s in svids if (event, s.spiffe_id, s.serial) not in self._reported]
         self._reported.update((event, s.spiffe_id, s.serial) for s in new)
         return new
@@ -198,7 +205,8 @@ class SnapshotPublisher:
             if not svids and not self._bundles:
                 return
             previous = self._current
-            snap = SecretSnapshot.build(svids, self._bundles, self._names, self._clock()).carry(previous)
+            now = self._clock()
+            snap = SecretSnapshot.build(svids, self._bundles, self._names, now).carry(previous, now)
             if previous is not None and (previous.version, previous.pending) == (snap.version, snap.pending):
                 return
             self._current = snap

@@ -18,7 +18,11 @@ import grpclib.stream
 import pytest
 
 import sds_server
+from sds_server.errors import SdsConfigError
 from sds_server.grpc_server import Limits, Server
+from sds_server.limits import SdsLimits
+from sds_server.workload_api.errors import ConfigError
+from sds_server.workload_api.server import WorkloadApiLimits
 
 # RFC 9113 §3.4: the client connection preface, then an empty SETTINGS frame.
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -165,3 +169,16 @@ def test_grpclib_internals_are_reached_only_in_grpc_server() -> None:
         if _private_names_reached(f.read_text()) & internals
     }
     assert reaching == {"grpc_server.py"}
+
+
+def test_limits_name_every_non_positive_value_at_once() -> None:
+    """Transport limits are declared once (grpc_server.Limits) and checked with each server's own."""
+    with pytest.raises(SdsConfigError) as sds:
+        SdsLimits(backlog=0, max_names_per_stream=-1)
+    assert sds.value.problems == [
+        "backlog: 0: must be positive",
+        "max_names_per_stream: -1: must be positive",
+    ]
+    with pytest.raises(ConfigError) as wl:
+        WorkloadApiLimits(idle_connection_seconds=0.0)
+    assert str(wl.value) == "limits: idle_connection_seconds: 0.0: must be positive"

@@ -181,6 +181,33 @@ def test_pending_svid_is_held_logged_once_then_served_as_a_rotation(ca: MiniCa) 
     assert [e["event"] for e in logs] == ["svid.pending", "svid.rotated"]
 
 
+def test_an_svid_held_for_a_pending_one_is_withheld_at_its_own_not_after(ca: MiniCa) -> None:
+    """The carried SVID is served while its replacement waits for NotBefore, but not past its own NotAfter
+    (a replacement valid only later leaves the name unserved in between), and the timer fires for it."""
+    clock = [_now()]
+    publisher = SnapshotPublisher(ResourceNames(), Metrics(), clock=lambda: clock[0])
+    old = ca.issue("/w", ttl=dt.timedelta(minutes=3), not_before=_now() - dt.timedelta(minutes=1))
+    new = ca.issue("/w", not_before=_now() + dt.timedelta(minutes=10))
+    publisher.publish([old.svid()], [ca.bundle()])
+    publisher.publish([new.svid()], [ca.bundle()])
+    held = publisher.current()
+    assert held is not None
+    assert held.default_svid == old.svid()
+    assert publisher.next_change() == old.cert.not_valid_after_utc  # the carried one's NotAfter first
+    clock[0] = old.cert.not_valid_after_utc
+    publisher.rebuild()
+    gap = publisher.current()
+    assert gap is not None
+    assert gap.get("default") is None
+    assert gap.get("spiffe://example.org/w") is None
+    assert gap.pending == (new.svid(),)
+    clock[0] = new.cert.not_valid_before_utc
+    publisher.rebuild()
+    served = publisher.current()
+    assert served is not None
+    assert served.default_svid == new.svid()
+
+
 def test_default_chosen_by_spiffe_id_then_hint_then_first(ca: MiniCa) -> None:
     a, b = ca.issue("/a").svid(), replace(ca.issue("/b").svid(), hint="default")
     bundles = [ca.bundle()]
