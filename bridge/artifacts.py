@@ -253,10 +253,12 @@ def _source(node: object) -> PolicySource:
 
 
 def root_namespace(rendering: Rendered) -> str:
-    """``meshConfig.rootNamespace`` of the rendered IstioOperator, else istiod's namespace (where the
-    operator installs it: ``spec.namespace``, else ``istio-system``)."""
+    """``meshConfig.rootNamespace`` of the rendered IstioOperator, else istiod's namespace as istioctl
+    places it (``values.global.istioNamespace``, else ``istio-system``; the operator's own
+    ``metadata.namespace``/``spec.namespace`` do not move it: tests/istio/test_istioctl_manifest.py)."""
     for _, doc in documents(rendering, "IstioOperator"):
-        found = get(doc, "spec", "meshConfig", "rootNamespace") or get(doc, "spec", "namespace")
+        spec = get(doc, "spec")
+        found = get(spec, "meshConfig", "rootNamespace") or get(spec, "values", "global", "istioNamespace")
         return found if isinstance(found, str) and found else ROOT_NAMESPACE
     return ROOT_NAMESPACE
 

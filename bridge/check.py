@@ -174,7 +174,21 @@ def consistency_problems(bridge: Bridge, rendering: Rendering) -> list[str]:
     problems += _duplicate_ids(bridge)
     problems += _mesh_traffic_problems(bridge, policies)
     problems += _federation_problems(bridge, rendering, policies, crds)
+    problems += _strict_problems(rendering)
     return problems
+
+
+def _strict_problems(rendering: Rendering) -> list[str]:
+    """The mesh-wide STRICT PeerAuthentication (no selector) must be in Istio's root namespace, else it
+    holds in its own namespace only (``security/v1beta1/peer_authentication.proto``)."""
+    root = artifacts.root_namespace(rendering)
+    return [
+        f"{path}: PeerAuthentication {artifacts.get(doc, 'metadata', 'name')!r} in namespace "
+        f"{namespace!r}: mesh-wide STRICT mTLS needs Istio's root namespace {root!r} (the IstioOperator's)"
+        for path, doc in artifacts.documents(rendering, "PeerAuthentication")
+        if not artifacts.get(doc, "spec", "selector")
+        and (namespace := artifacts.get(doc, "metadata", "namespace")) != root
+    ]
 
 
 _PROBE_SA = "meshbridge-check-undeclared"

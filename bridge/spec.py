@@ -150,7 +150,7 @@ def parse_document(raw: object) -> Bridge:
                 r.bad(key, got, f"must be {want!r}")
     td = _trust_domain(r, top)
     mesh = _mesh(r, r.mapping(top.get("mesh"), "mesh", _MESH_KEYS))
-    services = _services(r, top, td or "example.invalid", mesh.cluster_domain)
+    services = _services(r, top, td or "example.invalid", mesh)
     raw_federation = top.get("federation")
     federation = (
         _federation(r, r.mapping(raw_federation, "federation", _FEDERATION_KEYS), td)
@@ -289,12 +289,24 @@ def _labels(r: Reader, raw: object, path: str, name: str) -> tuple[tuple[str, st
     return tuple(sorted(out))
 
 
-def _services(r: Reader, top: Mapping[str, object], td: str, cluster_domain: str) -> tuple[MeshService, ...]:
+def _services(r: Reader, top: Mapping[str, object], td: str, mesh: Mesh) -> tuple[MeshService, ...]:
     out: list[MeshService] = []
     seen: dict[str, str] = {}
+    cluster_domain = mesh.cluster_domain
     for path, m in r.mappings(top, "meshServices", _SERVICE_KEYS, "'name' and 'port'"):
         name = r.string(m, "name", path, check=names.dns1035_label)
         namespace = r.string(m, "namespace", path, default="default", check=names.dns1123_label)
+        if namespace is not None and namespace == mesh.istio_namespace:
+            # istiod attaches a root-namespace AuthorizationPolicy to matching workloads in every
+            # namespace (authorization.proto `selector`; model/authorization.go): this service's DENY/ALLOW
+            # policies would reach other services' pods with the same labels
+            r.bad(
+                f"{path}.namespace",
+                namespace,
+                "Istio's root namespace (mesh.istioNamespace): its AuthorizationPolicies would apply to "
+                "workloads with these labels in every namespace; give the service a namespace of its own",
+            )
+            namespace = None
         sa = r.string(m, "serviceAccount", path, default=name or "default", check=names.dns1123_subdomain)
         port = r.integer(m, "port", path, check=names.port)
         protocol: Protocol = r.choice(m, "protocol", path, PROTOCOLS, "http")  # type: ignore[assignment]

@@ -262,6 +262,12 @@ def render_istio_operator(params: OverlayParams) -> dict[str, object]:
     }
     if params.pin_classic_sidecars:
         values["pilot"] = {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
+    if params.root_namespace != "istio-system":
+        # istioctl places istiod (and so meshConfig.rootNamespace, where the mesh-wide STRICT
+        # PeerAuthentication must live) by values.global.istioNamespace; the IstioOperator's own
+        # metadata.namespace and spec.namespace do not move it (proven with the real istioctl:
+        # tests/istio/test_istioctl_manifest.py)
+        values["global"] = {"istioNamespace": params.root_namespace}
     mesh_config: dict[str, object] = {"trustDomain": params.trust_domain}
     if params.peer_trust_domains:
         mesh_config["caCertificates"] = [_ca_certificate(peer) for peer in params.peer_trust_domains]

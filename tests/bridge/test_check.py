@@ -461,3 +461,22 @@ def test_namespace_wide_and_root_namespace_policies_attach_as_istio_attaches_the
     )
     httpbin = [p for p in problems if "no AuthorizationPolicy selecting default/httpbin admits it" in p]
     assert bool(httpbin) is refused, problems
+
+
+def test_mesh_wide_strict_must_sit_in_istios_root_namespace() -> None:
+    def moved(docs: dict[str, Document]) -> None:
+        docs[layout.PEER_AUTHENTICATION]["metadata"]["namespace"] = "default"  # type: ignore[call-overload, index]
+
+    assert consistency_problems(BRIDGE, _tampered(render(BRIDGE), moved)) == [
+        f"{layout.PEER_AUTHENTICATION}: PeerAuthentication 'default' in namespace 'default': "
+        "mesh-wide STRICT mTLS needs Istio's root namespace 'istio-system' (the IstioOperator's)"
+    ]
+    custom = _bridge(lambda raw: raw["mesh"].update(istioNamespace="mesh-root"))  # type: ignore[attr-defined]
+    assert consistency_problems(custom, render(custom)) == []  # the overlay moves istiod there too
+
+    def overlay_left_alone(docs: dict[str, Document]) -> None:
+        docs[layout.ISTIO_OPERATOR]["spec"]["values"].pop("global")  # type: ignore[call-overload, index]
+
+    assert [
+        p.split(":")[0] for p in consistency_problems(custom, _tampered(render(custom), overlay_left_alone))
+    ] == [layout.PEER_AUTHENTICATION]

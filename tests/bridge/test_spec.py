@@ -320,6 +320,24 @@ def test_target_by_ambiguous_name() -> None:
     ]
 
 
+def test_a_service_in_istios_root_namespace_is_refused() -> None:
+    """A root-namespace AuthorizationPolicy applies to matching workloads in every namespace (Istio): the
+    service's DENY would reach a same-labelled service elsewhere, e.g. the apps' own target (found by
+    test_properties once check attached policies the way istiod does)."""
+    doc = copy.deepcopy(BASE)
+    doc["mesh"] = {"istioNamespace": "mesh-root"}
+    doc["meshServices"] = [{"name": "web", "port": 80, "namespace": "mesh-root"}]
+    doc["externalApps"] = [doc["externalApps"][0]]  # type: ignore[index]
+    doc["externalApps"][0]["targets"] = ["web"]  # type: ignore[index]
+    with pytest.raises(SpecError) as info:
+        parse_document(doc)
+    assert info.value.problems == [
+        "meshServices[0].namespace: 'mesh-root': Istio's root namespace (mesh.istioNamespace): its "
+        "AuthorizationPolicies would apply to workloads with these labels in every namespace; give the "
+        "service a namespace of its own"
+    ]
+
+
 def test_problem_count_is_bounded() -> None:
     with pytest.raises(SpecError) as info:
         parse_document({"meshServices": [1] * 300})

@@ -99,3 +99,20 @@ def test_gateway_has_every_volume_its_containers_mount(manifest: Manifest) -> No
         "name": "spiffe-workload-api",
         "csi": {"driver": "csi.spiffe.io", "readOnly": True},
     }
+
+
+def test_a_custom_istio_namespace_moves_istiod_and_the_root_namespace_with_it(tmp_path: Path) -> None:
+    """``mesh.istioNamespace`` is where the mesh-wide STRICT PeerAuthentication is rendered; istioctl must put
+    istiod there too and make it the root namespace, or STRICT would hold in that one namespace only.
+    (istioctl moves istiod by ``values.global.istioNamespace``; the IstioOperator's metadata.namespace
+    and spec.namespace leave it in istio-system.)"""
+    spec = tmp_path / "bridge.yaml"
+    spec.write_text(EXAMPLE.read_text().replace("istioNamespace: istio-system", "istioNamespace: mesh-root"))
+    out = render_spec(spec, tmp_path / "out")
+    peer_auth = yaml.safe_load((out / "istio/peer-authentication.yaml").read_text())
+    assert peer_auth["metadata"]["namespace"] == "mesh-root"
+    (workdir := tmp_path / "ictl").mkdir()
+    manifest = manifest_generate(require_peer("istioctl"), out / "istio/istio-operator.yaml", workdir)
+    assert manifest.find("Deployment", "istiod")["metadata"]["namespace"] == "mesh-root"
+    mesh = yaml.safe_load(manifest.find("ConfigMap", "istio")["data"]["mesh"])
+    assert mesh["rootNamespace"] == "mesh-root"
