@@ -151,7 +151,7 @@ def start_workload_api(sup: Supervisor, identities: Sequence[Identity]) -> Embed
             idents,
             directory,
             upstream=upstreams.get(td),
-            federation={f: upstreams[f][0] for i in idents for f in i.federates_with},
+            federation={f: upstreams[f][0] for i in idents for f in i.federates_with if f != td},
         )
         config.write_text(yaml.safe_dump(doc))
         children.append(
