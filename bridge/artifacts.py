@@ -33,9 +33,9 @@ from typing import Protocol, TypeVar
 import yaml
 
 from istio.mesh import SDS_CONTAINER_NAME
+from istio.model import DEFAULT_ROOT_NAMESPACE
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-ROOT_NAMESPACE = "istio-system"
 _SESSION_SELECTOR = re.compile(r"(?:sconecas_sessionmanager:session_name|cas_session_name):(\S+)")
 SESSION_PATH = re.compile(r"scone/([^/]+)/session\.ya?ml")
 
@@ -231,15 +231,15 @@ class AuthorizationPolicy:
     selector: Mapping[str, str]
     """``spec.selector.matchLabels`` (empty when absent: every workload)."""
     rules: tuple[PolicyRule, ...]
-    root_namespace: str = ROOT_NAMESPACE
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
     """Istio's root namespace (``meshConfig.rootNamespace``): its policies apply in every namespace."""
     targets: bool = False
     """``spec.targetRef``/``targetRefs`` is set: the policy is not a sidecar's."""
 
     def selects(self, namespace: str, pod_labels: Mapping[str, str]) -> bool:
-        """Istio attaches the policy to these pods' sidecars."""
-        in_scope = self.namespace in (namespace, self.root_namespace)
-        return in_scope and not self.targets and all(pod_labels.get(k) == v for k, v in self.selector.items())
+        """Istio attaches the policy to these pods' sidecars (an empty selector: every pod)."""
+        in_scope = self.namespace in (namespace, self.root_namespace) and not self.targets
+        return in_scope and (not self.selector or labels_select(self.selector, pod_labels))
 
 
 def _source(node: object) -> PolicySource:
@@ -259,8 +259,8 @@ def root_namespace(rendering: Rendered) -> str:
     for _, doc in documents(rendering, "IstioOperator"):
         spec = get(doc, "spec")
         found = get(spec, "meshConfig", "rootNamespace") or get(spec, "values", "global", "istioNamespace")
-        return found if isinstance(found, str) and found else ROOT_NAMESPACE
-    return ROOT_NAMESPACE
+        return found if isinstance(found, str) and found else DEFAULT_ROOT_NAMESPACE
+    return DEFAULT_ROOT_NAMESPACE
 
 
 def authorization_policies(rendering: Rendered) -> tuple[AuthorizationPolicy, ...]:

@@ -47,7 +47,7 @@ import yaml
 
 from istio._checks import DNS1123_LABEL, TRUST_DOMAIN, is_label
 from istio.errors import raise_problems
-from istio.model import Gateway, OverlayParams, PeerTrustDomain
+from istio.model import DEFAULT_ROOT_NAMESPACE, Gateway, OverlayParams, PeerTrustDomain
 
 __all__ = [
     "INSTALL_API_VERSION",
@@ -262,7 +262,7 @@ def render_istio_operator(params: OverlayParams) -> dict[str, object]:
     }
     if params.pin_classic_sidecars:
         values["pilot"] = {"env": {"ENABLE_NATIVE_SIDECARS": "false"}}
-    if params.root_namespace != "istio-system":
+    if params.root_namespace != DEFAULT_ROOT_NAMESPACE:
         # istioctl places istiod (and so meshConfig.rootNamespace, where the mesh-wide STRICT
         # PeerAuthentication must live) by values.global.istioNamespace; the IstioOperator's own
         # metadata.namespace and spec.namespace do not move it (proven with the real istioctl:

@@ -22,6 +22,9 @@ Labels = tuple[tuple[str, str], ...]
 SvidStorePluginName = Literal["sconecas_sessionmanager", "scone_cas_secretsmanager"]
 """The SPIRE agent SVIDStore plugin that posts SVIDs into SCONE CAS (current, or the tutorial's)."""
 
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+"""Istio's root namespace when nothing moves istiod (``values.global.istioNamespace``)."""
+
 
 def labels(mapping: Mapping[str, str]) -> Labels:
     """``{"app": "httpbin"}`` -> ``(("app", "httpbin"),)``, sorted by key."""
@@ -90,7 +93,7 @@ class OverlayParams:
 
     trust_domain: str
     sds_image: str
-    root_namespace: str = "istio-system"
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
     revision: str | None = None
     profile: str = "default"
     template_name: str = "spire"

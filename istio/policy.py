@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from istio._checks import DNS1123_LABEL, TRUST_DOMAIN, check_service, is_label, is_subdomain
 from istio.errors import IstioError, raise_problems
-from istio.model import AuthorizationParams, MeshService
+from istio.model import DEFAULT_ROOT_NAMESPACE, AuthorizationParams, MeshService
 
 __all__ = [
     "SECURITY_API_VERSION",
@@ -53,7 +53,7 @@ def _principals(spiffe_ids: Iterable[tuple[int, str]], field: str, problems: lis
     return out
 
 
-def render_peer_authentication(root_namespace: str = "istio-system") -> dict[str, object]:
+def render_peer_authentication(root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> dict[str, object]:
     """Mesh-wide STRICT mTLS: ``PeerAuthentication`` ``default`` in the Istio root namespace."""
     if not is_label(root_namespace):
         raise IstioError(f"root_namespace: {root_namespace!r}: a DNS-1123 label")

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from istio._checks import DNS1123_SUBDOMAIN, SPIFFE_ID, TRUST_DOMAIN, check_service, is_subdomain
 from istio.errors import IstioError, raise_problems
 from istio.model import (
+    DEFAULT_ROOT_NAMESPACE,
     ClusterSpiffeIdParams,
     EntriesParams,
     ExternalAppEntry,
@@ -124,7 +125,7 @@ def render_cluster_spiffe_id(params: ClusterSpiffeIdParams) -> dict[str, object]
 
 
 def render_gateway_cluster_spiffe_id(
-    gateway: Gateway, root_namespace: str = "istio-system", class_name: str | None = None
+    gateway: Gateway, root_namespace: str = DEFAULT_ROOT_NAMESPACE, class_name: str | None = None
 ) -> dict[str, object]:
     """The ``ClusterSPIFFEID`` of a gateway put on SPIRE by the overlay (Istio's SPIRE guide: gateways
     without a matching entry never become Ready). Same Istio ID template; the gateway's pod labels in

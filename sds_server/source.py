@@ -189,10 +189,7 @@ class SnapshotPublisher:
         self._arm_timer()
 
     def _first_report(self, event: str, svids: Sequence[Svid]) -> list[Svid]:
-        """The SVIDs not yet logged under ``event``, marked as logged now (marks kept only for SVIDs
-        still held, so the set does not grow with every SVID ever seen)."""
-        held = {(s.spiffe_id, s.serial) for s in self._svids}
-        self._reported = {r for r in self._reported if r[1:] in held}
+        """The SVIDs not yet logged under ``event``, marked as logged now."""
         new = [s for s in svids if (event, s.spiffe_id, s.serial) not in self._reported]
         self._reported.update((event, s.spiffe_id, s.serial) for s in new)
         return new
@@ -210,6 +207,8 @@ class SnapshotPublisher:
             if previous is not None and (previous.version, previous.pending) == (snap.version, snap.pending):
                 return
             self._current = snap
+            held = {(s.spiffe_id, s.serial) for s in svids}  # marks only for SVIDs still held: no growth
+            self._reported = {r for r in self._reported if r[1:] in held}
             new_expired = self._first_report("svid.expired.withheld", snap.expired)
             new_pending = self._first_report("svid.pending", snap.pending)
         self._metrics.svid_pending.set(len(snap.pending))
