@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.message import DecodeError
+from grpclib.const import Status
 from grpclib.encoding.base import CodecBase
+from grpclib.exceptions import GRPCError
 
 
 class PassThroughProtoCodec(CodecBase):
@@ -29,3 +32,15 @@ class PassThroughProtoCodec(CodecBase):
         if message_type is bytes:
             return data
         return message_type.FromString(data)
+
+
+class ServerProtoCodec(PassThroughProtoCodec):
+    """Both servers' codec: a request that does not decode is Internal ``grpc: error unmarshalling
+    request: …`` — grpc-go's status and words (``server.go`` ``processUnaryRPC``), so SPIRE's — not
+    grpclib's Unknown. Client-side decoding keeps :class:`PassThroughProtoCodec`."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except DecodeError as exc:
+            raise GRPCError(Status.INTERNAL, f"grpc: error unmarshalling request: {exc}") from exc

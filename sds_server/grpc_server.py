@@ -54,6 +54,8 @@ from grpclib.protocol import H2Protocol
 from grpclib.server import Server as _GrpclibServer
 from grpclib.server import Stream
 
+from sds_server.codec import ServerProtoCodec
+
 __all__ = [
     "Limits",
     "PeerCredentials",
@@ -147,6 +149,7 @@ class Server(_GrpclibServer):
     """``grpclib.server.Server`` with :class:`Limits`, connection tracking and a real ``close()``."""
 
     def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("codec", ServerProtoCodec())  # undecodable requests answered as grpc-go does
         super().__init__(*args, **kwargs)
         self.limits = limits or Limits()
         self._transports: set[BaseTransport] = set()

@@ -41,7 +41,6 @@ from grpclib.events import RecvRequest, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
-from sds_server.codec import PassThroughProtoCodec
 from sds_server.errors import SdsConfigError, WorkloadApiCallError
 from sds_server.file_credentials import FileCredentials
 from sds_server.grpc_server import Server, UnixSocketError, bind_unix_socket, peer_socket, peer_uid
@@ -252,7 +251,6 @@ class SdsServer:
             )
             self._grpc = Server(
                 [self.servicer, admin, health],
-                codec=PassThroughProtoCodec(),
                 limits=self.config.limits,
             )
             if self.config.allowed_uids is not None:

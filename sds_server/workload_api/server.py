@@ -80,7 +80,6 @@ from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives import serialization
-from google.protobuf.message import DecodeError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -307,10 +306,7 @@ class _Servicer:
             self._denied(rpc, "streams per UID", logging.WARNING, uid=uid, streams=count)
 
         with self._server.per_uid.hold(creds.uid, refused):
-            try:
-                yield selectors
-            except DecodeError as exc:  # grpc-go's status and words (SPIRE): server.go processUnaryRPC
-                raise GRPCError(Status.INTERNAL, f"grpc: error unmarshalling request: {exc}") from exc
+            yield selectors
 
     def _denied(self, rpc: str, reason: str, level: int = logging.INFO, **fields: object) -> None:
         log.log(level, "workload_api.denied", rpc=rpc, reason=reason, socket=self._socket_name, **fields)

@@ -21,6 +21,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
+from sds_server.codec import PassThroughProtoCodec
 from sds_server.limits import SdsLimits
 from sds_server.server import ServerConfig
 from sds_server.snapshot import Bundle, ResourceNames
@@ -358,3 +359,26 @@ def test_cli_probe_and_status(static_server: RunningServer, ca: MiniCa) -> None:
     assert stream["names"] == ["ROOTCA", "default"]
     assert stream["last_nack"]["message"] == "bad key, says envoy"
     assert _cli("probe", "--listen", path + ".nope").returncode == 1
+
+
+def test_an_undecodable_request_is_internal_as_grpc_go_answers(static_server: RunningServer) -> None:
+    """SPIRE's SDS (grpc-go) answers bytes that are no DiscoveryRequest with Internal 'grpc: error
+    unmarshalling request'; so do both our servers (one codec, sds_server.codec.ServerProtoCodec)."""
+
+    async def scenario() -> GRPCError:
+        async with Channel(path=str(static_server.server.config.listen), codec=PassThroughProtoCodec()) as ch:
+            async with ch.request(
+                SERVICE + "StreamSecrets", Cardinality.STREAM_STREAM, DiscoveryRequest, DiscoveryResponse
+            ) as stream:
+                try:
+                    await stream.send_message(
+                        b"\xff\xff\xff", end=True
+                    )  # field 31, wire type 7: no valid tag
+                    await asyncio.wait_for(stream.recv_message(), 5)
+                except GRPCError as exc:
+                    return exc
+        raise AssertionError("the call was not refused")
+
+    exc = asyncio.run(scenario())
+    assert exc.status is Status.INTERNAL
+    assert str(exc.message).startswith("grpc: error unmarshalling request: "), exc.message
